@@ -1,0 +1,14 @@
+//! Confab's domain: identifiers, entities, commands, events, limits and the ports (traits) that storage
+//! and the event bus implement. No I/O and no async runtime here.
+
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod limits;
+pub mod model;
+pub mod ports;
+
+pub use error::{DomainError, DomainResult};
+pub use event::Event;
+pub use ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId, now_millis};
+pub use limits::Limits;

@@ -1,0 +1,131 @@
+//! Ports: the traits that storage and the event bus implement. The service layer depends on these only,
+//! never on a concrete backend, so SQLite, PostgreSQL or NATS plug in at the binary.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::DomainResult;
+use crate::event::Event;
+use crate::ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
+use crate::model::{
+    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message,
+    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+};
+
+/// A client session token as stored: only the SHA-256 of the token is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token_hash: [u8; 32],
+    pub user_id: UserId,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+}
+
+/// The system of record. Every mutating call is durable when it returns `Ok`, and the events it causes have been
+/// handed to the event bus, in commit order, before it returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// True when the store can serve reads and writes.
+    async fn ready(&self) -> bool;
+
+    async fn create_user(&self, user: NewUser) -> DomainResult<User>;
+    async fn get_user(&self, id: &UserId) -> DomainResult<Option<User>>;
+    async fn list_users(&self, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<User>>;
+    async fn update_user(&self, id: &UserId, patch: UserPatch) -> DomainResult<User>;
+    /// Deletes the account, its sessions and memberships. Its messages stay, attributed to its id.
+    async fn delete_user(&self, id: &UserId) -> DomainResult<()>;
+    async fn set_last_seen(&self, id: &UserId, at: Millis) -> DomainResult<()>;
+
+    async fn create_session(&self, session: SessionRecord) -> DomainResult<()>;
+    async fn find_session(&self, token_hash: &[u8; 32]) -> DomainResult<Option<SessionRecord>>;
+    async fn revoke_sessions(&self, user: &UserId) -> DomainResult<u64>;
+
+    /// Creates the channel with its members. For a direct channel that already exists, returns it with
+    /// `false` instead (distinct 1:1 channels).
+    async fn create_channel(&self, channel: NewChannel) -> DomainResult<(Channel, bool)>;
+    async fn get_channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>>;
+    async fn update_channel(&self, id: &ChannelId, patch: ChannelPatch) -> DomainResult<Channel>;
+    async fn delete_channel(&self, id: &ChannelId) -> DomainResult<()>;
+    async fn list_channels(
+        &self,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Channel>>;
+    async fn list_member_channels(
+        &self,
+        user: &UserId,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> DomainResult<Vec<MemberChannel>>;
+
+    /// Adds existing users as members (already-members are ignored). Fails if a user does not exist.
+    async fn add_members(
+        &self,
+        channel: &ChannelId,
+        users: Vec<UserId>,
+        by: Option<UserId>,
+    ) -> DomainResult<Channel>;
+    async fn remove_member(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        by: Option<UserId>,
+    ) -> DomainResult<Channel>;
+    async fn get_member(&self, channel: &ChannelId, user: &UserId) -> DomainResult<Option<Member>>;
+    async fn list_members(
+        &self,
+        channel: &ChannelId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Member>>;
+    /// Every member id of a channel (for fan-out).
+    async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>>;
+    /// Users who share at least one channel with `user` (for presence).
+    async fn contacts(&self, user: &UserId) -> DomainResult<Vec<UserId>>;
+    /// Moves the member's read position forward (never back, never past the last message); returns it.
+    async fn mark_read(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        seq: ChannelSeq,
+    ) -> DomainResult<ChannelSeq>;
+
+    /// Stores a message with the next sequence of its channel, or returns the original of a retried send
+    /// (same sender and `client_msg_id`). Checks that the sender is a member, in the same transaction.
+    async fn append_message(&self, message: NewMessage) -> DomainResult<Appended>;
+    async fn get_message(&self, id: MessageId) -> DomainResult<Option<Message>>;
+    async fn history(&self, query: HistoryQuery) -> DomainResult<Vec<Message>>;
+    /// Replies to `parent`, oldest first, after the given reply id.
+    async fn thread(
+        &self,
+        parent: MessageId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Message>>;
+    async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message>;
+    /// Soft delete: the message keeps its sequence (no gap) but loses its content.
+    async fn delete_message(&self, id: MessageId) -> DomainResult<Message>;
+
+    async fn put_file(&self, file: FileObject) -> DomainResult<()>;
+    async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>>;
+}
+
+/// A subscription to the event stream.
+#[async_trait]
+pub trait EventStream: Send {
+    /// The next event, or `None` when the bus has shut down.
+    async fn next(&mut self) -> Option<Event>;
+}
+
+/// Carries events from where they happen (a store commit, a typing frame, a presence change) to every
+/// subscriber, in publish order. In process by default; a broker when several nodes serve one app.
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes in order. Waits while a subscriber's bounded queue is full (backpressure, never loss).
+    async fn publish(&self, events: Vec<Event>);
+    fn subscribe(&self) -> Box<dyn EventStream>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+pub type DynBus = Arc<dyn EventBus>;

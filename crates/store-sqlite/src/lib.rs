@@ -1,0 +1,401 @@
+//! The embedded store: SQLite in WAL mode, one writer thread with group commit, a small pool of readers.
+//!
+//! Invariants kept here:
+//! - a write is answered only after its transaction committed (with `synchronous = FULL`, after the fsync);
+//! - per-channel sequences come from `channels.last_seq` incremented in the same transaction as the insert,
+//!   so a rolled-back insert leaves no gap;
+//! - events reach the bus in commit order, before the write is answered.
+
+mod queries;
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use confab_domain::model::{
+    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message,
+    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+};
+use confab_domain::ports::{DynBus, SessionRecord, Store};
+use confab_domain::{
+    ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId,
+};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use writer::{Op, Outcome, WriteCmd, Writer, db_err};
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged write survives power loss.
+    Full,
+    /// fsync at checkpoints: survives a process crash (`kill -9`), may lose the last commits on power loss.
+    Normal,
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub readers: usize,
+    /// Most commands committed in one transaction.
+    pub max_batch: usize,
+    /// Commands waiting for the writer before senders are made to wait (backpressure).
+    pub queue: usize,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            readers: 4,
+            max_batch: 512,
+            queue: 8192,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteCmd>,
+    readers: ReadPool,
+}
+
+struct ReadPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+fn open_conn(cfg: &SqliteConfig, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(&cfg.path, flags)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match cfg.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database and starts the writer thread.
+    /// Must be called from within a tokio runtime: the writer publishes events through it.
+    pub fn open(cfg: SqliteConfig, bus: DynBus) -> DomainResult<Self> {
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = open_conn(&cfg, rw).map_err(db_err)?;
+        schema::migrate(&mut conn).map_err(db_err)?;
+        let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let readers = (0..cfg.readers.max(1))
+            .map(|_| open_conn(&cfg, ro))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let writer = Writer {
+            conn,
+            rx,
+            bus,
+            runtime: tokio::runtime::Handle::current(),
+            max_batch: cfg.max_batch.max(1),
+        };
+        std::thread::Builder::new()
+            .name("confab-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| DomainError::Unavailable(format!("cannot start the store writer: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: ReadPool {
+                permits: Semaphore::new(readers.len()),
+                conns: Mutex::new(readers),
+            },
+        })
+    }
+
+    async fn write(&self, op: Op) -> DomainResult<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteCmd { op, reply })
+            .await
+            .map_err(|_| DomainError::Unavailable("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| DomainError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> DomainResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| DomainError::Unavailable("store closed".into()))?;
+        let conn = self
+            .readers
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or_else(|| {
+                DomainError::Internal("reader pool out of step with its permits".into())
+            })?;
+        let (conn, res) = tokio::task::spawn_blocking(move || {
+            let res = f(&conn);
+            (conn, res)
+        })
+        .await
+        .map_err(|e| DomainError::Internal(format!("reader task failed: {e}")))?;
+        self.readers
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        res.map_err(db_err)
+    }
+}
+
+fn unexpected() -> DomainError {
+    DomainError::Internal("store writer returned an unexpected outcome".into())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ready(&self) -> bool {
+        !self.writer.is_closed()
+            && self
+                .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+                .await
+                .is_ok()
+    }
+
+    async fn create_user(&self, user: NewUser) -> DomainResult<User> {
+        match self.write(Op::CreateUser(user)).await? {
+            Outcome::User(u) => Ok(u),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_user(&self, id: &UserId) -> DomainResult<Option<User>> {
+        let id = id.clone();
+        self.read(move |c| queries::user(c, &id)).await
+    }
+
+    async fn list_users(&self, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<User>> {
+        let after = after.cloned();
+        self.read(move |c| queries::users_after(c, after.as_ref(), limit))
+            .await
+    }
+
+    async fn update_user(&self, id: &UserId, patch: UserPatch) -> DomainResult<User> {
+        match self.write(Op::UpdateUser(id.clone(), patch)).await? {
+            Outcome::User(u) => Ok(u),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_user(&self, id: &UserId) -> DomainResult<()> {
+        self.write(Op::DeleteUser(id.clone())).await.map(|_| ())
+    }
+
+    async fn set_last_seen(&self, id: &UserId, at: Millis) -> DomainResult<()> {
+        self.write(Op::SetLastSeen(id.clone(), at))
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_session(&self, session: SessionRecord) -> DomainResult<()> {
+        self.write(Op::CreateSession(session)).await.map(|_| ())
+    }
+
+    async fn find_session(&self, token_hash: &[u8; 32]) -> DomainResult<Option<SessionRecord>> {
+        let h = *token_hash;
+        self.read(move |c| queries::session(c, &h)).await
+    }
+
+    async fn revoke_sessions(&self, user: &UserId) -> DomainResult<u64> {
+        match self.write(Op::RevokeSessions(user.clone())).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn create_channel(&self, channel: NewChannel) -> DomainResult<(Channel, bool)> {
+        match self.write(Op::CreateChannel(channel)).await? {
+            Outcome::Channel(c, created) => Ok((c, created)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>> {
+        let id = id.clone();
+        self.read(move |c| queries::channel(c, &id)).await
+    }
+
+    async fn update_channel(&self, id: &ChannelId, patch: ChannelPatch) -> DomainResult<Channel> {
+        match self.write(Op::UpdateChannel(id.clone(), patch)).await? {
+            Outcome::Channel(c, _) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_channel(&self, id: &ChannelId) -> DomainResult<()> {
+        self.write(Op::DeleteChannel(id.clone())).await.map(|_| ())
+    }
+
+    async fn list_channels(
+        &self,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Channel>> {
+        let after = after.cloned();
+        self.read(move |c| queries::channels_after(c, after.as_ref(), limit))
+            .await
+    }
+
+    async fn list_member_channels(
+        &self,
+        user: &UserId,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> DomainResult<Vec<MemberChannel>> {
+        let (user, after) = (user.clone(), after.cloned());
+        self.read(move |c| queries::member_channels(c, &user, after.as_ref(), limit))
+            .await
+    }
+
+    async fn add_members(
+        &self,
+        channel: &ChannelId,
+        users: Vec<UserId>,
+        by: Option<UserId>,
+    ) -> DomainResult<Channel> {
+        match self
+            .write(Op::AddMembers(channel.clone(), users, by))
+            .await?
+        {
+            Outcome::Channel(c, _) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        by: Option<UserId>,
+    ) -> DomainResult<Channel> {
+        match self
+            .write(Op::RemoveMember(channel.clone(), user.clone(), by))
+            .await?
+        {
+            Outcome::Channel(c, _) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_member(&self, channel: &ChannelId, user: &UserId) -> DomainResult<Option<Member>> {
+        let (channel, user) = (channel.clone(), user.clone());
+        self.read(move |c| queries::member(c, &channel, &user))
+            .await
+    }
+
+    async fn list_members(
+        &self,
+        channel: &ChannelId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Member>> {
+        let (channel, after) = (channel.clone(), after.cloned());
+        self.read(move |c| queries::members_after(c, &channel, after.as_ref(), limit))
+            .await
+    }
+
+    async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>> {
+        let channel = channel.clone();
+        self.read(move |c| queries::member_ids(c, &channel)).await
+    }
+
+    async fn contacts(&self, user: &UserId) -> DomainResult<Vec<UserId>> {
+        let user = user.clone();
+        self.read(move |c| queries::contacts(c, &user)).await
+    }
+
+    async fn mark_read(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        seq: ChannelSeq,
+    ) -> DomainResult<ChannelSeq> {
+        match self
+            .write(Op::MarkRead(channel.clone(), user.clone(), seq))
+            .await?
+        {
+            Outcome::Seq(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn append_message(&self, message: NewMessage) -> DomainResult<Appended> {
+        match self.write(Op::Append(Box::new(message))).await? {
+            Outcome::Appended(a) => Ok(*a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_message(&self, id: MessageId) -> DomainResult<Option<Message>> {
+        self.read(move |c| queries::message(c, id)).await
+    }
+
+    async fn history(&self, query: HistoryQuery) -> DomainResult<Vec<Message>> {
+        self.read(move |c| queries::history(c, &query)).await
+    }
+
+    async fn thread(
+        &self,
+        parent: MessageId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Message>> {
+        self.read(move |c| queries::thread(c, parent, after, limit))
+            .await
+    }
+
+    async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message> {
+        match self.write(Op::Edit(id, patch)).await? {
+            Outcome::Message(m) => Ok(*m),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_message(&self, id: MessageId) -> DomainResult<Message> {
+        match self.write(Op::Delete(id)).await? {
+            Outcome::Message(m) => Ok(*m),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn put_file(&self, file: FileObject) -> DomainResult<()> {
+        self.write(Op::PutFile(file)).await.map(|_| ())
+    }
+
+    async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>> {
+        let id = id.clone();
+        self.read(move |c| queries::file(c, &id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! Read queries, usable on a reader connection or inside the writer's transaction.
+
+use confab_domain::model::{
+    Channel, FileObject, HistoryQuery, HistoryRange, Member, MemberChannel, Message, User,
+};
+use confab_domain::ports::SessionRecord;
+use confab_domain::{ChannelId, ChannelSeq, FileId, MessageId, UserId};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::rows::{
+    self, CHANNEL_COLS, CHANNEL_NCOLS, FILE_COLS, MEMBER_COLS, MESSAGE_COLS, USER_COLS,
+};
+
+pub fn user(conn: &Connection, id: &UserId) -> rusqlite::Result<Option<User>> {
+    conn.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
+        .query_row([id.as_str()], rows::user)
+        .optional()
+}
+
+pub fn users_after(
+    conn: &Connection,
+    after: Option<&UserId>,
+    limit: u32,
+) -> rusqlite::Result<Vec<User>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {USER_COLS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    stmt.query_map(
+        params![after.map(|a| a.as_str()).unwrap_or(""), limit],
+        rows::user,
+    )?
+    .collect()
+}
+
+pub fn session(conn: &Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
+    conn.prepare_cached(
+        "SELECT token_hash, user_id, created_at, expires_at FROM sessions WHERE token_hash = ?1",
+    )?
+    .query_row([&hash[..]], |r| {
+        let h: Vec<u8> = r.get(0)?;
+        let uid: String = r.get(1)?;
+        let mut token_hash = [0u8; 32];
+        token_hash.copy_from_slice(&h);
+        Ok(SessionRecord {
+            token_hash,
+            user_id: UserId::parse(&uid).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+            created_at: r.get(2)?,
+            expires_at: r.get(3)?,
+        })
+    })
+    .optional()
+}
+
+pub fn channel(conn: &Connection, id: &ChannelId) -> rusqlite::Result<Option<Channel>> {
+    conn.prepare_cached(&format!(
+        "SELECT {CHANNEL_COLS} FROM channels c WHERE c.id = ?1"
+    ))?
+    .query_row([id.as_str()], rows::channel)
+    .optional()
+}
+
+pub fn channels_after(
+    conn: &Connection,
+    after: Option<&ChannelId>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Channel>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANNEL_COLS} FROM channels c WHERE c.id > ?1 ORDER BY c.id LIMIT ?2"
+    ))?;
+    stmt.query_map(
+        params![after.map(|a| a.as_str()).unwrap_or(""), limit],
+        rows::channel,
+    )?
+    .collect()
+}
+
+pub fn member_channels(
+    conn: &Connection,
+    user: &UserId,
+    after: Option<&ChannelId>,
+    limit: u32,
+) -> rusqlite::Result<Vec<MemberChannel>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANNEL_COLS}, m.read_seq FROM members m JOIN channels c ON c.id = m.channel_id \
+         WHERE m.user_id = ?1 AND m.channel_id > ?2 ORDER BY m.channel_id LIMIT ?3"
+    ))?;
+    stmt.query_map(
+        params![
+            user.as_str(),
+            after.map(|a| a.as_str()).unwrap_or(""),
+            limit
+        ],
+        |r| {
+            Ok(MemberChannel {
+                channel: rows::channel(r)?,
+                read_seq: ChannelSeq(r.get::<_, i64>(CHANNEL_NCOLS)? as u64),
+            })
+        },
+    )?
+    .collect()
+}
+
+pub fn member(
+    conn: &Connection,
+    channel: &ChannelId,
+    user: &UserId,
+) -> rusqlite::Result<Option<Member>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MEMBER_COLS} FROM members WHERE channel_id = ?1 AND user_id = ?2"
+    ))?
+    .query_row([channel.as_str(), user.as_str()], rows::member)
+    .optional()
+}
+
+pub fn members_after(
+    conn: &Connection,
+    channel: &ChannelId,
+    after: Option<&UserId>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Member>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMBER_COLS} FROM members WHERE channel_id = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3"
+    ))?;
+    stmt.query_map(
+        params![
+            channel.as_str(),
+            after.map(|a| a.as_str()).unwrap_or(""),
+            limit
+        ],
+        rows::member,
+    )?
+    .collect()
+}
+
+pub fn member_ids(conn: &Connection, channel: &ChannelId) -> rusqlite::Result<Vec<UserId>> {
+    let mut stmt = conn.prepare_cached("SELECT user_id FROM members WHERE channel_id = ?1")?;
+    stmt.query_map([channel.as_str()], |r| {
+        let s: String = r.get(0)?;
+        UserId::parse(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })?
+    .collect()
+}
+
+pub fn user_channel_ids(conn: &Connection, user: &UserId) -> rusqlite::Result<Vec<ChannelId>> {
+    let mut stmt = conn.prepare_cached("SELECT channel_id FROM members WHERE user_id = ?1")?;
+    stmt.query_map([user.as_str()], |r| {
+        let s: String = r.get(0)?;
+        ChannelId::parse(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })?
+    .collect()
+}
+
+pub fn contacts(conn: &Connection, user: &UserId) -> rusqlite::Result<Vec<UserId>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT m2.user_id FROM members m1 JOIN members m2 ON m2.channel_id = m1.channel_id \
+         WHERE m1.user_id = ?1 AND m2.user_id != ?1",
+    )?;
+    stmt.query_map([user.as_str()], |r| {
+        let s: String = r.get(0)?;
+        UserId::parse(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })?
+    .collect()
+}
+
+pub fn message(conn: &Connection, id: MessageId) -> rusqlite::Result<Option<Message>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"
+    ))?
+    .query_row([id.0], rows::message)
+    .optional()
+}
+
+pub fn message_by_client_id(
+    conn: &Connection,
+    sender: &UserId,
+    client_msg_id: &str,
+) -> rusqlite::Result<Option<Message>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+    ))?
+    .query_row([sender.as_str(), client_msg_id], rows::message)
+    .optional()
+}
+
+/// Messages of a channel in ascending sequence order.
+pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<Message>> {
+    let (sql, anchor, reverse) = match q.range {
+        HistoryRange::Latest => (
+            format!(
+                "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3"
+            ),
+            0i64,
+            true,
+        ),
+        HistoryRange::Before(s) => (
+            format!(
+                "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            ),
+            s.0 as i64,
+            true,
+        ),
+        HistoryRange::After(s) => (
+            format!(
+                "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+            ),
+            s.0 as i64,
+            false,
+        ),
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut out: Vec<Message> = stmt
+        .query_map(
+            params![q.channel_id.as_str(), anchor, q.limit],
+            rows::message,
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    if reverse {
+        out.reverse();
+    }
+    Ok(out)
+}
+
+pub fn thread(
+    conn: &Connection,
+    parent: MessageId,
+    after: Option<MessageId>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Message>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE parent_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+    ))?;
+    stmt.query_map(
+        params![parent.0, after.map(|a| a.0).unwrap_or(0), limit],
+        rows::message,
+    )?
+    .collect()
+}
+
+pub fn file(conn: &Connection, id: &FileId) -> rusqlite::Result<Option<FileObject>> {
+    conn.prepare_cached(&format!("SELECT {FILE_COLS} FROM files WHERE id = ?1"))?
+        .query_row([id.as_str()], rows::file)
+        .optional()
+}

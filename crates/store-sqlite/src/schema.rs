@@ -1,0 +1,111 @@
+//! Schema migrations, tracked with SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`. Append only.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    nickname      TEXT NOT NULL,
+    profile_url   TEXT NOT NULL,
+    metadata      TEXT NOT NULL,
+    is_bot        INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    last_seen_at  INTEGER
+);
+
+CREATE TABLE sessions (
+    token_hash  BLOB PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_user ON sessions(user_id);
+
+CREATE TABLE channels (
+    id               TEXT PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    cover_url        TEXT NOT NULL,
+    custom_type      TEXT NOT NULL,
+    data             TEXT,
+    created_by       TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    last_seq         INTEGER NOT NULL DEFAULT 0,
+    last_message_at  INTEGER,
+    member_count     INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE members (
+    channel_id  TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    joined_at   INTEGER NOT NULL,
+    read_seq    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (channel_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members(user_id, channel_id);
+
+CREATE TABLE messages (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel_id     TEXT NOT NULL,
+    seq            INTEGER NOT NULL,
+    sender_id      TEXT,
+    kind           TEXT NOT NULL,
+    text           TEXT NOT NULL,
+    custom_type    TEXT NOT NULL,
+    data           TEXT,
+    payload        TEXT,
+    mentions       TEXT NOT NULL,
+    client_msg_id  TEXT,
+    parent_id      INTEGER,
+    reply_count    INTEGER NOT NULL DEFAULT 0,
+    file           TEXT,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    edited         INTEGER NOT NULL DEFAULT 0,
+    deleted        INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX messages_by_channel_seq ON messages(channel_id, seq);
+CREATE UNIQUE INDEX messages_by_client_id ON messages(sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE INDEX messages_by_parent ON messages(parent_id, id) WHERE parent_id IS NOT NULL;
+
+CREATE TABLE files (
+    id            TEXT PRIMARY KEY,
+    channel_id    TEXT NOT NULL,
+    uploader_id   TEXT,
+    name          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    content_type  TEXT NOT NULL,
+    sha256        TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+"#];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+}

@@ -1,0 +1,279 @@
+use std::sync::Arc;
+
+use confab_bus::LocalBus;
+use confab_domain::model::{ChannelKind, HistoryRange};
+use confab_domain::ports::EventBus;
+use confab_domain::{Event, Limits};
+
+use super::*;
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn cid(s: &str) -> ChannelId {
+    ChannelId::parse(s).unwrap()
+}
+
+async fn open() -> (tempfile::TempDir, Arc<SqliteStore>, Arc<LocalBus>) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(LocalBus::new(100_000));
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("t.db")), bus.clone()).unwrap();
+    (dir, Arc::new(store), bus)
+}
+
+async fn user(store: &SqliteStore, id: &str) {
+    store
+        .create_user(NewUser {
+            id: uid(id),
+            nickname: id.into(),
+            profile_url: String::new(),
+            metadata: Default::default(),
+            is_bot: false,
+        })
+        .await
+        .unwrap();
+}
+
+async fn group(store: &SqliteStore, id: &str, members: &[&str]) -> Channel {
+    let c = NewChannel {
+        id: cid(id),
+        kind: ChannelKind::Group,
+        name: id.into(),
+        cover_url: String::new(),
+        custom_type: String::new(),
+        data: None,
+        created_by: None,
+        members: members.iter().map(|m| uid(m)).collect(),
+    };
+    c.validate(&Limits::default()).unwrap();
+    store.create_channel(c).await.unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_get_gap_free_sequences() {
+    let (_dir, store, _bus) = open().await;
+    for u in ["a", "b", "c"] {
+        user(&store, u).await;
+    }
+    group(&store, "g", &["a", "b", "c"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let store = store.clone();
+        let sender = ["a", "b", "c"][i % 3];
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_message(NewMessage::text(cid("g"), uid(sender), format!("m{i}")))
+                .await
+                .unwrap()
+                .message
+                .seq
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().0);
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>());
+    let hist = store
+        .history(HistoryQuery {
+            channel_id: cid("g"),
+            range: HistoryRange::After(ChannelSeq(0)),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        hist.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<u64>>()
+    );
+    assert!(
+        hist.windows(2).all(|w| w[0].id < w[1].id),
+        "ids increase with seq"
+    );
+}
+
+#[tokio::test]
+async fn retried_send_returns_the_original() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    group(&store, "g", &["a"]).await;
+    let mut m = NewMessage::text(cid("g"), uid("a"), "hello");
+    m.client_msg_id = Some("k1".into());
+    let first = store.append_message(m.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    m.text = "different text".into();
+    let again = store.append_message(m).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.id, first.message.id);
+    assert_eq!(again.message.text, "hello");
+    assert_eq!(
+        store
+            .get_channel(&cid("g"))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        ChannelSeq(1)
+    );
+}
+
+#[tokio::test]
+async fn non_members_cannot_send_and_failures_leave_no_gap() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    group(&store, "g", &["a"]).await;
+    let err = store
+        .append_message(NewMessage::text(cid("g"), uid("b"), "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotMember { .. }), "{err:?}");
+    let err = store
+        .append_message(NewMessage::text(cid("nope"), uid("b"), "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DomainError::NotFound {
+                entity: "channel",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let ok = store
+        .append_message(NewMessage::text(cid("g"), uid("a"), "x"))
+        .await
+        .unwrap();
+    assert_eq!(ok.message.seq, ChannelSeq(1));
+}
+
+#[tokio::test]
+async fn direct_channels_are_distinct() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    let mk = |x: &str, y: &str| NewChannel {
+        id: NewChannel::direct_id(&uid(x), &uid(y)),
+        kind: ChannelKind::Direct,
+        name: String::new(),
+        cover_url: String::new(),
+        custom_type: String::new(),
+        data: None,
+        created_by: Some(uid(x)),
+        members: vec![uid(x), uid(y)],
+    };
+    let (c1, created1) = store.create_channel(mk("a", "b")).await.unwrap();
+    let (c2, created2) = store.create_channel(mk("b", "a")).await.unwrap();
+    assert!(created1 && !created2);
+    assert_eq!(c1.id, c2.id);
+    assert_eq!(c1.member_count, 2);
+}
+
+#[tokio::test]
+async fn events_follow_commit_order() {
+    let (_dir, store, bus) = open().await;
+    let mut events = bus.subscribe();
+    user(&store, "a").await;
+    group(&store, "g", &["a"]).await;
+    for i in 0..20 {
+        store
+            .append_message(NewMessage::text(cid("g"), uid("a"), format!("{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(events.next().await, Some(Event::UserCreated(_))));
+    assert!(matches!(
+        events.next().await,
+        Some(Event::ChannelCreated { .. })
+    ));
+    for want in 1..=20 {
+        match events.next().await {
+            Some(Event::MessageCreated(m)) => assert_eq!(m.seq, ChannelSeq(want)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn threads_count_replies_and_read_marks_only_move_forward() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    group(&store, "g", &["a", "b"]).await;
+    let parent = store
+        .append_message(NewMessage::text(cid("g"), uid("a"), "q"))
+        .await
+        .unwrap()
+        .message;
+    for i in 0..3 {
+        let mut r = NewMessage::text(cid("g"), uid("b"), format!("r{i}"));
+        r.parent_id = Some(parent.id);
+        store.append_message(r).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .get_message(parent.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reply_count,
+        3
+    );
+    let replies = store.thread(parent.id, None, 10).await.unwrap();
+    assert_eq!(
+        replies.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["r0", "r1", "r2"]
+    );
+    assert_eq!(
+        store
+            .mark_read(&cid("g"), &uid("a"), ChannelSeq(2))
+            .await
+            .unwrap(),
+        ChannelSeq(2)
+    );
+    assert_eq!(
+        store
+            .mark_read(&cid("g"), &uid("a"), ChannelSeq(1))
+            .await
+            .unwrap(),
+        ChannelSeq(2)
+    );
+    assert_eq!(
+        store
+            .mark_read(&cid("g"), &uid("a"), ChannelSeq(99))
+            .await
+            .unwrap(),
+        ChannelSeq(4)
+    );
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let store =
+            SqliteStore::open(SqliteConfig::new(&path), Arc::new(LocalBus::default())).unwrap();
+        user(&store, "a").await;
+        group(&store, "g", &["a"]).await;
+        store
+            .append_message(NewMessage::text(cid("g"), uid("a"), "kept"))
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path), Arc::new(LocalBus::default())).unwrap();
+    let m = store
+        .history(HistoryQuery {
+            channel_id: cid("g"),
+            range: HistoryRange::Latest,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].text, "kept");
+}

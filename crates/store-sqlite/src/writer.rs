@@ -1,0 +1,806 @@
+//! The single writer: one thread owns the one write connection and applies commands in batches.
+//!
+//! Group commit: the thread takes every command that is waiting (up to `max_batch`), applies each inside its
+//! own savepoint (so one failing command does not undo the others), commits once (one fsync for the batch),
+//! publishes the batch's events to the bus in commit order, and only then answers the callers. So an answer
+//! means "durable and announced".
+
+use std::sync::Arc;
+
+use confab_domain::model::{
+    Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch,
+    NewChannel, NewMessage, NewUser, User, UserPatch,
+};
+use confab_domain::ports::{DynBus, SessionRecord};
+use confab_domain::{
+    ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, Millis, UserId, now_millis,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::queries;
+use crate::rows::to_json;
+
+pub enum Op {
+    CreateUser(NewUser),
+    UpdateUser(UserId, UserPatch),
+    DeleteUser(UserId),
+    SetLastSeen(UserId, Millis),
+    CreateSession(SessionRecord),
+    RevokeSessions(UserId),
+    CreateChannel(NewChannel),
+    UpdateChannel(ChannelId, ChannelPatch),
+    DeleteChannel(ChannelId),
+    AddMembers(ChannelId, Vec<UserId>, Option<UserId>),
+    RemoveMember(ChannelId, UserId, Option<UserId>),
+    MarkRead(ChannelId, UserId, ChannelSeq),
+    Append(Box<NewMessage>),
+    Edit(MessageId, MessagePatch),
+    Delete(MessageId),
+    PutFile(FileObject),
+}
+
+pub enum Outcome {
+    Unit,
+    Count(u64),
+    User(User),
+    Channel(Channel, bool),
+    Seq(ChannelSeq),
+    Appended(Box<Appended>),
+    Message(Box<confab_domain::model::Message>),
+}
+
+pub struct WriteCmd {
+    pub op: Op,
+    pub reply: oneshot::Sender<DomainResult<Outcome>>,
+}
+
+pub struct Writer {
+    pub conn: Connection,
+    pub rx: mpsc::Receiver<WriteCmd>,
+    pub bus: DynBus,
+    pub runtime: tokio::runtime::Handle,
+    pub max_batch: usize,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut batch: Vec<WriteCmd> = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.apply_batch(&mut batch);
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn apply_batch(&mut self, batch: &mut Vec<WriteCmd>) {
+        let mut events = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        let conn = &mut self.conn;
+        let committed = (|| -> rusqlite::Result<()> {
+            let mut tx = conn.transaction()?;
+            for WriteCmd { op, reply } in batch.drain(..) {
+                replies.push(reply);
+                let sp = tx.savepoint()?;
+                let mut local = Vec::new();
+                match apply(&sp, op, &mut local) {
+                    Ok(out) => {
+                        sp.commit()?;
+                        events.append(&mut local);
+                        results.push(Ok(out));
+                    }
+                    Err(e) => {
+                        // Dropping the savepoint rolls back this command only.
+                        drop(sp);
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit()
+        })();
+        match committed {
+            Ok(()) => {
+                if !events.is_empty() {
+                    // Announce before answering, so a client that got its ack can rely on the event being on its way.
+                    self.runtime.block_on(self.bus.publish(events));
+                }
+                for (reply, res) in replies.into_iter().zip(results) {
+                    let _ = reply.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = replies.len(), "store commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(DomainError::Unavailable(
+                        "storage commit failed".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Maps storage errors: constraint violations are the caller's fault (handled where they can occur), the rest
+/// is an unavailable store.
+pub fn db_err(e: rusqlite::Error) -> DomainError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            DomainError::Unavailable("storage busy".into())
+        }
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            DomainError::Internal(format!("corrupt row: {e}"))
+        }
+        _ => DomainError::Unavailable(format!("storage error: {e}")),
+    }
+}
+
+fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Outcome> {
+    let now = now_millis();
+    match op {
+        Op::CreateUser(u) => create_user(conn, u, now, events).map(Outcome::User),
+        Op::UpdateUser(id, p) => update_user(conn, &id, p, now, events).map(Outcome::User),
+        Op::DeleteUser(id) => delete_user(conn, &id, events).map(|_| Outcome::Unit),
+        Op::SetLastSeen(id, at) => {
+            conn.prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id.as_str(), at]))
+                .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+        Op::CreateSession(s) => {
+            conn.prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| st.execute(params![&s.token_hash[..], s.user_id.as_str(), s.created_at, s.expires_at]))
+            .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+        Op::RevokeSessions(id) => {
+            let n = conn
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
+                .and_then(|mut s| s.execute([id.as_str()]))
+                .map_err(db_err)?;
+            Ok(Outcome::Count(n as u64))
+        }
+        Op::CreateChannel(c) => {
+            create_channel(conn, c, now, events).map(|(c, created)| Outcome::Channel(c, created))
+        }
+        Op::UpdateChannel(id, p) => {
+            update_channel(conn, &id, p, now, events).map(|c| Outcome::Channel(c, false))
+        }
+        Op::DeleteChannel(id) => delete_channel(conn, &id, events).map(|_| Outcome::Unit),
+        Op::AddMembers(id, users, by) => {
+            add_members(conn, &id, &users, by, now, events).map(|c| Outcome::Channel(c, false))
+        }
+        Op::RemoveMember(id, user, by) => {
+            remove_member(conn, &id, &user, by, now, events).map(|c| Outcome::Channel(c, false))
+        }
+        Op::MarkRead(id, user, seq) => mark_read(conn, &id, &user, seq, events).map(Outcome::Seq),
+        Op::Append(m) => append(conn, *m, now, events).map(|a| Outcome::Appended(Box::new(a))),
+        Op::Edit(id, p) => edit(conn, id, p, now, events).map(|m| Outcome::Message(Box::new(m))),
+        Op::Delete(id) => {
+            delete_message(conn, id, now, events).map(|m| Outcome::Message(Box::new(m)))
+        }
+        Op::PutFile(f) => {
+            conn.prepare_cached(
+                "INSERT INTO files (id, channel_id, uploader_id, name, size, content_type, sha256, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    f.id.as_str(),
+                    f.channel_id.as_str(),
+                    f.uploader_id.as_ref().map(|u| u.as_str()),
+                    f.name,
+                    f.size as i64,
+                    f.content_type,
+                    f.sha256,
+                    f.created_at
+                ])
+            })
+            .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+    }
+}
+
+fn create_user(
+    conn: &Connection,
+    u: NewUser,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<User> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO users (id, nickname, profile_url, metadata, is_bot, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(id) DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                u.id.as_str(),
+                u.nickname,
+                u.profile_url,
+                serde_json::Value::Object(u.metadata.clone()).to_string(),
+                u.is_bot,
+                now
+            ])
+        })
+        .map_err(db_err)?;
+    if inserted == 0 {
+        return Err(DomainError::already_exists("user", &u.id));
+    }
+    let user = User {
+        id: u.id,
+        nickname: u.nickname,
+        profile_url: u.profile_url,
+        metadata: u.metadata,
+        is_bot: u.is_bot,
+        created_at: now,
+        updated_at: now,
+        last_seen_at: None,
+    };
+    events.push(Event::UserCreated(Arc::new(user.clone())));
+    Ok(user)
+}
+
+fn update_user(
+    conn: &Connection,
+    id: &UserId,
+    p: UserPatch,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<User> {
+    let mut user = queries::user(conn, id)
+        .map_err(db_err)?
+        .ok_or_else(|| DomainError::not_found("user", id))?;
+    if let Some(n) = p.nickname {
+        user.nickname = n;
+    }
+    if let Some(u) = p.profile_url {
+        user.profile_url = u;
+    }
+    if let Some(m) = p.metadata {
+        user.metadata = m;
+    }
+    user.updated_at = now;
+    conn.prepare_cached(
+        "UPDATE users SET nickname = ?2, profile_url = ?3, metadata = ?4, updated_at = ?5 WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id.as_str(),
+            user.nickname,
+            user.profile_url,
+            serde_json::Value::Object(user.metadata.clone()).to_string(),
+            now
+        ])
+    })
+    .map_err(db_err)?;
+    events.push(Event::UserUpdated(Arc::new(user.clone())));
+    Ok(user)
+}
+
+fn delete_user(conn: &Connection, id: &UserId, events: &mut Vec<Event>) -> DomainResult<()> {
+    let n = conn
+        .prepare_cached("DELETE FROM users WHERE id = ?1")
+        .and_then(|mut s| s.execute([id.as_str()]))
+        .map_err(db_err)?;
+    if n == 0 {
+        return Err(DomainError::not_found("user", id));
+    }
+    conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
+        .and_then(|mut s| s.execute([id.as_str()]))
+        .map_err(db_err)?;
+    for channel in queries::user_channel_ids(conn, id).map_err(db_err)? {
+        remove_member(conn, &channel, id, None, now_millis(), events)?;
+    }
+    events.push(Event::UserDeleted(id.clone()));
+    Ok(())
+}
+
+fn require_users(conn: &Connection, users: &[UserId]) -> DomainResult<()> {
+    let mut stmt = conn
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
+        .map_err(db_err)?;
+    for u in users {
+        if !stmt.exists([u.as_str()]).map_err(db_err)? {
+            return Err(DomainError::not_found("user", u));
+        }
+    }
+    Ok(())
+}
+
+fn create_channel(
+    conn: &Connection,
+    c: NewChannel,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<(Channel, bool)> {
+    if let Some(existing) = queries::channel(conn, &c.id).map_err(db_err)? {
+        if c.kind == ChannelKind::Direct && existing.kind == ChannelKind::Direct {
+            return Ok((existing, false));
+        }
+        return Err(DomainError::already_exists("channel", &c.id));
+    }
+    let mut members = c.members.clone();
+    members.sort();
+    members.dedup();
+    require_users(conn, &members)?;
+    conn.prepare_cached(
+        "INSERT INTO channels (id, kind, name, cover_url, custom_type, data, created_by, created_at, updated_at, \
+         member_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            c.id.as_str(),
+            c.kind.as_str(),
+            c.name,
+            c.cover_url,
+            c.custom_type,
+            to_json(&c.data),
+            c.created_by.as_ref().map(|u| u.as_str()),
+            now,
+            members.len() as i64
+        ])
+    })
+    .map_err(db_err)?;
+    {
+        let mut ins = conn
+            .prepare_cached(
+                "INSERT INTO members (channel_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db_err)?;
+        for m in &members {
+            ins.execute(params![c.id.as_str(), m.as_str(), now])
+                .map_err(db_err)?;
+        }
+    }
+    let channel = Channel {
+        id: c.id,
+        kind: c.kind,
+        name: c.name,
+        cover_url: c.cover_url,
+        custom_type: c.custom_type,
+        data: c.data,
+        created_by: c.created_by,
+        created_at: now,
+        updated_at: now,
+        last_seq: ChannelSeq::ZERO,
+        last_message_at: None,
+        member_count: members.len() as u32,
+    };
+    events.push(Event::ChannelCreated {
+        channel: Arc::new(channel.clone()),
+        members: members.into(),
+    });
+    Ok((channel, true))
+}
+
+fn load_channel(conn: &Connection, id: &ChannelId) -> DomainResult<Channel> {
+    queries::channel(conn, id)
+        .map_err(db_err)?
+        .ok_or_else(|| DomainError::not_found("channel", id))
+}
+
+fn update_channel(
+    conn: &Connection,
+    id: &ChannelId,
+    p: ChannelPatch,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Channel> {
+    let mut c = load_channel(conn, id)?;
+    if let Some(n) = p.name {
+        c.name = n;
+    }
+    if let Some(u) = p.cover_url {
+        c.cover_url = u;
+    }
+    if let Some(t) = p.custom_type {
+        c.custom_type = t;
+    }
+    if let Some(d) = p.data {
+        c.data = d;
+    }
+    c.updated_at = now;
+    conn.prepare_cached(
+        "UPDATE channels SET name = ?2, cover_url = ?3, custom_type = ?4, data = ?5, updated_at = ?6 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id.as_str(), c.name, c.cover_url, c.custom_type, to_json(&c.data), now]))
+    .map_err(db_err)?;
+    events.push(Event::ChannelUpdated(Arc::new(c.clone())));
+    Ok(c)
+}
+
+fn delete_channel(conn: &Connection, id: &ChannelId, events: &mut Vec<Event>) -> DomainResult<()> {
+    let members = queries::member_ids(conn, id).map_err(db_err)?;
+    let n = conn
+        .prepare_cached("DELETE FROM channels WHERE id = ?1")
+        .and_then(|mut s| s.execute([id.as_str()]))
+        .map_err(db_err)?;
+    if n == 0 {
+        return Err(DomainError::not_found("channel", id));
+    }
+    for sql in [
+        "DELETE FROM members WHERE channel_id = ?1",
+        "DELETE FROM messages WHERE channel_id = ?1",
+        "DELETE FROM files WHERE channel_id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([id.as_str()]))
+            .map_err(db_err)?;
+    }
+    events.push(Event::ChannelDeleted {
+        channel_id: id.clone(),
+        members: members.into(),
+    });
+    Ok(())
+}
+
+fn add_members(
+    conn: &Connection,
+    id: &ChannelId,
+    users: &[UserId],
+    by: Option<UserId>,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Channel> {
+    let mut channel = load_channel(conn, id)?;
+    if channel.kind == ChannelKind::Direct {
+        return Err(DomainError::forbidden(
+            "members of a direct channel cannot change",
+        ));
+    }
+    require_users(conn, users)?;
+    let mut added = Vec::new();
+    {
+        let mut ins = conn
+            .prepare_cached(
+                "INSERT INTO members (channel_id, user_id, joined_at, read_seq) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .map_err(db_err)?;
+        for u in users {
+            // A new member starts with nothing unread: history before joining is readable but not "new".
+            if ins
+                .execute(params![
+                    id.as_str(),
+                    u.as_str(),
+                    now,
+                    channel.last_seq.0 as i64
+                ])
+                .map_err(db_err)?
+                == 1
+            {
+                added.push(u.clone());
+            }
+        }
+    }
+    if added.is_empty() {
+        return Ok(channel);
+    }
+    channel.member_count += added.len() as u32;
+    if channel.member_count > 0 {
+        conn.prepare_cached("UPDATE channels SET member_count = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id.as_str(), channel.member_count]))
+            .map_err(db_err)?;
+    }
+    events.push(Event::MembersJoined {
+        channel: Arc::new(channel.clone()),
+        user_ids: added.into(),
+        by,
+    });
+    Ok(channel)
+}
+
+fn remove_member(
+    conn: &Connection,
+    id: &ChannelId,
+    user: &UserId,
+    by: Option<UserId>,
+    _now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Channel> {
+    let mut channel = load_channel(conn, id)?;
+    let n = conn
+        .prepare_cached("DELETE FROM members WHERE channel_id = ?1 AND user_id = ?2")
+        .and_then(|mut s| s.execute([id.as_str(), user.as_str()]))
+        .map_err(db_err)?;
+    if n == 0 {
+        return Err(DomainError::not_member(user, id));
+    }
+    channel.member_count = channel.member_count.saturating_sub(1);
+    conn.prepare_cached("UPDATE channels SET member_count = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id.as_str(), channel.member_count]))
+        .map_err(db_err)?;
+    events.push(Event::MemberLeft {
+        channel: Arc::new(channel.clone()),
+        user_id: user.clone(),
+        by,
+    });
+    Ok(channel)
+}
+
+fn mark_read(
+    conn: &Connection,
+    id: &ChannelId,
+    user: &UserId,
+    seq: ChannelSeq,
+    events: &mut Vec<Event>,
+) -> DomainResult<ChannelSeq> {
+    let member = queries::member(conn, id, user)
+        .map_err(db_err)?
+        .ok_or_else(|| {
+            if queries::channel(conn, id).ok().flatten().is_none() {
+                DomainError::not_found("channel", id)
+            } else {
+                DomainError::not_member(user, id)
+            }
+        })?;
+    let last: i64 = conn
+        .prepare_cached("SELECT last_seq FROM channels WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)))
+        .map_err(db_err)?;
+    let target = ChannelSeq(seq.0.min(last as u64));
+    if target <= member.read_seq {
+        return Ok(member.read_seq);
+    }
+    conn.prepare_cached("UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2")
+        .and_then(|mut s| s.execute(params![id.as_str(), user.as_str(), target.0 as i64]))
+        .map_err(db_err)?;
+    events.push(Event::ReadUpTo {
+        channel_id: id.clone(),
+        user_id: user.clone(),
+        seq: target,
+    });
+    Ok(target)
+}
+
+fn membership_error(conn: &Connection, channel: &ChannelId, user: &UserId) -> DomainError {
+    match queries::channel(conn, channel) {
+        Ok(Some(_)) => DomainError::not_member(user, channel),
+        Ok(None) => DomainError::not_found("channel", channel),
+        Err(e) => db_err(e),
+    }
+}
+
+fn append(
+    conn: &Connection,
+    m: NewMessage,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Appended> {
+    if let (Some(sender), Some(key)) = (&m.sender_id, &m.client_msg_id)
+        && let Some(original) = queries::message_by_client_id(conn, sender, key).map_err(db_err)?
+    {
+        return Ok(Appended {
+            message: original,
+            duplicate: true,
+        });
+    }
+    if let Some(sender) = &m.sender_id {
+        let is_member = conn
+            .prepare_cached("SELECT 1 FROM members WHERE channel_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.exists([m.channel_id.as_str(), sender.as_str()]))
+            .map_err(db_err)?;
+        if !is_member {
+            return Err(membership_error(conn, &m.channel_id, sender));
+        }
+    }
+    let mut parent_update = None;
+    if let Some(parent_id) = m.parent_id {
+        let parent: Option<(String, Option<i64>)> = conn
+            .prepare_cached("SELECT channel_id, parent_id FROM messages WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([parent_id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        match parent {
+            Some((ch, None)) if ch == m.channel_id.as_str() => parent_update = Some(parent_id),
+            Some((ch, Some(_))) if ch == m.channel_id.as_str() => {
+                return Err(DomainError::invalid(
+                    "parent_id",
+                    "replies cannot have replies; reply to the thread's parent",
+                ));
+            }
+            _ => return Err(DomainError::not_found("message", parent_id)),
+        }
+    }
+    let file = match &m.file_id {
+        Some(fid) => {
+            let f = queries::file(conn, fid)
+                .map_err(db_err)?
+                .ok_or_else(|| DomainError::not_found("file", fid))?;
+            if f.channel_id != m.channel_id {
+                return Err(DomainError::invalid(
+                    "file_id",
+                    "the file was uploaded for another channel",
+                ));
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE channels SET last_seq = last_seq + 1, last_message_at = ?2 WHERE id = ?1 RETURNING last_seq",
+        )
+        .and_then(|mut s| s.query_row(params![m.channel_id.as_str(), now], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    let seq =
+        ChannelSeq(seq.ok_or_else(|| DomainError::not_found("channel", &m.channel_id))? as u64);
+    let mentions =
+        serde_json::to_string(&m.mentions).map_err(|e| DomainError::Internal(e.to_string()))?;
+    let file_json = file
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| DomainError::Internal(e.to_string()))?;
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO messages (channel_id, seq, sender_id, kind, text, custom_type, data, payload, mentions, \
+             client_msg_id, parent_id, file, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) RETURNING id",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    m.channel_id.as_str(),
+                    seq.0 as i64,
+                    m.sender_id.as_ref().map(|u| u.as_str()),
+                    m.kind.as_str(),
+                    m.text,
+                    m.custom_type,
+                    to_json(&m.data),
+                    to_json(&m.payload),
+                    mentions,
+                    m.client_msg_id,
+                    m.parent_id.map(|p| p.0),
+                    file_json,
+                    now
+                ],
+                |r| r.get(0),
+            )
+        })
+        .map_err(db_err)?;
+    if let Some(sender) = &m.sender_id {
+        // The sender has read its own message.
+        conn.prepare_cached(
+            "UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                m.channel_id.as_str(),
+                sender.as_str(),
+                seq.0 as i64
+            ])
+        })
+        .map_err(db_err)?;
+    }
+    let message = confab_domain::model::Message {
+        id: MessageId(id),
+        channel_id: m.channel_id,
+        seq,
+        sender_id: m.sender_id,
+        kind: m.kind,
+        text: m.text,
+        custom_type: m.custom_type,
+        data: m.data,
+        payload: m.payload,
+        mentions: m.mentions,
+        client_msg_id: m.client_msg_id,
+        parent_id: m.parent_id,
+        reply_count: 0,
+        file,
+        created_at: now,
+        updated_at: now,
+        edited: false,
+        deleted: false,
+    };
+    events.push(Event::MessageCreated(Arc::new(message.clone())));
+    if let Some(parent_id) = parent_update {
+        conn.prepare_cached("UPDATE messages SET reply_count = reply_count + 1 WHERE id = ?1")
+            .and_then(|mut s| s.execute([parent_id.0]))
+            .map_err(db_err)?;
+        if let Some(parent) = queries::message(conn, parent_id).map_err(db_err)? {
+            events.push(Event::MessageUpdated(Arc::new(parent)));
+        }
+    }
+    Ok(Appended {
+        message,
+        duplicate: false,
+    })
+}
+
+fn load_message(conn: &Connection, id: MessageId) -> DomainResult<confab_domain::model::Message> {
+    queries::message(conn, id)
+        .map_err(db_err)?
+        .ok_or_else(|| DomainError::not_found("message", id))
+}
+
+fn edit(
+    conn: &Connection,
+    id: MessageId,
+    p: MessagePatch,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<confab_domain::model::Message> {
+    let mut msg = load_message(conn, id)?;
+    if msg.deleted {
+        return Err(DomainError::not_found("message", id));
+    }
+    if let Some(t) = p.text {
+        if matches!(
+            msg.kind,
+            MessageKind::Image | MessageKind::File | MessageKind::Custom
+        ) && t.is_empty()
+        {
+            return Err(DomainError::invalid("text", "must not be empty"));
+        }
+        msg.text = t;
+    }
+    if let Some(c) = p.custom_type {
+        msg.custom_type = c;
+    }
+    if let Some(d) = p.data {
+        msg.data = d;
+    }
+    if let Some(pl) = p.payload {
+        msg.payload = Some(pl);
+    }
+    msg.updated_at = now;
+    msg.edited = true;
+    conn.prepare_cached(
+        "UPDATE messages SET text = ?2, custom_type = ?3, data = ?4, payload = ?5, updated_at = ?6, edited = 1 \
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![id.0, msg.text, msg.custom_type, to_json(&msg.data), to_json(&msg.payload), now])
+    })
+    .map_err(db_err)?;
+    events.push(Event::MessageUpdated(Arc::new(msg.clone())));
+    Ok(msg)
+}
+
+fn delete_message(
+    conn: &Connection,
+    id: MessageId,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<confab_domain::model::Message> {
+    let mut msg = load_message(conn, id)?;
+    if msg.deleted {
+        return Ok(msg);
+    }
+    msg.text.clear();
+    msg.data = None;
+    msg.payload = None;
+    msg.file = None;
+    msg.mentions.clear();
+    msg.deleted = true;
+    msg.updated_at = now;
+    conn.prepare_cached(
+        "UPDATE messages SET text = '', data = NULL, payload = NULL, file = NULL, mentions = '[]', deleted = 1, \
+         updated_at = ?2 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id.0, now]))
+    .map_err(db_err)?;
+    events.push(Event::MessageDeleted {
+        channel_id: msg.channel_id.clone(),
+        message_id: id,
+        seq: msg.seq,
+    });
+    Ok(msg)
+}
