@@ -61,10 +61,7 @@ impl EventBus for LocalBus {
 
     fn subscribe(&self) -> Box<dyn EventStream> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
         Box::new(LocalStream { rx })
     }
 }

@@ -71,10 +71,7 @@ impl Event {
             | Event::MembersJoined { channel, .. }
             | Event::MemberLeft { channel, .. } => Some(&channel.id),
             Event::ChannelUpdated(c) => Some(&c.id),
-            Event::Presence { .. }
-            | Event::UserCreated(_)
-            | Event::UserUpdated(_)
-            | Event::UserDeleted(_) => None,
+            Event::Presence { .. } | Event::UserCreated(_) | Event::UserUpdated(_) | Event::UserDeleted(_) => None,
         }
     }
 

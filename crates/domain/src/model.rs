@@ -63,20 +63,14 @@ impl UserPatch {
 
 fn check_nickname(n: &str) -> Result<(), DomainError> {
     if n.chars().count() > 80 {
-        return Err(DomainError::invalid(
-            "nickname",
-            "must be at most 80 characters",
-        ));
+        return Err(DomainError::invalid("nickname", "must be at most 80 characters"));
     }
     Ok(())
 }
 
 fn check_url_field(field: &'static str, u: &str) -> Result<(), DomainError> {
     if u.len() > 2048 {
-        return Err(DomainError::invalid(
-            field,
-            "must be at most 2048 characters",
-        ));
+        return Err(DomainError::invalid(field, "must be at most 2048 characters"));
     }
     Ok(())
 }
@@ -87,10 +81,7 @@ fn check_metadata(m: &serde_json::Map<String, Value>) -> Result<(), DomainError>
     }
     for (k, v) in m {
         if k.is_empty() || k.len() > 128 {
-            return Err(DomainError::invalid(
-                "metadata",
-                "keys must be 1 to 128 characters",
-            ));
+            return Err(DomainError::invalid("metadata", "keys must be 1 to 128 characters"));
         }
         match v {
             Value::String(s) if s.len() <= 4096 => {}
@@ -166,10 +157,7 @@ impl NewChannel {
         // Both ids are at most 80 characters of safe ASCII; a readable id beats a hash here, but it must fit
         // the 100-character channel id, so long pairs fall back to a stable digest.
         let readable = format!("dm.{}.{}", x, y);
-        if readable.len() <= ChannelId::MAX_LEN
-            && !x.as_str().contains('.')
-            && !y.as_str().contains('.')
-        {
+        if readable.len() <= ChannelId::MAX_LEN && !x.as_str().contains('.') && !y.as_str().contains('.') {
             return ChannelId::parse(&readable).expect("built from valid ids");
         }
         ChannelId::parse(&format!(
@@ -182,10 +170,7 @@ impl NewChannel {
 
     pub fn validate(&self, limits: &Limits) -> Result<(), DomainError> {
         if self.name.chars().count() > 200 {
-            return Err(DomainError::invalid(
-                "name",
-                "must be at most 200 characters",
-            ));
+            return Err(DomainError::invalid("name", "must be at most 200 characters"));
         }
         check_url_field("cover_url", &self.cover_url)?;
         check_custom_type(&self.custom_type)?;
@@ -223,10 +208,7 @@ impl ChannelPatch {
         if let Some(n) = &self.name
             && n.chars().count() > 200
         {
-            return Err(DomainError::invalid(
-                "name",
-                "must be at most 200 characters",
-            ));
+            return Err(DomainError::invalid("name", "must be at most 200 characters"));
         }
         if let Some(u) = &self.cover_url {
             check_url_field("cover_url", u)?;
@@ -374,9 +356,7 @@ impl NewMessage {
         check_custom_type(&self.custom_type)?;
         check_data(&self.data, limits)?;
         if let Some(p) = &self.payload {
-            let len = serde_json::to_string(p)
-                .map(|s| s.len())
-                .unwrap_or(usize::MAX);
+            let len = serde_json::to_string(p).map(|s| s.len()).unwrap_or(usize::MAX);
             if len > limits.max_data_bytes {
                 return Err(DomainError::LimitExceeded {
                     what: "payload",
@@ -393,10 +373,7 @@ impl NewMessage {
         if let Some(c) = &self.client_msg_id
             && (c.is_empty() || c.len() > 128)
         {
-            return Err(DomainError::invalid(
-                "client_msg_id",
-                "must be 1 to 128 characters",
-            ));
+            return Err(DomainError::invalid("client_msg_id", "must be 1 to 128 characters"));
         }
         match self.kind {
             MessageKind::Text | MessageKind::Admin => {
@@ -420,10 +397,7 @@ impl NewMessage {
             }
             MessageKind::Custom => {
                 if self.payload.is_none() && self.data.is_none() && self.text.is_empty() {
-                    return Err(DomainError::invalid(
-                        "payload",
-                        "custom messages need a payload",
-                    ));
+                    return Err(DomainError::invalid("payload", "custom messages need a payload"));
                 }
             }
         }
@@ -463,10 +437,7 @@ impl MessagePatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.text.is_none()
-            && self.custom_type.is_none()
-            && self.data.is_none()
-            && self.payload.is_none()
+        self.text.is_none() && self.custom_type.is_none() && self.data.is_none() && self.payload.is_none()
     }
 }
 
@@ -483,10 +454,7 @@ fn check_text(t: &str, limits: &Limits) -> Result<(), DomainError> {
 
 fn check_custom_type(c: &str) -> Result<(), DomainError> {
     if c.len() > 128 {
-        return Err(DomainError::invalid(
-            "custom_type",
-            "must be at most 128 characters",
-        ));
+        return Err(DomainError::invalid("custom_type", "must be at most 128 characters"));
     }
     Ok(())
 }
@@ -495,9 +463,7 @@ fn check_data(d: &Option<Value>, limits: &Limits) -> Result<(), DomainError> {
     if let Some(v) = d {
         let len = match v {
             Value::String(s) => s.len(),
-            other => serde_json::to_string(other)
-                .map(|s| s.len())
-                .unwrap_or(usize::MAX),
+            other => serde_json::to_string(other).map(|s| s.len()).unwrap_or(usize::MAX),
         };
         if len > limits.max_data_bytes {
             return Err(DomainError::LimitExceeded {
@@ -565,10 +531,7 @@ mod tests {
         let mut m = NewMessage::text(ChannelId::parse("c").unwrap(), uid("a"), "é".repeat(5000));
         assert!(m.validate(&limits).is_ok());
         m.text.push('x');
-        assert!(matches!(
-            m.validate(&limits),
-            Err(DomainError::LimitExceeded { .. })
-        ));
+        assert!(matches!(m.validate(&limits), Err(DomainError::LimitExceeded { .. })));
     }
 
     #[test]

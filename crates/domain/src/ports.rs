@@ -9,8 +9,8 @@ use crate::error::DomainResult;
 use crate::event::Event;
 use crate::ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
 use crate::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message,
-    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessagePatch,
+    NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 
 /// A client session token as stored: only the SHA-256 of the token is kept.
@@ -47,11 +47,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>>;
     async fn update_channel(&self, id: &ChannelId, patch: ChannelPatch) -> DomainResult<Channel>;
     async fn delete_channel(&self, id: &ChannelId) -> DomainResult<()>;
-    async fn list_channels(
-        &self,
-        after: Option<&ChannelId>,
-        limit: u32,
-    ) -> DomainResult<Vec<Channel>>;
+    async fn list_channels(&self, after: Option<&ChannelId>, limit: u32) -> DomainResult<Vec<Channel>>;
     async fn list_member_channels(
         &self,
         user: &UserId,
@@ -60,36 +56,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> DomainResult<Vec<MemberChannel>>;
 
     /// Adds existing users as members (already-members are ignored). Fails if a user does not exist.
-    async fn add_members(
-        &self,
-        channel: &ChannelId,
-        users: Vec<UserId>,
-        by: Option<UserId>,
-    ) -> DomainResult<Channel>;
-    async fn remove_member(
-        &self,
-        channel: &ChannelId,
-        user: &UserId,
-        by: Option<UserId>,
-    ) -> DomainResult<Channel>;
+    async fn add_members(&self, channel: &ChannelId, users: Vec<UserId>, by: Option<UserId>) -> DomainResult<Channel>;
+    async fn remove_member(&self, channel: &ChannelId, user: &UserId, by: Option<UserId>) -> DomainResult<Channel>;
     async fn get_member(&self, channel: &ChannelId, user: &UserId) -> DomainResult<Option<Member>>;
-    async fn list_members(
-        &self,
-        channel: &ChannelId,
-        after: Option<&UserId>,
-        limit: u32,
-    ) -> DomainResult<Vec<Member>>;
+    async fn list_members(&self, channel: &ChannelId, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<Member>>;
     /// Every member id of a channel (for fan-out).
     async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>>;
     /// Users who share at least one channel with `user` (for presence).
     async fn contacts(&self, user: &UserId) -> DomainResult<Vec<UserId>>;
     /// Moves the member's read position forward (never back, never past the last message); returns it.
-    async fn mark_read(
-        &self,
-        channel: &ChannelId,
-        user: &UserId,
-        seq: ChannelSeq,
-    ) -> DomainResult<ChannelSeq>;
+    async fn mark_read(&self, channel: &ChannelId, user: &UserId, seq: ChannelSeq) -> DomainResult<ChannelSeq>;
 
     /// Stores a message with the next sequence of its channel, or returns the original of a retried send
     /// (same sender and `client_msg_id`). Checks that the sender is a member, in the same transaction.
@@ -97,12 +73,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_message(&self, id: MessageId) -> DomainResult<Option<Message>>;
     async fn history(&self, query: HistoryQuery) -> DomainResult<Vec<Message>>;
     /// Replies to `parent`, oldest first, after the given reply id.
-    async fn thread(
-        &self,
-        parent: MessageId,
-        after: Option<MessageId>,
-        limit: u32,
-    ) -> DomainResult<Vec<Message>>;
+    async fn thread(&self, parent: MessageId, after: Option<MessageId>, limit: u32) -> DomainResult<Vec<Message>>;
     async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message>;
     /// Soft delete: the message keeps its sequence (no gap) but loses its content.
     async fn delete_message(&self, id: MessageId) -> DomainResult<Message>;

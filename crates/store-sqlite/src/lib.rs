@@ -16,13 +16,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use confab_domain::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message,
-    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessagePatch,
+    NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::ports::{DynBus, SessionRecord, Store};
-use confab_domain::{
-    ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId,
-};
+use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -91,9 +89,7 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the database and starts the writer thread.
     /// Must be called from within a tokio runtime: the writer publishes events through it.
     pub fn open(cfg: SqliteConfig, bus: DynBus) -> DomainResult<Self> {
-        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = open_conn(&cfg, rw).map_err(db_err)?;
         schema::migrate(&mut conn).map_err(db_err)?;
         let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -149,20 +145,14 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .ok_or_else(|| {
-                DomainError::Internal("reader pool out of step with its permits".into())
-            })?;
+            .ok_or_else(|| DomainError::Internal("reader pool out of step with its permits".into()))?;
         let (conn, res) = tokio::task::spawn_blocking(move || {
             let res = f(&conn);
             (conn, res)
         })
         .await
         .map_err(|e| DomainError::Internal(format!("reader task failed: {e}")))?;
-        self.readers
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+        self.readers.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
         res.map_err(db_err)
     }
 }
@@ -174,11 +164,7 @@ fn unexpected() -> DomainError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ready(&self) -> bool {
-        !self.writer.is_closed()
-            && self
-                .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
-                .await
-                .is_ok()
+        !self.writer.is_closed() && self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
     }
 
     async fn create_user(&self, user: NewUser) -> DomainResult<User> {
@@ -195,8 +181,7 @@ impl Store for SqliteStore {
 
     async fn list_users(&self, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<User>> {
         let after = after.cloned();
-        self.read(move |c| queries::users_after(c, after.as_ref(), limit))
-            .await
+        self.read(move |c| queries::users_after(c, after.as_ref(), limit)).await
     }
 
     async fn update_user(&self, id: &UserId, patch: UserPatch) -> DomainResult<User> {
@@ -211,9 +196,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_last_seen(&self, id: &UserId, at: Millis) -> DomainResult<()> {
-        self.write(Op::SetLastSeen(id.clone(), at))
-            .await
-            .map(|_| ())
+        self.write(Op::SetLastSeen(id.clone(), at)).await.map(|_| ())
     }
 
     async fn create_session(&self, session: SessionRecord) -> DomainResult<()> {
@@ -255,11 +238,7 @@ impl Store for SqliteStore {
         self.write(Op::DeleteChannel(id.clone())).await.map(|_| ())
     }
 
-    async fn list_channels(
-        &self,
-        after: Option<&ChannelId>,
-        limit: u32,
-    ) -> DomainResult<Vec<Channel>> {
+    async fn list_channels(&self, after: Option<&ChannelId>, limit: u32) -> DomainResult<Vec<Channel>> {
         let after = after.cloned();
         self.read(move |c| queries::channels_after(c, after.as_ref(), limit))
             .await
@@ -276,31 +255,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn add_members(
-        &self,
-        channel: &ChannelId,
-        users: Vec<UserId>,
-        by: Option<UserId>,
-    ) -> DomainResult<Channel> {
-        match self
-            .write(Op::AddMembers(channel.clone(), users, by))
-            .await?
-        {
+    async fn add_members(&self, channel: &ChannelId, users: Vec<UserId>, by: Option<UserId>) -> DomainResult<Channel> {
+        match self.write(Op::AddMembers(channel.clone(), users, by)).await? {
             Outcome::Channel(c, _) => Ok(c),
             _ => Err(unexpected()),
         }
     }
 
-    async fn remove_member(
-        &self,
-        channel: &ChannelId,
-        user: &UserId,
-        by: Option<UserId>,
-    ) -> DomainResult<Channel> {
-        match self
-            .write(Op::RemoveMember(channel.clone(), user.clone(), by))
-            .await?
-        {
+    async fn remove_member(&self, channel: &ChannelId, user: &UserId, by: Option<UserId>) -> DomainResult<Channel> {
+        match self.write(Op::RemoveMember(channel.clone(), user.clone(), by)).await? {
             Outcome::Channel(c, _) => Ok(c),
             _ => Err(unexpected()),
         }
@@ -308,16 +271,10 @@ impl Store for SqliteStore {
 
     async fn get_member(&self, channel: &ChannelId, user: &UserId) -> DomainResult<Option<Member>> {
         let (channel, user) = (channel.clone(), user.clone());
-        self.read(move |c| queries::member(c, &channel, &user))
-            .await
+        self.read(move |c| queries::member(c, &channel, &user)).await
     }
 
-    async fn list_members(
-        &self,
-        channel: &ChannelId,
-        after: Option<&UserId>,
-        limit: u32,
-    ) -> DomainResult<Vec<Member>> {
+    async fn list_members(&self, channel: &ChannelId, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<Member>> {
         let (channel, after) = (channel.clone(), after.cloned());
         self.read(move |c| queries::members_after(c, &channel, after.as_ref(), limit))
             .await
@@ -333,16 +290,8 @@ impl Store for SqliteStore {
         self.read(move |c| queries::contacts(c, &user)).await
     }
 
-    async fn mark_read(
-        &self,
-        channel: &ChannelId,
-        user: &UserId,
-        seq: ChannelSeq,
-    ) -> DomainResult<ChannelSeq> {
-        match self
-            .write(Op::MarkRead(channel.clone(), user.clone(), seq))
-            .await?
-        {
+    async fn mark_read(&self, channel: &ChannelId, user: &UserId, seq: ChannelSeq) -> DomainResult<ChannelSeq> {
+        match self.write(Op::MarkRead(channel.clone(), user.clone(), seq)).await? {
             Outcome::Seq(s) => Ok(s),
             _ => Err(unexpected()),
         }
@@ -363,14 +312,8 @@ impl Store for SqliteStore {
         self.read(move |c| queries::history(c, &query)).await
     }
 
-    async fn thread(
-        &self,
-        parent: MessageId,
-        after: Option<MessageId>,
-        limit: u32,
-    ) -> DomainResult<Vec<Message>> {
-        self.read(move |c| queries::thread(c, parent, after, limit))
-            .await
+    async fn thread(&self, parent: MessageId, after: Option<MessageId>, limit: u32) -> DomainResult<Vec<Message>> {
+        self.read(move |c| queries::thread(c, parent, after, limit)).await
     }
 
     async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message> {

@@ -1,15 +1,11 @@
 //! Read queries, usable on a reader connection or inside the writer's transaction.
 
-use confab_domain::model::{
-    Channel, FileObject, HistoryQuery, HistoryRange, Member, MemberChannel, Message, User,
-};
+use confab_domain::model::{Channel, FileObject, HistoryQuery, HistoryRange, Member, MemberChannel, Message, User};
 use confab_domain::ports::SessionRecord;
 use confab_domain::{ChannelId, ChannelSeq, FileId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::rows::{
-    self, CHANNEL_COLS, CHANNEL_NCOLS, FILE_COLS, MEMBER_COLS, MESSAGE_COLS, USER_COLS,
-};
+use crate::rows::{self, CHANNEL_COLS, CHANNEL_NCOLS, FILE_COLS, MEMBER_COLS, MESSAGE_COLS, USER_COLS};
 
 pub fn user(conn: &Connection, id: &UserId) -> rusqlite::Result<Option<User>> {
     conn.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
@@ -17,67 +13,45 @@ pub fn user(conn: &Connection, id: &UserId) -> rusqlite::Result<Option<User>> {
         .optional()
 }
 
-pub fn users_after(
-    conn: &Connection,
-    after: Option<&UserId>,
-    limit: u32,
-) -> rusqlite::Result<Vec<User>> {
+pub fn users_after(conn: &Connection, after: Option<&UserId>, limit: u32) -> rusqlite::Result<Vec<User>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {USER_COLS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))?;
-    stmt.query_map(
-        params![after.map(|a| a.as_str()).unwrap_or(""), limit],
-        rows::user,
-    )?
-    .collect()
+    stmt.query_map(params![after.map(|a| a.as_str()).unwrap_or(""), limit], rows::user)?
+        .collect()
 }
 
 pub fn session(conn: &Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
-    conn.prepare_cached(
-        "SELECT token_hash, user_id, created_at, expires_at FROM sessions WHERE token_hash = ?1",
-    )?
-    .query_row([&hash[..]], |r| {
-        let h: Vec<u8> = r.get(0)?;
-        let uid: String = r.get(1)?;
-        let mut token_hash = [0u8; 32];
-        token_hash.copy_from_slice(&h);
-        Ok(SessionRecord {
-            token_hash,
-            user_id: UserId::parse(&uid).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    1,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
-            created_at: r.get(2)?,
-            expires_at: r.get(3)?,
+    conn.prepare_cached("SELECT token_hash, user_id, created_at, expires_at FROM sessions WHERE token_hash = ?1")?
+        .query_row([&hash[..]], |r| {
+            let h: Vec<u8> = r.get(0)?;
+            let uid: String = r.get(1)?;
+            let mut token_hash = [0u8; 32];
+            token_hash.copy_from_slice(&h);
+            Ok(SessionRecord {
+                token_hash,
+                user_id: UserId::parse(&uid).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+                })?,
+                created_at: r.get(2)?,
+                expires_at: r.get(3)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
 
 pub fn channel(conn: &Connection, id: &ChannelId) -> rusqlite::Result<Option<Channel>> {
-    conn.prepare_cached(&format!(
-        "SELECT {CHANNEL_COLS} FROM channels c WHERE c.id = ?1"
-    ))?
-    .query_row([id.as_str()], rows::channel)
-    .optional()
+    conn.prepare_cached(&format!("SELECT {CHANNEL_COLS} FROM channels c WHERE c.id = ?1"))?
+        .query_row([id.as_str()], rows::channel)
+        .optional()
 }
 
-pub fn channels_after(
-    conn: &Connection,
-    after: Option<&ChannelId>,
-    limit: u32,
-) -> rusqlite::Result<Vec<Channel>> {
+pub fn channels_after(conn: &Connection, after: Option<&ChannelId>, limit: u32) -> rusqlite::Result<Vec<Channel>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CHANNEL_COLS} FROM channels c WHERE c.id > ?1 ORDER BY c.id LIMIT ?2"
     ))?;
-    stmt.query_map(
-        params![after.map(|a| a.as_str()).unwrap_or(""), limit],
-        rows::channel,
-    )?
-    .collect()
+    stmt.query_map(params![after.map(|a| a.as_str()).unwrap_or(""), limit], rows::channel)?
+        .collect()
 }
 
 pub fn member_channels(
@@ -91,11 +65,7 @@ pub fn member_channels(
          WHERE m.user_id = ?1 AND m.channel_id > ?2 ORDER BY m.channel_id LIMIT ?3"
     ))?;
     stmt.query_map(
-        params![
-            user.as_str(),
-            after.map(|a| a.as_str()).unwrap_or(""),
-            limit
-        ],
+        params![user.as_str(), after.map(|a| a.as_str()).unwrap_or(""), limit],
         |r| {
             Ok(MemberChannel {
                 channel: rows::channel(r)?,
@@ -106,11 +76,7 @@ pub fn member_channels(
     .collect()
 }
 
-pub fn member(
-    conn: &Connection,
-    channel: &ChannelId,
-    user: &UserId,
-) -> rusqlite::Result<Option<Member>> {
+pub fn member(conn: &Connection, channel: &ChannelId, user: &UserId) -> rusqlite::Result<Option<Member>> {
     conn.prepare_cached(&format!(
         "SELECT {MEMBER_COLS} FROM members WHERE channel_id = ?1 AND user_id = ?2"
     ))?
@@ -128,11 +94,7 @@ pub fn members_after(
         "SELECT {MEMBER_COLS} FROM members WHERE channel_id = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3"
     ))?;
     stmt.query_map(
-        params![
-            channel.as_str(),
-            after.map(|a| a.as_str()).unwrap_or(""),
-            limit
-        ],
+        params![channel.as_str(), after.map(|a| a.as_str()).unwrap_or(""), limit],
         rows::member,
     )?
     .collect()
@@ -142,9 +104,8 @@ pub fn member_ids(conn: &Connection, channel: &ChannelId) -> rusqlite::Result<Ve
     let mut stmt = conn.prepare_cached("SELECT user_id FROM members WHERE channel_id = ?1")?;
     stmt.query_map([channel.as_str()], |r| {
         let s: String = r.get(0)?;
-        UserId::parse(&s).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+        UserId::parse(&s)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
     })?
     .collect()
 }
@@ -153,9 +114,8 @@ pub fn user_channel_ids(conn: &Connection, user: &UserId) -> rusqlite::Result<Ve
     let mut stmt = conn.prepare_cached("SELECT channel_id FROM members WHERE user_id = ?1")?;
     stmt.query_map([user.as_str()], |r| {
         let s: String = r.get(0)?;
-        ChannelId::parse(&s).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+        ChannelId::parse(&s)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
     })?
     .collect()
 }
@@ -167,19 +127,16 @@ pub fn contacts(conn: &Connection, user: &UserId) -> rusqlite::Result<Vec<UserId
     )?;
     stmt.query_map([user.as_str()], |r| {
         let s: String = r.get(0)?;
-        UserId::parse(&s).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+        UserId::parse(&s)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
     })?
     .collect()
 }
 
 pub fn message(conn: &Connection, id: MessageId) -> rusqlite::Result<Option<Message>> {
-    conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"
-    ))?
-    .query_row([id.0], rows::message)
-    .optional()
+    conn.prepare_cached(&format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"))?
+        .query_row([id.0], rows::message)
+        .optional()
 }
 
 pub fn message_by_client_id(
@@ -212,19 +169,14 @@ pub fn history(conn: &Connection, q: &HistoryQuery) -> rusqlite::Result<Vec<Mess
             true,
         ),
         HistoryRange::After(s) => (
-            format!(
-                "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
-            ),
+            format!("SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"),
             s.0 as i64,
             false,
         ),
     };
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut out: Vec<Message> = stmt
-        .query_map(
-            params![q.channel_id.as_str(), anchor, q.limit],
-            rows::message,
-        )?
+        .query_map(params![q.channel_id.as_str(), anchor, q.limit], rows::message)?
         .collect::<rusqlite::Result<_>>()?;
     if reverse {
         out.reverse();
@@ -241,11 +193,8 @@ pub fn thread(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLS} FROM messages WHERE parent_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
     ))?;
-    stmt.query_map(
-        params![parent.0, after.map(|a| a.0).unwrap_or(0), limit],
-        rows::message,
-    )?
-    .collect()
+    stmt.query_map(params![parent.0, after.map(|a| a.0).unwrap_or(0), limit], rows::message)?
+        .collect()
 }
 
 pub fn file(conn: &Connection, id: &FileId) -> rusqlite::Result<Option<FileObject>> {

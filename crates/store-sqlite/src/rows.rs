@@ -17,8 +17,7 @@ fn user_id(row: &Row<'_>, col: usize) -> rusqlite::Result<UserId> {
 
 fn opt_user_id(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<UserId>> {
     let s: Option<String> = row.get(col)?;
-    s.map(|s| UserId::parse(&s).map_err(|e| conv_err(col, e)))
-        .transpose()
+    s.map(|s| UserId::parse(&s).map_err(|e| conv_err(col, e))).transpose()
 }
 
 fn channel_id(row: &Row<'_>, col: usize) -> rusqlite::Result<ChannelId> {
@@ -36,8 +35,7 @@ pub fn to_json(v: &Option<Value>) -> Option<String> {
     v.as_ref().map(|v| v.to_string())
 }
 
-pub const USER_COLS: &str =
-    "id, nickname, profile_url, metadata, is_bot, created_at, updated_at, last_seen_at";
+pub const USER_COLS: &str = "id, nickname, profile_url, metadata, is_bot, created_at, updated_at, last_seen_at";
 
 pub fn user(row: &Row<'_>) -> rusqlite::Result<User> {
     let metadata: String = row.get(3)?;
@@ -117,8 +115,7 @@ pub fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-pub const FILE_COLS: &str =
-    "id, channel_id, uploader_id, name, size, content_type, sha256, created_at";
+pub const FILE_COLS: &str = "id, channel_id, uploader_id, name, size, content_type, sha256, created_at";
 
 pub fn file(row: &Row<'_>) -> rusqlite::Result<FileObject> {
     let id: String = row.get(0)?;

@@ -88,10 +88,7 @@ async fn concurrent_sends_get_gap_free_sequences() {
         hist.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         (1..=300).collect::<Vec<u64>>()
     );
-    assert!(
-        hist.windows(2).all(|w| w[0].id < w[1].id),
-        "ids increase with seq"
-    );
+    assert!(hist.windows(2).all(|w| w[0].id < w[1].id), "ids increase with seq");
 }
 
 #[tokio::test]
@@ -109,12 +106,7 @@ async fn retried_send_returns_the_original() {
     assert_eq!(again.message.id, first.message.id);
     assert_eq!(again.message.text, "hello");
     assert_eq!(
-        store
-            .get_channel(&cid("g"))
-            .await
-            .unwrap()
-            .unwrap()
-            .last_seq,
+        store.get_channel(&cid("g")).await.unwrap().unwrap().last_seq,
         ChannelSeq(1)
     );
 }
@@ -135,13 +127,7 @@ async fn non_members_cannot_send_and_failures_leave_no_gap() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            DomainError::NotFound {
-                entity: "channel",
-                ..
-            }
-        ),
+        matches!(err, DomainError::NotFound { entity: "channel", .. }),
         "{err:?}"
     );
     let ok = store
@@ -186,10 +172,7 @@ async fn events_follow_commit_order() {
             .unwrap();
     }
     assert!(matches!(events.next().await, Some(Event::UserCreated(_))));
-    assert!(matches!(
-        events.next().await,
-        Some(Event::ChannelCreated { .. })
-    ));
+    assert!(matches!(events.next().await, Some(Event::ChannelCreated { .. })));
     for want in 1..=20 {
         match events.next().await {
             Some(Event::MessageCreated(m)) => assert_eq!(m.seq, ChannelSeq(want)),
@@ -214,39 +197,22 @@ async fn threads_count_replies_and_read_marks_only_move_forward() {
         r.parent_id = Some(parent.id);
         store.append_message(r).await.unwrap();
     }
-    assert_eq!(
-        store
-            .get_message(parent.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .reply_count,
-        3
-    );
+    assert_eq!(store.get_message(parent.id).await.unwrap().unwrap().reply_count, 3);
     let replies = store.thread(parent.id, None, 10).await.unwrap();
     assert_eq!(
         replies.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
         ["r0", "r1", "r2"]
     );
     assert_eq!(
-        store
-            .mark_read(&cid("g"), &uid("a"), ChannelSeq(2))
-            .await
-            .unwrap(),
+        store.mark_read(&cid("g"), &uid("a"), ChannelSeq(2)).await.unwrap(),
         ChannelSeq(2)
     );
     assert_eq!(
-        store
-            .mark_read(&cid("g"), &uid("a"), ChannelSeq(1))
-            .await
-            .unwrap(),
+        store.mark_read(&cid("g"), &uid("a"), ChannelSeq(1)).await.unwrap(),
         ChannelSeq(2)
     );
     assert_eq!(
-        store
-            .mark_read(&cid("g"), &uid("a"), ChannelSeq(99))
-            .await
-            .unwrap(),
+        store.mark_read(&cid("g"), &uid("a"), ChannelSeq(99)).await.unwrap(),
         ChannelSeq(4)
     );
 }
@@ -256,8 +222,7 @@ async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     {
-        let store =
-            SqliteStore::open(SqliteConfig::new(&path), Arc::new(LocalBus::default())).unwrap();
+        let store = SqliteStore::open(SqliteConfig::new(&path), Arc::new(LocalBus::default())).unwrap();
         user(&store, "a").await;
         group(&store, "g", &["a"]).await;
         store

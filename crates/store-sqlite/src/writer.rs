@@ -8,13 +8,11 @@
 use std::sync::Arc;
 
 use confab_domain::model::{
-    Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch,
-    NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch, NewChannel, NewMessage,
+    NewUser, User, UserPatch,
 };
 use confab_domain::ports::{DynBus, SessionRecord};
-use confab_domain::{
-    ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, Millis, UserId, now_millis,
-};
+use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, Millis, UserId, now_millis};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -118,9 +116,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, batch = replies.len(), "store commit failed");
                 for reply in replies {
-                    let _ = reply.send(Err(DomainError::Unavailable(
-                        "storage commit failed".into(),
-                    )));
+                    let _ = reply.send(Err(DomainError::Unavailable("storage commit failed".into())));
                 }
             }
         }
@@ -162,7 +158,14 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
             conn.prepare_cached(
                 "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
             )
-            .and_then(|mut st| st.execute(params![&s.token_hash[..], s.user_id.as_str(), s.created_at, s.expires_at]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    &s.token_hash[..],
+                    s.user_id.as_str(),
+                    s.created_at,
+                    s.expires_at
+                ])
+            })
             .map_err(db_err)?;
             Ok(Outcome::Unit)
         }
@@ -173,12 +176,8 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                 .map_err(db_err)?;
             Ok(Outcome::Count(n as u64))
         }
-        Op::CreateChannel(c) => {
-            create_channel(conn, c, now, events).map(|(c, created)| Outcome::Channel(c, created))
-        }
-        Op::UpdateChannel(id, p) => {
-            update_channel(conn, &id, p, now, events).map(|c| Outcome::Channel(c, false))
-        }
+        Op::CreateChannel(c) => create_channel(conn, c, now, events).map(|(c, created)| Outcome::Channel(c, created)),
+        Op::UpdateChannel(id, p) => update_channel(conn, &id, p, now, events).map(|c| Outcome::Channel(c, false)),
         Op::DeleteChannel(id) => delete_channel(conn, &id, events).map(|_| Outcome::Unit),
         Op::AddMembers(id, users, by) => {
             add_members(conn, &id, &users, by, now, events).map(|c| Outcome::Channel(c, false))
@@ -189,9 +188,7 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
         Op::MarkRead(id, user, seq) => mark_read(conn, &id, &user, seq, events).map(Outcome::Seq),
         Op::Append(m) => append(conn, *m, now, events).map(|a| Outcome::Appended(Box::new(a))),
         Op::Edit(id, p) => edit(conn, id, p, now, events).map(|m| Outcome::Message(Box::new(m))),
-        Op::Delete(id) => {
-            delete_message(conn, id, now, events).map(|m| Outcome::Message(Box::new(m)))
-        }
+        Op::Delete(id) => delete_message(conn, id, now, events).map(|m| Outcome::Message(Box::new(m))),
         Op::PutFile(f) => {
             conn.prepare_cached(
                 "INSERT INTO files (id, channel_id, uploader_id, name, size, content_type, sha256, created_at) \
@@ -215,12 +212,7 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
     }
 }
 
-fn create_user(
-    conn: &Connection,
-    u: NewUser,
-    now: Millis,
-    events: &mut Vec<Event>,
-) -> DomainResult<User> {
+fn create_user(conn: &Connection, u: NewUser, now: Millis, events: &mut Vec<Event>) -> DomainResult<User> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO users (id, nickname, profile_url, metadata, is_bot, created_at, updated_at) \
@@ -357,13 +349,10 @@ fn create_channel(
     .map_err(db_err)?;
     {
         let mut ins = conn
-            .prepare_cached(
-                "INSERT INTO members (channel_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
-            )
+            .prepare_cached("INSERT INTO members (channel_id, user_id, joined_at) VALUES (?1, ?2, ?3)")
             .map_err(db_err)?;
         for m in &members {
-            ins.execute(params![c.id.as_str(), m.as_str(), now])
-                .map_err(db_err)?;
+            ins.execute(params![c.id.as_str(), m.as_str(), now]).map_err(db_err)?;
         }
     }
     let channel = Channel {
@@ -417,7 +406,16 @@ fn update_channel(
     conn.prepare_cached(
         "UPDATE channels SET name = ?2, cover_url = ?3, custom_type = ?4, data = ?5, updated_at = ?6 WHERE id = ?1",
     )
-    .and_then(|mut s| s.execute(params![id.as_str(), c.name, c.cover_url, c.custom_type, to_json(&c.data), now]))
+    .and_then(|mut s| {
+        s.execute(params![
+            id.as_str(),
+            c.name,
+            c.cover_url,
+            c.custom_type,
+            to_json(&c.data),
+            now
+        ])
+    })
     .map_err(db_err)?;
     events.push(Event::ChannelUpdated(Arc::new(c.clone())));
     Ok(c)
@@ -458,9 +456,7 @@ fn add_members(
 ) -> DomainResult<Channel> {
     let mut channel = load_channel(conn, id)?;
     if channel.kind == ChannelKind::Direct {
-        return Err(DomainError::forbidden(
-            "members of a direct channel cannot change",
-        ));
+        return Err(DomainError::forbidden("members of a direct channel cannot change"));
     }
     require_users(conn, users)?;
     let mut added = Vec::new();
@@ -474,12 +470,7 @@ fn add_members(
         for u in users {
             // A new member starts with nothing unread: history before joining is readable but not "new".
             if ins
-                .execute(params![
-                    id.as_str(),
-                    u.as_str(),
-                    now,
-                    channel.last_seq.0 as i64
-                ])
+                .execute(params![id.as_str(), u.as_str(), now, channel.last_seq.0 as i64])
                 .map_err(db_err)?
                 == 1
             {
@@ -539,15 +530,13 @@ fn mark_read(
     seq: ChannelSeq,
     events: &mut Vec<Event>,
 ) -> DomainResult<ChannelSeq> {
-    let member = queries::member(conn, id, user)
-        .map_err(db_err)?
-        .ok_or_else(|| {
-            if queries::channel(conn, id).ok().flatten().is_none() {
-                DomainError::not_found("channel", id)
-            } else {
-                DomainError::not_member(user, id)
-            }
-        })?;
+    let member = queries::member(conn, id, user).map_err(db_err)?.ok_or_else(|| {
+        if queries::channel(conn, id).ok().flatten().is_none() {
+            DomainError::not_found("channel", id)
+        } else {
+            DomainError::not_member(user, id)
+        }
+    })?;
     let last: i64 = conn
         .prepare_cached("SELECT last_seq FROM channels WHERE id = ?1")
         .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)))
@@ -575,12 +564,7 @@ fn membership_error(conn: &Connection, channel: &ChannelId, user: &UserId) -> Do
     }
 }
 
-fn append(
-    conn: &Connection,
-    m: NewMessage,
-    now: Millis,
-    events: &mut Vec<Event>,
-) -> DomainResult<Appended> {
+fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>) -> DomainResult<Appended> {
     if let (Some(sender), Some(key)) = (&m.sender_id, &m.client_msg_id)
         && let Some(original) = queries::message_by_client_id(conn, sender, key).map_err(db_err)?
     {
@@ -602,10 +586,7 @@ fn append(
     if let Some(parent_id) = m.parent_id {
         let parent: Option<(String, Option<i64>)> = conn
             .prepare_cached("SELECT channel_id, parent_id FROM messages WHERE id = ?1")
-            .and_then(|mut s| {
-                s.query_row([parent_id.0], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row([parent_id.0], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db_err)?;
         match parent {
             Some((ch, None)) if ch == m.channel_id.as_str() => parent_update = Some(parent_id),
@@ -637,12 +618,13 @@ fn append(
         .prepare_cached(
             "UPDATE channels SET last_seq = last_seq + 1, last_message_at = ?2 WHERE id = ?1 RETURNING last_seq",
         )
-        .and_then(|mut s| s.query_row(params![m.channel_id.as_str(), now], |r| r.get(0)).optional())
+        .and_then(|mut s| {
+            s.query_row(params![m.channel_id.as_str(), now], |r| r.get(0))
+                .optional()
+        })
         .map_err(db_err)?;
-    let seq =
-        ChannelSeq(seq.ok_or_else(|| DomainError::not_found("channel", &m.channel_id))? as u64);
-    let mentions =
-        serde_json::to_string(&m.mentions).map_err(|e| DomainError::Internal(e.to_string()))?;
+    let seq = ChannelSeq(seq.ok_or_else(|| DomainError::not_found("channel", &m.channel_id))? as u64);
+    let mentions = serde_json::to_string(&m.mentions).map_err(|e| DomainError::Internal(e.to_string()))?;
     let file_json = file
         .as_ref()
         .map(serde_json::to_string)
@@ -677,17 +659,9 @@ fn append(
         .map_err(db_err)?;
     if let Some(sender) = &m.sender_id {
         // The sender has read its own message.
-        conn.prepare_cached(
-            "UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                m.channel_id.as_str(),
-                sender.as_str(),
-                seq.0 as i64
-            ])
-        })
-        .map_err(db_err)?;
+        conn.prepare_cached("UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![m.channel_id.as_str(), sender.as_str(), seq.0 as i64]))
+            .map_err(db_err)?;
     }
     let message = confab_domain::model::Message {
         id: MessageId(id),
@@ -742,11 +716,7 @@ fn edit(
         return Err(DomainError::not_found("message", id));
     }
     if let Some(t) = p.text {
-        if matches!(
-            msg.kind,
-            MessageKind::Image | MessageKind::File | MessageKind::Custom
-        ) && t.is_empty()
-        {
+        if matches!(msg.kind, MessageKind::Image | MessageKind::File | MessageKind::Custom) && t.is_empty() {
             return Err(DomainError::invalid("text", "must not be empty"));
         }
         msg.text = t;
@@ -767,7 +737,14 @@ fn edit(
          WHERE id = ?1",
     )
     .and_then(|mut s| {
-        s.execute(params![id.0, msg.text, msg.custom_type, to_json(&msg.data), to_json(&msg.payload), now])
+        s.execute(params![
+            id.0,
+            msg.text,
+            msg.custom_type,
+            to_json(&msg.data),
+            to_json(&msg.payload),
+            now
+        ])
     })
     .map_err(db_err)?;
     events.push(Event::MessageUpdated(Arc::new(msg.clone())));
