@@ -1,1 +1,50 @@
+//! The real-time edge: the fan-out hub and WebSocket sessions, and the native wire format they speak.
 
+pub mod hub;
+pub mod session;
+pub mod wire;
+
+use std::time::Duration;
+
+pub use hub::Hub;
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Frames a session may have queued before it is closed as too slow.
+    pub queue_frames: usize,
+    /// Bytes a session may have queued before it is closed as too slow.
+    pub queue_bytes: usize,
+    /// Largest client frame accepted (WebSocket message and frame size).
+    pub max_message_bytes: usize,
+    pub heartbeat: Duration,
+    /// A session with no inbound traffic (pongs count) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for the `hello` frame after the upgrade.
+    pub hello_timeout: Duration,
+    /// Most frames written before one flush.
+    pub write_batch: usize,
+    /// Client requests (sends, reads, typing) a session may have waiting at once.
+    pub max_inflight: usize,
+    pub fanout_shards: usize,
+    pub shard_queue: usize,
+    /// Messages read per store query while resuming.
+    pub catchup_page: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            queue_frames: 1024,
+            queue_bytes: 4 * 1024 * 1024,
+            max_message_bytes: 64 * 1024,
+            heartbeat: session::DEFAULT_HEARTBEAT,
+            idle_timeout: Duration::from_secs(75),
+            hello_timeout: Duration::from_secs(10),
+            write_batch: 64,
+            max_inflight: 64,
+            fanout_shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            shard_queue: 4096,
+            catchup_page: 500,
+        }
+    }
+}

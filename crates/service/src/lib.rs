@@ -1,1 +1,594 @@
+//! Application services: the rules of who may do what, over the store and the event bus.
+//! Every API surface (native REST, WebSocket, and the compatibility surfaces) calls these and adds no rules
+//! of its own.
 
+pub mod auth;
+pub mod files;
+pub mod presence;
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_domain::model::{
+    Appended, Channel, ChannelKind, ChannelPatch, HistoryQuery, Member, MemberChannel, Message, MessageKind,
+    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+};
+use confab_domain::ports::{DynBus, DynStore, SessionRecord};
+use confab_domain::{
+    ChannelId, ChannelSeq, DomainError, DomainResult, Event, Limits, MessageId, Millis, UserId, now_millis,
+};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+pub use auth::Actor;
+use auth::{MasterToken, SessionCache, generate_token, sha256};
+use presence::PresenceRegistry;
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub limits: Limits,
+    /// Where uploads are kept.
+    pub files_dir: PathBuf,
+    pub max_upload_bytes: u64,
+    /// Lifetime of issued session tokens; `None` for tokens that live until revoked.
+    pub session_ttl: Option<Duration>,
+}
+
+/// A user as another user sees it: the account plus live presence.
+#[derive(Clone, Debug)]
+pub struct UserView {
+    pub user: User,
+    pub online: bool,
+}
+
+/// A newly issued client session token. The token itself is shown once and never stored.
+#[derive(Clone, Debug)]
+pub struct IssuedSession {
+    pub token: String,
+    pub user_id: UserId,
+    pub expires_at: Option<Millis>,
+}
+
+/// What a group creator asks for.
+#[derive(Clone, Debug)]
+pub struct NewGroup {
+    pub id: Option<ChannelId>,
+    pub name: String,
+    pub cover_url: String,
+    pub custom_type: String,
+    pub data: Option<serde_json::Value>,
+    pub members: Vec<UserId>,
+}
+
+pub struct Confab {
+    store: DynStore,
+    bus: DynBus,
+    cfg: ServiceConfig,
+    master: MasterToken,
+    sessions: SessionCache,
+    send_limiter: DefaultKeyedRateLimiter<UserId>,
+    presence: PresenceRegistry,
+}
+
+impl Confab {
+    pub fn new(store: DynStore, bus: DynBus, master_token: &str, cfg: ServiceConfig) -> Arc<Self> {
+        let per_sec = NonZeroU32::new(cfg.limits.user_send_per_sec.max(1)).expect("max(1)");
+        let burst = NonZeroU32::new(cfg.limits.user_send_burst.max(1)).expect("max(1)");
+        Arc::new(Confab {
+            store,
+            bus,
+            master: MasterToken::new(master_token),
+            sessions: SessionCache::new(Duration::from_secs(30)),
+            send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            presence: PresenceRegistry::default(),
+            cfg,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.cfg.limits
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    pub fn bus(&self) -> &DynBus {
+        &self.bus
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.store.ready().await
+    }
+
+    // ---- authentication ----
+
+    /// Resolves a bearer token: the master token makes the caller the application, a session token a user.
+    pub async fn authenticate(&self, token: &str) -> DomainResult<Actor> {
+        if self.master.matches(token) {
+            return Ok(Actor::Admin);
+        }
+        self.authenticate_session(token).await.map(Actor::User)
+    }
+
+    pub fn is_master_token(&self, token: &str) -> bool {
+        self.master.matches(token)
+    }
+
+    /// Resolves a session token to its user. The lookup is by SHA-256 of the token, so the comparison that
+    /// matters is an index probe on a digest, not a string compare on the secret.
+    pub async fn authenticate_session(&self, token: &str) -> DomainResult<UserId> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(DomainError::Unauthenticated);
+        }
+        let hash = sha256(token.as_bytes());
+        if let Some(u) = self.sessions.get(&hash) {
+            return Ok(u);
+        }
+        let rec = self
+            .store
+            .find_session(&hash)
+            .await?
+            .ok_or(DomainError::Unauthenticated)?;
+        if rec.expires_at.is_some_and(|x| x <= now_millis()) {
+            return Err(DomainError::Unauthenticated);
+        }
+        self.sessions.put(hash, rec.user_id.clone(), rec.expires_at);
+        Ok(rec.user_id)
+    }
+
+    pub async fn issue_session(&self, actor: &Actor, user: &UserId) -> DomainResult<IssuedSession> {
+        require_admin(actor)?;
+        self.store
+            .get_user(user)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", user))?;
+        let token = generate_token("cfs_");
+        let now = now_millis();
+        let expires_at = self.cfg.session_ttl.map(|t| now + t.as_millis() as i64);
+        self.store
+            .create_session(SessionRecord {
+                token_hash: sha256(token.as_bytes()),
+                user_id: user.clone(),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        Ok(IssuedSession {
+            token,
+            user_id: user.clone(),
+            expires_at,
+        })
+    }
+
+    pub async fn revoke_sessions(&self, actor: &Actor, user: &UserId) -> DomainResult<u64> {
+        require_self_or_admin(actor, user)?;
+        let n = self.store.revoke_sessions(user).await?;
+        self.sessions.evict_user(user);
+        Ok(n)
+    }
+
+    // ---- users ----
+
+    pub async fn create_user(&self, actor: &Actor, user: NewUser) -> DomainResult<User> {
+        require_admin(actor)?;
+        user.validate()?;
+        self.store.create_user(user).await
+    }
+
+    pub async fn get_user(&self, _actor: &Actor, id: &UserId) -> DomainResult<UserView> {
+        let user = self
+            .store
+            .get_user(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", id))?;
+        Ok(self.view(user))
+    }
+
+    fn view(&self, user: User) -> UserView {
+        let online = self.presence.is_online(&user.id);
+        UserView { user, online }
+    }
+
+    pub async fn list_users(&self, _actor: &Actor, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<UserView>> {
+        let users = self.store.list_users(after, self.page(limit)).await?;
+        Ok(users.into_iter().map(|u| self.view(u)).collect())
+    }
+
+    pub async fn update_user(&self, actor: &Actor, id: &UserId, patch: UserPatch) -> DomainResult<UserView> {
+        require_self_or_admin(actor, id)?;
+        patch.validate()?;
+        let user = self.store.update_user(id, patch).await?;
+        Ok(self.view(user))
+    }
+
+    pub async fn delete_user(&self, actor: &Actor, id: &UserId) -> DomainResult<()> {
+        require_admin(actor)?;
+        self.store.delete_user(id).await?;
+        self.sessions.evict_user(id);
+        Ok(())
+    }
+
+    fn page(&self, limit: u32) -> u32 {
+        limit.clamp(1, self.cfg.limits.max_page)
+    }
+
+    // ---- channels ----
+
+    /// The distinct 1:1 channel of two users: created on first use, the same channel afterwards.
+    pub async fn open_direct(&self, actor: &Actor, a: &UserId, b: &UserId) -> DomainResult<(Channel, bool)> {
+        if let Actor::User(u) = actor
+            && u != a
+            && u != b
+        {
+            return Err(DomainError::forbidden(
+                "a user can open direct channels only for themselves",
+            ));
+        }
+        if a == b {
+            return Err(DomainError::invalid(
+                "user_ids",
+                "a direct channel needs two different users",
+            ));
+        }
+        let ch = NewChannel {
+            id: NewChannel::direct_id(a, b),
+            kind: ChannelKind::Direct,
+            name: String::new(),
+            cover_url: String::new(),
+            custom_type: String::new(),
+            data: None,
+            created_by: actor.user().cloned(),
+            members: vec![a.clone(), b.clone()],
+        };
+        self.store.create_channel(ch).await
+    }
+
+    pub async fn create_group(&self, actor: &Actor, g: NewGroup) -> DomainResult<Channel> {
+        let mut members = g.members;
+        if let Actor::User(u) = actor
+            && !members.contains(u)
+        {
+            members.push(u.clone());
+        }
+        let id = match g.id {
+            Some(id) => id,
+            None => ChannelId::parse(&generate_token("grp_")[..36]).expect("generated ids are valid"),
+        };
+        let ch = NewChannel {
+            id,
+            kind: ChannelKind::Group,
+            name: g.name,
+            cover_url: g.cover_url,
+            custom_type: g.custom_type,
+            data: g.data,
+            created_by: actor.user().cloned(),
+            members,
+        };
+        ch.validate(&self.cfg.limits)?;
+        Ok(self.store.create_channel(ch).await?.0)
+    }
+
+    /// The channel as the actor sees it. A user must be a member (a non-member learns nothing, not even that
+    /// the channel exists).
+    pub async fn get_channel(&self, actor: &Actor, id: &ChannelId) -> DomainResult<MemberChannel> {
+        let channel = self
+            .store
+            .get_channel(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("channel", id))?;
+        let read_seq = match actor {
+            Actor::Admin => channel.last_seq,
+            Actor::User(u) => self.require_member(u, id).await?.read_seq,
+        };
+        Ok(MemberChannel { channel, read_seq })
+    }
+
+    /// A user's channels, or (admin) every channel.
+    pub async fn list_channels(
+        &self,
+        actor: &Actor,
+        user: Option<&UserId>,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> DomainResult<Vec<MemberChannel>> {
+        let limit = self.page(limit);
+        let who = match (actor, user) {
+            (Actor::User(u), Some(w)) if u != w => {
+                return Err(DomainError::forbidden("a user can list only their own channels"));
+            }
+            (Actor::User(u), _) => Some(u),
+            (Actor::Admin, w) => w,
+        };
+        match who {
+            Some(u) => self.store.list_member_channels(u, after, limit).await,
+            None => Ok(self
+                .store
+                .list_channels(after, limit)
+                .await?
+                .into_iter()
+                .map(|c| MemberChannel {
+                    read_seq: c.last_seq,
+                    channel: c,
+                })
+                .collect()),
+        }
+    }
+
+    async fn require_member(&self, user: &UserId, channel: &ChannelId) -> DomainResult<Member> {
+        match self.store.get_member(channel, user).await? {
+            Some(m) => Ok(m),
+            None => Err(self.absent_channel_error(user, channel).await),
+        }
+    }
+
+    async fn absent_channel_error(&self, user: &UserId, channel: &ChannelId) -> DomainError {
+        match self.store.get_channel(channel).await {
+            Ok(Some(_)) => DomainError::not_member(user, channel),
+            Ok(None) => DomainError::not_found("channel", channel),
+            Err(e) => e,
+        }
+    }
+
+    /// Creator of a group, or the application.
+    async fn require_operator(&self, actor: &Actor, id: &ChannelId) -> DomainResult<Channel> {
+        let channel = self
+            .store
+            .get_channel(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("channel", id))?;
+        if let Actor::User(u) = actor {
+            self.require_member(u, id).await?;
+            if channel.created_by.as_ref() != Some(u) {
+                return Err(DomainError::forbidden(
+                    "only the channel's creator or the application may do this",
+                ));
+            }
+        }
+        Ok(channel)
+    }
+
+    pub async fn update_channel(&self, actor: &Actor, id: &ChannelId, patch: ChannelPatch) -> DomainResult<Channel> {
+        self.require_operator(actor, id).await?;
+        patch.validate(&self.cfg.limits)?;
+        self.store.update_channel(id, patch).await
+    }
+
+    pub async fn delete_channel(&self, actor: &Actor, id: &ChannelId) -> DomainResult<()> {
+        self.require_operator(actor, id).await?;
+        self.store.delete_channel(id).await
+    }
+
+    pub async fn invite(&self, actor: &Actor, id: &ChannelId, users: Vec<UserId>) -> DomainResult<Channel> {
+        if users.is_empty() {
+            return Err(DomainError::invalid("user_ids", "must name at least one user"));
+        }
+        if let Actor::User(u) = actor {
+            self.require_member(u, id).await?;
+        }
+        let channel = self
+            .store
+            .get_channel(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("channel", id))?;
+        if channel.member_count as usize + users.len() > self.cfg.limits.max_channel_members as usize {
+            return Err(DomainError::LimitExceeded {
+                what: "channel members",
+                limit: self.cfg.limits.max_channel_members as u64,
+            });
+        }
+        self.store.add_members(id, users, actor.user().cloned()).await
+    }
+
+    /// Removes a member: the member themselves (leaving), the group's creator, or the application.
+    pub async fn remove_member(&self, actor: &Actor, id: &ChannelId, user: &UserId) -> DomainResult<Channel> {
+        let channel = self
+            .store
+            .get_channel(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("channel", id))?;
+        if channel.kind == ChannelKind::Direct {
+            return Err(DomainError::forbidden("members of a direct channel cannot change"));
+        }
+        if actor.user() != Some(user) {
+            self.require_operator(actor, id).await?;
+        }
+        self.store.remove_member(id, user, actor.user().cloned()).await
+    }
+
+    pub async fn list_members(
+        &self,
+        actor: &Actor,
+        id: &ChannelId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> DomainResult<Vec<(Member, UserView)>> {
+        self.get_channel(actor, id).await?;
+        let members = self.store.list_members(id, after, self.page(limit)).await?;
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            // A member whose account was deleted concurrently is skipped rather than failing the page.
+            if let Some(u) = self.store.get_user(&m.user_id).await? {
+                out.push((m, self.view(u)));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- messages ----
+
+    /// Sends a message. A user sends as themselves (rate limited); the application may send as any member,
+    /// or an admin message with no sender. Durable when this returns.
+    pub async fn send(&self, actor: &Actor, mut msg: NewMessage) -> DomainResult<Appended> {
+        match actor {
+            Actor::User(u) => {
+                if msg.sender_id.as_ref().is_some_and(|s| s != u) {
+                    return Err(DomainError::forbidden("a user can send only as themselves"));
+                }
+                if msg.kind == MessageKind::Admin {
+                    return Err(DomainError::forbidden("only the application can send admin messages"));
+                }
+                msg.sender_id = Some(u.clone());
+                if let Err(not_until) = self.send_limiter.check_key(u) {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    return Err(DomainError::RateLimited {
+                        retry_after_ms: wait.as_millis().max(1) as u64,
+                    });
+                }
+            }
+            Actor::Admin => {}
+        }
+        msg.validate(&self.cfg.limits)?;
+        self.store.append_message(msg).await
+    }
+
+    pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> DomainResult<Vec<Message>> {
+        q.limit = self.page(q.limit);
+        match actor {
+            Actor::User(u) => {
+                self.require_member(u, &q.channel_id).await?;
+            }
+            Actor::Admin => {
+                self.store
+                    .get_channel(&q.channel_id)
+                    .await?
+                    .ok_or_else(|| DomainError::not_found("channel", &q.channel_id))?;
+            }
+        }
+        self.store.history(q).await
+    }
+
+    /// A message, if the actor may see its channel.
+    pub async fn get_message(&self, actor: &Actor, id: MessageId) -> DomainResult<Message> {
+        let m = self
+            .store
+            .get_message(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("message", id))?;
+        if let Actor::User(u) = actor
+            && self.store.get_member(&m.channel_id, u).await?.is_none()
+        {
+            // Outsiders cannot probe message ids.
+            return Err(DomainError::not_found("message", id));
+        }
+        Ok(m)
+    }
+
+    pub async fn thread(
+        &self,
+        actor: &Actor,
+        parent: MessageId,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> DomainResult<Vec<Message>> {
+        self.get_message(actor, parent).await?;
+        self.store.thread(parent, after, self.page(limit)).await
+    }
+
+    pub async fn edit_message(&self, actor: &Actor, id: MessageId, patch: MessagePatch) -> DomainResult<Message> {
+        let m = self.get_message(actor, id).await?;
+        if let Actor::User(u) = actor
+            && m.sender_id.as_ref() != Some(u)
+        {
+            return Err(DomainError::forbidden("only the sender can edit a message"));
+        }
+        if patch.is_empty() {
+            return Err(DomainError::invalid("body", "nothing to change"));
+        }
+        patch.validate(&self.cfg.limits)?;
+        self.store.edit_message(id, patch).await
+    }
+
+    pub async fn delete_message(&self, actor: &Actor, id: MessageId) -> DomainResult<Message> {
+        let m = self.get_message(actor, id).await?;
+        if let Actor::User(u) = actor
+            && m.sender_id.as_ref() != Some(u)
+        {
+            return Err(DomainError::forbidden("only the sender can delete a message"));
+        }
+        self.store.delete_message(id).await
+    }
+
+    pub async fn mark_read(&self, actor: &Actor, channel: &ChannelId, seq: ChannelSeq) -> DomainResult<ChannelSeq> {
+        let user = actor
+            .user()
+            .ok_or_else(|| DomainError::forbidden("read positions belong to users"))?;
+        self.store.mark_read(channel, user, seq).await
+    }
+
+    /// Typing indicators are ephemeral: checked and published, never stored.
+    pub async fn typing(&self, actor: &Actor, channel: &ChannelId, active: bool) -> DomainResult<()> {
+        let user = actor
+            .user()
+            .ok_or_else(|| DomainError::forbidden("typing indicators belong to users"))?;
+        self.require_member(user, channel).await?;
+        self.bus
+            .publish(vec![Event::Typing {
+                channel_id: channel.clone(),
+                user_id: user.clone(),
+                active,
+            }])
+            .await;
+        Ok(())
+    }
+
+    // ---- presence ----
+
+    /// Called when a WebSocket session opens; announces the user online on their first session.
+    pub async fn session_opened(&self, user: &UserId) {
+        if self.presence.opened(user) {
+            self.bus
+                .publish(vec![Event::Presence {
+                    user_id: user.clone(),
+                    online: true,
+                    last_seen_at: None,
+                }])
+                .await;
+        }
+    }
+
+    /// Called when a WebSocket session closes; on the last one, records `last_seen_at` and announces offline.
+    pub async fn session_closed(&self, user: &UserId) {
+        if self.presence.closed(user) {
+            let now = now_millis();
+            if let Err(e) = self.store.set_last_seen(user, now).await
+                && !matches!(e, DomainError::NotFound { .. })
+            {
+                tracing::warn!(user = %user, error = %e, "could not record last_seen_at");
+            }
+            self.bus
+                .publish(vec![Event::Presence {
+                    user_id: user.clone(),
+                    online: false,
+                    last_seen_at: Some(now),
+                }])
+                .await;
+        }
+    }
+
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.presence.is_online(user)
+    }
+
+    pub fn online_users(&self) -> usize {
+        self.presence.online_count()
+    }
+}
+
+fn require_admin(actor: &Actor) -> DomainResult<()> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(DomainError::forbidden("this call needs the master API token"))
+    }
+}
+
+fn require_self_or_admin(actor: &Actor, user: &UserId) -> DomainResult<()> {
+    match actor {
+        Actor::Admin => Ok(()),
+        Actor::User(u) if u == user => Ok(()),
+        Actor::User(_) => Err(DomainError::forbidden("a user can change only their own account")),
+    }
+}

@@ -1,0 +1,396 @@
+//! Fan-out: events from the bus become frames in the outbound queues of every connected session of every
+//! recipient.
+//!
+//! Design (measured in `BENCHMARKS.md`):
+//! - events are routed to shards by channel, so one channel's events stay in order while shards use all cores;
+//! - a shard serializes each event once and pushes the same `Arc<Frame>` to every recipient session;
+//! - each session has a bounded queue (frames and bytes). A push never waits: a full queue marks the session
+//!   overflowed and it is closed with `CLOSE_RESYNC`, so one slow client never slows the others;
+//! - no lock is held across an await: the session registry is a `std` lock taken only for the push loop.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use confab_domain::model::Channel;
+use confab_domain::{ChannelId, Event, UserId};
+use confab_service::Confab;
+use tokio::sync::{Notify, mpsc};
+
+use crate::GatewayConfig;
+use crate::wire::{ChannelDto, MessageDto, ServerFrame};
+
+/// A frame built once and shared by every recipient.
+pub struct Frame {
+    pub text: Utf8Bytes,
+    /// Set on `message.new` frames: the session uses it to drop duplicates and fill gaps.
+    pub seq: Option<(ChannelId, u64)>,
+}
+
+impl Frame {
+    pub fn plain(text: String) -> Arc<Frame> {
+        Arc::new(Frame {
+            text: Utf8Bytes::from(text),
+            seq: None,
+        })
+    }
+}
+
+/// The hub's side of one WebSocket session.
+pub struct SessionHandle {
+    pub id: u64,
+    pub user: UserId,
+    tx: mpsc::Sender<Arc<Frame>>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    overflowed: AtomicBool,
+    pub overflow: Notify,
+}
+
+impl SessionHandle {
+    /// Queues a frame without waiting. On a full queue, marks the session overflowed (it will be closed).
+    pub fn push(&self, frame: &Arc<Frame>) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let len = frame.text.len();
+        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.max_bytes || self.tx.try_send(frame.clone()).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            if !self.overflowed.swap(true, Ordering::Relaxed) {
+                self.overflow.notify_one();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Called by the session's writer for each frame it takes off the queue.
+    pub fn dequeued(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Hub {
+    pub(crate) service: Arc<Confab>,
+    pub(crate) cfg: GatewayConfig,
+    sessions: RwLock<HashMap<UserId, Vec<Arc<SessionHandle>>>>,
+    next_id: AtomicU64,
+    shards: Vec<mpsc::Sender<Event>>,
+    hasher: std::collections::hash_map::RandomState,
+    pub(crate) stats: HubStats,
+}
+
+#[derive(Default)]
+pub struct HubStats {
+    pub sessions: AtomicUsize,
+    pub frames_pushed: AtomicU64,
+    pub overflows: AtomicU64,
+}
+
+impl Hub {
+    /// Starts the router and shard tasks; they run until the bus shuts down.
+    pub fn start(service: Arc<Confab>, cfg: GatewayConfig) -> Arc<Hub> {
+        let shard_count = cfg.fanout_shards.max(1);
+        let mut shard_rx = Vec::with_capacity(shard_count);
+        let mut shards = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let (tx, rx) = mpsc::channel(cfg.shard_queue.max(1));
+            shards.push(tx);
+            shard_rx.push(rx);
+        }
+        let hub = Arc::new(Hub {
+            service: service.clone(),
+            cfg,
+            sessions: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shards,
+            hasher: Default::default(),
+            stats: HubStats::default(),
+        });
+        for rx in shard_rx {
+            let shard = Shard {
+                hub: Arc::downgrade(&hub),
+                service: service.clone(),
+                members: HashMap::new(),
+            };
+            tokio::spawn(shard.run(rx));
+        }
+        let mut events = service.bus().subscribe();
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                let shard = match ev.channel_id() {
+                    Some(c) => hub.shard_of(c),
+                    None => 0,
+                };
+                let tx = hub.shards[shard].clone();
+                drop(hub);
+                // Waiting here is the backpressure path: a busy shard slows the bus, never drops.
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        });
+        hub
+    }
+
+    fn shard_of<K: Hash>(&self, key: &K) -> usize {
+        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    }
+
+    pub fn register(&self, user: UserId) -> (Arc<SessionHandle>, mpsc::Receiver<Arc<Frame>>) {
+        let (tx, rx) = mpsc::channel(self.cfg.queue_frames.max(1));
+        let handle = Arc::new(SessionHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user: user.clone(),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes: self.cfg.queue_bytes,
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
+        });
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user)
+            .or_default()
+            .push(handle.clone());
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        (handle, rx)
+    }
+
+    pub fn unregister(&self, handle: &SessionHandle) {
+        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = sessions.get_mut(&handle.user) {
+            list.retain(|h| h.id != handle.id);
+            if list.is_empty() {
+                sessions.remove(&handle.user);
+            }
+        }
+        self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Pushes one frame to every session of every listed user, skipping `except`.
+    fn deliver<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, frame: &Arc<Frame>, except: Option<&UserId>) {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let (mut pushed, mut overflowed) = (0u64, 0u64);
+        for u in users {
+            if except == Some(u) {
+                continue;
+            }
+            if let Some(list) = sessions.get(u) {
+                for s in list {
+                    if s.push(frame) {
+                        pushed += 1;
+                    } else if s.is_overflowed() {
+                        overflowed += 1;
+                    }
+                }
+            }
+        }
+        drop(sessions);
+        self.stats.frames_pushed.fetch_add(pushed, Ordering::Relaxed);
+        if overflowed > 0 {
+            self.stats.overflows.fetch_add(overflowed, Ordering::Relaxed);
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.stats.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// One fan-out worker. Owns the member cache of the channels hashed to it, so no lock guards it.
+struct Shard {
+    hub: std::sync::Weak<Hub>,
+    service: Arc<Confab>,
+    members: HashMap<ChannelId, HashSet<UserId>>,
+}
+
+const MEMBER_CACHE_MAX: usize = 100_000;
+
+impl Shard {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        while let Some(ev) = rx.recv().await {
+            let Some(hub) = self.hub.upgrade() else { break };
+            self.handle(&hub, ev).await;
+        }
+    }
+
+    async fn members_of(&mut self, channel: &ChannelId) -> Option<&HashSet<UserId>> {
+        if !self.members.contains_key(channel) {
+            match self.service.store().member_ids(channel).await {
+                Ok(ids) => {
+                    if self.members.len() >= MEMBER_CACHE_MAX {
+                        self.members.clear();
+                    }
+                    self.members.insert(channel.clone(), ids.into_iter().collect());
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %channel, error = %e, "cannot load members for fan-out");
+                    return None;
+                }
+            }
+        }
+        self.members.get(channel)
+    }
+
+    fn channel_frame(frame: ServerFrame<'_>) -> Arc<Frame> {
+        Frame::plain(frame.to_json())
+    }
+
+    async fn handle(&mut self, hub: &Hub, ev: Event) {
+        match &ev {
+            Event::MessageCreated(m) => {
+                let frame = Arc::new(Frame {
+                    text: Utf8Bytes::from(
+                        ServerFrame::MessageNew {
+                            channel_id: m.channel_id.as_str(),
+                            seq: m.seq.0,
+                            message: MessageDto::from(&**m),
+                        }
+                        .to_json(),
+                    ),
+                    seq: Some((m.channel_id.clone(), m.seq.0)),
+                });
+                if let Some(members) = self.members_of(&m.channel_id).await {
+                    hub.deliver(members, &frame, None);
+                }
+            }
+            Event::MessageUpdated(m) => {
+                let frame = Self::channel_frame(ServerFrame::MessageUpdated {
+                    channel_id: m.channel_id.as_str(),
+                    seq: m.seq.0,
+                    message: MessageDto::from(&**m),
+                });
+                if let Some(members) = self.members_of(&m.channel_id).await {
+                    hub.deliver(members, &frame, None);
+                }
+            }
+            Event::MessageDeleted {
+                channel_id,
+                message_id,
+                seq,
+            } => {
+                let frame = Self::channel_frame(ServerFrame::MessageDeleted {
+                    channel_id: channel_id.as_str(),
+                    seq: seq.0,
+                    message_id: message_id.0,
+                });
+                if let Some(members) = self.members_of(channel_id).await {
+                    hub.deliver(members, &frame, None);
+                }
+            }
+            Event::ChannelCreated { channel, members } => {
+                self.remember(channel, members.iter().cloned().collect());
+                let frame = Self::channel_frame(ServerFrame::ChannelCreated {
+                    channel: ChannelDto::new(channel),
+                });
+                hub.deliver(members.iter(), &frame, None);
+            }
+            Event::ChannelUpdated(channel) => {
+                let frame = Self::channel_frame(ServerFrame::ChannelUpdated {
+                    channel: ChannelDto::new(channel),
+                });
+                if let Some(members) = self.members_of(&channel.id).await {
+                    hub.deliver(members, &frame, None);
+                }
+            }
+            Event::ChannelDeleted { channel_id, members } => {
+                self.members.remove(channel_id);
+                let frame = Self::channel_frame(ServerFrame::ChannelDeleted {
+                    channel_id: channel_id.as_str(),
+                });
+                hub.deliver(members.iter(), &frame, None);
+            }
+            Event::MembersJoined { channel, user_ids, by } => {
+                if self.members_of(&channel.id).await.is_some()
+                    && let Some(set) = self.members.get_mut(&channel.id)
+                {
+                    set.extend(user_ids.iter().cloned());
+                }
+                let frame = Self::channel_frame(ServerFrame::MembersJoined {
+                    channel: ChannelDto::new(channel),
+                    user_ids,
+                    by: by.as_ref().map(|u| u.as_str()),
+                });
+                if let Some(members) = self.members.get(&channel.id) {
+                    hub.deliver(members, &frame, None);
+                }
+            }
+            Event::MemberLeft { channel, user_id, by } => {
+                let frame = Self::channel_frame(ServerFrame::MemberLeft {
+                    channel: ChannelDto::new(channel),
+                    user_id: user_id.as_str(),
+                    by: by.as_ref().map(|u| u.as_str()),
+                });
+                if self.members_of(&channel.id).await.is_some()
+                    && let Some(set) = self.members.get_mut(&channel.id)
+                {
+                    set.remove(user_id);
+                    // The member who left learns it too.
+                    hub.deliver(set.iter().chain(std::iter::once(user_id)), &frame, None);
+                }
+            }
+            Event::ReadUpTo {
+                channel_id,
+                user_id,
+                seq,
+            } => {
+                let frame = Self::channel_frame(ServerFrame::Read {
+                    channel_id: channel_id.as_str(),
+                    user_id: user_id.as_str(),
+                    seq: seq.0,
+                });
+                if let Some(members) = self.members_of(channel_id).await {
+                    hub.deliver(members, &frame, None);
+                }
+            }
+            Event::Typing {
+                channel_id,
+                user_id,
+                active,
+            } => {
+                let frame = Self::channel_frame(ServerFrame::Typing {
+                    channel_id: channel_id.as_str(),
+                    user_id: user_id.as_str(),
+                    active: *active,
+                });
+                if let Some(members) = self.members_of(channel_id).await {
+                    hub.deliver(members, &frame, Some(user_id));
+                }
+            }
+            Event::Presence {
+                user_id,
+                online,
+                last_seen_at,
+            } => {
+                let frame = Self::channel_frame(ServerFrame::Presence {
+                    user_id: user_id.as_str(),
+                    online: *online,
+                    last_seen_at: *last_seen_at,
+                });
+                match self.service.store().contacts(user_id).await {
+                    Ok(contacts) => hub.deliver(contacts.iter(), &frame, None),
+                    Err(e) => tracing::warn!(user = %user_id, error = %e, "cannot load contacts for presence"),
+                }
+            }
+            Event::UserDeleted(_) | Event::UserCreated(_) | Event::UserUpdated(_) => {}
+        }
+    }
+
+    fn remember(&mut self, channel: &Channel, members: HashSet<UserId>) {
+        if self.members.len() >= MEMBER_CACHE_MAX {
+            self.members.clear();
+        }
+        self.members.insert(channel.id.clone(), members);
+    }
+}

@@ -1,0 +1,406 @@
+//! One WebSocket session: a single task that reads client frames, writes queued frames in batches (many
+//! `feed`s, one flush), and pipelines the client's sends so several can wait for the store at once while
+//! their acks still come back in the order the sends were made.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use confab_domain::model::{HistoryQuery, HistoryRange};
+use confab_domain::{ChannelId, ChannelSeq, DomainError, UserId};
+use confab_service::{Actor, Confab};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Frame, Hub, SessionHandle};
+use crate::wire::{ClientFrame, MessageDto, SendMessageBody, ServerFrame, error_code, error_message};
+
+/// Close codes of the protocol (`docs/protocol.md`).
+pub mod close {
+    /// Server shutting down: reconnect later and resume.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke the protocol (bad first frame, binary frame, unknown type).
+    pub const PROTOCOL: u16 = 1002;
+    /// A frame was larger than the limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// No `hello` in time, or no traffic (not even pongs) for the idle timeout.
+    pub const TIMEOUT: u16 = 4000;
+    /// The outbound queue overflowed (the client reads too slowly): reconnect and resume from the last seq seen.
+    pub const RESYNC: u16 = 4008;
+}
+
+type Pending = BoxFuture<'static, Option<String>>;
+
+struct Session {
+    hub: Arc<Hub>,
+    service: Arc<Confab>,
+    actor: Actor,
+    user: UserId,
+    /// Highest `message.new` sequence sent, per channel: drops duplicates, detects gaps.
+    last_sent: HashMap<ChannelId, u64>,
+    last_activity: Instant,
+}
+
+pub async fn run(hub: Arc<Hub>, user: UserId, mut socket: WebSocket, shutdown: CancellationToken) {
+    let cfg = hub.cfg.clone();
+    let resume = match tokio::time::timeout(cfg.hello_timeout, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientFrame>(&t) {
+            Ok(ClientFrame::Hello { resume }) => resume,
+            _ => {
+                let _ = send_error_and_close(
+                    &mut socket,
+                    "protocol_error",
+                    "the first frame must be hello",
+                    close::PROTOCOL,
+                )
+                .await;
+                return;
+            }
+        },
+        Ok(Some(Ok(_))) => {
+            let _ = send_error_and_close(
+                &mut socket,
+                "protocol_error",
+                "the first frame must be a text hello",
+                close::PROTOCOL,
+            )
+            .await;
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            let _ = send_error_and_close(&mut socket, "timeout", "no hello received in time", close::TIMEOUT).await;
+            return;
+        }
+    };
+
+    // Register before reading the backlog, so nothing committed in between is missed; duplicates are dropped.
+    let (handle, rx) = hub.register(user.clone());
+    hub.service.session_opened(&user).await;
+    let mut session = Session {
+        service: hub.service.clone(),
+        hub: hub.clone(),
+        actor: Actor::User(user.clone()),
+        user: user.clone(),
+        last_sent: HashMap::new(),
+        last_activity: Instant::now(),
+    };
+    let code = session.serve(&mut socket, &handle, rx, resume, shutdown).await;
+    hub.unregister(&handle);
+    hub.service.session_closed(&user).await;
+    if let Some((code, reason)) = code {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+    }
+}
+
+async fn send_error_and_close(
+    socket: &mut WebSocket,
+    code: &str,
+    message: &str,
+    close_code: u16,
+) -> Result<(), axum::Error> {
+    let frame = ServerFrame::Error {
+        req_id: None,
+        code,
+        message,
+        retry_after_ms: None,
+    };
+    socket.send(Message::Text(frame.to_json().into())).await?;
+    socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code,
+            reason: Utf8Bytes::from(message),
+        })))
+        .await
+}
+
+fn error_frame(req_id: Option<&str>, e: &DomainError) -> String {
+    let retry_after_ms = match e {
+        DomainError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+        _ => None,
+    };
+    ServerFrame::Error {
+        req_id,
+        code: error_code(e),
+        message: &error_message(e),
+        retry_after_ms,
+    }
+    .to_json()
+}
+
+fn is_capacity_error(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner().downcast::<tungstenite::Error>().map(|b| *b),
+        Ok(tungstenite::Error::Capacity(_))
+    )
+}
+
+impl Session {
+    /// Runs until the client leaves or the session must close; returns the close code to send, if any.
+    async fn serve(
+        &mut self,
+        socket: &mut WebSocket,
+        handle: &Arc<SessionHandle>,
+        mut rx: tokio::sync::mpsc::Receiver<Arc<Frame>>,
+        resume: BTreeMap<ChannelId, u64>,
+        shutdown: CancellationToken,
+    ) -> Option<(u16, &'static str)> {
+        let cfg = self.hub.cfg.clone();
+        let welcome = ServerFrame::Welcome {
+            session_id: handle.id,
+            user_id: self.user.as_str(),
+            heartbeat_ms: cfg.heartbeat.as_millis() as u64,
+            max_frame_bytes: cfg.max_message_bytes,
+        }
+        .to_json();
+        if socket.send(Message::Text(welcome.into())).await.is_err() {
+            return None;
+        }
+        if self.resume(socket, resume).await.is_err() {
+            return None;
+        }
+
+        let mut batch: Vec<Arc<Frame>> = Vec::with_capacity(cfg.write_batch);
+        let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "server shutting down")),
+                _ = handle.overflow.notified() => return Some((close::RESYNC, "outbound queue overflow; resume")),
+                n = rx.recv_many(&mut batch, cfg.write_batch) => {
+                    if n == 0 {
+                        return None;
+                    }
+                    if self.write_frames(socket, handle, &mut batch).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                    if let Some(text) = reply {
+                        if socket.feed(Message::Text(text.into())).await.is_err() {
+                            return None;
+                        }
+                        // Write every other ready reply with the same flush.
+                        while let Some(Some(reply)) = inflight.next().now_or_never() {
+                            if let Some(text) = reply && socket.feed(Message::Text(text.into())).await.is_err() {
+                                return None;
+                            }
+                        }
+                        if socket.flush().await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                incoming = socket.recv(), if inflight.len() < cfg.max_inflight => {
+                    self.last_activity = Instant::now();
+                    match incoming {
+                        None => return None,
+                        Some(Err(e)) => {
+                            return if is_capacity_error(e) {
+                                Some((close::TOO_BIG, "frame too large"))
+                            } else {
+                                None
+                            };
+                        }
+                        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientFrame>(&text) {
+                            Ok(frame) => {
+                                if let Some(p) = self.handle_frame(frame) {
+                                    inflight.push_back(p);
+                                }
+                            }
+                            Err(e) => {
+                                let msg = format!("malformed frame: {e}");
+                                let err = ServerFrame::Error { req_id: None, code: "invalid_frame", message: &msg, retry_after_ms: None };
+                                if socket.send(Message::Text(err.to_json().into())).await.is_err() {
+                                    return None;
+                                }
+                            }
+                        },
+                        Some(Ok(Message::Binary(_))) => return Some((close::PROTOCOL, "binary frames are not part of the protocol")),
+                        Some(Ok(Message::Close(_))) => return None,
+                        Some(Ok(_)) => {} // ping (answered by the library) or pong
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_activity.elapsed() > cfg.idle_timeout {
+                        return Some((close::TIMEOUT, "idle timeout"));
+                    }
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns one client frame into the work it asks for. Replies are produced in frame order.
+    fn handle_frame(&mut self, frame: ClientFrame) -> Option<Pending> {
+        let service = self.service.clone();
+        let actor = self.actor.clone();
+        match frame {
+            ClientFrame::Hello { .. } => Some(
+                async {
+                    Some(error_frame(
+                        None,
+                        &DomainError::invalid("type", "hello is only valid as the first frame"),
+                    ))
+                }
+                .boxed(),
+            ),
+            ClientFrame::Send {
+                req_id,
+                channel_id,
+                body,
+            } => Some(
+                async move {
+                    let res = match SendMessageBody::from(body).into_new_message(channel_id) {
+                        Ok(msg) => service.send(&actor, msg).await,
+                        Err(e) => Err(e),
+                    };
+                    Some(match res {
+                        Ok(a) => ServerFrame::Ack {
+                            req_id: req_id.as_deref(),
+                            channel_id: a.message.channel_id.as_str(),
+                            seq: a.message.seq.0,
+                            message_id: a.message.id.0,
+                            duplicate: a.duplicate,
+                            message: MessageDto::from(&a.message),
+                        }
+                        .to_json(),
+                        Err(e) => error_frame(req_id.as_deref(), &e),
+                    })
+                }
+                .boxed(),
+            ),
+            ClientFrame::Typing { channel_id, active } => Some(
+                async move {
+                    match service.typing(&actor, &channel_id, active).await {
+                        Ok(()) => None,
+                        Err(e) => Some(error_frame(None, &e)),
+                    }
+                }
+                .boxed(),
+            ),
+            ClientFrame::Read { channel_id, seq } => Some(
+                async move {
+                    match service.mark_read(&actor, &channel_id, ChannelSeq(seq)).await {
+                        Ok(_) => None,
+                        Err(e) => Some(error_frame(None, &e)),
+                    }
+                }
+                .boxed(),
+            ),
+            ClientFrame::Ping { req_id } => Some(
+                async move {
+                    Some(
+                        ServerFrame::Pong {
+                            req_id: req_id.as_deref(),
+                        }
+                        .to_json(),
+                    )
+                }
+                .boxed(),
+            ),
+        }
+    }
+
+    /// Sends everything after the client's last sequence for each channel, then `resumed`.
+    async fn resume(&mut self, socket: &mut WebSocket, resume: BTreeMap<ChannelId, u64>) -> Result<(), axum::Error> {
+        if resume.is_empty() {
+            return Ok(());
+        }
+        let mut done: BTreeMap<&str, u64> = BTreeMap::new();
+        for (channel, from) in &resume {
+            match self.send_history(socket, channel, *from, u64::MAX).await? {
+                Ok(last) => {
+                    done.insert(channel.as_str(), last);
+                }
+                Err(e) => {
+                    socket.feed(Message::Text(error_frame(None, &e).into())).await?;
+                }
+            }
+        }
+        socket
+            .send(Message::Text(ServerFrame::Resumed { channels: done }.to_json().into()))
+            .await
+    }
+
+    /// Sends stored messages with `from < seq < until` of one channel, oldest first, and records them as sent.
+    /// Returns the last sequence the client now has.
+    async fn send_history(
+        &mut self,
+        socket: &mut WebSocket,
+        channel: &ChannelId,
+        from: u64,
+        until: u64,
+    ) -> Result<Result<u64, DomainError>, axum::Error> {
+        let page = self.hub.cfg.catchup_page;
+        let mut last = from;
+        loop {
+            let q = HistoryQuery {
+                channel_id: channel.clone(),
+                range: HistoryRange::After(ChannelSeq(last)),
+                limit: page,
+            };
+            let msgs = match self.service.history(&self.actor, q).await {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(e)),
+            };
+            let n = msgs.len();
+            for m in msgs.iter().take_while(|m| m.seq.0 < until) {
+                let text = ServerFrame::MessageNew {
+                    channel_id: m.channel_id.as_str(),
+                    seq: m.seq.0,
+                    message: MessageDto::from(m),
+                }
+                .to_json();
+                socket.feed(Message::Text(text.into())).await?;
+                last = m.seq.0;
+            }
+            socket.flush().await?;
+            self.last_sent.insert(channel.clone(), last);
+            if n < page as usize || last + 1 >= until {
+                return Ok(Ok(last));
+            }
+        }
+    }
+
+    async fn write_frames(
+        &mut self,
+        socket: &mut WebSocket,
+        handle: &SessionHandle,
+        batch: &mut Vec<Arc<Frame>>,
+    ) -> Result<(), axum::Error> {
+        for frame in batch.drain(..) {
+            handle.dequeued(frame.text.len());
+            if let Some((channel, seq)) = &frame.seq {
+                match self.last_sent.get(channel).copied() {
+                    Some(last) if *seq <= last => continue, // already sent by a resume or gap fill
+                    Some(last) if *seq > last + 1 => {
+                        // Missed frames (e.g. joined mid-stream): fill from the store, in order.
+                        if let Err(e) = self.send_history(socket, channel, last, *seq).await? {
+                            tracing::debug!(channel = %channel, error = %e, "gap fill failed");
+                        }
+                    }
+                    _ => {}
+                }
+                self.last_sent.insert(channel.clone(), *seq);
+            }
+            socket.feed(Message::Text(frame.text.clone())).await?;
+        }
+        socket.flush().await
+    }
+}
+
+/// Default heartbeat and timeouts, exposed for documentation and tests.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);

@@ -1,0 +1,187 @@
+//! Uploads: streamed to a temporary file under the data dir with a size cap, hashed, their type sniffed from
+//! the content (the client's claim is ignored), then moved into place and recorded for one channel.
+
+use std::path::PathBuf;
+
+use confab_domain::model::FileObject;
+use confab_domain::{ChannelId, DomainError, DomainResult, FileId, now_millis};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::auth::generate_token;
+use crate::{Actor, Confab};
+
+/// Bytes kept from the start of an upload for content sniffing.
+const SNIFF_LEN: usize = 8192;
+
+pub struct Upload {
+    id: FileId,
+    channel_id: ChannelId,
+    uploader: Option<confab_domain::UserId>,
+    tmp_path: PathBuf,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+    head: Vec<u8>,
+}
+
+impl Upload {
+    pub async fn write(&mut self, chunk: &[u8]) -> DomainResult<()> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(DomainError::LimitExceeded {
+                what: "file size",
+                limit: self.limit,
+            });
+        }
+        if self.head.len() < SNIFF_LEN {
+            let take = (SNIFF_LEN - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).await.map_err(io_err)
+    }
+
+    /// Removes the partial file (an upload that failed or was refused).
+    pub async fn abort(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp_path).await;
+    }
+}
+
+fn io_err(e: std::io::Error) -> DomainError {
+    DomainError::Unavailable(format!("file storage: {e}"))
+}
+
+/// The content type, from the bytes alone.
+pub fn sniff_content_type(head: &[u8]) -> String {
+    if let Some(kind) = infer::get(head) {
+        return kind.mime_type().to_string();
+    }
+    // `infer` knows binary signatures only; text is recognised as valid UTF-8 without control bytes. A cut
+    // multi-byte character at the end of the sniffed head does not make it binary.
+    let valid = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    if valid && !head.iter().any(|&b| b < 0x09 || (b > 0x0d && b < 0x20)) {
+        "text/plain; charset=utf-8".to_string()
+    } else {
+        "application/octet-stream".to_string()
+    }
+}
+
+fn clean_name(name: &str) -> String {
+    // Keep the last path component only, without control characters, at most 255 characters.
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if cleaned.trim().is_empty() || cleaned == "." || cleaned == ".." {
+        "file".to_string()
+    } else {
+        cleaned
+    }
+}
+
+impl Confab {
+    fn file_path(&self, id: &FileId) -> PathBuf {
+        self.cfg.files_dir.join(&id.as_str()[..2]).join(id.as_str())
+    }
+
+    /// Starts an upload for a channel the actor belongs to.
+    pub async fn begin_upload(&self, actor: &Actor, channel: &ChannelId) -> DomainResult<Upload> {
+        self.get_channel(actor, channel).await?;
+        let id = FileId::parse(&generate_token("")[..32]).expect("hex");
+        let tmp_dir = self.cfg.files_dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
+        let tmp_path = tmp_dir.join(id.as_str());
+        let file = tokio::fs::File::create(&tmp_path).await.map_err(io_err)?;
+        Ok(Upload {
+            id,
+            channel_id: channel.clone(),
+            uploader: actor.user().cloned(),
+            tmp_path,
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+            limit: self.cfg.max_upload_bytes,
+            head: Vec::new(),
+        })
+    }
+
+    pub async fn finish_upload(&self, up: Upload, name: &str) -> DomainResult<FileObject> {
+        if up.size == 0 {
+            up.abort().await;
+            return Err(DomainError::invalid("file", "must not be empty"));
+        }
+        if let Err(e) = up.file.sync_all().await {
+            up.abort().await;
+            return Err(io_err(e));
+        }
+        let final_path = self.file_path(&up.id);
+        let moved = async {
+            tokio::fs::create_dir_all(final_path.parent().expect("has parent")).await?;
+            tokio::fs::rename(&up.tmp_path, &final_path).await
+        }
+        .await;
+        if let Err(e) = moved {
+            up.abort().await;
+            return Err(io_err(e));
+        }
+        let obj = FileObject {
+            id: up.id,
+            channel_id: up.channel_id,
+            uploader_id: up.uploader,
+            name: clean_name(name),
+            size: up.size,
+            content_type: sniff_content_type(&up.head),
+            sha256: hex::encode(up.hasher.finalize()),
+            created_at: now_millis(),
+        };
+        if let Err(e) = self.store.put_file(obj.clone()).await {
+            let _ = tokio::fs::remove_file(&final_path).await;
+            return Err(e);
+        }
+        Ok(obj)
+    }
+
+    /// The file and where its bytes are, if the actor is a member of the channel it was uploaded for.
+    pub async fn open_file(&self, actor: &Actor, id: &FileId) -> DomainResult<(FileObject, PathBuf)> {
+        let obj = self
+            .store
+            .get_file(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("file", id))?;
+        if let Actor::User(u) = actor
+            && self.store.get_member(&obj.channel_id, u).await?.is_none()
+        {
+            return Err(DomainError::not_found("file", id));
+        }
+        let path = self.file_path(id);
+        Ok((obj, path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing_ignores_names_and_reads_bytes() {
+        let png = [
+            0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, b'I', b'H', b'D', b'R',
+        ];
+        assert_eq!(sniff_content_type(&png), "image/png");
+        assert_eq!(sniff_content_type(b"hello world\n"), "text/plain; charset=utf-8");
+        assert_eq!(sniff_content_type(&[0, 1, 2, 3, 200]), "application/octet-stream");
+        assert_eq!(sniff_content_type(b"%PDF-1.7\n"), "application/pdf");
+    }
+
+    #[test]
+    fn names_lose_paths_and_controls() {
+        assert_eq!(clean_name("../../etc/passwd"), "passwd");
+        assert_eq!(clean_name("C:\\x\\photo.png"), "photo.png");
+        assert_eq!(clean_name("a\u{0}b"), "ab");
+        assert_eq!(clean_name(".."), "file");
+    }
+}
