@@ -1,1 +1,168 @@
+//! The native API surface: REST under `/api/v1`, the WebSocket at `/api/v1/ws`, and the OpenAPI document.
+//! Handlers parse input into domain values, call the service, and render results; they hold no rules.
 
+pub mod channels;
+pub mod error;
+pub mod extract;
+pub mod files;
+pub mod messages;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use confab_domain::DomainError;
+use confab_gateway::{GatewayConfig, Hub};
+use confab_service::{Actor, Confab};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::extract::AuthOrQueryToken;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Confab>,
+    pub hub: Arc<Hub>,
+    pub gateway: GatewayConfig,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Largest JSON request body.
+    pub max_body_bytes: usize,
+    /// Largest upload request (multipart), a little above the file size limit.
+    pub max_upload_request_bytes: usize,
+}
+
+/// Upgrades to the WebSocket protocol of `docs/protocol.md`. Authenticated before the upgrade.
+#[utoipa::path(get, path = "/api/v1/ws", tag = "realtime",
+    params(("token" = Option<String>, Query, description = "session token, when no Authorization header can be set")),
+    responses((status = 101, description = "switching to WebSocket"), (status = 401, body = error::ProblemBody)))]
+async fn ws_upgrade(
+    State(st): State<AppState>,
+    AuthOrQueryToken(actor): AuthOrQueryToken,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let user = match actor {
+        Actor::User(u) => u,
+        Actor::Admin => {
+            return ApiError::Domain(DomainError::forbidden(
+                "connect with a user's session token, not the master token",
+            ))
+            .into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rej) => {
+            return ApiError::request(rej.status(), "websocket_upgrade_required", rej.body_text()).into_response();
+        }
+    };
+    let max = st.gateway.max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers keep idle connections cheap; tungstenite grows them on demand.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(st.gateway.queue_bytes.max(64 * 1024))
+        .on_upgrade(move |socket| confab_gateway::session::run(st.hub.clone(), user, socket, st.shutdown.clone()))
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::request(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+}
+
+/// The `/api/v1` router.
+pub fn router(state: AppState, limits: &HttpLimits) -> Router {
+    let api = Router::new()
+        .route("/users", post(users::create_user).get(users::list_users))
+        .route(
+            "/users/{user_id}",
+            get(users::get_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
+        )
+        .route(
+            "/users/{user_id}/sessions",
+            post(users::issue_session).delete(users::revoke_sessions),
+        )
+        .route("/me", get(users::me))
+        .route("/channels", post(channels::create_channel).get(channels::list_channels))
+        .route(
+            "/channels/{channel_id}",
+            get(channels::get_channel)
+                .patch(channels::update_channel)
+                .delete(channels::delete_channel),
+        )
+        .route(
+            "/channels/{channel_id}/members",
+            post(channels::invite).get(channels::list_members),
+        )
+        .route(
+            "/channels/{channel_id}/members/{user_id}",
+            axum::routing::delete(channels::remove_member),
+        )
+        .route("/channels/{channel_id}/leave", post(channels::leave))
+        .route("/channels/{channel_id}/read", post(channels::mark_read))
+        .route(
+            "/channels/{channel_id}/messages",
+            post(messages::send_message).get(messages::history),
+        )
+        .route(
+            "/messages/{message_id}",
+            get(messages::get_message)
+                .patch(messages::edit_message)
+                .delete(messages::delete_message),
+        )
+        .route("/messages/{message_id}/replies", get(messages::thread))
+        .route("/files/{file_id}", get(files::download))
+        .route("/ws", get(ws_upgrade))
+        .route("/openapi.json", get(openapi_json))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    let uploads = Router::new()
+        .route("/files", post(files::upload))
+        .layer(DefaultBodyLimit::max(limits.max_upload_request_bytes));
+    Router::new()
+        .nest("/api/v1", api.merge(uploads).fallback(not_found))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Confab native API", version = "1", description = "Users, channels, messages, files and the \
+        WebSocket protocol (docs/protocol.md). Authenticate with `Authorization: Bearer <token>`: the master API \
+        token for application calls, a session token for a user's client."),
+    paths(
+        users::create_user, users::list_users, users::get_user, users::me, users::update_user, users::delete_user,
+        users::issue_session, users::revoke_sessions,
+        channels::create_channel, channels::list_channels, channels::get_channel, channels::update_channel,
+        channels::delete_channel, channels::invite, channels::list_members, channels::remove_member,
+        channels::leave, channels::mark_read,
+        messages::send_message, messages::history, messages::get_message, messages::edit_message,
+        messages::delete_message, messages::thread,
+        files::upload, files::download, ws_upgrade,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}

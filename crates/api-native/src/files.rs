@@ -1,0 +1,114 @@
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use confab_domain::{DomainError, FileId};
+use confab_gateway::wire::FileDto;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::channels::parse_channel_id;
+use crate::error::{ApiError, ApiResult, ProblemBody};
+use crate::extract::{Auth, AuthOrQueryToken};
+
+/// Multipart form: `channel_id` (text field, first) and `file` (the bytes, with a filename).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    channel_id: String,
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::request(status, "body_too_large", e.body_text())
+    } else {
+        ApiError::request(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
+    }
+}
+
+/// Uploads a file or image for a channel. Its content type is sniffed from the bytes.
+#[utoipa::path(post, path = "/api/v1/files", tag = "files",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 201, body = FileDto), (status = 400, body = ProblemBody)))]
+pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Multipart) -> ApiResult<Response> {
+    let mut channel = None;
+    while let Some(mut field) = form.next_field().await.map_err(multipart_err)? {
+        match field.name() {
+            Some("channel_id") => {
+                let text = field.text().await.map_err(multipart_err)?;
+                channel = Some(parse_channel_id(text.trim())?);
+            }
+            Some("file") => {
+                let channel = channel
+                    .as_ref()
+                    .ok_or_else(|| DomainError::invalid("channel_id", "send the channel_id field before the file"))?;
+                let name = field.file_name().unwrap_or("file").to_string();
+                let mut up = st.service.begin_upload(&actor, channel).await?;
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if let Err(e) = up.write(&chunk).await {
+                                up.abort().await;
+                                return Err(e.into());
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            up.abort().await;
+                            return Err(multipart_err(e));
+                        }
+                    }
+                }
+                let obj = st.service.finish_upload(up, &name).await?;
+                return Ok((StatusCode::CREATED, Json(FileDto::from(&obj))).into_response());
+            }
+            _ => {}
+        }
+    }
+    Err(DomainError::invalid("file", "the form has no file field").into())
+}
+
+/// Downloads a file. Only members of the channel it was uploaded for may read it.
+#[utoipa::path(get, path = "/api/v1/files/{file_id}", tag = "files",
+    responses((status = 200, description = "the file's bytes"), (status = 404, body = ProblemBody)))]
+pub async fn download(
+    State(st): State<AppState>,
+    AuthOrQueryToken(actor): AuthOrQueryToken,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = FileId::parse(&id)?;
+    let (obj, path) = st.service.open_file(&actor, &id).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| DomainError::Unavailable(format!("file storage: {e}")))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&obj.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(obj.size));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Only images render inline; everything else downloads, so an uploaded HTML file never runs as a page.
+    let disposition = if obj.content_type.starts_with("image/") && obj.content_type != "image/svg+xml" {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let name: String = obj
+        .name
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .filter(|c| *c != '"')
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    Ok(resp)
+}

@@ -1,0 +1,185 @@
+//! Configuration: defaults, then the optional TOML file, then `CONFAB_SECTION__KEY` environment variables.
+//! The listen address and data dir also come from command-line flags (see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use confab_domain::Limits;
+use confab_store_sqlite::Synchronous;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub storage: StorageConfig,
+    pub limits: Limits,
+    pub http: HttpConfig,
+    pub websocket: WebSocketConfig,
+    pub sessions: SessionConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `full`: every acknowledged write survives power loss. `normal`: survives a crash of the process.
+    pub synchronous: Synchronous,
+    pub readers: usize,
+    pub max_batch: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    pub max_upload_bytes: u64,
+    /// A client must send a request's headers within this time (slowloris guard).
+    pub header_read_timeout_secs: u64,
+    /// A request (not a WebSocket) must be answered within this time.
+    pub request_timeout_secs: u64,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub max_frame_bytes: usize,
+    pub queue_frames: usize,
+    pub queue_bytes: usize,
+    pub heartbeat_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub hello_timeout_secs: u64,
+    pub max_inflight: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Lifetime of issued session tokens in seconds; 0 means until revoked.
+    pub ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid"),
+            data_dir: PathBuf::from("./confab-data"),
+            storage: StorageConfig::default(),
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            websocket: WebSocketConfig::default(),
+            sessions: SessionConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            synchronous: Synchronous::Full,
+            readers: 4,
+            max_batch: 512,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 1024 * 1024,
+            max_upload_bytes: 25 * 1024 * 1024,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 50_000,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        let g = confab_gateway::GatewayConfig::default();
+        WebSocketConfig {
+            max_frame_bytes: g.max_message_bytes,
+            queue_frames: g.queue_frames,
+            queue_bytes: g.queue_bytes,
+            heartbeat_secs: g.heartbeat.as_secs(),
+            idle_timeout_secs: g.idle_timeout.as_secs(),
+            hello_timeout_secs: g.hello_timeout.as_secs(),
+            max_inflight: g.max_inflight,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then nested environment variables such as
+    /// `CONFAB_LIMITS__USER_SEND_PER_SEC=50` (a double underscore separates section and key).
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("CONFAB_")
+                .split("__")
+                .filter(|k| k.as_str().contains('.')),
+        );
+        fig.extract().map_err(Box::new)
+    }
+
+    pub fn gateway(&self) -> confab_gateway::GatewayConfig {
+        let w = &self.websocket;
+        confab_gateway::GatewayConfig {
+            queue_frames: w.queue_frames,
+            queue_bytes: w.queue_bytes,
+            max_message_bytes: w.max_frame_bytes,
+            heartbeat: Duration::from_secs(w.heartbeat_secs.max(1)),
+            idle_timeout: Duration::from_secs(w.idle_timeout_secs.max(2)),
+            hello_timeout: Duration::from_secs(w.hello_timeout_secs.max(1)),
+            max_inflight: w.max_inflight.max(1),
+            ..confab_gateway::GatewayConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[limits]\nmax_text_chars = 100\n[websocket]\nqueue_frames = 10\n",
+            )?;
+            jail.set_env("CONFAB_LIMITS__MAX_TEXT_CHARS", "200");
+            jail.set_env("CONFAB_API_TOKEN", "ignored-here");
+            let c = Config::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.max_text_chars, 200);
+            assert_eq!(c.websocket.queue_frames, 10);
+            assert_eq!(c.limits.max_mentions, Limits::default().max_mentions);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_sections_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[limits]\nmax_text_char = 100\n")?;
+            assert!(Config::load(Some(std::path::Path::new("c.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

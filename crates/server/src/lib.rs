@@ -1,0 +1,182 @@
+//! Assembly of the Confab server: picks the store and bus implementations, builds the services and the
+//! router, and serves HTTP/WebSocket on a listener until shutdown. `run` takes its listener and shutdown
+//! signal as arguments so tests bind port 0.
+
+pub mod config;
+pub mod master_token;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use confab_api_native::{AppState, HttpLimits};
+use confab_bus::LocalBus;
+use confab_gateway::Hub;
+use confab_service::{Confab, ServiceConfig};
+use confab_store_sqlite::{SqliteConfig, SqliteStore};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+
+/// A built server: services started, router ready, not yet serving.
+pub struct App {
+    pub config: Config,
+    pub service: Arc<Confab>,
+    pub hub: Arc<Hub>,
+    pub router: Router,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    service: Arc<Confab>,
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok")
+}
+
+async fn readyz(State(st): State<HealthState>) -> impl IntoResponse {
+    if st.service.ready().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage not ready")
+    }
+}
+
+impl App {
+    /// Opens storage under the data dir and starts the services. Needs a tokio runtime.
+    pub async fn build(config: Config, master_token: &str) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let bus = Arc::new(LocalBus::default());
+        let mut store_cfg = SqliteConfig::new(config.data_dir.join("confab.db"));
+        store_cfg.synchronous = config.storage.synchronous;
+        store_cfg.readers = config.storage.readers;
+        store_cfg.max_batch = config.storage.max_batch;
+        let store = SqliteStore::open(store_cfg, bus.clone()).map_err(|e| anyhow::anyhow!("opening storage: {e}"))?;
+        let service = Confab::new(
+            Arc::new(store),
+            bus,
+            master_token,
+            ServiceConfig {
+                limits: config.limits.clone(),
+                files_dir: config.data_dir.join("files"),
+                max_upload_bytes: config.http.max_upload_bytes,
+                session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
+            },
+        );
+        let gateway = config.gateway();
+        let hub = Hub::start(service.clone(), gateway.clone());
+        let shutdown = CancellationToken::new();
+        let state = AppState {
+            service: service.clone(),
+            hub: hub.clone(),
+            gateway,
+            shutdown: shutdown.clone(),
+        };
+        let limits = HttpLimits {
+            max_body_bytes: config.http.max_body_bytes,
+            max_upload_request_bytes: (config.http.max_upload_bytes as usize).saturating_add(64 * 1024),
+        };
+        let health = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(HealthState {
+                service: service.clone(),
+            });
+        let router = confab_api_native::router(state, &limits).merge(health).layer(
+            ServiceBuilder::new()
+                .layer(
+                    // Method and path only: query strings may carry tokens and are never logged.
+                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                        tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+                    }),
+                )
+                .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+                    tracing::error!("a request handler panicked");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(serde_json::json!({"error": {"code": "internal", "message": "internal error"}})),
+                    )
+                        .into_response()
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Duration::from_secs(config.http.request_timeout_secs.max(1)),
+                )),
+        );
+        Ok(App {
+            config,
+            service,
+            hub,
+            router,
+            shutdown,
+        })
+    }
+
+    /// Serves until `signal` completes, then closes WebSocket sessions (close code 1001) and waits up to 10 s
+    /// for requests in progress.
+    pub async fn run(self, listener: TcpListener, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let http = self.config.http.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(http.header_read_timeout_secs.max(1)))
+            .max_buf_size(64 * 1024);
+        let builder = builder.http1_only();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(http.max_connections.max(1)));
+        let svc = TowerToHyperService::new(self.router.clone());
+        tokio::pin!(signal);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut signal => break,
+                p = connections.clone().acquire_owned() => p.expect("never closed"),
+            };
+            let (stream, _peer) = tokio::select! {
+                _ = &mut signal => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc.clone());
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down");
+        self.shutdown.cancel();
+        drop(listener);
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("some connections did not finish in time"),
+        }
+        Ok(())
+    }
+}
