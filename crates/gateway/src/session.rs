@@ -263,7 +263,7 @@ impl Session {
                 body,
             } => Some(
                 async move {
-                    let res = match SendMessageBody::from(body).into_new_message(channel_id) {
+                    let res = match SendMessageBody::from(*body).into_new_message(channel_id) {
                         Ok(msg) => service.send(&actor, msg).await,
                         Err(e) => Err(e),
                     };
@@ -344,7 +344,8 @@ impl Session {
         from: u64,
         until: u64,
     ) -> Result<Result<u64, DomainError>, axum::Error> {
-        let page = self.hub.cfg.catchup_page;
+        // The service caps pages at the configured maximum; stop only on a short page of that size.
+        let page = self.hub.cfg.catchup_page.min(self.service.limits().max_page).max(1);
         let mut last = from;
         loop {
             let q = HistoryQuery {

@@ -275,7 +275,7 @@ pub enum ClientFrame {
         req_id: Option<String>,
         channel_id: ChannelId,
         #[serde(flatten)]
-        body: SendMessageBodyFrame,
+        body: Box<SendMessageBodyFrame>,
     },
     Typing {
         channel_id: ChannelId,

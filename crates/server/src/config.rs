@@ -154,6 +154,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
 mod tests {
     use super::*;
 

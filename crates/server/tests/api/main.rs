@@ -1,0 +1,8 @@
+//! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
+
+mod durability;
+mod files;
+mod helpers;
+mod limits;
+mod realtime;
+mod rest;
