@@ -183,4 +183,16 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let from_file: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(include_str!("../../../confab.example.toml")))
+            .extract()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+    }
 }
