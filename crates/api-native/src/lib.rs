@@ -67,9 +67,9 @@ async fn ws_upgrade(
     let max = st.gateway.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        // Small buffers keep idle connections cheap; tungstenite grows them on demand.
+        // A small read buffer keeps idle connections cheap; the write buffer lets one flush carry a batch.
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(64 * 1024)
         .max_write_buffer_size(st.gateway.queue_bytes.max(64 * 1024))
         .on_upgrade(move |socket| confab_gateway::session::run(st.hub.clone(), user, socket, st.shutdown.clone()))
 }

@@ -174,3 +174,26 @@ async fn websocket_needs_a_user_token_and_a_hello() {
         (Some("pong"), Some("p"))
     );
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_reaped() {
+    let app = spawn_app_with(|c| c.http.header_read_timeout_secs = 1).await;
+    let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = sock.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then silence: the connection must not be held open forever.
+    let res = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(res.is_ok(), "idle keep-alive connection still open after 5 s");
+}
