@@ -1,1 +1,302 @@
-fn main() {}
+//! `confab-bench`: a load generator for a Confab server on the loopback interface.
+//!
+//! It creates its own users and channels with the master token (names prefixed `b<unix-ms>-`, so reruns
+//! against the same server do not collide), drives WebSocket sessions, prints progress on stderr, and ends
+//! with one JSON object on the last stdout line. Every run is bounded in size and time; a failed check
+//! (a missed or reordered message, an error frame, a closed connection, the global timeout) exits non-zero
+//! with `"ok":false` and the error.
+
+mod connections;
+mod fanout;
+mod rest;
+mod scan;
+mod send;
+mod stats;
+mod util;
+mod ws;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::util::{Target, ms, parse_duration};
+
+pub const RATE_LIMIT_HINT: &str = "hint: the server rate-limits sends per user (default 10/s, burst 20); start it \
+     with CONFAB_LIMITS__USER_SEND_PER_SEC=1000000 CONFAB_LIMITS__USER_SEND_BURST=1000000 for benchmarks";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "confab-bench",
+    version,
+    about = "Load generator for a Confab server on loopback"
+)]
+struct Cli {
+    /// Base URL of the server (plain http on a loopback address).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The server's master API token, used to create the benchmark's users and channels.
+    #[arg(long, global = true, env = "CONFAB_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Worker threads of the client runtime (1 does best on a 2-core machine shared with the server).
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// The whole run (setup included) fails after this long.
+    #[arg(long, global = true, default_value = "120s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One group, N receiving members on their own WebSockets, one publisher: delivery throughput or latency.
+    Fanout(FanoutArgs),
+    /// Many clients sending with a window of unacknowledged sends: durable send throughput and ack latency.
+    Send(SendArgs),
+    /// Many idle authenticated WebSockets held open: the server's memory per connection.
+    Connections(ConnectionsArgs),
+}
+
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    /// Receiving members, each on its own WebSocket (the publisher is one more member of the group).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    members: u32,
+    /// Messages the publisher sends.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    messages: u64,
+    /// Unacknowledged sends kept in flight (ignored with --rate).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    window: u32,
+    /// Send at this fixed rate (messages/s) and measure latency from the scheduled send times.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// After the publisher's last ack, every member must have every message within this time.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain: Duration,
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// Clients, each a user with its own WebSocket and its own group.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    clients: u32,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unacknowledged sends per client.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    window: u32,
+    /// After the duration, outstanding sends must be answered within this time.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ConnectionsArgs {
+    /// Idle WebSocket sessions to open.
+    #[arg(long, default_value_t = 19_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    count: u32,
+    /// How long to hold them open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    hold: Duration,
+    /// The server's pid, to read its RSS from /proc/PID/status (found automatically when a process named
+    /// `confab` of this user listens on the port).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Sessions per user (each user gets one session token, shared by its connections).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    sessions_per_user: u32,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, … (0: automatic, one per
+    /// 15,000 connections when more than 15,000).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=250))]
+    source_addrs: u32,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("invalid rate {s:?}"))?;
+    if !(r > 0.0 && r <= 1_000_000.0) {
+        return Err("rate must be between 0 and 1,000,000 messages/s".into());
+    }
+    Ok(r)
+}
+
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Fanout(_) => "fanout",
+            Command::Send(_) => "send",
+            Command::Connections(_) => "connections",
+        }
+    }
+
+    fn check(&self, timeout: Duration) -> Result<()> {
+        if timeout.is_zero() || timeout > MAX_DURATION {
+            bail!("--timeout must be between 1s and 1h");
+        }
+        match self {
+            Command::Fanout(a) => {
+                if a.drain > MAX_DURATION {
+                    bail!("--drain must be at most 1h");
+                }
+                if let Some(r) = a.rate
+                    && a.messages as f64 / r > timeout.as_secs_f64()
+                {
+                    bail!(
+                        "{} messages at {r}/s take longer than --timeout {timeout:?}",
+                        a.messages
+                    );
+                }
+            }
+            Command::Send(a) => {
+                if a.duration.is_zero() || a.duration > MAX_DURATION || a.drain > MAX_DURATION {
+                    bail!("--duration must be between 1ms and 1h (and --drain at most 1h)");
+                }
+                if a.duration >= timeout {
+                    bail!("--duration {:?} must be shorter than --timeout {timeout:?}", a.duration);
+                }
+            }
+            Command::Connections(a) => {
+                if a.hold > MAX_DURATION {
+                    bail!("--hold must be at most 1h");
+                }
+                if a.hold >= timeout {
+                    bail!("--hold {:?} must be shorter than --timeout {timeout:?}", a.hold);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result<()> {
+    let Some(token) = cli.token.as_deref().filter(|t| !t.is_empty()) else {
+        bail!("the master token is required: pass --token or set CONFAB_API_TOKEN");
+    };
+    let api = rest::Api::new(&target.http_base, token)?;
+    match &cli.command {
+        Command::Fanout(a) => {
+            let o = fanout::FanoutOpts {
+                members: a.members as usize,
+                messages: a.messages,
+                window: a.window as usize,
+                rate: a.rate,
+                drain: a.drain,
+            };
+            fanout::run(target, &api, &o, out).await
+        }
+        Command::Send(a) => {
+            let o = send::SendOpts {
+                clients: a.clients as usize,
+                duration: a.duration,
+                window: a.window as usize,
+                drain: a.drain,
+            };
+            send::run(target, &api, &o, out).await
+        }
+        Command::Connections(a) => {
+            let o = connections::ConnOpts {
+                count: a.count as usize,
+                hold: a.hold,
+                server_pid: a.server_pid,
+                sessions_per_user: a.sessions_per_user as usize,
+                source_addrs: a.source_addrs as usize,
+            };
+            connections::run(target, &api, &o, out).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::epoch();
+    let name = cli.command.name();
+    let mut out = Map::new();
+    let started = Instant::now();
+    let result = (|| -> Result<()> {
+        cli.command.check(cli.timeout)?;
+        let target = Target::parse(&cli.url)?;
+        out.insert("url".into(), json!(target.http_base));
+        out.insert("client_threads".into(), json!(cli.threads));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads as usize)
+            .enable_all()
+            .build()?;
+        let r = rt.block_on(async {
+            match tokio::time::timeout(cli.timeout, run(&cli, &target, &mut out)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!(
+                    "the run did not finish within --timeout {:?}",
+                    cli.timeout
+                )),
+            }
+        });
+        // Do not wait for tasks still holding sockets: the process is about to exit.
+        rt.shutdown_background();
+        r
+    })();
+    out.insert("total_ms".into(), json!(ms(started.elapsed())));
+    match result {
+        Ok(()) => {
+            println!("{}", stats::summary_line(name, true, None, out));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("confab-bench {name}: error: {msg}");
+            if msg.contains("rate_limited") {
+                eprintln!("{RATE_LIMIT_HINT}");
+            }
+            println!("{}", stats::summary_line(name, false, Some(&msg), out));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cli_parses_the_documented_invocations() {
+        let c = Cli::try_parse_from([
+            "confab-bench",
+            "--url",
+            "http://127.0.0.1:18181",
+            "--token",
+            "t",
+            "fanout",
+            "--members",
+            "200",
+            "--messages",
+            "100",
+            "--rate",
+            "50",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Fanout(a) => {
+                assert_eq!((a.members, a.messages, a.window, a.rate), (200, 100, 16, Some(50.0)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["confab-bench", "send", "--clients", "20", "--duration", "3s"]).unwrap();
+        assert!(matches!(c.command, Command::Send(ref a) if a.duration == Duration::from_secs(3) && a.window == 8));
+        assert!(c.command.check(c.timeout).is_ok());
+        let c = Cli::try_parse_from(["confab-bench", "connections", "--count", "2000", "--hold", "200s"]).unwrap();
+        assert!(c.command.check(c.timeout).is_err(), "hold longer than the timeout");
+        assert!(Cli::try_parse_from(["confab-bench", "fanout", "--rate", "0"]).is_err());
+        assert!(Cli::try_parse_from(["confab-bench", "fanout", "--members", "0"]).is_err());
+    }
+}

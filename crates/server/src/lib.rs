@@ -81,6 +81,17 @@ impl App {
                 session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
             },
         );
+        let upkeep = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                match upkeep.upgrade() {
+                    Some(s) => s.housekeeping(),
+                    None => break,
+                }
+            }
+        });
         let gateway = config.gateway();
         let hub = Hub::start(service.clone(), gateway.clone());
         let shutdown = CancellationToken::new();

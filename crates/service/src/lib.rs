@@ -568,6 +568,13 @@ impl Confab {
         }
     }
 
+    /// Periodic upkeep: forgets rate-limit state of users who have not sent recently, so the limiter's memory
+    /// follows active users, not every user ever seen.
+    pub fn housekeeping(&self) {
+        self.send_limiter.retain_recent();
+        self.send_limiter.shrink_to_fit();
+    }
+
     pub fn is_online(&self, user: &UserId) -> bool {
         self.presence.is_online(user)
     }
