@@ -68,8 +68,9 @@ struct FanoutArgs {
     /// Messages the publisher sends.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     messages: u64,
-    /// Unacknowledged sends kept in flight (ignored with --rate).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Unacknowledged sends kept in flight (ignored with --rate). One publisher with a window of 64 stands for
+    /// the many concurrent senders a busy server has.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     window: u32,
     /// Send at this fixed rate (messages/s) and measure latency from the scheduled send times.
     #[arg(long, value_parser = parse_rate)]
@@ -287,7 +288,7 @@ mod tests {
         .unwrap();
         match c.command {
             Command::Fanout(a) => {
-                assert_eq!((a.members, a.messages, a.window, a.rate), (200, 100, 16, Some(50.0)));
+                assert_eq!((a.members, a.messages, a.window, a.rate), (200, 100, 64, Some(50.0)));
             }
             other => panic!("{other:?}"),
         }

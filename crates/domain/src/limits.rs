@@ -19,6 +19,9 @@ pub struct Limits {
     pub user_send_burst: u32,
     /// Largest page of history or of a list.
     pub max_page: u32,
+    /// Presence changes are pushed to users who share a channel of at most this many members; in larger
+    /// channels clients read presence through the API (pushing it would cost members² frames).
+    pub presence_max_members: u32,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
             user_send_per_sec: 10,
             user_send_burst: 20,
             max_page: 200,
+            presence_max_members: 100,
         }
     }
 }

@@ -62,8 +62,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_members(&self, channel: &ChannelId, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<Member>>;
     /// Every member id of a channel (for fan-out).
     async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>>;
-    /// Users who share at least one channel with `user` (for presence).
-    async fn contacts(&self, user: &UserId) -> DomainResult<Vec<UserId>>;
+    /// Users who share with `user` at least one channel of at most `max_members` members (for presence).
+    async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>>;
     /// Moves the member's read position forward (never back, never past the last message); returns it.
     async fn mark_read(&self, channel: &ChannelId, user: &UserId, seq: ChannelSeq) -> DomainResult<ChannelSeq>;
 

@@ -8,15 +8,14 @@
 //!   overflowed and it is closed with `CLOSE_RESYNC`, so one slow client never slows the others;
 //! - no lock is held across an await: the session registry is a `std` lock taken only for the push loop.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use confab_domain::model::Channel;
 use confab_domain::{ChannelId, Event, UserId};
 use confab_service::Confab;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{Notify, mpsc};
 
 use crate::GatewayConfig;
@@ -38,6 +37,15 @@ impl Frame {
     }
 }
 
+/// What happened to a pushed frame.
+pub enum Push {
+    Queued,
+    /// The queue was full: the session is now marked for closing with `CLOSE_RESYNC`.
+    Overflowed,
+    /// Already marked for closing; the frame was dropped.
+    Closing,
+}
+
 /// The hub's side of one WebSocket session.
 pub struct SessionHandle {
     pub id: u64,
@@ -51,9 +59,9 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// Queues a frame without waiting. On a full queue, marks the session overflowed (it will be closed).
-    pub fn push(&self, frame: &Arc<Frame>) -> bool {
+    pub fn push(&self, frame: &Arc<Frame>) -> Push {
         if self.overflowed.load(Ordering::Relaxed) {
-            return false;
+            return Push::Closing;
         }
         let len = frame.text.len();
         let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
@@ -61,10 +69,11 @@ impl SessionHandle {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             if !self.overflowed.swap(true, Ordering::Relaxed) {
                 self.overflow.notify_one();
+                return Push::Overflowed;
             }
-            return false;
+            return Push::Closing;
         }
-        true
+        Push::Queued
     }
 
     /// Called by the session's writer for each frame it takes off the queue.
@@ -80,7 +89,9 @@ impl SessionHandle {
 pub struct Hub {
     pub(crate) service: Arc<Confab>,
     pub(crate) cfg: GatewayConfig,
-    sessions: RwLock<HashMap<UserId, Vec<Arc<SessionHandle>>>>,
+    sessions: RwLock<FxHashMap<UserId, Vec<Arc<SessionHandle>>>>,
+    /// Bumped whenever a session opens or closes.
+    generation: AtomicU64,
     next_id: AtomicU64,
     shards: Vec<mpsc::Sender<Event>>,
     hasher: std::collections::hash_map::RandomState,
@@ -108,7 +119,8 @@ impl Hub {
         let hub = Arc::new(Hub {
             service: service.clone(),
             cfg,
-            sessions: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(FxHashMap::default()),
+            generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             shards,
             hasher: Default::default(),
@@ -118,7 +130,7 @@ impl Hub {
             let shard = Shard {
                 hub: Arc::downgrade(&hub),
                 service: service.clone(),
-                members: HashMap::new(),
+                channels: FxHashMap::default(),
             };
             tokio::spawn(shard.run(rx));
         }
@@ -163,6 +175,7 @@ impl Hub {
             .entry(user)
             .or_default()
             .push(handle.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         (handle, rx)
     }
@@ -175,28 +188,41 @@ impl Hub {
                 sessions.remove(&handle.user);
             }
         }
+        drop(sessions);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Pushes one frame to every session of every listed user, skipping `except`.
-    fn deliver<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, frame: &Arc<Frame>, except: Option<&UserId>) {
+    /// Changes whenever a session opens or closes; cached session lists compare against it.
+    fn session_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The open sessions of the given users.
+    fn sessions_of<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) -> Vec<Arc<SessionHandle>> {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        let (mut pushed, mut overflowed) = (0u64, 0u64);
+        let mut out = Vec::new();
         for u in users {
-            if except == Some(u) {
-                continue;
-            }
             if let Some(list) = sessions.get(u) {
-                for s in list {
-                    if s.push(frame) {
-                        pushed += 1;
-                    } else if s.is_overflowed() {
-                        overflowed += 1;
-                    }
-                }
+                out.extend(list.iter().cloned());
             }
         }
-        drop(sessions);
+        out
+    }
+
+    /// Pushes one frame to each session, skipping the sessions of `except`. Never waits.
+    fn push_all(&self, sessions: &[Arc<SessionHandle>], frame: &Arc<Frame>, except: Option<&UserId>) {
+        let (mut pushed, mut overflowed) = (0u64, 0u64);
+        for s in sessions {
+            if except == Some(&s.user) {
+                continue;
+            }
+            match s.push(frame) {
+                Push::Queued => pushed += 1,
+                Push::Overflowed => overflowed += 1,
+                Push::Closing => {}
+            }
+        }
         self.stats.frames_pushed.fetch_add(pushed, Ordering::Relaxed);
         if overflowed > 0 {
             self.stats.overflows.fetch_add(overflowed, Ordering::Relaxed);
@@ -208,11 +234,30 @@ impl Hub {
     }
 }
 
+/// The fan-out state of one channel: its members, and the open sessions of those members as of session
+/// session generation `generation` (rebuilt when a session opens or closes, or the membership changes), so the hot path
+/// pushes to a flat list with no lookups.
+struct ChannelFanout {
+    members: FxHashSet<UserId>,
+    sessions: Vec<Arc<SessionHandle>>,
+    generation: u64,
+}
+
+impl ChannelFanout {
+    fn new(members: FxHashSet<UserId>) -> Self {
+        ChannelFanout {
+            members,
+            sessions: Vec::new(),
+            generation: u64::MAX,
+        }
+    }
+}
+
 /// One fan-out worker. Owns the member cache of the channels hashed to it, so no lock guards it.
 struct Shard {
     hub: std::sync::Weak<Hub>,
     service: Arc<Confab>,
-    members: HashMap<ChannelId, HashSet<UserId>>,
+    channels: FxHashMap<ChannelId, ChannelFanout>,
 }
 
 const MEMBER_CACHE_MAX: usize = 100_000;
@@ -225,25 +270,39 @@ impl Shard {
         }
     }
 
-    async fn members_of(&mut self, channel: &ChannelId) -> Option<&HashSet<UserId>> {
-        if !self.members.contains_key(channel) {
+    /// The channel's fan-out entry, loading its members from the store on first use.
+    async fn channel(&mut self, channel: &ChannelId) -> Option<&mut ChannelFanout> {
+        if !self.channels.contains_key(channel) {
             match self.service.store().member_ids(channel).await {
-                Ok(ids) => {
-                    if self.members.len() >= MEMBER_CACHE_MAX {
-                        self.members.clear();
-                    }
-                    self.members.insert(channel.clone(), ids.into_iter().collect());
-                }
+                Ok(ids) => self.remember(channel, ids.into_iter().collect()),
                 Err(e) => {
                     tracing::warn!(channel = %channel, error = %e, "cannot load members for fan-out");
                     return None;
                 }
             }
         }
-        self.members.get(channel)
+        self.channels.get_mut(channel)
     }
 
-    fn channel_frame(frame: ServerFrame<'_>) -> Arc<Frame> {
+    fn remember(&mut self, channel: &ChannelId, members: FxHashSet<UserId>) {
+        if self.channels.len() >= MEMBER_CACHE_MAX {
+            self.channels.clear();
+        }
+        self.channels.insert(channel.clone(), ChannelFanout::new(members));
+    }
+
+    /// Pushes a frame to every open session of the channel's members (except one user's, for typing).
+    async fn to_channel(&mut self, hub: &Hub, channel: &ChannelId, frame: &Arc<Frame>, except: Option<&UserId>) {
+        let generation = hub.session_generation();
+        let Some(fan) = self.channel(channel).await else { return };
+        if fan.generation != generation {
+            fan.sessions = hub.sessions_of(fan.members.iter());
+            fan.generation = generation;
+        }
+        hub.push_all(&fan.sessions, frame, except);
+    }
+
+    fn frame(frame: ServerFrame<'_>) -> Arc<Frame> {
         Frame::plain(frame.to_json())
     }
 
@@ -261,136 +320,115 @@ impl Shard {
                     ),
                     seq: Some((m.channel_id.clone(), m.seq.0)),
                 });
-                if let Some(members) = self.members_of(&m.channel_id).await {
-                    hub.deliver(members, &frame, None);
-                }
+                self.to_channel(hub, &m.channel_id, &frame, None).await;
             }
             Event::MessageUpdated(m) => {
-                let frame = Self::channel_frame(ServerFrame::MessageUpdated {
+                let frame = Self::frame(ServerFrame::MessageUpdated {
                     channel_id: m.channel_id.as_str(),
                     seq: m.seq.0,
                     message: MessageDto::from(&**m),
                 });
-                if let Some(members) = self.members_of(&m.channel_id).await {
-                    hub.deliver(members, &frame, None);
-                }
+                self.to_channel(hub, &m.channel_id, &frame, None).await;
             }
             Event::MessageDeleted {
                 channel_id,
                 message_id,
                 seq,
             } => {
-                let frame = Self::channel_frame(ServerFrame::MessageDeleted {
+                let frame = Self::frame(ServerFrame::MessageDeleted {
                     channel_id: channel_id.as_str(),
                     seq: seq.0,
                     message_id: message_id.0,
                 });
-                if let Some(members) = self.members_of(channel_id).await {
-                    hub.deliver(members, &frame, None);
-                }
+                self.to_channel(hub, channel_id, &frame, None).await;
             }
             Event::ChannelCreated { channel, members } => {
-                self.remember(channel, members.iter().cloned().collect());
-                let frame = Self::channel_frame(ServerFrame::ChannelCreated {
+                self.remember(&channel.id, members.iter().cloned().collect());
+                let frame = Self::frame(ServerFrame::ChannelCreated {
                     channel: ChannelDto::new(channel),
                 });
-                hub.deliver(members.iter(), &frame, None);
+                self.to_channel(hub, &channel.id, &frame, None).await;
             }
             Event::ChannelUpdated(channel) => {
-                let frame = Self::channel_frame(ServerFrame::ChannelUpdated {
+                let frame = Self::frame(ServerFrame::ChannelUpdated {
                     channel: ChannelDto::new(channel),
                 });
-                if let Some(members) = self.members_of(&channel.id).await {
-                    hub.deliver(members, &frame, None);
-                }
+                self.to_channel(hub, &channel.id, &frame, None).await;
             }
             Event::ChannelDeleted { channel_id, members } => {
-                self.members.remove(channel_id);
-                let frame = Self::channel_frame(ServerFrame::ChannelDeleted {
+                self.channels.remove(channel_id);
+                let frame = Self::frame(ServerFrame::ChannelDeleted {
                     channel_id: channel_id.as_str(),
                 });
-                hub.deliver(members.iter(), &frame, None);
+                hub.push_all(&hub.sessions_of(members.iter()), &frame, None);
             }
             Event::MembersJoined { channel, user_ids, by } => {
-                if self.members_of(&channel.id).await.is_some()
-                    && let Some(set) = self.members.get_mut(&channel.id)
-                {
-                    set.extend(user_ids.iter().cloned());
+                if let Some(fan) = self.channel(&channel.id).await {
+                    fan.members.extend(user_ids.iter().cloned());
+                    fan.generation = u64::MAX;
                 }
-                let frame = Self::channel_frame(ServerFrame::MembersJoined {
+                let frame = Self::frame(ServerFrame::MembersJoined {
                     channel: ChannelDto::new(channel),
                     user_ids,
                     by: by.as_ref().map(|u| u.as_str()),
                 });
-                if let Some(members) = self.members.get(&channel.id) {
-                    hub.deliver(members, &frame, None);
-                }
+                self.to_channel(hub, &channel.id, &frame, None).await;
             }
             Event::MemberLeft { channel, user_id, by } => {
-                let frame = Self::channel_frame(ServerFrame::MemberLeft {
+                let frame = Self::frame(ServerFrame::MemberLeft {
                     channel: ChannelDto::new(channel),
                     user_id: user_id.as_str(),
                     by: by.as_ref().map(|u| u.as_str()),
                 });
-                if self.members_of(&channel.id).await.is_some()
-                    && let Some(set) = self.members.get_mut(&channel.id)
-                {
-                    set.remove(user_id);
-                    // The member who left learns it too.
-                    hub.deliver(set.iter().chain(std::iter::once(user_id)), &frame, None);
+                if let Some(fan) = self.channel(&channel.id).await {
+                    fan.members.remove(user_id);
+                    fan.generation = u64::MAX;
                 }
+                self.to_channel(hub, &channel.id, &frame, None).await;
+                // The member who left learns it too.
+                hub.push_all(&hub.sessions_of(std::iter::once(user_id)), &frame, None);
             }
             Event::ReadUpTo {
                 channel_id,
                 user_id,
                 seq,
             } => {
-                let frame = Self::channel_frame(ServerFrame::Read {
+                let frame = Self::frame(ServerFrame::Read {
                     channel_id: channel_id.as_str(),
                     user_id: user_id.as_str(),
                     seq: seq.0,
                 });
-                if let Some(members) = self.members_of(channel_id).await {
-                    hub.deliver(members, &frame, None);
-                }
+                self.to_channel(hub, channel_id, &frame, None).await;
             }
             Event::Typing {
                 channel_id,
                 user_id,
                 active,
             } => {
-                let frame = Self::channel_frame(ServerFrame::Typing {
+                let frame = Self::frame(ServerFrame::Typing {
                     channel_id: channel_id.as_str(),
                     user_id: user_id.as_str(),
                     active: *active,
                 });
-                if let Some(members) = self.members_of(channel_id).await {
-                    hub.deliver(members, &frame, Some(user_id));
-                }
+                self.to_channel(hub, channel_id, &frame, Some(user_id)).await;
             }
             Event::Presence {
                 user_id,
                 online,
                 last_seen_at,
             } => {
-                let frame = Self::channel_frame(ServerFrame::Presence {
+                let frame = Self::frame(ServerFrame::Presence {
                     user_id: user_id.as_str(),
                     online: *online,
                     last_seen_at: *last_seen_at,
                 });
-                match self.service.store().contacts(user_id).await {
-                    Ok(contacts) => hub.deliver(contacts.iter(), &frame, None),
+                let max = self.service.limits().presence_max_members;
+                match self.service.store().contacts(user_id, max).await {
+                    Ok(contacts) => hub.push_all(&hub.sessions_of(contacts.iter()), &frame, None),
                     Err(e) => tracing::warn!(user = %user_id, error = %e, "cannot load contacts for presence"),
                 }
             }
             Event::UserDeleted(_) | Event::UserCreated(_) | Event::UserUpdated(_) => {}
         }
-    }
-
-    fn remember(&mut self, channel: &Channel, members: HashSet<UserId>) {
-        if self.members.len() >= MEMBER_CACHE_MAX {
-            self.members.clear();
-        }
-        self.members.insert(channel.id.clone(), members);
     }
 }

@@ -2,7 +2,7 @@
 //! `feed`s, one flush), and pipelines the client's sends so several can wait for the store at once while
 //! their acks still come back in the order the sends were made.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use confab_service::{Actor, Confab};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Frame, Hub, SessionHandle};
@@ -40,7 +41,7 @@ struct Session {
     actor: Actor,
     user: UserId,
     /// Highest `message.new` sequence sent, per channel: drops duplicates, detects gaps.
-    last_sent: HashMap<ChannelId, u64>,
+    last_sent: FxHashMap<ChannelId, u64>,
     last_activity: Instant,
 }
 
@@ -85,7 +86,7 @@ pub async fn run(hub: Arc<Hub>, user: UserId, mut socket: WebSocket, shutdown: C
         hub: hub.clone(),
         actor: Actor::User(user.clone()),
         user: user.clone(),
-        last_sent: HashMap::new(),
+        last_sent: FxHashMap::default(),
         last_activity: Instant::now(),
     };
     let code = session.serve(&mut socket, &handle, rx, resume, shutdown).await;
@@ -172,11 +173,15 @@ impl Session {
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut heartbeat = tokio::time::interval(cfg.heartbeat);
         heartbeat.tick().await;
+        // Created once, not per loop turn: registering a waiter on every wake-up costs on the fan-out path.
+        let cancelled = shutdown.cancelled();
+        let overflow = handle.overflow.notified();
+        tokio::pin!(cancelled, overflow);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "server shutting down")),
-                _ = handle.overflow.notified() => return Some((close::RESYNC, "outbound queue overflow; resume")),
+                _ = &mut cancelled => return Some((close::GOING_AWAY, "server shutting down")),
+                _ = &mut overflow => return Some((close::RESYNC, "outbound queue overflow; resume")),
                 n = rx.recv_many(&mut batch, cfg.write_batch) => {
                     if n == 0 {
                         return None;
@@ -385,17 +390,21 @@ impl Session {
         for frame in batch.drain(..) {
             handle.dequeued(frame.text.len());
             if let Some((channel, seq)) = &frame.seq {
-                match self.last_sent.get(channel).copied() {
-                    Some(last) if *seq <= last => continue, // already sent by a resume or gap fill
-                    Some(last) if *seq > last + 1 => {
+                match self.last_sent.get_mut(channel) {
+                    Some(last) if *seq <= *last => continue, // already sent by a resume or gap fill
+                    Some(last) if *seq == *last + 1 => *last = *seq,
+                    Some(last) => {
                         // Missed frames (e.g. joined mid-stream): fill from the store, in order.
-                        if let Err(e) = self.send_history(socket, channel, last, *seq).await? {
+                        let from = *last;
+                        if let Err(e) = self.send_history(socket, channel, from, *seq).await? {
                             tracing::debug!(channel = %channel, error = %e, "gap fill failed");
                         }
+                        self.last_sent.insert(channel.clone(), *seq);
                     }
-                    _ => {}
+                    None => {
+                        self.last_sent.insert(channel.clone(), *seq);
+                    }
                 }
-                self.last_sent.insert(channel.clone(), *seq);
             }
             socket.feed(Message::Text(frame.text.clone())).await?;
         }

@@ -285,9 +285,9 @@ impl Store for SqliteStore {
         self.read(move |c| queries::member_ids(c, &channel)).await
     }
 
-    async fn contacts(&self, user: &UserId) -> DomainResult<Vec<UserId>> {
+    async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>> {
         let user = user.clone();
-        self.read(move |c| queries::contacts(c, &user)).await
+        self.read(move |c| queries::contacts(c, &user, max_members)).await
     }
 
     async fn mark_read(&self, channel: &ChannelId, user: &UserId, seq: ChannelSeq) -> DomainResult<ChannelSeq> {

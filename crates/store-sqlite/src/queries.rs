@@ -120,12 +120,14 @@ pub fn user_channel_ids(conn: &Connection, user: &UserId) -> rusqlite::Result<Ve
     .collect()
 }
 
-pub fn contacts(conn: &Connection, user: &UserId) -> rusqlite::Result<Vec<UserId>> {
+pub fn contacts(conn: &Connection, user: &UserId, max_members: u32) -> rusqlite::Result<Vec<UserId>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT m2.user_id FROM members m1 JOIN members m2 ON m2.channel_id = m1.channel_id \
+        "SELECT DISTINCT m2.user_id FROM members m1 \
+         JOIN channels c ON c.id = m1.channel_id AND c.member_count <= ?2 \
+         JOIN members m2 ON m2.channel_id = m1.channel_id \
          WHERE m1.user_id = ?1 AND m2.user_id != ?1",
     )?;
-    stmt.query_map([user.as_str()], |r| {
+    stmt.query_map(params![user.as_str(), max_members], |r| {
         let s: String = r.get(0)?;
         UserId::parse(&s)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))

@@ -313,3 +313,30 @@ async fn a_slow_reader_is_closed_with_resync_and_others_are_not_slowed() {
     }
     assert_eq!(code, Some(4008));
 }
+
+#[tokio::test]
+async fn presence_is_not_pushed_through_large_channels() {
+    let app = spawn_app_with(|c| c.limits.presence_max_members = 2).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    app.user("carol").await;
+    app.group("big", &["alice", "bob", "carol"]).await;
+    let mut wa = app.ws(&alice, json!({})).await;
+    let _wb = app.ws(&bob, json!({})).await;
+    assert_silent(&mut wa, Duration::from_millis(500)).await;
+    // Through a small channel (a direct one) it is.
+    app.call(
+        "POST",
+        "/api/v1/channels",
+        &alice,
+        Some(json!({"kind": "direct", "user_ids": ["bob"]})),
+    )
+    .await;
+    let _ = next_of_type(&mut wa, "channel.created").await;
+    drop(_wb);
+    let f = next_of_type(&mut wa, "presence").await;
+    assert_eq!(
+        (f["user_id"].as_str(), f["online"].as_bool()),
+        (Some("bob"), Some(false))
+    );
+}
