@@ -292,7 +292,7 @@ impl Shard {
     }
 
     /// Pushes a frame to every open session of the channel's members (except one user's, for typing).
-    async fn to_channel(&mut self, hub: &Hub, channel: &ChannelId, frame: &Arc<Frame>, except: Option<&UserId>) {
+    async fn send_to_channel(&mut self, hub: &Hub, channel: &ChannelId, frame: &Arc<Frame>, except: Option<&UserId>) {
         let generation = hub.session_generation();
         let Some(fan) = self.channel(channel).await else { return };
         if fan.generation != generation {
@@ -320,7 +320,7 @@ impl Shard {
                     ),
                     seq: Some((m.channel_id.clone(), m.seq.0)),
                 });
-                self.to_channel(hub, &m.channel_id, &frame, None).await;
+                self.send_to_channel(hub, &m.channel_id, &frame, None).await;
             }
             Event::MessageUpdated(m) => {
                 let frame = Self::frame(ServerFrame::MessageUpdated {
@@ -328,7 +328,7 @@ impl Shard {
                     seq: m.seq.0,
                     message: MessageDto::from(&**m),
                 });
-                self.to_channel(hub, &m.channel_id, &frame, None).await;
+                self.send_to_channel(hub, &m.channel_id, &frame, None).await;
             }
             Event::MessageDeleted {
                 channel_id,
@@ -340,20 +340,20 @@ impl Shard {
                     seq: seq.0,
                     message_id: message_id.0,
                 });
-                self.to_channel(hub, channel_id, &frame, None).await;
+                self.send_to_channel(hub, channel_id, &frame, None).await;
             }
             Event::ChannelCreated { channel, members } => {
                 self.remember(&channel.id, members.iter().cloned().collect());
                 let frame = Self::frame(ServerFrame::ChannelCreated {
                     channel: ChannelDto::new(channel),
                 });
-                self.to_channel(hub, &channel.id, &frame, None).await;
+                self.send_to_channel(hub, &channel.id, &frame, None).await;
             }
             Event::ChannelUpdated(channel) => {
                 let frame = Self::frame(ServerFrame::ChannelUpdated {
                     channel: ChannelDto::new(channel),
                 });
-                self.to_channel(hub, &channel.id, &frame, None).await;
+                self.send_to_channel(hub, &channel.id, &frame, None).await;
             }
             Event::ChannelDeleted { channel_id, members } => {
                 self.channels.remove(channel_id);
@@ -372,7 +372,7 @@ impl Shard {
                     user_ids,
                     by: by.as_ref().map(|u| u.as_str()),
                 });
-                self.to_channel(hub, &channel.id, &frame, None).await;
+                self.send_to_channel(hub, &channel.id, &frame, None).await;
             }
             Event::MemberLeft { channel, user_id, by } => {
                 let frame = Self::frame(ServerFrame::MemberLeft {
@@ -384,7 +384,7 @@ impl Shard {
                     fan.members.remove(user_id);
                     fan.generation = u64::MAX;
                 }
-                self.to_channel(hub, &channel.id, &frame, None).await;
+                self.send_to_channel(hub, &channel.id, &frame, None).await;
                 // The member who left learns it too.
                 hub.push_all(&hub.sessions_of(std::iter::once(user_id)), &frame, None);
             }
@@ -398,7 +398,7 @@ impl Shard {
                     user_id: user_id.as_str(),
                     seq: seq.0,
                 });
-                self.to_channel(hub, channel_id, &frame, None).await;
+                self.send_to_channel(hub, channel_id, &frame, None).await;
             }
             Event::Typing {
                 channel_id,
@@ -410,7 +410,7 @@ impl Shard {
                     user_id: user_id.as_str(),
                     active: *active,
                 });
-                self.to_channel(hub, channel_id, &frame, Some(user_id)).await;
+                self.send_to_channel(hub, channel_id, &frame, Some(user_id)).await;
             }
             Event::Presence {
                 user_id,
