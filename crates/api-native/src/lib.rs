@@ -1,6 +1,7 @@
 //! The native API surface: REST under `/api/v1`, the WebSocket at `/api/v1/ws`, and the OpenAPI document.
 //! Handlers parse input into domain values, call the service, and render results; they hold no rules.
 
+pub mod bots;
 pub mod channels;
 pub mod error;
 pub mod extract;
@@ -125,6 +126,13 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
                 .delete(messages::delete_message),
         )
         .route("/messages/{message_id}/replies", get(messages::thread))
+        .route("/messages/{message_id}/stop", post(bots::stop_reply))
+        .route("/bots", post(bots::create_bot).get(bots::list_bots))
+        .route(
+            "/bots/{bot_id}",
+            get(bots::get_bot).patch(bots::update_bot).delete(bots::delete_bot),
+        )
+        .route("/usage", get(bots::usage))
         .route("/files/{file_id}", get(files::download))
         .route("/ws", get(ws_upgrade))
         .route("/openapi.json", get(openapi_json))
@@ -151,6 +159,8 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         messages::send_message, messages::history, messages::get_message, messages::edit_message,
         messages::delete_message, messages::thread,
         files::upload, files::download, ws_upgrade,
+        bots::create_bot, bots::list_bots, bots::get_bot, bots::update_bot, bots::delete_bot, bots::stop_reply,
+        bots::usage,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

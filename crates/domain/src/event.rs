@@ -56,6 +56,23 @@ pub enum Event {
     UserCreated(Arc<User>),
     UserUpdated(Arc<User>),
     UserDeleted(UserId),
+    /// Ephemeral: generated text of a bot reply, relayed as it streams. `offset` is where `delta` starts in the
+    /// reply's text, in UTF-8 bytes, so a client that missed deltas can fetch the message and continue.
+    ReplyDelta {
+        channel_id: ChannelId,
+        message_id: MessageId,
+        seq: ChannelSeq,
+        offset: u64,
+        delta: Arc<str>,
+    },
+    /// A bot was created or its settings changed.
+    BotChanged(UserId),
+    /// A member asked to stop a generating reply; the node generating it stops.
+    ReplyStopRequested {
+        channel_id: ChannelId,
+        message_id: MessageId,
+        by: Option<UserId>,
+    },
 }
 
 impl Event {
@@ -66,12 +83,18 @@ impl Event {
             Event::MessageDeleted { channel_id, .. }
             | Event::ChannelDeleted { channel_id, .. }
             | Event::ReadUpTo { channel_id, .. }
-            | Event::Typing { channel_id, .. } => Some(channel_id),
+            | Event::Typing { channel_id, .. }
+            | Event::ReplyDelta { channel_id, .. }
+            | Event::ReplyStopRequested { channel_id, .. } => Some(channel_id),
             Event::ChannelCreated { channel, .. }
             | Event::MembersJoined { channel, .. }
             | Event::MemberLeft { channel, .. } => Some(&channel.id),
             Event::ChannelUpdated(c) => Some(&c.id),
-            Event::Presence { .. } | Event::UserCreated(_) | Event::UserUpdated(_) | Event::UserDeleted(_) => None,
+            Event::Presence { .. }
+            | Event::UserCreated(_)
+            | Event::UserUpdated(_)
+            | Event::UserDeleted(_)
+            | Event::BotChanged(_) => None,
         }
     }
 
@@ -92,6 +115,9 @@ impl Event {
             Event::UserCreated(_) => "user.created",
             Event::UserUpdated(_) => "user.updated",
             Event::UserDeleted(_) => "user.deleted",
+            Event::ReplyDelta { .. } => "message.delta",
+            Event::BotChanged(_) => "bot.changed",
+            Event::ReplyStopRequested { .. } => "message.stop_requested",
         }
     }
 }

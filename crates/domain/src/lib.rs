@@ -1,6 +1,7 @@
 //! Confab's domain: identifiers, entities, commands, events, limits and the ports (traits) that storage
 //! and the event bus implement. No I/O and no async runtime here.
 
+pub mod bot;
 pub mod error;
 pub mod event;
 pub mod ids;

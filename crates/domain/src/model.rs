@@ -316,6 +316,8 @@ pub struct Message {
     pub updated_at: Millis,
     pub edited: bool,
     pub deleted: bool,
+    /// Set when the message is a bot's reply.
+    pub reply: Option<crate::bot::ReplyInfo>,
 }
 
 #[derive(Clone, Debug)]
@@ -331,6 +333,8 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
     pub parent_id: Option<MessageId>,
     pub file_id: Option<FileId>,
+    /// For a bot reply: created `generating`, finished later.
+    pub reply: Option<crate::bot::ReplyInfo>,
 }
 
 impl NewMessage {
@@ -347,6 +351,7 @@ impl NewMessage {
             client_msg_id: None,
             parent_id: None,
             file_id: None,
+            reply: None,
         }
     }
 
@@ -377,7 +382,8 @@ impl NewMessage {
         }
         match self.kind {
             MessageKind::Text | MessageKind::Admin => {
-                if self.text.trim().is_empty() {
+                // A bot reply starts empty and fills as it streams.
+                if self.text.trim().is_empty() && self.reply.is_none() {
                     return Err(DomainError::invalid("text", "must not be empty"));
                 }
                 if self.file_id.is_some() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use crate::error::DomainResult;
 use crate::event::Event;
 use crate::ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
@@ -80,6 +81,33 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_file(&self, file: FileObject) -> DomainResult<()>;
     async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>>;
+
+    /// Creates the bot's account (`is_bot`) and its settings together. A bot is deleted as a user.
+    async fn create_bot(&self, user: NewUser, settings: BotSettings) -> DomainResult<Bot>;
+    async fn update_bot(&self, id: &UserId, settings: BotSettings) -> DomainResult<Bot>;
+    async fn get_bot(&self, id: &UserId) -> DomainResult<Option<Bot>>;
+    async fn list_bots(&self) -> DomainResult<Vec<Bot>>;
+    /// Saves the text so far of a reply that is still generating (no event).
+    async fn save_reply_text(&self, id: MessageId, text: String) -> DomainResult<()>;
+    /// Puts a generating reply in its final state, once; a reply already final is returned unchanged.
+    async fn finish_reply(
+        &self,
+        id: MessageId,
+        text: String,
+        state: ReplyState,
+        reason: Option<String>,
+    ) -> DomainResult<Message>;
+    /// After a restart: every reply still `generating` becomes `interrupted`. Returns how many.
+    async fn sweep_generating(&self) -> DomainResult<u64>;
+    /// Adds to the usage counters of (day, bot, user, channel).
+    async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()>;
+    async fn usage(
+        &self,
+        from_day: &str,
+        to_day: &str,
+        bot: Option<&UserId>,
+        user: Option<&UserId>,
+    ) -> DomainResult<Vec<UsageRecord>>;
 }
 
 /// A subscription to the event stream.

@@ -428,7 +428,27 @@ impl Shard {
                     Err(e) => tracing::warn!(user = %user_id, error = %e, "cannot load contacts for presence"),
                 }
             }
-            Event::UserDeleted(_) | Event::UserCreated(_) | Event::UserUpdated(_) => {}
+            Event::ReplyDelta {
+                channel_id,
+                message_id,
+                seq,
+                offset,
+                delta,
+            } => {
+                let frame = Self::frame(ServerFrame::MessageDelta {
+                    channel_id: channel_id.as_str(),
+                    seq: seq.0,
+                    message_id: message_id.0,
+                    offset: *offset,
+                    delta,
+                });
+                self.send_to_channel(hub, channel_id, &frame, None).await;
+            }
+            Event::UserDeleted(_)
+            | Event::UserCreated(_)
+            | Event::UserUpdated(_)
+            | Event::BotChanged(_)
+            | Event::ReplyStopRequested { .. } => {}
         }
     }
 }

@@ -305,6 +305,15 @@ impl Session {
                 }
                 .boxed(),
             ),
+            ClientFrame::Stop { req_id, message_id } => Some(
+                async move {
+                    match service.stop_reply(&actor, confab_domain::MessageId(message_id)).await {
+                        Ok(()) => None,
+                        Err(e) => Some(error_frame(req_id.as_deref(), &e)),
+                    }
+                }
+                .boxed(),
+            ),
             ClientFrame::Ping { req_id } => Some(
                 async move {
                     Some(

@@ -72,6 +72,19 @@ pub struct MessageDto<'a> {
     pub updated_at: Millis,
     pub edited: bool,
     pub deleted: bool,
+    /// Present on a bot's reply: its state (`generating`, then one of `complete`, `stopped`, `failed`,
+    /// `interrupted`), the triggering message, and for failures a reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyDto<'a>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReplyDto<'a> {
+    #[schema(value_type = String, example = "generating")]
+    pub state: &'static str,
+    pub trigger_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
 }
 
 impl<'a> From<&'a Message> for MessageDto<'a> {
@@ -95,6 +108,11 @@ impl<'a> From<&'a Message> for MessageDto<'a> {
             updated_at: m.updated_at,
             edited: m.edited,
             deleted: m.deleted,
+            reply: m.reply.as_ref().map(|r| ReplyDto {
+                state: r.state.as_str(),
+                trigger_id: r.trigger_id.0,
+                reason: r.reason.as_deref(),
+            }),
         }
     }
 }
@@ -256,6 +274,7 @@ impl SendMessageBody {
             client_msg_id: self.client_msg_id,
             parent_id: self.parent_id.map(MessageId),
             file_id: self.file_id.as_deref().map(FileId::parse).transpose()?,
+            reply: None,
         })
     }
 }
@@ -287,6 +306,11 @@ pub enum ClientFrame {
     },
     Ping {
         req_id: Option<String>,
+    },
+    /// Stop a bot reply that is still generating.
+    Stop {
+        req_id: Option<String>,
+        message_id: i64,
     },
 }
 
@@ -353,6 +377,16 @@ pub enum ServerFrame<'a> {
         channel_id: &'a str,
         seq: u64,
         message: MessageDto<'a>,
+    },
+    /// A piece of a bot reply as it streams.
+    #[serde(rename = "message.delta")]
+    MessageDelta {
+        channel_id: &'a str,
+        seq: u64,
+        message_id: i64,
+        /// Byte offset of `delta` in the reply's text.
+        offset: u64,
+        delta: &'a str,
     },
     #[serde(rename = "message.deleted")]
     MessageDeleted {
@@ -523,6 +557,7 @@ mod tests {
             updated_at: 1,
             edited: false,
             deleted: false,
+            reply: None,
         };
         let json = ServerFrame::MessageNew {
             channel_id: m.channel_id.as_str(),

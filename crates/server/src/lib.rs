@@ -17,6 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use confab_api_native::{AppState, HttpLimits};
 use confab_bus::LocalBus;
+use confab_domain::ports::Store;
 use confab_gateway::Hub;
 use confab_service::{Confab, ServiceConfig};
 use confab_store_sqlite::{SqliteConfig, SqliteStore};
@@ -70,6 +71,17 @@ impl App {
         store_cfg.readers = config.storage.readers;
         store_cfg.max_batch = config.storage.max_batch;
         let store = SqliteStore::open(store_cfg, bus.clone()).map_err(|e| anyhow::anyhow!("opening storage: {e}"))?;
+        // Replies that were generating when the process stopped will never finish: mark them interrupted.
+        let swept = store
+            .sweep_generating()
+            .await
+            .map_err(|e| anyhow::anyhow!("sweeping replies: {e}"))?;
+        if swept > 0 {
+            tracing::warn!(
+                replies = swept,
+                "marked replies left generating by the previous run as interrupted"
+            );
+        }
         let service = Confab::new(
             Arc::new(store),
             bus,

@@ -3,6 +3,7 @@
 //! of its own.
 
 pub mod auth;
+pub mod bots;
 pub mod files;
 pub mod presence;
 
@@ -70,6 +71,7 @@ pub struct Confab {
     sessions: SessionCache,
     send_limiter: DefaultKeyedRateLimiter<UserId>,
     presence: PresenceRegistry,
+    provider_names: std::sync::RwLock<Vec<String>>,
 }
 
 impl Confab {
@@ -83,6 +85,7 @@ impl Confab {
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             presence: PresenceRegistry::default(),
+            provider_names: Default::default(),
             cfg,
         })
     }
@@ -584,7 +587,7 @@ impl Confab {
     }
 }
 
-fn require_admin(actor: &Actor) -> DomainResult<()> {
+pub(crate) fn require_admin(actor: &Actor) -> DomainResult<()> {
     if actor.is_admin() {
         Ok(())
     } else {

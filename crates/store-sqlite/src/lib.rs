@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use confab_domain::model::{
     Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessagePatch,
     NewChannel, NewMessage, NewUser, User, UserPatch,
@@ -337,6 +338,69 @@ impl Store for SqliteStore {
     async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>> {
         let id = id.clone();
         self.read(move |c| queries::file(c, &id)).await
+    }
+
+    async fn create_bot(&self, user: NewUser, settings: BotSettings) -> DomainResult<Bot> {
+        match self.write(Op::CreateBot(user, settings)).await? {
+            Outcome::Bot(b) => Ok(*b),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn update_bot(&self, id: &UserId, settings: BotSettings) -> DomainResult<Bot> {
+        match self.write(Op::UpdateBot(id.clone(), settings)).await? {
+            Outcome::Bot(b) => Ok(*b),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_bot(&self, id: &UserId) -> DomainResult<Option<Bot>> {
+        let id = id.clone();
+        self.read(move |c| queries::bot(c, &id)).await
+    }
+
+    async fn list_bots(&self) -> DomainResult<Vec<Bot>> {
+        self.read(queries::bots).await
+    }
+
+    async fn save_reply_text(&self, id: MessageId, text: String) -> DomainResult<()> {
+        self.write(Op::SaveReplyText(id, text)).await.map(|_| ())
+    }
+
+    async fn finish_reply(
+        &self,
+        id: MessageId,
+        text: String,
+        state: ReplyState,
+        reason: Option<String>,
+    ) -> DomainResult<Message> {
+        match self.write(Op::FinishReply(id, text, state, reason)).await? {
+            Outcome::Message(m) => Ok(*m),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn sweep_generating(&self) -> DomainResult<u64> {
+        match self.write(Op::SweepGenerating).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()> {
+        self.write(Op::RecordUsage(usage)).await.map(|_| ())
+    }
+
+    async fn usage(
+        &self,
+        from_day: &str,
+        to_day: &str,
+        bot: Option<&UserId>,
+        user: Option<&UserId>,
+    ) -> DomainResult<Vec<UsageRecord>> {
+        let (from, to, bot, user) = (from_day.to_string(), to_day.to_string(), bot.cloned(), user.cloned());
+        self.read(move |c| queries::usage(c, &from, &to, bot.as_ref(), user.as_ref()))
+            .await
     }
 }
 

@@ -5,7 +5,10 @@ use confab_domain::ports::SessionRecord;
 use confab_domain::{ChannelId, ChannelSeq, FileId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::rows::{self, CHANNEL_COLS, CHANNEL_NCOLS, FILE_COLS, MEMBER_COLS, MESSAGE_COLS, USER_COLS};
+use crate::rows::{
+    self, BOT_COLS, CHANNEL_COLS, CHANNEL_NCOLS, FILE_COLS, MEMBER_COLS, MESSAGE_COLS, USAGE_COLS, USER_COLS,
+};
+use confab_domain::bot::{Bot, UsageRecord};
 
 pub fn user(conn: &Connection, id: &UserId) -> rusqlite::Result<Option<User>> {
     conn.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
@@ -203,4 +206,42 @@ pub fn file(conn: &Connection, id: &FileId) -> rusqlite::Result<Option<FileObjec
     conn.prepare_cached(&format!("SELECT {FILE_COLS} FROM files WHERE id = ?1"))?
         .query_row([id.as_str()], rows::file)
         .optional()
+}
+
+pub fn reply_to(conn: &Connection, bot: &UserId, trigger: MessageId) -> rusqlite::Result<Option<Message>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE sender_id = ?1 AND trigger_id = ?2"
+    ))?
+    .query_row(params![bot.as_str(), trigger.0], rows::message)
+    .optional()
+}
+
+pub fn bot(conn: &Connection, id: &UserId) -> rusqlite::Result<Option<Bot>> {
+    conn.prepare_cached(&format!("SELECT {BOT_COLS} FROM bots WHERE id = ?1"))?
+        .query_row([id.as_str()], rows::bot)
+        .optional()
+}
+
+pub fn bots(conn: &Connection) -> rusqlite::Result<Vec<Bot>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {BOT_COLS} FROM bots ORDER BY id"))?;
+    stmt.query_map([], rows::bot)?.collect()
+}
+
+/// Usage rows of one day range, optionally for one bot and/or user, newest day first.
+pub fn usage(
+    conn: &Connection,
+    from_day: &str,
+    to_day: &str,
+    bot: Option<&UserId>,
+    user: Option<&UserId>,
+) -> rusqlite::Result<Vec<UsageRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {USAGE_COLS} FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR bot_id = ?3) \
+         AND (?4 IS NULL OR user_id = ?4) ORDER BY day DESC, bot_id, user_id, channel_id LIMIT 10000"
+    ))?;
+    stmt.query_map(
+        params![from_day, to_day, bot.map(|b| b.as_str()), user.map(|u| u.as_str())],
+        rows::usage,
+    )?
+    .collect()
 }

@@ -1,5 +1,6 @@
 //! Mapping between rows and domain entities. Column lists live next to their mappers so they stay in step.
 
+use confab_domain::bot::{Bot, BotSettings, ReplyInfo, ReplyState, UsageRecord};
 use confab_domain::model::{Channel, ChannelKind, FileObject, Member, Message, MessageKind, User};
 use confab_domain::{ChannelId, ChannelSeq, FileId, MessageId, UserId};
 use rusqlite::Row;
@@ -85,7 +86,8 @@ pub fn member(row: &Row<'_>) -> rusqlite::Result<Member> {
 }
 
 pub const MESSAGE_COLS: &str = "id, channel_id, seq, sender_id, kind, text, custom_type, data, payload, mentions, \
-                                client_msg_id, parent_id, reply_count, file, created_at, updated_at, edited, deleted";
+                                client_msg_id, parent_id, reply_count, file, created_at, updated_at, edited, deleted, \
+                                reply_state, trigger_id, reply_reason";
 
 pub fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     let kind: String = row.get(4)?;
@@ -112,6 +114,14 @@ pub fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
         updated_at: row.get(15)?,
         edited: row.get(16)?,
         deleted: row.get(17)?,
+        reply: match row.get::<_, Option<String>>(18)? {
+            Some(state) => Some(ReplyInfo {
+                state: ReplyState::parse(&state).ok_or_else(|| conv_err(18, UnknownValue(state)))?,
+                trigger_id: MessageId(row.get::<_, Option<i64>>(19)?.unwrap_or(0)),
+                reason: row.get(20)?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -128,6 +138,32 @@ pub fn file(row: &Row<'_>) -> rusqlite::Result<FileObject> {
         content_type: row.get(5)?,
         sha256: row.get(6)?,
         created_at: row.get(7)?,
+    })
+}
+
+pub const BOT_COLS: &str = "id, settings, created_at, updated_at";
+
+pub fn bot(row: &Row<'_>) -> rusqlite::Result<Bot> {
+    let settings: String = row.get(1)?;
+    Ok(Bot {
+        id: user_id(row, 0)?,
+        settings: serde_json::from_str::<BotSettings>(&settings).map_err(|e| conv_err(1, e))?,
+        created_at: row.get(2)?,
+        updated_at: row.get(3)?,
+    })
+}
+
+pub const USAGE_COLS: &str = "day, bot_id, user_id, channel_id, prompt_tokens, completion_tokens, replies";
+
+pub fn usage(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+    Ok(UsageRecord {
+        day: row.get(0)?,
+        bot_id: user_id(row, 1)?,
+        user_id: user_id(row, 2)?,
+        channel_id: channel_id(row, 3)?,
+        prompt_tokens: row.get::<_, i64>(4)? as u64,
+        completion_tokens: row.get::<_, i64>(5)? as u64,
+        replies: row.get::<_, i64>(6)? as u64,
     })
 }
 

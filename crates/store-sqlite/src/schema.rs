@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// Each entry upgrades the schema from version `index` to `index + 1`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,
     nickname      TEXT NOT NULL,
@@ -81,7 +82,31 @@ CREATE TABLE files (
     sha256        TEXT NOT NULL,
     created_at    INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE bots (
+    id          TEXT PRIMARY KEY,
+    settings    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+ALTER TABLE messages ADD COLUMN reply_state TEXT;
+ALTER TABLE messages ADD COLUMN trigger_id INTEGER;
+ALTER TABLE messages ADD COLUMN reply_reason TEXT;
+CREATE UNIQUE INDEX messages_by_trigger ON messages(sender_id, trigger_id) WHERE trigger_id IS NOT NULL;
+CREATE INDEX messages_generating ON messages(reply_state) WHERE reply_state = 'generating';
+CREATE TABLE usage (
+    day                TEXT NOT NULL,
+    bot_id             TEXT NOT NULL,
+    user_id            TEXT NOT NULL,
+    channel_id         TEXT NOT NULL,
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    replies            INTEGER NOT NULL,
+    PRIMARY KEY (day, bot_id, user_id, channel_id)
+) WITHOUT ROWID;
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -242,3 +242,82 @@ async fn data_survives_reopen() {
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].text, "kept");
 }
+
+#[tokio::test]
+async fn bot_replies_are_one_per_trigger_and_finish_once() {
+    use confab_domain::bot::{BotSettings, ReplyInfo, ReplyState};
+    let (_dir, store, _bus) = open().await;
+    user(&store, "alice").await;
+    let settings = BotSettings {
+        provider: "fake".into(),
+        ..BotSettings::default()
+    };
+    let bot = store
+        .create_bot(
+            NewUser {
+                id: uid("helper"),
+                nickname: "Helper".into(),
+                profile_url: String::new(),
+                metadata: Default::default(),
+                is_bot: false,
+            },
+            settings.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(store.get_user(&bot.id).await.unwrap().unwrap().is_bot);
+    assert_eq!(store.list_bots().await.unwrap().len(), 1);
+    group(&store, "g", &["alice", "helper"]).await;
+    let trigger = store
+        .append_message(NewMessage::text(cid("g"), uid("alice"), "@helper hi"))
+        .await
+        .unwrap()
+        .message;
+
+    let mut reply = NewMessage::text(cid("g"), uid("helper"), "");
+    reply.reply = Some(ReplyInfo {
+        state: ReplyState::Generating,
+        trigger_id: trigger.id,
+        reason: None,
+    });
+    let first = store.append_message(reply.clone()).await.unwrap();
+    let again = store.append_message(reply).await.unwrap();
+    assert!(again.duplicate, "one reply per (bot, trigger)");
+    assert_eq!(first.message.id, again.message.id);
+
+    store.save_reply_text(first.message.id, "Hel".into()).await.unwrap();
+    let done = store
+        .finish_reply(first.message.id, "Hello!".into(), ReplyState::Complete, None)
+        .await
+        .unwrap();
+    assert_eq!(done.reply.as_ref().unwrap().state, ReplyState::Complete);
+    // A second finish changes nothing.
+    let same = store
+        .finish_reply(first.message.id, "other".into(), ReplyState::Failed, Some("x".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (same.text.as_str(), same.reply.unwrap().state),
+        ("Hello!", ReplyState::Complete)
+    );
+
+    // A reply left generating is swept to interrupted, keeping its saved text.
+    let t2 = store
+        .append_message(NewMessage::text(cid("g"), uid("alice"), "@helper again"))
+        .await
+        .unwrap()
+        .message;
+    let mut r2 = NewMessage::text(cid("g"), uid("helper"), "");
+    r2.reply = Some(ReplyInfo {
+        state: ReplyState::Generating,
+        trigger_id: t2.id,
+        reason: None,
+    });
+    let r2 = store.append_message(r2).await.unwrap().message;
+    store.save_reply_text(r2.id, "partial".into()).await.unwrap();
+    assert_eq!(store.sweep_generating().await.unwrap(), 1);
+    let swept = store.get_message(r2.id).await.unwrap().unwrap();
+    assert_eq!(swept.text, "partial");
+    assert_eq!(swept.reply.unwrap().state, ReplyState::Interrupted);
+    assert_eq!(store.sweep_generating().await.unwrap(), 0);
+}

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use confab_domain::model::{
     Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch, NewChannel, NewMessage,
     NewUser, User, UserPatch,
@@ -36,6 +37,13 @@ pub enum Op {
     Edit(MessageId, MessagePatch),
     Delete(MessageId),
     PutFile(FileObject),
+    CreateBot(NewUser, BotSettings),
+    UpdateBot(UserId, BotSettings),
+    /// Persists the text of a reply still generating; no event (deltas travel separately).
+    SaveReplyText(MessageId, String),
+    FinishReply(MessageId, String, ReplyState, Option<String>),
+    SweepGenerating,
+    RecordUsage(UsageRecord),
 }
 
 pub enum Outcome {
@@ -46,6 +54,7 @@ pub enum Outcome {
     Seq(ChannelSeq),
     Appended(Box<Appended>),
     Message(Box<confab_domain::model::Message>),
+    Bot(Box<Bot>),
 }
 
 pub struct WriteCmd {
@@ -189,6 +198,56 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
         Op::Append(m) => append(conn, *m, now, events).map(|a| Outcome::Appended(Box::new(a))),
         Op::Edit(id, p) => edit(conn, id, p, now, events).map(|m| Outcome::Message(Box::new(m))),
         Op::Delete(id) => delete_message(conn, id, now, events).map(|m| Outcome::Message(Box::new(m))),
+        Op::CreateBot(u, settings) => create_bot(conn, u, settings, now, events).map(|b| Outcome::Bot(Box::new(b))),
+        Op::UpdateBot(id, settings) => update_bot(conn, &id, settings, now, events).map(|b| Outcome::Bot(Box::new(b))),
+        Op::SaveReplyText(id, text) => {
+            conn.prepare_cached("UPDATE messages SET text = ?2 WHERE id = ?1 AND reply_state = 'generating'")
+                .and_then(|mut s| s.execute(params![id.0, text]))
+                .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+        Op::FinishReply(id, text, state, reason) => {
+            finish_reply(conn, id, text, state, reason, now, events).map(|m| Outcome::Message(Box::new(m)))
+        }
+        Op::SweepGenerating => {
+            let ids: Vec<i64> = conn
+                .prepare_cached("SELECT id FROM messages WHERE reply_state = 'generating'")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(db_err)?;
+            for id in &ids {
+                finish_reply(
+                    conn,
+                    MessageId(*id),
+                    String::new(),
+                    ReplyState::Interrupted,
+                    Some("the server restarted while this reply was being generated".into()),
+                    now,
+                    events,
+                )?;
+            }
+            Ok(Outcome::Count(ids.len() as u64))
+        }
+        Op::RecordUsage(u) => {
+            conn.prepare_cached(
+                "INSERT INTO usage (day, bot_id, user_id, channel_id, prompt_tokens, completion_tokens, replies) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (day, bot_id, user_id, channel_id) DO UPDATE SET \
+                 prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = completion_tokens + excluded.completion_tokens, replies = replies + excluded.replies",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    u.day,
+                    u.bot_id.as_str(),
+                    u.user_id.as_str(),
+                    u.channel_id.as_str(),
+                    u.prompt_tokens as i64,
+                    u.completion_tokens as i64,
+                    u.replies as i64
+                ])
+            })
+            .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
         Op::PutFile(f) => {
             conn.prepare_cached(
                 "INSERT INTO files (id, channel_id, uploader_id, name, size, content_type, sha256, created_at) \
@@ -291,9 +350,14 @@ fn delete_user(conn: &Connection, id: &UserId, events: &mut Vec<Event>) -> Domai
     if n == 0 {
         return Err(DomainError::not_found("user", id));
     }
-    conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
-        .and_then(|mut s| s.execute([id.as_str()]))
-        .map_err(db_err)?;
+    for sql in [
+        "DELETE FROM sessions WHERE user_id = ?1",
+        "DELETE FROM bots WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([id.as_str()]))
+            .map_err(db_err)?;
+    }
     for channel in queries::user_channel_ids(conn, id).map_err(db_err)? {
         remove_member(conn, &channel, id, None, now_millis(), events)?;
     }
@@ -573,6 +637,14 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
             duplicate: true,
         });
     }
+    if let (Some(sender), Some(reply)) = (&m.sender_id, &m.reply)
+        && let Some(original) = queries::reply_to(conn, sender, reply.trigger_id).map_err(db_err)?
+    {
+        return Ok(Appended {
+            message: original,
+            duplicate: true,
+        });
+    }
     if let Some(sender) = &m.sender_id {
         let is_member = conn
             .prepare_cached("SELECT 1 FROM members WHERE channel_id = ?1 AND user_id = ?2")
@@ -633,8 +705,8 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
     let id: i64 = conn
         .prepare_cached(
             "INSERT INTO messages (channel_id, seq, sender_id, kind, text, custom_type, data, payload, mentions, \
-             client_msg_id, parent_id, file, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) RETURNING id",
+             client_msg_id, parent_id, file, created_at, updated_at, reply_state, trigger_id, reply_reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16) RETURNING id",
         )
         .and_then(|mut s| {
             s.query_row(
@@ -651,7 +723,10 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
                     m.client_msg_id,
                     m.parent_id.map(|p| p.0),
                     file_json,
-                    now
+                    now,
+                    m.reply.as_ref().map(|r| r.state.as_str()),
+                    m.reply.as_ref().map(|r| r.trigger_id.0),
+                    m.reply.as_ref().and_then(|r| r.reason.clone())
                 ],
                 |r| r.get(0),
             )
@@ -682,6 +757,7 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
         updated_at: now,
         edited: false,
         deleted: false,
+        reply: m.reply,
     };
     events.push(Event::MessageCreated(Arc::new(message.clone())));
     if let Some(parent_id) = parent_update {
@@ -779,5 +855,89 @@ fn delete_message(
         message_id: id,
         seq: msg.seq,
     });
+    Ok(msg)
+}
+
+fn create_bot(
+    conn: &Connection,
+    u: NewUser,
+    settings: BotSettings,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Bot> {
+    let id = u.id.clone();
+    create_user(conn, NewUser { is_bot: true, ..u }, now, events)?;
+    let json = serde_json::to_string(&settings).map_err(|e| DomainError::Internal(e.to_string()))?;
+    conn.prepare_cached("INSERT INTO bots (id, settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)")
+        .and_then(|mut s| s.execute(params![id.as_str(), json, now]))
+        .map_err(db_err)?;
+    events.push(Event::BotChanged(id.clone()));
+    Ok(Bot {
+        id,
+        settings,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+fn update_bot(
+    conn: &Connection,
+    id: &UserId,
+    settings: BotSettings,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Bot> {
+    let json = serde_json::to_string(&settings).map_err(|e| DomainError::Internal(e.to_string()))?;
+    let n = conn
+        .prepare_cached("UPDATE bots SET settings = ?2, updated_at = ?3 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id.as_str(), json, now]))
+        .map_err(db_err)?;
+    if n == 0 {
+        return Err(DomainError::not_found("bot", id));
+    }
+    events.push(Event::BotChanged(id.clone()));
+    queries::bot(conn, id)
+        .map_err(db_err)?
+        .ok_or_else(|| DomainError::not_found("bot", id))
+}
+
+/// Writes a reply's final text and state, once: a reply already final is returned unchanged.
+fn finish_reply(
+    conn: &Connection,
+    id: MessageId,
+    text: String,
+    state: ReplyState,
+    reason: Option<String>,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<confab_domain::model::Message> {
+    let mut msg = load_message(conn, id)?;
+    let Some(reply) = msg.reply.as_mut() else {
+        return Err(DomainError::invalid("message_id", "not a bot reply"));
+    };
+    if reply.state.is_final() {
+        return Ok(msg);
+    }
+    reply.state = state;
+    reply.reason = reason;
+    // The sweep after a restart keeps whatever text was last saved.
+    if !text.is_empty() || state != ReplyState::Interrupted {
+        msg.text = text;
+    }
+    msg.updated_at = now;
+    conn.prepare_cached(
+        "UPDATE messages SET text = ?2, reply_state = ?3, reply_reason = ?4, updated_at = ?5 WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id.0,
+            msg.text,
+            state.as_str(),
+            msg.reply.as_ref().and_then(|r| r.reason.clone()),
+            now
+        ])
+    })
+    .map_err(db_err)?;
+    events.push(Event::MessageUpdated(Arc::new(msg.clone())));
     Ok(msg)
 }

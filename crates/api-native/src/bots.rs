@@ -1,0 +1,205 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use confab_domain::bot::{BotSettings, UsageRecord, utc_day};
+use confab_domain::model::{NewUser, UserPatch};
+use confab_domain::{MessageId, now_millis};
+use confab_gateway::wire::UserDto;
+use confab_service::bots::BotView;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::error::{ApiResult, ProblemBody};
+use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::users::parse_user_id;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBotBody {
+    /// The bot's user id.
+    pub id: String,
+    #[serde(default)]
+    pub nickname: String,
+    #[serde(default)]
+    pub profile_url: String,
+    /// Provider, fallbacks, model, system prompt, temperature, output cap, topic, custom content, context,
+    /// trigger and budget settings; omitted fields take their defaults.
+    #[schema(value_type = Object)]
+    pub settings: BotSettings,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBotBody {
+    pub nickname: Option<String>,
+    pub profile_url: Option<String>,
+    /// Replaces the settings as a whole.
+    #[schema(value_type = Object)]
+    pub settings: Option<BotSettings>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BotDto<'a> {
+    #[serde(flatten)]
+    pub user: UserDto<'a>,
+    #[schema(value_type = Object)]
+    pub settings: &'a BotSettings,
+}
+
+impl<'a> From<&'a BotView> for BotDto<'a> {
+    fn from(b: &'a BotView) -> Self {
+        BotDto {
+            user: UserDto::new(&b.user.user, true),
+            settings: &b.bot.settings,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BotList<'a> {
+    pub bots: Vec<BotDto<'a>>,
+}
+
+#[utoipa::path(post, path = "/api/v1/bots", request_body = CreateBotBody, tag = "bots",
+    responses((status = 201, body = BotDto), (status = 400, body = ProblemBody), (status = 409, body = ProblemBody)))]
+pub async fn create_bot(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    ApiJson(body): ApiJson<CreateBotBody>,
+) -> ApiResult<impl IntoResponse> {
+    let user = NewUser {
+        nickname: if body.nickname.is_empty() {
+            body.id.clone()
+        } else {
+            body.nickname
+        },
+        id: parse_user_id(&body.id)?,
+        profile_url: body.profile_url,
+        metadata: Default::default(),
+        is_bot: true,
+    };
+    let view = st.service.create_bot(&actor, user, body.settings).await?;
+    Ok((StatusCode::CREATED, Json(BotDto::from(&view))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/bots", tag = "bots", responses((status = 200, body = BotList)))]
+pub async fn list_bots(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
+    let bots = st.service.list_bots(&actor).await?;
+    Ok(Json(BotList {
+        bots: bots.iter().map(BotDto::from).collect(),
+    })
+    .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/bots/{bot_id}", tag = "bots",
+    responses((status = 200, body = BotDto), (status = 404, body = ProblemBody)))]
+pub async fn get_bot(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let view = st.service.get_bot(&actor, &parse_user_id(&id)?).await?;
+    Ok(Json(BotDto::from(&view)).into_response())
+}
+
+#[utoipa::path(patch, path = "/api/v1/bots/{bot_id}", request_body = UpdateBotBody, tag = "bots",
+    responses((status = 200, body = BotDto)))]
+pub async fn update_bot(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateBotBody>,
+) -> ApiResult<impl IntoResponse> {
+    let profile = UserPatch {
+        nickname: body.nickname,
+        profile_url: body.profile_url,
+        metadata: None,
+    };
+    let view = st
+        .service
+        .update_bot(&actor, &parse_user_id(&id)?, body.settings, profile)
+        .await?;
+    Ok(Json(BotDto::from(&view)).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/bots/{bot_id}", tag = "bots", responses((status = 204)))]
+pub async fn delete_bot(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.service.delete_bot(&actor, &parse_user_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops a bot reply that is still generating; any member of its channel may.
+#[utoipa::path(post, path = "/api/v1/messages/{message_id}/stop", tag = "bots",
+    responses((status = 202, description = "stop requested; the reply ends as `stopped`"), (status = 400, body = ProblemBody)))]
+pub async fn stop_reply(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    st.service.stop_reply(&actor, MessageId(id)).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct UsageParams {
+    /// First day, `YYYY-MM-DD` (UTC); default today.
+    pub from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (UTC); default today.
+    pub to: Option<String>,
+    pub bot_id: Option<String>,
+    pub user_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageRow<'a> {
+    pub day: &'a str,
+    pub bot_id: &'a str,
+    pub user_id: &'a str,
+    pub channel_id: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub replies: u64,
+}
+
+impl<'a> From<&'a UsageRecord> for UsageRow<'a> {
+    fn from(u: &'a UsageRecord) -> Self {
+        UsageRow {
+            day: &u.day,
+            bot_id: u.bot_id.as_str(),
+            user_id: u.user_id.as_str(),
+            channel_id: u.channel_id.as_str(),
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            replies: u.replies,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageList<'a> {
+    pub usage: Vec<UsageRow<'a>>,
+}
+
+/// Token usage per day, bot, user and channel (master token).
+#[utoipa::path(get, path = "/api/v1/usage", params(UsageParams), tag = "bots", responses((status = 200, body = UsageList)))]
+pub async fn usage(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    ApiQuery(p): ApiQuery<UsageParams>,
+) -> ApiResult<impl IntoResponse> {
+    let today = utc_day(now_millis());
+    let from = p.from.unwrap_or_else(|| today.clone());
+    let to = p.to.unwrap_or(today);
+    let bot = p.bot_id.as_deref().map(parse_user_id).transpose()?;
+    let user = p.user_id.as_deref().map(parse_user_id).transpose()?;
+    let rows = st
+        .service
+        .usage(&actor, &from, &to, bot.as_ref(), user.as_ref())
+        .await?;
+    Ok(Json(UsageList {
+        usage: rows.iter().map(UsageRow::from).collect(),
+    })
+    .into_response())
+}
