@@ -21,6 +21,59 @@ pub struct Config {
     pub http: HttpConfig,
     pub websocket: WebSocketConfig,
     pub sessions: SessionConfig,
+    /// LLM providers bots may use (`[[providers]]`). API keys come from the environment variable each names.
+    pub providers: Vec<confab_llm::ProviderConfig>,
+    /// Bots declared in the configuration (`[[bots]]`): created on start, settings updated on each start.
+    pub bots: Vec<BotDecl>,
+    pub bot_runtime: BotRuntimeConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotDecl {
+    pub id: String,
+    #[serde(default)]
+    pub nickname: String,
+    #[serde(default)]
+    pub profile_url: String,
+    #[serde(default)]
+    pub settings: confab_domain::bot::BotSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BotRuntimeConfig {
+    /// Replies generated at once over all bots.
+    pub max_concurrent_replies: usize,
+    /// How long a reply may wait for a free slot before it fails as busy.
+    pub queue_timeout_secs: u64,
+    /// How often a generating reply's text is saved.
+    pub save_interval_ms: u64,
+    /// Bot triggers per user per minute.
+    pub user_triggers_per_minute: u32,
+}
+
+impl Default for BotRuntimeConfig {
+    fn default() -> Self {
+        let d = confab_bots::RuntimeConfig::default();
+        BotRuntimeConfig {
+            max_concurrent_replies: d.max_concurrent_replies,
+            queue_timeout_secs: d.queue_timeout.as_secs(),
+            save_interval_ms: d.save_interval.as_millis() as u64,
+            user_triggers_per_minute: d.user_triggers_per_minute,
+        }
+    }
+}
+
+impl BotRuntimeConfig {
+    pub fn runtime(&self) -> confab_bots::RuntimeConfig {
+        confab_bots::RuntimeConfig {
+            max_concurrent_replies: self.max_concurrent_replies.max(1),
+            queue_timeout: Duration::from_secs(self.queue_timeout_secs.max(1)),
+            save_interval: Duration::from_millis(self.save_interval_ms.max(10)),
+            user_triggers_per_minute: self.user_triggers_per_minute.max(1),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,6 +126,9 @@ impl Default for Config {
             http: HttpConfig::default(),
             websocket: WebSocketConfig::default(),
             sessions: SessionConfig::default(),
+            providers: Vec::new(),
+            bots: Vec::new(),
+            bot_runtime: BotRuntimeConfig::default(),
         }
     }
 }
@@ -194,5 +250,25 @@ mod tests {
             serde_json::to_value(&from_file).unwrap(),
             serde_json::to_value(Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn the_commented_provider_and_bot_examples_parse() {
+        // Uncomment the example file's [[providers]] and [[bots]] blocks and load them.
+        let uncommented: String = include_str!("../../../confab.example.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("[[") || rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(&uncommented))
+            .extract()
+            .unwrap();
+        assert_eq!(c.providers.len(), 3);
+        assert_eq!(c.bots.len(), 1);
+        assert_eq!(c.bots[0].settings.fallbacks, ["claude"]);
     }
 }

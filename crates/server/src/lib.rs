@@ -39,6 +39,7 @@ pub struct App {
     pub config: Config,
     pub service: Arc<Confab>,
     pub hub: Arc<Hub>,
+    pub bots: Arc<confab_bots::BotRuntime>,
     pub router: Router,
     pub shutdown: CancellationToken,
 }
@@ -104,6 +105,15 @@ impl App {
                 }
             }
         });
+        let providers = confab_llm::build_providers(&config.providers, &|k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("providers: {e}"))?;
+        let registry: confab_bots::ProviderRegistry =
+            config.providers.iter().map(|p| p.name.clone()).zip(providers).collect();
+        service.set_provider_names(config.providers.iter().map(|p| p.name.clone()).collect());
+        declare_bots(&service, &config.bots).await?;
+        let bots = confab_bots::BotRuntime::start(service.clone(), registry, config.bot_runtime.runtime())
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the bot runtime: {e}"))?;
         let gateway = config.gateway();
         let hub = Hub::start(service.clone(), gateway.clone());
         let shutdown = CancellationToken::new();
@@ -148,6 +158,7 @@ impl App {
             config,
             service,
             hub,
+            bots,
             router,
             shutdown,
         })
@@ -202,4 +213,47 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Creates the bots the configuration declares, or brings their settings up to date.
+async fn declare_bots(service: &Confab, decls: &[config::BotDecl]) -> anyhow::Result<()> {
+    use confab_domain::model::{NewUser, UserPatch};
+    use confab_domain::{DomainError, UserId};
+    use confab_service::Actor;
+    for d in decls {
+        let id = UserId::parse(&d.id).map_err(|e| anyhow::anyhow!("bot {:?}: {e}", d.id))?;
+        let nickname = if d.nickname.is_empty() {
+            d.id.clone()
+        } else {
+            d.nickname.clone()
+        };
+        match service.get_bot(&Actor::Admin, &id).await {
+            Ok(_) => {
+                let profile = UserPatch {
+                    nickname: Some(nickname),
+                    profile_url: Some(d.profile_url.clone()),
+                    metadata: None,
+                };
+                service
+                    .update_bot(&Actor::Admin, &id, Some(d.settings.clone()), profile)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("bot {id}: {e}"))?;
+            }
+            Err(DomainError::NotFound { .. }) => {
+                let user = NewUser {
+                    id: id.clone(),
+                    nickname,
+                    profile_url: d.profile_url.clone(),
+                    metadata: Default::default(),
+                    is_bot: true,
+                };
+                service
+                    .create_bot(&Actor::Admin, user, d.settings.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("bot {id}: {e}"))?;
+            }
+            Err(e) => return Err(anyhow::anyhow!("bot {id}: {e}")),
+        }
+    }
+    Ok(())
 }
