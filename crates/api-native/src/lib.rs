@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod messages;
+pub mod providers;
 pub mod users;
 
 use std::sync::Arc;
@@ -133,6 +134,11 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             get(bots::get_bot).patch(bots::update_bot).delete(bots::delete_bot),
         )
         .route("/usage", get(bots::usage))
+        .route(
+            "/providers",
+            get(providers::list_providers).post(providers::add_provider),
+        )
+        .route("/providers/{name}", axum::routing::delete(providers::delete_provider))
         .route("/files/{file_id}", get(files::download))
         .route("/ws", get(ws_upgrade))
         .route("/openapi.json", get(openapi_json))
@@ -160,7 +166,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         messages::delete_message, messages::thread,
         files::upload, files::download, ws_upgrade,
         bots::create_bot, bots::list_bots, bots::get_bot, bots::update_bot, bots::delete_bot, bots::stop_reply,
-        bots::usage,
+        bots::usage, providers::list_providers, providers::add_provider, providers::delete_provider,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -7,6 +7,7 @@
 //! finished `complete`, `stopped`, `failed` (with a reason) or `interrupted`. Stop requests cancel the upstream
 //! stream (dropping it closes the HTTP connection).
 
+pub mod catalog;
 pub mod context;
 
 use std::collections::HashMap;
@@ -46,8 +47,7 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Providers by name, as configured.
-pub type ProviderRegistry = HashMap<String, Arc<dyn LlmProvider>>;
+pub use catalog::Catalog;
 
 /// Which channels have bot members, and what kind they are; filled on first use, kept current by events.
 #[derive(Clone)]
@@ -58,7 +58,7 @@ struct ChannelBots {
 
 pub struct BotRuntime {
     service: Arc<Confab>,
-    providers: ProviderRegistry,
+    providers: Arc<Catalog>,
     cfg: RuntimeConfig,
     bots: RwLock<HashMap<UserId, Bot>>,
     channels: Mutex<HashMap<ChannelId, ChannelBots>>,
@@ -72,7 +72,7 @@ impl BotRuntime {
     /// Loads the bots and starts watching the event stream.
     pub async fn start(
         service: Arc<Confab>,
-        providers: ProviderRegistry,
+        providers: Arc<Catalog>,
         cfg: RuntimeConfig,
     ) -> Result<Arc<BotRuntime>, DomainError> {
         let per_min = NonZeroU32::new(cfg.user_triggers_per_minute.max(1)).expect("max(1)");
@@ -233,6 +233,7 @@ impl BotRuntime {
 
     /// Handles one trigger from start to its one final state.
     async fn reply(self: Arc<Self>, bot: Bot, trigger: Arc<Message>) {
+        let triggered_at = Instant::now();
         let store = self.service.store().clone();
         let mut draft = NewMessage::text(trigger.channel_id.clone(), bot.id.clone(), String::new());
         draft.reply = Some(ReplyInfo {
@@ -257,7 +258,7 @@ impl BotRuntime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(reply.id, token.clone());
-        let outcome = self.generate(&bot, &trigger, &reply, token).await;
+        let outcome = self.generate(&bot, &trigger, &reply, token, triggered_at).await;
         self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&reply.id);
         let (state, reason) = match &outcome.end {
             End::Complete => (ReplyState::Complete, None),
@@ -265,6 +266,12 @@ impl BotRuntime {
             End::Failed(r) => (ReplyState::Failed, Some(r.clone())),
             End::Interrupted(r) => (ReplyState::Interrupted, Some(r.clone())),
         };
+        metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
+        if outcome.called {
+            metrics::counter!("confab_llm_tokens_total", "kind" => "prompt").increment(outcome.prompt_tokens as u64);
+            metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
+                .increment(outcome.completion_tokens as u64);
+        }
         if let Err(e) = store.finish_reply(reply.id, outcome.text.clone(), state, reason).await {
             tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
         }
@@ -284,7 +291,14 @@ impl BotRuntime {
         }
     }
 
-    async fn generate(&self, bot: &Bot, trigger: &Message, reply: &Message, stop: CancellationToken) -> Outcome {
+    async fn generate(
+        &self,
+        bot: &Bot,
+        trigger: &Message,
+        reply: &Message,
+        stop: CancellationToken,
+        triggered_at: Instant,
+    ) -> Outcome {
         let store = self.service.store();
         let s = &bot.settings;
         let Some(user) = trigger.sender_id.clone() else {
@@ -317,7 +331,7 @@ impl BotRuntime {
         }
         let providers: Vec<Arc<dyn LlmProvider>> = std::iter::once(&s.provider)
             .chain(&s.fallbacks)
-            .filter_map(|name| self.providers.get(name).cloned())
+            .filter_map(|name| self.providers.get(name))
             .collect();
         if providers.is_empty() {
             return Outcome::failed("This bot's provider is not configured.");
@@ -347,11 +361,18 @@ impl BotRuntime {
             completion_tokens: 0,
         };
         let mut usage_reported = false;
+        // The server's own work before the upstream call: trigger handling, reply row, context, checks.
+        metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
+        let called_at = Instant::now();
+        let mut first_token = true;
         let mut stream = tokio::select! {
             _ = stop.cancelled() => return Outcome { end: End::Stopped, ..out },
             r = chain.stream(req) => match r {
                 Ok(s) => s,
-                Err(e) => return Outcome { end: End::Failed(e.user_message()), ..out },
+                Err(e) => {
+                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
+                    return Outcome { end: End::Failed(e.user_message()), ..out };
+                }
             },
         };
         let mut last_save = Instant::now();
@@ -371,6 +392,12 @@ impl BotRuntime {
                     if d.is_empty() {
                         continue;
                     }
+                    if first_token {
+                        first_token = false;
+                        metrics::histogram!("confab_llm_time_to_first_token_seconds")
+                            .record(called_at.elapsed().as_secs_f64());
+                    }
+                    let received = Instant::now();
                     let offset = out.text.len() as u64;
                     out.text.push_str(&d);
                     self.service
@@ -383,6 +410,8 @@ impl BotRuntime {
                             delta: Arc::from(d.as_str()),
                         }])
                         .await;
+                    // Provider delta received → handed to the fan-out.
+                    metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
                     if last_save.elapsed() >= self.cfg.save_interval && out.text.len() > saved_len {
                         last_save = Instant::now();
                         saved_len = out.text.len();
@@ -404,6 +433,7 @@ impl BotRuntime {
                     break;
                 }
                 Some(Err(e)) => {
+                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
                     out.end = failure(&e, &out.text);
                     break;
                 }
@@ -416,6 +446,7 @@ impl BotRuntime {
         if !usage_reported {
             out.completion_tokens = context::estimate_tokens(&out.text);
         }
+        metrics::histogram!("confab_llm_upstream_seconds").record(called_at.elapsed().as_secs_f64());
         out
     }
 
@@ -452,6 +483,19 @@ fn short(e: &DomainError) -> String {
     match e {
         DomainError::Internal(_) | DomainError::Unavailable(_) => "temporarily unavailable".into(),
         other => other.to_string(),
+    }
+}
+
+fn error_kind(e: &LlmError) -> &'static str {
+    match e {
+        LlmError::Timeout { .. } => "timeout",
+        LlmError::RateLimited { .. } => "rate_limited",
+        LlmError::Upstream { .. } => "upstream",
+        LlmError::StreamCut(_) => "stream_cut",
+        LlmError::CircuitOpen { .. } => "circuit_open",
+        LlmError::Overloaded => "overloaded",
+        LlmError::Config(_) => "config",
+        LlmError::Transport(_) => "transport",
     }
 }
 

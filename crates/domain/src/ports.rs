@@ -108,6 +108,12 @@ pub trait Store: Send + Sync + 'static {
         bot: Option<&UserId>,
         user: Option<&UserId>,
     ) -> DomainResult<Vec<UsageRecord>>;
+
+    /// Provider configurations added through the admin API, as opaque JSON (no secrets: keys are named by
+    /// environment variable). `put_provider` replaces an existing one of the same name.
+    async fn put_provider(&self, name: &str, config: serde_json::Value) -> DomainResult<()>;
+    async fn delete_provider(&self, name: &str) -> DomainResult<()>;
+    async fn list_providers(&self) -> DomainResult<Vec<(String, serde_json::Value)>>;
 }
 
 /// A subscription to the event stream.

@@ -177,6 +177,7 @@ impl Hub {
             .push(handle.clone());
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("confab_ws_sessions").increment(1.0);
         (handle, rx)
     }
 
@@ -191,6 +192,7 @@ impl Hub {
         drop(sessions);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("confab_ws_sessions").decrement(1.0);
     }
 
     /// Changes whenever a session opens or closes; cached session lists compare against it.
@@ -224,8 +226,10 @@ impl Hub {
             }
         }
         self.stats.frames_pushed.fetch_add(pushed, Ordering::Relaxed);
+        metrics::counter!("confab_ws_frames_queued_total").increment(pushed);
         if overflowed > 0 {
             self.stats.overflows.fetch_add(overflowed, Ordering::Relaxed);
+            metrics::counter!("confab_ws_overflow_closes_total").increment(overflowed);
         }
     }
 

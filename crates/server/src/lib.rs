@@ -53,6 +53,44 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok")
 }
 
+/// The process-wide Prometheus recorder (a recorder can be installed once per process; tests build many apps).
+fn metrics_handle() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Prometheus metrics; needs the master token (`Authorization: Bearer`).
+async fn metrics_endpoint(State(st): State<HealthState>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    if !token.is_some_and(|t| st.service.is_master_token(t)) {
+        return (StatusCode::UNAUTHORIZED, "metrics need the master token").into_response();
+    }
+    match metrics_handle() {
+        Some(h) => (
+            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable").into_response(),
+    }
+}
+
 async fn readyz(State(st): State<HealthState>) -> impl IntoResponse {
     if st.service.ready().await {
         (StatusCode::OK, "ready")
@@ -64,6 +102,7 @@ async fn readyz(State(st): State<HealthState>) -> impl IntoResponse {
 impl App {
     /// Opens storage under the data dir and starts the services. Needs a tokio runtime.
     pub async fn build(config: Config, master_token: &str) -> anyhow::Result<App> {
+        metrics_handle();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let bus = Arc::new(LocalBus::default());
@@ -105,13 +144,19 @@ impl App {
                 }
             }
         });
-        let providers = confab_llm::build_providers(&config.providers, &|k| std::env::var(k).ok())
+        let catalog = confab_bots::Catalog::from_config(&config.providers, Box::new(|k| std::env::var(k).ok()))
             .map_err(|e| anyhow::anyhow!("providers: {e}"))?;
-        let registry: confab_bots::ProviderRegistry =
-            config.providers.iter().map(|p| p.name.clone()).zip(providers).collect();
-        service.set_provider_names(config.providers.iter().map(|p| p.name.clone()).collect());
+        catalog.load_stored(
+            service
+                .store()
+                .list_providers()
+                .await
+                .map_err(|e| anyhow::anyhow!("providers: {e}"))?,
+        );
+        let catalog = Arc::new(catalog);
+        service.set_provider_catalog(catalog.clone());
         declare_bots(&service, &config.bots).await?;
-        let bots = confab_bots::BotRuntime::start(service.clone(), registry, config.bot_runtime.runtime())
+        let bots = confab_bots::BotRuntime::start(service.clone(), catalog, config.bot_runtime.runtime())
             .await
             .map_err(|e| anyhow::anyhow!("starting the bot runtime: {e}"))?;
         let gateway = config.gateway();
@@ -130,6 +175,7 @@ impl App {
         let health = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_endpoint))
             .with_state(HealthState {
                 service: service.clone(),
             });

@@ -14,14 +14,56 @@ pub struct BotView {
     pub bot: Bot,
 }
 
+/// The LLM providers bots can use. Implemented by the bot runtime, which builds providers; the service only
+/// checks names and passes configurations through as JSON (no provider types in the service layer).
+pub trait ProviderCatalog: Send + Sync {
+    fn names(&self) -> Vec<String>;
+    /// Every provider's configuration as shown to the application (never secrets), and where it came from.
+    fn describe(&self) -> Vec<serde_json::Value>;
+    /// Validates and builds a provider from its configuration, replacing one added before under its name;
+    /// returns the name. Providers from the configuration file cannot be replaced.
+    fn add(&self, config: serde_json::Value) -> DomainResult<String>;
+    fn remove(&self, name: &str) -> DomainResult<()>;
+}
+
 impl Confab {
-    /// The providers bots may name (set by the server from its configuration).
-    pub fn set_provider_names(&self, names: Vec<String>) {
-        *self.provider_names.write().unwrap_or_else(|e| e.into_inner()) = names;
+    pub fn set_provider_catalog(&self, catalog: std::sync::Arc<dyn ProviderCatalog>) {
+        *self.providers.write().unwrap_or_else(|e| e.into_inner()) = Some(catalog);
+    }
+
+    fn catalog(&self) -> DomainResult<std::sync::Arc<dyn ProviderCatalog>> {
+        self.providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| DomainError::Unavailable("no provider catalog".into()))
+    }
+
+    /// Adds (or replaces) a provider through the admin API; it is stored and rebuilt on every start.
+    pub async fn add_provider(&self, actor: &Actor, config: serde_json::Value) -> DomainResult<String> {
+        require_admin(actor)?;
+        let catalog = self.catalog()?;
+        let name = catalog.add(config.clone())?;
+        if let Err(e) = self.store.put_provider(&name, config).await {
+            let _ = catalog.remove(&name);
+            return Err(e);
+        }
+        Ok(name)
+    }
+
+    pub async fn delete_provider(&self, actor: &Actor, name: &str) -> DomainResult<()> {
+        require_admin(actor)?;
+        self.catalog()?.remove(name)?;
+        self.store.delete_provider(name).await
+    }
+
+    pub fn list_providers(&self, actor: &Actor) -> DomainResult<Vec<serde_json::Value>> {
+        require_admin(actor)?;
+        Ok(self.catalog()?.describe())
     }
 
     fn check_providers(&self, s: &BotSettings) -> DomainResult<()> {
-        let names = self.provider_names.read().unwrap_or_else(|e| e.into_inner());
+        let names = self.catalog().map(|c| c.names()).unwrap_or_default();
         for p in std::iter::once(&s.provider).chain(&s.fallbacks) {
             if !names.iter().any(|n| n == p) {
                 return Err(DomainError::invalid(

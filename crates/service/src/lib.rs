@@ -71,7 +71,7 @@ pub struct Confab {
     sessions: SessionCache,
     send_limiter: DefaultKeyedRateLimiter<UserId>,
     presence: PresenceRegistry,
-    provider_names: std::sync::RwLock<Vec<String>>,
+    providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
 }
 
 impl Confab {
@@ -85,7 +85,7 @@ impl Confab {
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             presence: PresenceRegistry::default(),
-            provider_names: Default::default(),
+            providers: Default::default(),
             cfg,
         })
     }

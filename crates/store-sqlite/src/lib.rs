@@ -402,6 +402,32 @@ impl Store for SqliteStore {
         self.read(move |c| queries::usage(c, &from, &to, bot.as_ref(), user.as_ref()))
             .await
     }
+
+    async fn put_provider(&self, name: &str, config: serde_json::Value) -> DomainResult<()> {
+        self.write(Op::PutProvider(name.to_string(), config.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_provider(&self, name: &str) -> DomainResult<()> {
+        self.write(Op::DeleteProvider(name.to_string())).await.map(|_| ())
+    }
+
+    async fn list_providers(&self) -> DomainResult<Vec<(String, serde_json::Value)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT name, config FROM providers ORDER BY name")?;
+            stmt.query_map([], |r| {
+                let name: String = r.get(0)?;
+                let cfg: String = r.get(1)?;
+                let v = serde_json::from_str(&cfg).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+                })?;
+                Ok((name, v))
+            })?
+            .collect()
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

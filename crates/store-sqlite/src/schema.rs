@@ -106,6 +106,13 @@ CREATE TABLE usage (
     PRIMARY KEY (day, bot_id, user_id, channel_id)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE providers (
+    name        TEXT PRIMARY KEY,
+    config      TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -44,6 +44,8 @@ pub enum Op {
     FinishReply(MessageId, String, ReplyState, Option<String>),
     SweepGenerating,
     RecordUsage(UsageRecord),
+    PutProvider(String, String),
+    DeleteProvider(String),
 }
 
 pub enum Outcome {
@@ -226,6 +228,25 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                 )?;
             }
             Ok(Outcome::Count(ids.len() as u64))
+        }
+        Op::PutProvider(name, json) => {
+            conn.prepare_cached(
+                "INSERT INTO providers (name, config, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![name, json, now]))
+            .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+        Op::DeleteProvider(name) => {
+            let n = conn
+                .prepare_cached("DELETE FROM providers WHERE name = ?1")
+                .and_then(|mut s| s.execute([name.as_str()]))
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(DomainError::not_found("provider", name));
+            }
+            Ok(Outcome::Unit)
         }
         Op::RecordUsage(u) => {
             conn.prepare_cached(

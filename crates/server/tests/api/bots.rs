@@ -155,6 +155,30 @@ async fn a_direct_message_to_a_bot_streams_a_complete_reply() {
     let (_, usage) = app.admin("GET", "/api/v1/usage?bot_id=helper", None).await;
     assert_eq!(usage["usage"][0]["replies"], 1, "{usage}");
     assert!(usage["usage"][0]["completion_tokens"].as_u64().unwrap() > 0);
+
+    // Metrics: behind the master token, with the bot path's histograms and counters.
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "confab_bot_replies_total",
+        "confab_llm_time_to_first_token_seconds",
+        "confab_bot_overhead_seconds",
+        "confab_bot_relay_seconds",
+        "confab_llm_tokens_total",
+        "confab_ws_sessions",
+    ] {
+        assert!(text.contains(name), "missing {name} in metrics");
+    }
 }
 
 #[tokio::test]
@@ -390,4 +414,56 @@ async fn bots_are_managed_through_the_api() {
     assert_eq!(s, 204);
     let (s, _) = app.admin("GET", "/api/v1/bots/b1", None).await;
     assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn providers_are_managed_through_the_api_without_secrets() {
+    let fake = FakeProvider::start().await;
+    fake.set_default(Behaviour::success("Via an API provider."));
+    let app = app_with(vec![provider("filed", ProviderKind::OpenAiCompatible, &fake)]).await;
+    // SAFETY: set once before use; no other test touches this variable.
+    unsafe { std::env::set_var("CONFAB_TEST_API_PROVIDER_KEY", "sk-secret-value-123") };
+    let cfg = json!({"name": "dynamic", "kind": "openai_compatible", "base_url": fake.openai_base_url(),
+                     "model": "m", "api_key_env": "CONFAB_TEST_API_PROVIDER_KEY"});
+    let (s, v) = app.admin("POST", "/api/v1/providers", Some(cfg)).await;
+    assert_eq!((s, v["name"].as_str()), (201, Some("dynamic")));
+    // A raw key is refused (keys live in the environment), and so is replacing a configuration-file provider.
+    let (s, _) = app
+        .admin(
+            "POST",
+            "/api/v1/providers",
+            Some(json!({"name": "x", "kind": "openai", "model": "m", "api_key": "sk-raw"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = app
+        .admin("POST", "/api/v1/providers", Some(json!({"name": "filed", "kind": "openai_compatible", "base_url": "http://127.0.0.1:1/v1", "model": "m"})))
+        .await;
+    assert_eq!(s, 403);
+    let (_, list) = app.admin("GET", "/api/v1/providers", None).await;
+    let text = list.to_string();
+    assert!(!text.contains("sk-secret-value-123"), "a secret leaked: {text}");
+    assert_eq!(list["providers"].as_array().unwrap().len(), 2);
+    assert!(text.contains("\"api_key_set\":true"));
+
+    // A bot on the API-added provider answers; the key went in the header.
+    create_bot(&app, "dyn", json!({"provider": "dynamic"})).await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice", "dyn"]).await;
+    let mut ws = app.ws(&alice, json!({})).await;
+    app.send_as(&alice, "g", "@dyn hello").await;
+    let (text, fin, _) = follow_reply(&mut ws, "dyn").await;
+    assert_eq!(
+        (fin["reply"]["state"].as_str(), text.as_str()),
+        (Some("complete"), "Via an API provider.")
+    );
+    assert_eq!(
+        fake.requests()[0].header("authorization"),
+        Some("Bearer sk-secret-value-123")
+    );
+
+    let (s, _) = app.admin("DELETE", "/api/v1/providers/dynamic", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = app.admin("DELETE", "/api/v1/providers/filed", None).await;
+    assert_eq!(s, 403);
 }
