@@ -20,7 +20,7 @@ use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, New
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
 use confab_service::Confab;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -272,9 +272,7 @@ impl BotRuntime {
             metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
                 .increment(outcome.completion_tokens as u64);
         }
-        if let Err(e) = store.finish_reply(reply.id, outcome.text.clone(), state, reason).await {
-            tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
-        }
+        // Usage first: once clients see the final state, the usage of the reply is readable.
         if let (Some(user), true) = (&trigger.sender_id, outcome.called) {
             let usage = UsageRecord {
                 day: utc_day(now_millis()),
@@ -288,6 +286,9 @@ impl BotRuntime {
             if let Err(e) = store.record_usage(usage).await {
                 tracing::warn!(error = %e, "cannot record usage");
             }
+        }
+        if let Err(e) = store.finish_reply(reply.id, outcome.text.clone(), state, reason).await {
+            tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
         }
     }
 
@@ -377,18 +378,34 @@ impl BotRuntime {
         };
         let mut last_save = Instant::now();
         let mut saved_len = 0;
+        // An item read ahead while coalescing deltas, handled next.
+        let mut ahead: Option<Option<Result<StreamEvent, LlmError>>> = None;
         loop {
-            let item = tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    drop(stream); // closes the upstream connection
-                    out.end = End::Stopped;
-                    break;
-                }
-                item = stream.next() => item,
+            let item = match ahead.take() {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {
+                        drop(stream); // closes the upstream connection
+                        out.end = End::Stopped;
+                        break;
+                    }
+                    item = stream.next() => item,
+                },
             };
             match item {
-                Some(Ok(StreamEvent::Delta(d))) => {
+                Some(Ok(StreamEvent::Delta(mut d))) => {
+                    // Deltas that already arrived go out as one frame; nothing waits for more.
+                    loop {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(StreamEvent::Delta(more)))) => d.push_str(&more),
+                            Some(other) => {
+                                ahead = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                     if d.is_empty() {
                         continue;
                     }

@@ -97,7 +97,9 @@ async fn finished_replies(ws: &mut Ws, bot: &str, n: usize) -> Vec<Value> {
 async fn a_direct_message_to_a_bot_streams_a_complete_reply() {
     let fake = FakeProvider::start().await;
     fake.set_default(Behaviour::Success(
-        Reply::new("Hello there, how can I help?").chunk_chars(4),
+        Reply::new("Hello there, how can I help?")
+            .chunk_chars(4)
+            .delay(Duration::from_millis(5)),
     ));
     let app = app_with(vec![provider("fake", ProviderKind::OpenAiCompatible, &fake)]).await;
     create_bot(
