@@ -5,5 +5,6 @@ mod durability;
 mod files;
 mod helpers;
 mod limits;
+mod llama;
 mod realtime;
 mod rest;
