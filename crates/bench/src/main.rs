@@ -4,9 +4,12 @@
 //! against the same server do not collide), drives WebSocket sessions, prints progress on stderr, and ends
 //! with one JSON object on the last stdout line. Every run is bounded in size and time; a failed check
 //! (a missed or reordered message, an error frame, a closed connection, the global timeout) exits non-zero
-//! with `"ok":false` and the error.
+//! with `"ok":false` and the error. The `bots` subcommand also runs a fake LLM provider in-process (see
+//! [`fake_llm`]), which the server must be configured to use (`confab-bench bots --print-config`).
 
+mod bots;
 mod connections;
+mod fake_llm;
 mod fanout;
 mod rest;
 mod scan;
@@ -15,6 +18,7 @@ mod stats;
 mod util;
 mod ws;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -58,6 +62,43 @@ enum Command {
     Send(SendArgs),
     /// Many idle authenticated WebSockets held open: the server's memory per connection.
     Connections(ConnectionsArgs),
+    /// Concurrent bot conversations against a built-in fake LLM provider: server overhead, relay, stop.
+    ///
+    /// The benchmark runs its own OpenAI-compatible fake provider on --provider-listen, streaming --tokens
+    /// tokens per reply every --token-interval-ms. The server must use it as a provider, with its caps on
+    /// concurrent replies raised; start it with this configuration (printed by --print-config, also on stderr
+    /// at every run; the caps allow any --streams up to 10000):
+    ///
+    ///     # confab-bench bots: run the server with this file (confab serve --config FILE).
+    ///     [limits]
+    ///     user_send_per_sec = 1000000
+    ///     user_send_burst = 1000000
+    ///
+    ///     [bot_runtime]
+    ///     max_concurrent_replies = 10000
+    ///     user_triggers_per_minute = 1000000
+    ///
+    ///     [[providers]]
+    ///     name = "bench-fake"
+    ///     kind = "openai_compatible"
+    ///     base_url = "http://127.0.0.1:18299/v1"
+    ///     model = "confab-bench-fake"
+    ///     max_concurrency = 10000
+    ///
+    /// e.g. confab-bench bots --print-config > bots.toml;
+    ///      CONFAB_API_TOKEN=... confab serve --listen 127.0.0.1:18181 --data-dir /tmp/b --config bots.toml;
+    ///      confab-bench --url http://127.0.0.1:18181 bots --streams 1000
+    ///
+    /// Phase 1: each of --streams users sends one message to the bot in its direct channel, all at once (or
+    /// spread over --ramp); every reply must stream all tokens in order and end `complete`. Measured: overhead
+    /// = client TTFT (trigger sent -> first delta) - provider TTFT (request arrived -> first token written),
+    /// and the relay delay of every token (written by the fake -> received by the client). Phase 2: the
+    /// first --stop-streams conversations send another message and a `stop` frame after --stop-after deltas;
+    /// the reply must end `stopped`, and stop -> upstream disconnect is measured at the fake. A lost reply or
+    /// a wrong final state or text fails the run. With --stop-during-streams, the first --stop-streams
+    /// conversations of phase 1 are stopped instead (stop under the full load), and there is no phase 2.
+    #[command(verbatim_doc_comment)]
+    Bots(BotsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +158,78 @@ struct ConnectionsArgs {
     source_addrs: u32,
 }
 
+#[derive(Args, Debug)]
+struct BotsArgs {
+    /// Concurrent conversations: each a user with its own WebSocket and direct channel with the bot.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=bots::MAX_STREAMS as i64))]
+    streams: u32,
+    /// Conversations of the stop phase (0: none; default 100, or --streams when fewer); each reply is stopped
+    /// after --stop-after deltas.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=bots::MAX_STREAMS as i64))]
+    stop_streams: Option<u32>,
+    /// Deltas a stop-phase conversation receives before it sends `stop` (less than --tokens).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    stop_after: u32,
+    /// Tokens (content chunks) the fake provider streams per reply.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    tokens: u32,
+    /// Milliseconds between two tokens of a reply.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    token_interval_ms: u64,
+    /// Milliseconds from the upstream request to the first token (default: one token interval).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    first_token_ms: Option<u64>,
+    /// Loopback address of the built-in fake provider (the server's provider `base_url` points here).
+    #[arg(long, default_value = "127.0.0.1:18299")]
+    provider_listen: SocketAddr,
+    /// The provider's name in the server configuration.
+    #[arg(long, default_value = "bench-fake")]
+    provider_name: String,
+    /// Spread each phase's triggers evenly over this time (0: all at once).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    ramp: Duration,
+    /// A reply must reach its final state within the time its tokens take plus this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Stop the first --stop-streams replies during the streams phase (under the full load) instead of in a
+    /// phase of their own afterwards.
+    #[arg(long)]
+    stop_during_streams: bool,
+    /// The server's pid, for its CPU use (found automatically when a process named `confab` of this user
+    /// listens on the port).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the server configuration this benchmark needs (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl BotsArgs {
+    fn stop_streams(&self) -> u32 {
+        self.stop_streams.unwrap_or(DEFAULT_STOP_STREAMS.min(self.streams))
+    }
+
+    fn opts(&self) -> bots::BotsOpts {
+        let interval = Duration::from_millis(self.token_interval_ms);
+        bots::BotsOpts {
+            streams: self.streams as usize,
+            stop_streams: self.stop_streams() as usize,
+            stop_after: self.stop_after,
+            tokens: self.tokens,
+            token_interval: interval,
+            first_token_delay: self.first_token_ms.map_or(interval, Duration::from_millis),
+            provider_listen: self.provider_listen,
+            provider_name: self.provider_name.clone(),
+            ramp: self.ramp,
+            drain: self.drain,
+            stop_during_streams: self.stop_during_streams,
+            server_pid: self.server_pid,
+        }
+    }
+}
+
+const DEFAULT_STOP_STREAMS: u32 = 100;
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s.parse().map_err(|_| format!("invalid rate {s:?}"))?;
     if !(r > 0.0 && r <= 1_000_000.0) {
@@ -133,6 +246,7 @@ impl Command {
             Command::Fanout(_) => "fanout",
             Command::Send(_) => "send",
             Command::Connections(_) => "connections",
+            Command::Bots(_) => "bots",
         }
     }
 
@@ -168,6 +282,43 @@ impl Command {
                 }
                 if a.hold >= timeout {
                     bail!("--hold {:?} must be shorter than --timeout {timeout:?}", a.hold);
+                }
+            }
+            Command::Bots(a) => {
+                if !a.provider_listen.ip().is_loopback() {
+                    bail!(
+                        "--provider-listen must be a loopback address, got {}",
+                        a.provider_listen
+                    );
+                }
+                if a.provider_name.trim().is_empty() || a.provider_name.contains(['"', '\\']) {
+                    bail!("--provider-name must be a plain non-empty name");
+                }
+                if let Some(n) = a.stop_streams
+                    && n > a.streams
+                {
+                    bail!("--stop-streams {n} exceeds --streams {}", a.streams);
+                }
+                if a.stop_streams() > 0 && a.stop_after >= a.tokens {
+                    bail!("--stop-after {} must be less than --tokens {}", a.stop_after, a.tokens);
+                }
+                if a.ramp > MAX_DURATION || a.drain > MAX_DURATION {
+                    bail!("--ramp and --drain must be at most 1h");
+                }
+                let o = a.opts();
+                let stream = o.first_token_delay + o.token_interval * o.tokens;
+                let phases = if a.stop_streams() > 0 && !a.stop_during_streams {
+                    2
+                } else {
+                    1
+                };
+                if (o.ramp + stream) * phases >= timeout {
+                    bail!(
+                        "{phases} phase(s) of --ramp {:?} plus {} tokens every {:?} take longer than --timeout {timeout:?}",
+                        o.ramp,
+                        o.tokens,
+                        o.token_interval
+                    );
                 }
             }
         }
@@ -210,12 +361,19 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
             };
             connections::run(target, &api, &o, out).await
         }
+        Command::Bots(a) => bots::run(target, &api, &a.opts(), out).await,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::epoch();
+    if let Command::Bots(a) = &cli.command
+        && a.print_config
+    {
+        print!("{}", bots::server_config(&a.provider_name, a.provider_listen));
+        return ExitCode::SUCCESS;
+    }
     let name = cli.command.name();
     let mut out = Map::new();
     let started = Instant::now();
@@ -299,5 +457,50 @@ mod tests {
         assert!(c.command.check(c.timeout).is_err(), "hold longer than the timeout");
         assert!(Cli::try_parse_from(["confab-bench", "fanout", "--rate", "0"]).is_err());
         assert!(Cli::try_parse_from(["confab-bench", "fanout", "--members", "0"]).is_err());
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--streams", "100"]).unwrap();
+        match &c.command {
+            Command::Bots(a) => {
+                let o = a.opts();
+                assert_eq!((o.streams, o.stop_streams, o.stop_after, o.tokens), (100, 100, 3, 50));
+                assert_eq!(
+                    (o.token_interval, o.first_token_delay),
+                    (Duration::from_millis(20), Duration::from_millis(20))
+                );
+                assert_eq!(o.provider_listen, "127.0.0.1:18299".parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.command.check(c.timeout).is_ok());
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--streams", "10"]).unwrap();
+        assert!(c.command.check(c.timeout).is_ok());
+        assert!(matches!(&c.command, Command::Bots(a) if a.opts().stop_streams == 10));
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--streams", "10", "--stop-streams", "20"]).unwrap();
+        assert!(c.command.check(c.timeout).is_err(), "more stops than streams");
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--stop-during-streams", "--ramp", "70s"]).unwrap();
+        assert!(c.command.check(c.timeout).is_ok(), "one phase fits");
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--ramp", "70s"]).unwrap();
+        assert!(c.command.check(c.timeout).is_err(), "two phases do not");
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--tokens", "3"]).unwrap();
+        assert!(c.command.check(c.timeout).is_err(), "stop after the last token");
+        let c = Cli::try_parse_from(["confab-bench", "bots", "--provider-listen", "10.0.0.1:1"]).unwrap();
+        assert!(c.command.check(c.timeout).is_err(), "not loopback");
+        let c =
+            Cli::try_parse_from(["confab-bench", "bots", "--tokens", "10000", "--token-interval-ms", "20"]).unwrap();
+        assert!(c.command.check(c.timeout).is_err(), "longer than the timeout");
+        assert!(Cli::try_parse_from(["confab-bench", "bots", "--streams", "10001"]).is_err());
+    }
+
+    #[test]
+    fn the_bots_help_shows_the_printed_configuration() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("bots")
+            .expect("bots subcommand")
+            .render_long_help()
+            .to_string();
+        let config = bots::server_config("bench-fake", "127.0.0.1:18299".parse().unwrap());
+        for line in config.lines() {
+            assert!(help.contains(line), "the help lacks {line:?}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! REST setup with the master token: users, session tokens, group channels.
+//! REST setup with the master token: users, session tokens, group and direct channels, bots.
 
 use std::time::Duration;
 
@@ -110,6 +110,38 @@ impl Api {
             .try_collect::<Vec<()>>()
             .await
             .map(drop)
+    }
+
+    /// Creates a bot (a user that replies through an LLM provider) with the given settings.
+    pub async fn create_bot(&self, id: &str, settings: Value) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "/bots",
+            Some(json!({ "id": id, "nickname": "confab-bench bot", "settings": settings })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Opens the direct channel of each user with `other`; returns the channel ids in order.
+    pub async fn direct_channels(&self, users: &[String], other: &str) -> Result<Vec<String>> {
+        stream::iter(users.iter())
+            .map(|u| async move {
+                let v = self
+                    .call(
+                        reqwest::Method::POST,
+                        "/channels",
+                        Some(json!({ "kind": "direct", "user_ids": [u, other] })),
+                    )
+                    .await?;
+                v.get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .with_context(|| format!("no id in the channel response {v}"))
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// The channel's newest sequence and member count.

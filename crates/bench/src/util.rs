@@ -179,6 +179,97 @@ pub fn find_server_pid(port: u16) -> Option<u32> {
     None
 }
 
+/// `(busy, total)` jiffies over all CPUs, from the first line of a `/proc/stat` text (idle and iowait are not
+/// busy).
+pub fn parse_proc_stat_cpu(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().next()?;
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    Some((total - v[3] - v[4], total))
+}
+
+/// User plus system jiffies of a `/proc/PID/stat` text (fields 14 and 15; the command name may contain spaces
+/// and parentheses, so fields are counted after its last `)`).
+pub fn parse_pid_stat_cpu(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11); // field 3 is the first after the name
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time counters at one moment: the whole machine, this process, and the server when its pid is known.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    at: Instant,
+    machine: Option<(u64, u64)>,
+    bench: Option<u64>,
+    server: Option<u64>,
+}
+
+impl CpuSample {
+    pub fn take(server_pid: Option<u32>) -> CpuSample {
+        let pid_cpu = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_pid_stat_cpu)
+        };
+        CpuSample {
+            at: Instant::now(),
+            machine: std::fs::read_to_string("/proc/stat")
+                .ok()
+                .as_deref()
+                .and_then(parse_proc_stat_cpu),
+            bench: pid_cpu("self"),
+            server: server_pid.and_then(|p| pid_cpu(&p.to_string())),
+        }
+    }
+
+    /// Cores busy on average since `earlier`: (whole machine, this process, the server, everything else).
+    pub fn cores_since(&self, earlier: &CpuSample) -> CpuUse {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = if hz > 0 { hz as f64 } else { 100.0 };
+        let secs = self.at.saturating_duration_since(earlier.at).as_secs_f64();
+        let cores = |a: Option<u64>, b: Option<u64>| -> Option<f64> {
+            let (a, b) = (a?, b?);
+            (secs > 0.0).then(|| ((a.saturating_sub(b)) as f64 / hz / secs * 100.0).round() / 100.0)
+        };
+        let machine = cores(self.machine.map(|m| m.0), earlier.machine.map(|m| m.0));
+        let bench = cores(self.bench, earlier.bench);
+        let server = cores(self.server, earlier.server);
+        let other = match (machine, bench, server) {
+            (Some(m), Some(b), Some(s)) => Some((((m - b - s) * 100.0).round() / 100.0).max(0.0)),
+            _ => None,
+        };
+        CpuUse {
+            machine,
+            bench,
+            server,
+            other,
+        }
+    }
+}
+
+/// Average busy cores over an interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUse {
+    pub machine: Option<f64>,
+    pub bench: Option<f64>,
+    pub server: Option<f64>,
+    /// Other processes (and the kernel's work not charged to a process).
+    pub other: Option<f64>,
+}
+
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
     let mut r = libc::rlimit {
@@ -266,6 +357,21 @@ mod tests {
         assert_eq!(listening_inodes(tcp, 18181), vec![123456]);
         assert_eq!(listening_inodes(tcp, 8080), vec![999]);
         assert!(listening_inodes(tcp, 1).is_empty());
+    }
+
+    #[test]
+    fn cpu_counters() {
+        let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\n";
+        assert_eq!(parse_proc_stat_cpu(stat), Some((161, 1181)));
+        assert_eq!(parse_proc_stat_cpu("intr 1 2\n"), None);
+        let pid = "1234 (tokio (rt) worker) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 4 0";
+        assert_eq!(parse_pid_stat_cpu(pid), Some(175));
+        assert_eq!(parse_pid_stat_cpu("garbage"), None);
+        let a = CpuSample::take(None);
+        let b = CpuSample::take(None);
+        let u = b.cores_since(&a);
+        assert_eq!(u.server, None);
+        assert_eq!(u.other, None);
     }
 
     #[test]

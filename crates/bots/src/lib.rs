@@ -120,11 +120,15 @@ impl BotRuntime {
                 if sender_is_bot || m.reply.is_some() || m.deleted {
                     return; // bots never trigger bots: no loops
                 }
-                for bot in self.triggered_bots(&m).await {
-                    let rt = self.clone();
-                    let trigger = m.clone();
-                    tokio::spawn(async move { rt.reply(bot, trigger).await });
-                }
+                // Decided off the event loop, so a burst of triggers never delays stops or other events.
+                let rt = self.clone();
+                tokio::spawn(async move {
+                    for bot in rt.triggered_bots(&m).await {
+                        let rt = rt.clone();
+                        let trigger = m.clone();
+                        tokio::spawn(async move { rt.reply(bot, trigger).await });
+                    }
+                });
             }
             Event::BotChanged(id) => match self.service.store().get_bot(&id).await {
                 Ok(Some(bot)) => {
@@ -378,6 +382,9 @@ impl BotRuntime {
         };
         let mut last_save = Instant::now();
         let mut saved_len = 0;
+        // At most one save in flight, off the relay path: relaying never waits for the disk, and saves of one
+        // reply cannot overtake each other.
+        let mut saving: Option<tokio::task::JoinHandle<()>> = None;
         // An item read ahead while coalescing deltas, handled next.
         let mut ahead: Option<Option<Result<StreamEvent, LlmError>>> = None;
         loop {
@@ -429,12 +436,16 @@ impl BotRuntime {
                         .await;
                     // Provider delta received → handed to the fan-out.
                     metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
-                    if last_save.elapsed() >= self.cfg.save_interval && out.text.len() > saved_len {
+                    let idle = saving.as_ref().is_none_or(|h| h.is_finished());
+                    if idle && last_save.elapsed() >= self.cfg.save_interval && out.text.len() > saved_len {
                         last_save = Instant::now();
                         saved_len = out.text.len();
-                        if let Err(e) = store.save_reply_text(reply.id, out.text.clone()).await {
-                            tracing::warn!(reply = %reply.id, error = %e, "cannot save reply text");
-                        }
+                        let (store, id, text) = (store.clone(), reply.id, out.text.clone());
+                        saving = Some(tokio::spawn(async move {
+                            if let Err(e) = store.save_reply_text(id, text).await {
+                                tracing::warn!(reply = %id, error = %e, "cannot save reply text");
+                            }
+                        }));
                     }
                 }
                 Some(Ok(StreamEvent::Usage {
@@ -459,6 +470,10 @@ impl BotRuntime {
                     break;
                 }
             }
+        }
+        if let Some(h) = saving {
+            // The final write must come after the last partial one.
+            let _ = h.await;
         }
         if !usage_reported {
             out.completion_tokens = context::estimate_tokens(&out.text);
