@@ -120,6 +120,17 @@ impl BotRuntime {
                 if sender_is_bot || m.reply.is_some() || m.deleted {
                     return; // bots never trigger bots: no loops
                 }
+                // Most messages go to channels without bots: settle those here, without a task per message.
+                let no_bots = self.bots.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+                    || self
+                        .channels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&m.channel_id)
+                        .is_some_and(|c| c.bots.is_empty());
+                if no_bots {
+                    return;
+                }
                 // Decided off the event loop, so a burst of triggers never delays stops or other events.
                 let rt = self.clone();
                 tokio::spawn(async move {

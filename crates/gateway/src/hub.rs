@@ -101,8 +101,6 @@ pub struct Hub {
 #[derive(Default)]
 pub struct HubStats {
     pub sessions: AtomicUsize,
-    pub frames_pushed: AtomicU64,
-    pub overflows: AtomicU64,
 }
 
 impl Hub {
@@ -225,10 +223,8 @@ impl Hub {
                 Push::Closing => {}
             }
         }
-        self.stats.frames_pushed.fetch_add(pushed, Ordering::Relaxed);
         metrics::counter!("confab_ws_frames_queued_total").increment(pushed);
         if overflowed > 0 {
-            self.stats.overflows.fetch_add(overflowed, Ordering::Relaxed);
             metrics::counter!("confab_ws_overflow_closes_total").increment(overflowed);
         }
     }
