@@ -10,19 +10,22 @@
 pub mod catalog;
 pub mod context;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use confab_domain::bot::{Bot, ReplyInfo, ReplyState, UsageRecord, utc_day};
 use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, NewMessage};
+use confab_domain::ports::Subscription;
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
 use confab_service::Confab;
+use confab_service::bots::{SendObserver, SendTicket};
 use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
@@ -54,6 +57,48 @@ pub use catalog::Catalog;
 struct ChannelBots {
     kind: ChannelKind,
     bots: Vec<UserId>,
+    /// Every member, kept only for channels with bots (an early start must know the sender is a member).
+    members: Arc<HashSet<UserId>>,
+}
+
+impl ChannelBots {
+    fn new(kind: ChannelKind, members: Vec<UserId>, is_bot: impl Fn(&UserId) -> bool) -> Self {
+        let bots: Vec<UserId> = members.iter().filter(|m| is_bot(m)).cloned().collect();
+        let members = if bots.is_empty() {
+            Arc::default()
+        } else {
+            Arc::new(members.into_iter().collect())
+        };
+        ChannelBots { kind, bots, members }
+    }
+}
+
+/// Client message ids of recent triggers, so a retried send (same client id) is not started early: the
+/// store would answer it with the original, and the early call would waste provider tokens. Two
+/// generations, rotated every [`RECENT_TRIGGERS_WINDOW`]: a bounded memory of the last few minutes.
+#[derive(Default)]
+struct RecentTriggers {
+    current: HashSet<(UserId, String)>,
+    previous: HashSet<(UserId, String)>,
+    rotated_at: Option<Instant>,
+}
+
+impl RecentTriggers {
+    fn insert(&mut self, key: (UserId, String)) {
+        let now = Instant::now();
+        let fresh = self.rotated_at.is_some_and(|t| {
+            now.duration_since(t) < RECENT_TRIGGERS_WINDOW && self.current.len() < RECENT_TRIGGERS_MAX
+        });
+        if !fresh {
+            self.previous = std::mem::take(&mut self.current);
+            self.rotated_at = Some(now);
+        }
+        self.current.insert(key);
+    }
+
+    fn contains(&self, key: &(UserId, String)) -> bool {
+        self.current.contains(key) || self.previous.contains(key)
+    }
 }
 
 pub struct BotRuntime {
@@ -66,6 +111,11 @@ pub struct BotRuntime {
     global: Semaphore,
     per_bot: Mutex<HashMap<UserId, Arc<Semaphore>>>,
     triggers: DefaultKeyedRateLimiter<UserId>,
+    /// Triggers seen before their commit (see [`SendObserver`]); short-lived, so a small list.
+    early: Mutex<Vec<EarlyTrigger>>,
+    next_early: AtomicU64,
+    recent: Mutex<RecentTriggers>,
+    me: std::sync::Weak<BotRuntime>,
 }
 
 impl BotRuntime {
@@ -76,7 +126,7 @@ impl BotRuntime {
         cfg: RuntimeConfig,
     ) -> Result<Arc<BotRuntime>, DomainError> {
         let per_min = NonZeroU32::new(cfg.user_triggers_per_minute.max(1)).expect("max(1)");
-        let rt = Arc::new(BotRuntime {
+        let rt = Arc::new_cyclic(|me| BotRuntime {
             global: Semaphore::new(cfg.max_concurrent_replies.max(1)),
             triggers: RateLimiter::keyed(Quota::per_minute(per_min)),
             service: service.clone(),
@@ -86,6 +136,10 @@ impl BotRuntime {
             channels: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             per_bot: Mutex::new(HashMap::new()),
+            early: Mutex::new(Vec::new()),
+            next_early: AtomicU64::new(1),
+            recent: Mutex::default(),
+            me: me.clone(),
         });
         for bot in service.store().list_bots().await? {
             rt.bots
@@ -93,7 +147,16 @@ impl BotRuntime {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(bot.id.clone(), bot);
         }
-        let mut events = service.bus().subscribe();
+        let mut events = service
+            .bus()
+            .subscribe_with(Subscription {
+                interest: BotRuntime::wants,
+                partitions: 1,
+            })
+            .pop()
+            .expect("one partition");
+        let observer: std::sync::Weak<dyn SendObserver> = Arc::downgrade(&rt) as _;
+        service.set_send_observer(observer);
         let weak = Arc::downgrade(&rt);
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
@@ -102,6 +165,21 @@ impl BotRuntime {
             }
         });
         Ok(rt)
+    }
+
+    /// The events the runtime acts on: never the deltas, typing and presence that make most of the traffic.
+    fn wants(ev: &Event) -> bool {
+        matches!(
+            ev,
+            Event::MessageCreated(_)
+                | Event::ChannelCreated { .. }
+                | Event::BotChanged(_)
+                | Event::UserDeleted(_)
+                | Event::MembersJoined { .. }
+                | Event::MemberLeft { .. }
+                | Event::ChannelDeleted { .. }
+                | Event::ReplyStopRequested { .. }
+        )
     }
 
     /// Replies being generated right now.
@@ -119,6 +197,9 @@ impl BotRuntime {
                 let sender_is_bot = m.sender_id.as_ref().is_none_or(|s| self.is_bot(s));
                 if sender_is_bot || m.reply.is_some() || m.deleted {
                     return; // bots never trigger bots: no loops
+                }
+                if self.claim(&m, None) {
+                    return; // seen before its commit: its replies started early
                 }
                 // Most messages go to channels without bots: settle those here, without a task per message.
                 let no_bots = self.bots.read().unwrap_or_else(|e| e.into_inner()).is_empty()
@@ -160,6 +241,11 @@ impl BotRuntime {
                     self.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 }
             }
+            Event::ChannelCreated { channel, members } => {
+                // Known from the start, so the channel's first message can trigger early (see `early_bots`).
+                let entry = ChannelBots::new(channel.kind, members.to_vec(), |m| self.is_bot(m));
+                self.remember_channel(&channel.id, entry);
+            }
             Event::MembersJoined { channel, .. } | Event::MemberLeft { channel, .. } => {
                 self.channels
                     .lock()
@@ -188,13 +274,17 @@ impl BotRuntime {
         let store = self.service.store();
         let ch = store.get_channel(channel).await.ok()??;
         let members = store.member_ids(channel).await.ok()?;
-        let bots: Vec<UserId> = members.into_iter().filter(|m| self.is_bot(m)).collect();
-        let entry = ChannelBots { kind: ch.kind, bots };
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(channel.clone(), entry.clone());
+        let entry = ChannelBots::new(ch.kind, members, |m| self.is_bot(m));
+        self.remember_channel(channel, entry.clone());
         Some(entry)
+    }
+
+    fn remember_channel(&self, channel: &ChannelId, entry: ChannelBots) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if channels.len() >= CHANNEL_CACHE_MAX {
+            channels.clear(); // refilled on use
+        }
+        channels.insert(channel.clone(), entry);
     }
 
     /// A message to a bot in a 1:1 channel; in a group, a mention (mention list or `@id` in the text), or a
@@ -246,10 +336,191 @@ impl BotRuntime {
             .clone()
     }
 
-    /// Handles one trigger from start to its one final state.
+    /// The bots a message about to be stored triggers, when that can be decided without the store (the
+    /// channel's bots are cached, and no thread parent must be read); `None` leaves it to the commit event.
+    fn early_bots(&self, draft: &NewMessage) -> Option<(ChannelKind, Vec<Bot>)> {
+        let sender = draft.sender_id.as_ref()?;
+        if draft.reply.is_some() || self.is_bot(sender) {
+            return None;
+        }
+        let ch = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&draft.channel_id)?
+            .clone();
+        if ch.bots.is_empty() || !ch.members.contains(sender) {
+            return None; // the store will refuse a non-member; never call a provider for one
+        }
+        if let Some(cid) = &draft.client_msg_id {
+            let key = (sender.clone(), cid.clone());
+            let pending = self
+                .early
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|e| e.sender == key.0 && e.client_msg_id.as_ref() == Some(&key.1));
+            if pending || self.recent.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+                return None; // a retry: the store returns the original, whose replies exist
+            }
+        }
+        let ids: Vec<&UserId> = match ch.kind {
+            ChannelKind::Direct => ch.bots.iter().collect(),
+            ChannelKind::Group => ch
+                .bots
+                .iter()
+                .filter(|b| draft.mentions.contains(b) || mentions_in_text(&draft.text, b))
+                .collect(),
+        };
+        if ids.is_empty() {
+            return None; // nothing, or a thread follow-up, which needs the parent from the store
+        }
+        let bots = self.bots.read().unwrap_or_else(|e| e.into_inner());
+        let bots: Vec<Bot> = ids.into_iter().filter_map(|id| bots.get(id).cloned()).collect();
+        (!bots.is_empty()).then_some((ch.kind, bots))
+    }
+
+    /// Hands a stored message to the early replies waiting for it. True when it had been seen early (then
+    /// the commit event must not start replies of its own).
+    fn claim(&self, m: &Arc<Message>, ticket: Option<u64>) -> bool {
+        if let (Some(sender), Some(cid)) = (&m.sender_id, &m.client_msg_id) {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((sender.clone(), cid.clone()));
+        }
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+        let found = early.iter().position(|e| match ticket {
+            Some(id) => e.id == id,
+            None => e.stored == Some(m.id) || e.stored.is_none() && e.matches(m),
+        });
+        let Some(i) = found else { return false };
+        let entry = &mut early[i];
+        for w in entry.waiting.drain(..) {
+            let _ = w.send(m.clone());
+        }
+        match ticket {
+            // Settled before its event arrived: keep the entry so the event recognises the message.
+            Some(_) => entry.stored = Some(m.id),
+            None => {
+                early.swap_remove(i);
+            }
+        }
+        true
+    }
+
+    /// Forgets an early trigger: its message was not stored (or the wait for it gave up).
+    fn forget_early(&self, id: u64) {
+        self.early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|e| e.id != id);
+    }
+
+    /// Handles one trigger after its commit, from start to its one final state.
     async fn reply(self: Arc<Self>, bot: Bot, trigger: Arc<Message>) {
         let triggered_at = Instant::now();
-        let store = self.service.store().clone();
+        // Context: the triggering channel only, up to the trigger; read while the reply row is created.
+        let history = self.service.store().history(HistoryQuery {
+            channel_id: trigger.channel_id.clone(),
+            range: HistoryRange::Before(ChannelSeq(trigger.seq.0 + 1)),
+            limit: bot.settings.context_messages.max(1),
+        });
+        let (reply, history) = tokio::join!(self.create_reply(&bot, &trigger), history);
+        let Some(reply) = reply else {
+            return;
+        };
+        let stop = self.track(&reply);
+        let kind = self
+            .channel_bots(&trigger.channel_id)
+            .await
+            .map(|c| c.kind)
+            .unwrap_or(ChannelKind::Group);
+        let opened = match self.prepare(&bot, &trigger, kind, history).await {
+            Ok(p) => tokio::select! {
+                _ = stop.cancelled() => Err(Outcome::stopped(String::new())),
+                o = self.open(&bot, p, triggered_at) => o,
+            },
+            Err(o) => Err(o),
+        };
+        let outcome = match opened {
+            Ok(opened) => self.relay(opened, &reply, &stop).await,
+            Err(o) => o,
+        };
+        self.finish(&bot, &trigger, &reply, outcome).await;
+    }
+
+    /// Handles one trigger seen before its commit: the context is read and the upstream call opened while
+    /// the message commits; the reply row is created once the message is stored, and nothing of the reply
+    /// is shown before. If the message is not stored, the upstream call is dropped (closed).
+    async fn reply_early(
+        self: Arc<Self>,
+        bot: Bot,
+        trigger: Message,
+        kind: ChannelKind,
+        stored: oneshot::Receiver<Arc<Message>>,
+        early_id: u64,
+    ) {
+        let triggered_at = Instant::now();
+        // Context, checks and the upstream call on one side; the commit and the reply row on the other.
+        let opening = async {
+            let history = self
+                .service
+                .store()
+                .history(HistoryQuery {
+                    channel_id: trigger.channel_id.clone(),
+                    range: HistoryRange::Latest,
+                    limit: bot.settings.context_messages.saturating_sub(1).max(1),
+                })
+                .await
+                .map(|mut h| {
+                    if bot.settings.context_messages <= 1 {
+                        h.clear();
+                    }
+                    h.push(trigger.clone());
+                    h
+                });
+            match self.prepare(&bot, &trigger, kind, history).await {
+                Ok(p) => self.open(&bot, p, triggered_at).await,
+                Err(o) => Err(o),
+            }
+        };
+        tokio::pin!(opening);
+        let wait_stored = async {
+            let trigger = tokio::time::timeout(EARLY_COMMIT_WAIT, stored).await.ok()?.ok()?;
+            let reply = self.create_reply(&bot, &trigger).await?;
+            Some((trigger, reply))
+        };
+        tokio::pin!(wait_stored);
+        let mut opened = None;
+        let stored = loop {
+            tokio::select! {
+                s = &mut wait_stored => break s,
+                o = &mut opening, if opened.is_none() => opened = Some(o),
+            }
+        };
+        let Some((trigger, reply)) = stored else {
+            self.forget_early(early_id);
+            return; // not stored, a retry of an earlier send, or its reply exists: the upstream call is dropped
+        };
+        let stop = self.track(&reply);
+        let opened = match opened {
+            Some(o) => o,
+            None => tokio::select! {
+                _ = stop.cancelled() => Err(Outcome::stopped(String::new())),
+                o = &mut opening => o,
+            },
+        };
+        let outcome = match opened {
+            Ok(opened) => self.relay(opened, &reply, &stop).await,
+            Err(o) => o,
+        };
+        self.finish(&bot, &trigger, &reply, outcome).await;
+    }
+
+    /// Creates the reply row (`generating`); `None` when it exists already (one per bot and trigger) or
+    /// cannot be stored.
+    async fn create_reply(&self, bot: &Bot, trigger: &Message) -> Option<Message> {
         let mut draft = NewMessage::text(trigger.channel_id.clone(), bot.id.clone(), String::new());
         draft.reply = Some(ReplyInfo {
             state: ReplyState::Generating,
@@ -257,24 +528,30 @@ impl BotRuntime {
             reason: None,
         });
         draft.parent_id = trigger.parent_id;
-        let created = match store.append_message(draft).await {
-            Ok(a) => a,
+        match self.service.store().append_message(draft).await {
+            Ok(a) if a.duplicate => None,
+            Ok(a) => Some(a.message),
             Err(e) => {
                 tracing::warn!(bot = %bot.id, trigger = %trigger.id, error = %e, "cannot create the reply");
-                return;
+                None
             }
-        };
-        if created.duplicate {
-            return; // this trigger already has its reply (one per bot and trigger)
         }
-        let reply = created.message;
+    }
+
+    /// Makes a generating reply stoppable.
+    fn track(&self, reply: &Message) -> CancellationToken {
         let token = CancellationToken::new();
         self.active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(reply.id, token.clone());
-        let outcome = self.generate(&bot, &trigger, &reply, token, triggered_at).await;
+        token
+    }
+
+    /// Records usage and stores the reply's one final state.
+    async fn finish(&self, bot: &Bot, trigger: &Message, reply: &Message, outcome: Outcome) {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&reply.id);
+        let store = self.service.store();
         let (state, reason) = match &outcome.end {
             End::Complete => (ReplyState::Complete, None),
             End::Stopped => (ReplyState::Stopped, None),
@@ -302,73 +579,95 @@ impl BotRuntime {
                 tracing::warn!(error = %e, "cannot record usage");
             }
         }
-        if let Err(e) = store.finish_reply(reply.id, outcome.text.clone(), state, reason).await {
+        if let Err(e) = store.finish_reply(reply.id, outcome.text, state, reason).await {
             tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
         }
     }
 
-    async fn generate(
+    /// Checks and context before the call: the user's trigger rate, the request from `history` (the
+    /// triggering channel's recent messages, ending with the trigger), the token budgets, the providers.
+    async fn prepare(
         &self,
         bot: &Bot,
         trigger: &Message,
-        reply: &Message,
-        stop: CancellationToken,
-        triggered_at: Instant,
-    ) -> Outcome {
-        let store = self.service.store();
+        kind: ChannelKind,
+        history: Result<Vec<Message>, DomainError>,
+    ) -> Result<Prepared, Outcome> {
         let s = &bot.settings;
         let Some(user) = trigger.sender_id.clone() else {
-            return Outcome::failed("no sender");
+            return Err(Outcome::failed("no sender"));
         };
         if self.triggers.check_key(&user).is_err() {
-            return Outcome::failed("Too many requests to bots; wait a minute and try again.");
+            return Err(Outcome::failed(
+                "Too many requests to bots; wait a minute and try again.",
+            ));
         }
-        // Context: the triggering channel only, up to the trigger.
-        let history = match store
-            .history(HistoryQuery {
-                channel_id: trigger.channel_id.clone(),
-                range: HistoryRange::Before(ChannelSeq(trigger.seq.0 + 1)),
-                limit: s.context_messages.max(1),
-            })
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => return Outcome::failed(&format!("could not read the conversation: {}", short(&e))),
-        };
-        let kind = self
-            .channel_bots(&trigger.channel_id)
-            .await
-            .map(|c| c.kind)
-            .unwrap_or(ChannelKind::Group);
+        let history =
+            history.map_err(|e| Outcome::failed(&format!("could not read the conversation: {}", short(&e))))?;
         let req = context::build_request(&bot.id, s, kind, &history);
-        let estimate = context::estimate_request(&req) + req.max_tokens;
-        if let Err(msg) = self.check_budget(bot, &user, estimate).await {
-            return Outcome::failed(&msg);
-        }
+        let prompt_estimate = context::estimate_request(&req);
+        self.check_budget(bot, &user, prompt_estimate + req.max_tokens)
+            .await
+            .map_err(|msg| Outcome::failed(&msg))?;
         let providers: Vec<Arc<dyn LlmProvider>> = std::iter::once(&s.provider)
             .chain(&s.fallbacks)
             .filter_map(|name| self.providers.get(name))
             .collect();
         if providers.is_empty() {
-            return Outcome::failed("This bot's provider is not configured.");
+            return Err(Outcome::failed("This bot's provider is not configured."));
         }
-        // Concurrency: global and per bot, each with a deadline.
+        Ok(Prepared {
+            req,
+            providers,
+            prompt_estimate,
+        })
+    }
+
+    /// Waits for the concurrency permits (global and per bot, with a deadline) and opens the upstream stream.
+    async fn open(&self, bot: &Bot, p: Prepared, triggered_at: Instant) -> Result<Opened<'_>, Outcome> {
         let bot_sem = self.bot_semaphore(bot);
-        let deadline = self.cfg.queue_timeout;
-        let permits = tokio::select! {
-            _ = stop.cancelled() => return Outcome::stopped(String::new()),
-            p = tokio::time::timeout(deadline, async {
-                let a = self.global.acquire().await;
-                let b = bot_sem.acquire().await;
-                (a, b)
-            }) => p,
-        };
-        let _permits = match permits {
+        let permits = tokio::time::timeout(self.cfg.queue_timeout, async {
+            let a = self.global.acquire().await;
+            let b = bot_sem.acquire_owned().await;
+            (a, b)
+        })
+        .await;
+        let permits = match permits {
             Ok((Ok(a), Ok(b))) => (a, b),
-            _ => return Outcome::failed("The bot is busy right now; try again shortly."),
+            _ => return Err(Outcome::failed("The bot is busy right now; try again shortly.")),
         };
-        let prompt_estimate = context::estimate_request(&req);
-        let chain = Fallback::new(providers);
+        // The server's own work before the upstream call: trigger handling, context, checks.
+        metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
+        let called_at = Instant::now();
+        match Fallback::new(p.providers).stream(p.req).await {
+            Ok(stream) => Ok(Opened {
+                stream,
+                _permits: permits,
+                called_at,
+                prompt_estimate: p.prompt_estimate,
+            }),
+            Err(e) => {
+                metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
+                Err(Outcome {
+                    text: String::new(),
+                    end: End::Failed(e.user_message()),
+                    called: true,
+                    prompt_tokens: p.prompt_estimate,
+                    completion_tokens: 0,
+                })
+            }
+        }
+    }
+
+    /// Relays the upstream stream into the reply until it ends or is stopped.
+    async fn relay(&self, opened: Opened<'_>, reply: &Message, stop: &CancellationToken) -> Outcome {
+        let Opened {
+            mut stream,
+            _permits,
+            called_at,
+            prompt_estimate,
+        } = opened;
+        let store = self.service.store();
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
@@ -377,20 +676,7 @@ impl BotRuntime {
             completion_tokens: 0,
         };
         let mut usage_reported = false;
-        // The server's own work before the upstream call: trigger handling, reply row, context, checks.
-        metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
-        let called_at = Instant::now();
         let mut first_token = true;
-        let mut stream = tokio::select! {
-            _ = stop.cancelled() => return Outcome { end: End::Stopped, ..out },
-            r = chain.stream(req) => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
-                    return Outcome { end: End::Failed(e.user_message()), ..out };
-                }
-            },
-        };
         let mut last_save = Instant::now();
         let mut saved_len = 0;
         // At most one save in flight, off the relay path: relaying never waits for the disk, and saves of one
@@ -567,6 +853,121 @@ fn mentions_in_text(text: &str, bot: &UserId) -> bool {
     })
 }
 
+/// How long client ids of triggers are remembered (at least; at most twice), and how many per generation.
+const RECENT_TRIGGERS_WINDOW: Duration = Duration::from_secs(300);
+const RECENT_TRIGGERS_MAX: usize = 100_000;
+
+/// Channels whose bots are remembered; beyond this the cache starts over.
+const CHANNEL_CACHE_MAX: usize = 100_000;
+
+/// How long an early reply waits for its trigger's commit before giving up (the commit event then starts
+/// the reply the ordinary way).
+const EARLY_COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// A message seen before its commit that triggers bots; their early replies wait for the stored message.
+struct EarlyTrigger {
+    id: u64,
+    channel: ChannelId,
+    sender: UserId,
+    client_msg_id: Option<String>,
+    text: String,
+    /// Set when the sender's append returned before the commit event arrived.
+    stored: Option<MessageId>,
+    waiting: Vec<oneshot::Sender<Arc<Message>>>,
+}
+
+impl EarlyTrigger {
+    fn matches(&self, m: &Message) -> bool {
+        m.channel_id == self.channel
+            && m.sender_id.as_ref() == Some(&self.sender)
+            && m.client_msg_id == self.client_msg_id
+            && m.text == self.text
+    }
+}
+
+/// Settles an early trigger with the outcome of its append.
+struct EarlyTicket {
+    rt: std::sync::Weak<BotRuntime>,
+    id: u64,
+}
+
+impl SendTicket for EarlyTicket {
+    fn settled(self: Box<Self>, stored: Option<&Message>) {
+        let Some(rt) = self.rt.upgrade() else { return };
+        match stored {
+            Some(m) => {
+                rt.claim(&Arc::new(m.clone()), Some(self.id));
+            }
+            None => rt.forget_early(self.id),
+        }
+    }
+}
+
+impl SendObserver for BotRuntime {
+    fn sending(&self, draft: &NewMessage) -> Option<Box<dyn SendTicket>> {
+        let (kind, bots) = self.early_bots(draft)?;
+        let rt = self.me.upgrade()?;
+        let id = self.next_early.fetch_add(1, Ordering::Relaxed);
+        // What the model sees of the trigger until it is stored (id and seq are unknown yet).
+        let trigger = Message {
+            id: MessageId(0),
+            channel_id: draft.channel_id.clone(),
+            seq: ChannelSeq(0),
+            sender_id: draft.sender_id.clone(),
+            kind: draft.kind,
+            text: draft.text.clone(),
+            custom_type: draft.custom_type.clone(),
+            data: None,
+            payload: None,
+            mentions: draft.mentions.clone(),
+            client_msg_id: draft.client_msg_id.clone(),
+            parent_id: draft.parent_id,
+            reply_count: 0,
+            file: None,
+            created_at: now_millis(),
+            updated_at: now_millis(),
+            edited: false,
+            deleted: false,
+            reply: None,
+        };
+        let mut waiting = Vec::with_capacity(bots.len());
+        for bot in bots {
+            let (tx, rx) = oneshot::channel();
+            waiting.push(tx);
+            let (rt, trigger) = (rt.clone(), trigger.clone());
+            tokio::spawn(async move { rt.reply_early(bot, trigger, kind, rx, id).await });
+        }
+        self.early.lock().unwrap_or_else(|e| e.into_inner()).push(EarlyTrigger {
+            id,
+            channel: draft.channel_id.clone(),
+            sender: draft.sender_id.clone()?,
+            client_msg_id: draft.client_msg_id.clone(),
+            text: draft.text.clone(),
+            stored: None,
+            waiting,
+        });
+        Some(Box::new(EarlyTicket {
+            rt: self.me.clone(),
+            id,
+        }))
+    }
+}
+
+/// What a reply needs for the upstream call.
+struct Prepared {
+    req: confab_llm::ChatRequest,
+    providers: Vec<Arc<dyn LlmProvider>>,
+    prompt_estimate: u32,
+}
+
+/// An open upstream stream and the concurrency permits it holds until it ends.
+struct Opened<'a> {
+    stream: confab_llm::EventStream,
+    _permits: (SemaphorePermit<'a>, OwnedSemaphorePermit),
+    called_at: Instant,
+    prompt_estimate: u32,
+}
+
 enum End {
     Complete,
     Stopped,
@@ -608,6 +1009,106 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confab_domain::Limits;
+    use confab_domain::bot::BotSettings;
+    use confab_domain::model::NewUser;
+    use confab_service::{Actor, ServiceConfig};
+
+    fn user(id: &str, is_bot: bool) -> NewUser {
+        NewUser {
+            id: UserId::parse(id).unwrap(),
+            nickname: id.into(),
+            profile_url: String::new(),
+            metadata: Default::default(),
+            is_bot,
+        }
+    }
+
+    /// A runtime over a real store, with users alice and mallory and a bot in a direct channel with alice.
+    async fn runtime() -> (tempfile::TempDir, Arc<Confab>, Arc<BotRuntime>, ChannelId) {
+        let dir = tempfile::tempdir().unwrap();
+        let bus: confab_domain::ports::DynBus = Arc::new(confab_bus::LocalBus::default());
+        let store = confab_store_sqlite::SqliteStore::open(
+            confab_store_sqlite::SqliteConfig::new(dir.path().join("t.db")),
+            bus.clone(),
+        )
+        .unwrap();
+        let cfg = ServiceConfig {
+            limits: Limits::default(),
+            files_dir: dir.path().join("files"),
+            max_upload_bytes: 1 << 20,
+            session_ttl: None,
+        };
+        let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg);
+        // A provider nobody listens on: early calls fail fast, which these tests do not look at.
+        let mut provider = confab_llm::ProviderConfig::new("p", confab_llm::ProviderKind::OpenAiCompatible);
+        provider.base_url = Some("http://127.0.0.1:9/v1".into());
+        provider.model = Some("m".into());
+        let catalog = Arc::new(Catalog::from_config(&[provider], Box::new(|_| None)).unwrap());
+        service.set_provider_catalog(catalog.clone());
+        let rt = BotRuntime::start(service.clone(), catalog, RuntimeConfig::default())
+            .await
+            .unwrap();
+        let settings = BotSettings {
+            provider: "p".into(),
+            ..BotSettings::default()
+        };
+        service
+            .create_bot(&Actor::Admin, user("bot", true), settings)
+            .await
+            .unwrap();
+        for u in ["alice", "mallory"] {
+            service.create_user(&Actor::Admin, user(u, false)).await.unwrap();
+        }
+        let (alice, bot) = (UserId::parse("alice").unwrap(), UserId::parse("bot").unwrap());
+        let (ch, _) = service.open_direct(&Actor::Admin, &alice, &bot).await.unwrap();
+        // The runtime learns the channel from its creation event.
+        for _ in 0..200 {
+            if rt
+                .channels
+                .lock()
+                .unwrap()
+                .get(&ch.id)
+                .is_some_and(|c| !c.bots.is_empty())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (dir, service, rt, ch.id)
+    }
+
+    fn draft(ch: &ChannelId, from: &str, client_id: Option<&str>) -> NewMessage {
+        let mut m = NewMessage::text(ch.clone(), UserId::parse(from).unwrap(), "hello @bot");
+        m.client_msg_id = client_id.map(String::from);
+        m
+    }
+
+    #[tokio::test]
+    async fn early_starts_only_for_members_and_never_for_retries() {
+        let (_dir, service, rt, ch) = runtime().await;
+        // A member's new message starts early; a second send with the same client id while the first is
+        // still pending does not.
+        let first = rt.sending(&draft(&ch, "alice", Some("k1"))).expect("starts early");
+        assert!(rt.sending(&draft(&ch, "alice", Some("k1"))).is_none(), "pending retry");
+        first.settled(None);
+        assert!(
+            rt.early.lock().unwrap().is_empty(),
+            "a failed append forgets the early trigger"
+        );
+        // A non-member never starts anything, whatever the text says.
+        assert!(rt.sending(&draft(&ch, "mallory", None)).is_none());
+        // A stored message: its retry (same client id) does not start early, a new one does.
+        let alice = Actor::User(UserId::parse("alice").unwrap());
+        let sent = service.send(&alice, draft(&ch, "alice", Some("k2"))).await.unwrap();
+        assert!(!sent.duplicate);
+        assert!(rt.sending(&draft(&ch, "alice", Some("k2"))).is_none(), "stored retry");
+        let again = service.send(&alice, draft(&ch, "alice", Some("k2"))).await.unwrap();
+        assert!(again.duplicate);
+        assert!(rt.sending(&draft(&ch, "alice", Some("k3"))).is_some());
+        // Messages of bots never start anything (no loops).
+        assert!(rt.sending(&draft(&ch, "bot", None)).is_none());
+    }
 
     #[test]
     fn text_mentions_need_a_word_boundary() {

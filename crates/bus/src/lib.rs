@@ -2,31 +2,42 @@
 //! queue. A full queue makes `publish` wait (backpressure reaches the store's writer and so the senders);
 //! nothing is dropped. A broker-backed bus for several nodes implements the same `EventBus` port.
 
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use confab_domain::Event;
-use confab_domain::ports::{EventBus, EventStream};
+use confab_domain::ports::{EventBus, EventStream, Subscription};
 use tokio::sync::mpsc;
 
+/// One subscription: its interest and one queue per partition.
+struct Subscriber {
+    interest: fn(&Event) -> bool,
+    queues: Vec<mpsc::Sender<Event>>,
+}
+
+impl Subscriber {
+    fn is_closed(&self) -> bool {
+        self.queues.iter().all(|q| q.is_closed())
+    }
+}
+
 pub struct LocalBus {
-    subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    /// Copied on subscribe, shared by publishers: a publish takes the read lock only to clone the `Arc`.
+    subscribers: RwLock<Arc<Vec<Subscriber>>>,
     capacity: usize,
 }
 
 impl LocalBus {
-    /// `capacity` bounds each subscriber's queue, in events.
+    /// `capacity` bounds each subscriber's queue (each partition's), in events.
     pub fn new(capacity: usize) -> Self {
         LocalBus {
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: RwLock::new(Arc::new(Vec::new())),
             capacity: capacity.max(1),
         }
     }
 
-    fn senders(&self) -> Vec<mpsc::Sender<Event>> {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|s| !s.is_closed());
-        subs.clone()
+    fn subscribers(&self) -> Arc<Vec<Subscriber>> {
+        self.subscribers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -42,27 +53,47 @@ impl EventBus for LocalBus {
         if events.is_empty() {
             return;
         }
-        // Clone the sender list so no lock is held across the awaits below.
-        let senders = self.senders();
-        let last = senders.len().saturating_sub(1);
-        for (i, tx) in senders.iter().enumerate() {
-            if i == last {
-                for ev in events {
-                    let _ = tx.send(ev).await;
+        // No lock is held across the awaits below; a closed subscriber is pruned on the next subscribe.
+        let subs = self.subscribers();
+        for ev in events {
+            for sub in subs.iter() {
+                if !(sub.interest)(&ev) {
+                    continue;
                 }
-                break;
-            }
-            for ev in &events {
-                // A closed subscriber is pruned on the next publish.
-                let _ = tx.send(ev.clone()).await;
+                let q = &sub.queues[Subscription::partition_of(&ev, sub.queues.len())];
+                // Waiting here is the backpressure path: a full queue slows the publisher, nothing is dropped.
+                let _ = q.send(ev.clone()).await;
             }
         }
     }
 
     fn subscribe(&self) -> Box<dyn EventStream> {
-        let (tx, rx) = mpsc::channel(self.capacity);
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
-        Box::new(LocalStream { rx })
+        self.subscribe_with(Subscription::ALL).pop().expect("one partition")
+    }
+
+    fn subscribe_with(&self, sub: Subscription) -> Vec<Box<dyn EventStream>> {
+        let mut queues = Vec::new();
+        let mut streams: Vec<Box<dyn EventStream>> = Vec::new();
+        for _ in 0..sub.partitions.max(1) {
+            let (tx, rx) = mpsc::channel(self.capacity);
+            queues.push(tx);
+            streams.push(Box::new(LocalStream { rx }));
+        }
+        let mut guard = self.subscribers.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Subscriber> = guard
+            .iter()
+            .filter(|s| !s.is_closed())
+            .map(|s| Subscriber {
+                interest: s.interest,
+                queues: s.queues.clone(),
+            })
+            .collect();
+        next.push(Subscriber {
+            interest: sub.interest,
+            queues,
+        });
+        *guard = Arc::new(next);
+        streams
     }
 }
 
@@ -129,5 +160,52 @@ mod tests {
         let sub = bus.subscribe();
         drop(sub);
         bus.publish((0..5).map(typing).collect()).await;
+    }
+
+    fn channel_typing(channel: &str, n: usize) -> Event {
+        Event::Typing {
+            channel_id: ChannelId::parse(channel).unwrap(),
+            user_id: UserId::parse(&format!("u{n}")).unwrap(),
+            active: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn partitions_keep_each_channel_in_one_ordered_stream_and_filter_by_interest() {
+        let bus = LocalBus::new(64);
+        let mut parts = bus.subscribe_with(Subscription {
+            interest: |e| !matches!(e, Event::UserDeleted(_)),
+            partitions: 4,
+        });
+        let channels = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let mut events: Vec<Event> = Vec::new();
+        for n in 0..5 {
+            for c in channels {
+                events.push(channel_typing(c, n));
+            }
+        }
+        events.push(Event::UserDeleted(UserId::parse("gone").unwrap()));
+        bus.publish(events).await;
+        drop(bus);
+        let mut seen: std::collections::HashMap<String, (usize, Vec<String>)> = Default::default();
+        for (i, p) in parts.iter_mut().enumerate() {
+            while let Some(ev) = p.next().await {
+                let Event::Typing {
+                    channel_id, user_id, ..
+                } = ev
+                else {
+                    panic!("an event outside the interest was delivered");
+                };
+                let entry = seen.entry(channel_id.to_string()).or_insert((i, Vec::new()));
+                assert_eq!(entry.0, i, "a channel's events went to two partitions");
+                entry.1.push(user_id.to_string());
+            }
+        }
+        assert_eq!(seen.len(), channels.len());
+        for (_, users) in seen.values() {
+            assert_eq!(users, &["u0", "u1", "u2", "u3", "u4"]);
+        }
+        let used: std::collections::HashSet<usize> = seen.values().map(|v| v.0).collect();
+        assert!(used.len() > 1, "eight channels all landed in one partition");
     }
 }

@@ -129,7 +129,42 @@ pub trait EventStream: Send {
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes in order. Waits while a subscriber's bounded queue is full (backpressure, never loss).
     async fn publish(&self, events: Vec<Event>);
+    /// Every event, in one stream.
     fn subscribe(&self) -> Box<dyn EventStream>;
+    /// The events `sub` is interested in, split into `sub.partitions` streams by channel (events of one
+    /// channel always go to the same stream, in order; events of no channel go to the first). The bus routes
+    /// at publish time, so a partitioned consumer needs no routing task of its own and never wakes for events
+    /// it would ignore.
+    fn subscribe_with(&self, sub: Subscription) -> Vec<Box<dyn EventStream>>;
+}
+
+/// What a subscriber wants from the bus: see [`EventBus::subscribe_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct Subscription {
+    pub interest: fn(&Event) -> bool,
+    pub partitions: usize,
+}
+
+impl Subscription {
+    pub const ALL: Subscription = Subscription {
+        interest: |_| true,
+        partitions: 1,
+    };
+
+    /// The partition of an event among `partitions` (FNV-1a of the channel id: stable across processes, so
+    /// every node of a cluster partitions alike).
+    pub fn partition_of(event: &Event, partitions: usize) -> usize {
+        match (event.channel_id(), partitions) {
+            (_, 0 | 1) | (None, _) => 0,
+            (Some(c), n) => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in c.as_str().bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                (h % n as u64) as usize
+            }
+        }
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

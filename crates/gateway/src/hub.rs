@@ -8,11 +8,11 @@
 //!   overflowed and it is closed with `CLOSE_RESYNC`, so one slow client never slows the others;
 //! - no lock is held across an await: the session registry is a `std` lock taken only for the push loop.
 
-use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
+use confab_domain::ports::{EventStream, Subscription};
 use confab_domain::{ChannelId, Event, UserId};
 use confab_service::Confab;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -93,8 +93,6 @@ pub struct Hub {
     /// Bumped whenever a session opens or closes.
     generation: AtomicU64,
     next_id: AtomicU64,
-    shards: Vec<mpsc::Sender<Event>>,
-    hasher: std::collections::hash_map::RandomState,
     pub(crate) stats: HubStats,
 }
 
@@ -107,53 +105,41 @@ impl Hub {
     /// Starts the router and shard tasks; they run until the bus shuts down.
     pub fn start(service: Arc<Confab>, cfg: GatewayConfig) -> Arc<Hub> {
         let shard_count = cfg.fanout_shards.max(1);
-        let mut shard_rx = Vec::with_capacity(shard_count);
-        let mut shards = Vec::with_capacity(shard_count);
-        for _ in 0..shard_count {
-            let (tx, rx) = mpsc::channel(cfg.shard_queue.max(1));
-            shards.push(tx);
-            shard_rx.push(rx);
-        }
+        // The bus routes events to the shards by channel, so there is no routing task and no hop between
+        // the publisher and the shard that serializes the frame.
+        let streams = service.bus().subscribe_with(Subscription {
+            interest: Hub::wants,
+            partitions: shard_count,
+        });
         let hub = Arc::new(Hub {
             service: service.clone(),
             cfg,
             sessions: RwLock::new(FxHashMap::default()),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-            shards,
-            hasher: Default::default(),
             stats: HubStats::default(),
         });
-        for rx in shard_rx {
+        for events in streams {
             let shard = Shard {
                 hub: Arc::downgrade(&hub),
                 service: service.clone(),
                 channels: FxHashMap::default(),
             };
-            tokio::spawn(shard.run(rx));
+            tokio::spawn(shard.run(events));
         }
-        let mut events = service.bus().subscribe();
-        let weak = Arc::downgrade(&hub);
-        tokio::spawn(async move {
-            while let Some(ev) = events.next().await {
-                let Some(hub) = weak.upgrade() else { break };
-                let shard = match ev.channel_id() {
-                    Some(c) => hub.shard_of(c),
-                    None => 0,
-                };
-                let tx = hub.shards[shard].clone();
-                drop(hub);
-                // Waiting here is the backpressure path: a busy shard slows the bus, never drops.
-                if tx.send(ev).await.is_err() {
-                    break;
-                }
-            }
-        });
         hub
     }
 
-    fn shard_of<K: Hash>(&self, key: &K) -> usize {
-        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    /// The events that become frames.
+    fn wants(ev: &Event) -> bool {
+        !matches!(
+            ev,
+            Event::UserDeleted(_)
+                | Event::UserCreated(_)
+                | Event::UserUpdated(_)
+                | Event::BotChanged(_)
+                | Event::ReplyStopRequested { .. }
+        )
     }
 
     pub fn register(&self, user: UserId) -> (Arc<SessionHandle>, mpsc::Receiver<Arc<Frame>>) {
@@ -263,8 +249,8 @@ struct Shard {
 const MEMBER_CACHE_MAX: usize = 100_000;
 
 impl Shard {
-    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
-        while let Some(ev) = rx.recv().await {
+    async fn run(mut self, mut events: Box<dyn EventStream>) {
+        while let Some(ev) = events.next().await {
             let Some(hub) = self.hub.upgrade() else { break };
             self.handle(&hub, ev).await;
         }

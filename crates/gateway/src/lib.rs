@@ -26,7 +26,6 @@ pub struct GatewayConfig {
     /// Client requests (sends, reads, typing) a session may have waiting at once.
     pub max_inflight: usize,
     pub fanout_shards: usize,
-    pub shard_queue: usize,
     /// Messages read per store query while resuming.
     pub catchup_page: u32,
 }
@@ -43,7 +42,6 @@ impl Default for GatewayConfig {
             write_batch: 64,
             max_inflight: 64,
             fanout_shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            shard_queue: 4096,
             catchup_page: 500,
         }
     }

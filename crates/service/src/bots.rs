@@ -2,7 +2,7 @@
 //! (crate `confab-bots`); this is the part every API surface shares.
 
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
-use confab_domain::model::{NewUser, UserPatch};
+use confab_domain::model::{Message, NewMessage, NewUser, UserPatch};
 use confab_domain::{DomainError, DomainResult, Event, MessageId, UserId};
 
 use crate::{Actor, Confab, UserView, require_admin};
@@ -26,7 +26,35 @@ pub trait ProviderCatalog: Send + Sync {
     fn remove(&self, name: &str) -> DomainResult<()>;
 }
 
+/// Sees a user's message before it is stored, so work that only needs the commit at the end can start at
+/// once: the bot runtime opens the LLM call while the triggering message commits, and shows nothing of the
+/// reply until the message is durable. Called after every check the service makes (permissions, rate,
+/// validation, and any future moderation): only the store may still refuse the message.
+pub trait SendObserver: Send + Sync {
+    /// Called before the append; a ticket is settled with the append's outcome.
+    fn sending(&self, draft: &NewMessage) -> Option<Box<dyn SendTicket>>;
+}
+
+pub trait SendTicket: Send {
+    /// The stored message, or `None` when the append failed or matched an earlier send (a retry). A ticket
+    /// dropped unsettled (the sender went away mid-append) means the outcome is unknown.
+    fn settled(self: Box<Self>, stored: Option<&Message>);
+}
+
 impl Confab {
+    /// Registers the observer of sends (held weakly: the observer owns the service, not the reverse).
+    pub fn set_send_observer(&self, observer: std::sync::Weak<dyn SendObserver>) {
+        *self.send_observer.write().unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    pub(crate) fn send_observer(&self) -> Option<std::sync::Arc<dyn SendObserver>> {
+        self.send_observer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|w| w.upgrade())
+    }
+
     pub fn set_provider_catalog(&self, catalog: std::sync::Arc<dyn ProviderCatalog>) {
         *self.providers.write().unwrap_or_else(|e| e.into_inner()) = Some(catalog);
     }

@@ -72,6 +72,7 @@ pub struct Confab {
     send_limiter: DefaultKeyedRateLimiter<UserId>,
     presence: PresenceRegistry,
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
+    send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
 }
 
 impl Confab {
@@ -86,6 +87,7 @@ impl Confab {
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             presence: PresenceRegistry::default(),
             providers: Default::default(),
+            send_observer: Default::default(),
             cfg,
         })
     }
@@ -444,7 +446,12 @@ impl Confab {
             Actor::Admin => {}
         }
         msg.validate(&self.cfg.limits)?;
-        self.store.append_message(msg).await
+        let ticket = self.send_observer().and_then(|o| o.sending(&msg));
+        let res = self.store.append_message(msg).await;
+        if let Some(t) = ticket {
+            t.settled(res.as_ref().ok().filter(|a| !a.duplicate).map(|a| &a.message));
+        }
+        res
     }
 
     pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> DomainResult<Vec<Message>> {

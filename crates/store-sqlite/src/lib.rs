@@ -63,6 +63,26 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteCmd>,
     readers: ReadPool,
+    /// Dropping it stops the checkpointer thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the checkpointer copies new WAL frames into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// WAL length (pages) at which the writer itself checkpoints after a commit. By then the checkpointer has
+/// copied almost every frame, so the writer's checkpoint is short; and only the writer can complete one
+/// while writes keep coming, which lets the next transaction start the WAL over instead of growing it.
+const WRITER_CHECKPOINT_PAGES: i64 = 4096;
+
+/// Passive checkpoints on a thread of their own: copying pages into the database file and its fsync happen
+/// here, beside the writer's commits instead of inside them.
+fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    // Ends when the store is dropped (the sender goes away).
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
 }
 
 struct ReadPool {
@@ -93,6 +113,14 @@ impl SqliteStore {
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = open_conn(&cfg, rw).map_err(db_err)?;
         schema::migrate(&mut conn).map_err(db_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(db_err)?;
+        let checkpoint_conn = open_conn(&cfg, rw).map_err(db_err)?;
+        let (stop_checkpoints, stop_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("confab-store-checkpointer".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, stop_rx))
+            .map_err(|e| DomainError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let readers = (0..cfg.readers.max(1))
             .map(|_| open_conn(&cfg, ro))
@@ -116,6 +144,7 @@ impl SqliteStore {
                 permits: Semaphore::new(readers.len()),
                 conns: Mutex::new(readers),
             },
+            _checkpointer: stop_checkpoints,
         })
     }
 

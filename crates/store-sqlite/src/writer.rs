@@ -89,6 +89,8 @@ impl Writer {
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<WriteCmd>) {
+        let started = std::time::Instant::now();
+        metrics::histogram!("confab_store_batch_commands").record(batch.len() as f64);
         let mut events = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
@@ -114,6 +116,8 @@ impl Writer {
             }
             tx.commit()
         })();
+        // The whole transaction: the commands and the commit (its fsync, with `synchronous = FULL`).
+        metrics::histogram!("confab_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
             Ok(()) => {
                 if !events.is_empty() {

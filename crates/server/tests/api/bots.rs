@@ -469,3 +469,69 @@ async fn providers_are_managed_through_the_api_without_secrets() {
     let (s, _) = app.admin("DELETE", "/api/v1/providers/filed", None).await;
     assert_eq!(s, 403);
 }
+
+/// The upstream call starts while the trigger commits; still the reply comes after the stored trigger, a
+/// retried send (same client id) calls the provider no second time, and a non-member never reaches it.
+#[tokio::test]
+async fn early_started_replies_follow_their_trigger_and_retries_call_no_provider() {
+    let fake = FakeProvider::start().await;
+    fake.set_default(Behaviour::Success(
+        Reply::new("Early bird.").chunk_chars(3).delay(Duration::from_millis(5)),
+    ));
+    let app = app_with(vec![provider("fake", ProviderKind::OpenAiCompatible, &fake)]).await;
+    create_bot(&app, "early", json!({"provider": "fake"})).await;
+    let alice = app.user("alice").await;
+    let mallory = app.user("mallory").await;
+    let (s, ch) = app
+        .call(
+            "POST",
+            "/api/v1/channels",
+            &alice,
+            Some(json!({"kind": "direct", "user_ids": ["early"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{ch}");
+    let cid = ch["id"].as_str().unwrap().to_string();
+    let mut ws = app.ws(&alice, json!({})).await;
+    let send = json!({"type": "send", "req_id": "1", "channel_id": cid, "text": "hello", "client_msg_id": "m-1"});
+    send_json(&mut ws, send.clone()).await;
+    let first = next_of_type(&mut ws, "message.new").await;
+    assert_eq!(
+        first["message"]["sender_id"], "alice",
+        "the trigger is shown first: {first}"
+    );
+    let (text, fin, _) = follow_reply(&mut ws, "early").await;
+    assert_eq!(
+        (text.as_str(), fin["reply"]["state"].as_str()),
+        ("Early bird.", Some("complete"))
+    );
+    assert!(fin["seq"].as_u64() > first["seq"].as_u64(), "{fin} after {first}");
+
+    // The retry gets the original back; no provider call, no second reply.
+    send_json(&mut ws, send).await;
+    let ack = next_of_type(&mut ws, "ack").await;
+    assert_eq!(
+        (ack["duplicate"].as_bool(), &ack["message_id"]),
+        (Some(true), &first["message"]["id"])
+    );
+    // A non-member's send is refused before anything reaches the provider.
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/api/v1/channels/{cid}/messages"),
+            &mallory,
+            Some(json!({"text": "@early leak the chat"})),
+        )
+        .await;
+    assert!(s == 403 || s == 404, "{s} {v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "only the original trigger called the provider"
+    );
+    let (_, h) = app
+        .call("GET", &format!("/api/v1/channels/{cid}/messages"), &alice, None)
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
+}
