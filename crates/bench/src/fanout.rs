@@ -109,7 +109,7 @@ pub async fn run(target: &Target, api: &Api, o: &FanoutOpts, out: &mut Map<Strin
             stop_rx.clone(),
         ));
         connected += 1;
-        if connected % 1000 == 0 || connected == o.members {
+        if connected.is_multiple_of(1000) || connected == o.members {
             eprintln!("fanout: {connected}/{} members connected", o.members);
         }
     }

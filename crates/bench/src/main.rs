@@ -11,6 +11,7 @@ mod bots;
 mod connections;
 mod fake_llm;
 mod fanout;
+mod local_model;
 mod rest;
 mod scan;
 mod send;
@@ -99,6 +100,12 @@ enum Command {
     /// conversations of phase 1 are stopped instead (stop under the full load), and there is no phase 2.
     #[command(verbatim_doc_comment)]
     Bots(BotsArgs),
+    /// The built-in model's speed beside llama.cpp's llama-server on the same GGUF and threads (no server).
+    ///
+    /// Both are driven through Confab's provider interface: prompt processing and generation tokens/s and
+    /// time to first token, for one conversation and for --concurrent at once. Threads: CANDLE_NUM_THREADS
+    /// (default all cores), also given to llama-server as -t.
+    LocalModel(local_model::LocalModelArgs),
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +254,7 @@ impl Command {
             Command::Send(_) => "send",
             Command::Connections(_) => "connections",
             Command::Bots(_) => "bots",
+            Command::LocalModel(_) => "local-model",
         }
     }
 
@@ -284,6 +292,7 @@ impl Command {
                     bail!("--hold {:?} must be shorter than --timeout {timeout:?}", a.hold);
                 }
             }
+            Command::LocalModel(_) => {}
             Command::Bots(a) => {
                 if !a.provider_listen.ip().is_loopback() {
                     bail!(
@@ -327,6 +336,9 @@ impl Command {
 }
 
 async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result<()> {
+    if let Command::LocalModel(a) = &cli.command {
+        return local_model::run(a, out).await; // no server involved
+    }
     let Some(token) = cli.token.as_deref().filter(|t| !t.is_empty()) else {
         bail!("the master token is required: pass --token or set CONFAB_API_TOKEN");
     };
@@ -362,6 +374,7 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
             connections::run(target, &api, &o, out).await
         }
         Command::Bots(a) => bots::run(target, &api, &a.opts(), out).await,
+        Command::LocalModel(a) => local_model::run(a, out).await,
     }
 }
 

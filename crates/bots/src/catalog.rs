@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use confab_domain::{DomainError, DomainResult};
-use confab_llm::{LlmError, LlmProvider, ProviderConfig, build_provider};
+use confab_llm::{ChatRequest, EventStream, LlmError, LlmProvider, ProviderConfig, ProviderKind, build_provider};
 use confab_service::bots::ProviderCatalog;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -19,38 +19,89 @@ struct Entry {
     provider: Arc<dyn LlmProvider>,
     config: ProviderConfig,
     source: Source,
+    /// Why the provider cannot serve (it then fails every call with this).
+    unavailable: Option<String>,
 }
 
 /// Looks up environment variables (the process environment in production).
 pub type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Builds providers of kind `builtin` (the in-process model lives in a crate of its own, behind a cargo
+/// feature of the server, so it is handed in rather than depended on).
+pub type BuiltinBuilder = Arc<dyn Fn(&ProviderConfig) -> Result<Arc<dyn LlmProvider>, LlmError> + Send + Sync>;
+
 pub struct Catalog {
     entries: RwLock<BTreeMap<String, Entry>>,
     env: EnvLookup,
+    builtin: Option<BuiltinBuilder>,
 }
 
 impl Catalog {
     /// Builds the configuration file's providers; a bad one stops the start with a clear error.
-    pub fn from_config(cfgs: &[ProviderConfig], env: EnvLookup) -> Result<Catalog, LlmError> {
-        let mut entries = BTreeMap::new();
+    pub fn from_config(
+        cfgs: &[ProviderConfig],
+        env: EnvLookup,
+        builtin: Option<BuiltinBuilder>,
+    ) -> Result<Catalog, LlmError> {
+        let catalog = Catalog {
+            entries: RwLock::new(BTreeMap::new()),
+            env,
+            builtin,
+        };
         for cfg in cfgs {
-            if entries.contains_key(&cfg.name) {
+            if catalog.get(&cfg.name).is_some() {
                 return Err(LlmError::Config(format!("provider {:?} is declared twice", cfg.name)));
             }
-            let provider = build_provider(cfg, &*env)?;
-            entries.insert(
-                cfg.name.clone(),
-                Entry {
-                    provider,
-                    config: cfg.clone(),
-                    source: Source::ConfigFile,
-                },
-            );
+            let provider = catalog.build(cfg)?;
+            catalog.insert(cfg.clone(), provider, Source::ConfigFile, None);
         }
-        Ok(Catalog {
-            entries: RwLock::new(entries),
-            env,
-        })
+        Ok(catalog)
+    }
+
+    fn build(&self, cfg: &ProviderConfig) -> Result<Arc<dyn LlmProvider>, LlmError> {
+        match (cfg.kind, &self.builtin) {
+            (ProviderKind::Builtin, Some(build)) => build(cfg),
+            _ => build_provider(cfg, &*self.env),
+        }
+    }
+
+    fn insert(
+        &self,
+        config: ProviderConfig,
+        provider: Arc<dyn LlmProvider>,
+        source: Source,
+        unavailable: Option<String>,
+    ) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).insert(
+            config.name.clone(),
+            Entry {
+                provider,
+                config,
+                source,
+                unavailable,
+            },
+        );
+    }
+
+    /// Adds a provider of the configuration that may fail to build without stopping the start (the
+    /// default built-in model, whose file may not have been fetched yet): when it fails, it stays listed
+    /// as unavailable and every call fails with the reason, which is logged.
+    pub fn add_optional(&self, cfg: ProviderConfig) -> Result<(), String> {
+        match self.build(&cfg) {
+            Ok(provider) => {
+                self.insert(cfg, provider, Source::ConfigFile, None);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let provider = Arc::new(Unavailable {
+                    name: cfg.name.clone(),
+                    reason: reason.clone(),
+                });
+                self.insert(cfg, provider, Source::ConfigFile, Some(reason.clone()));
+                Err(reason)
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn LlmProvider>> {
@@ -102,6 +153,10 @@ impl ProviderCatalog for Catalog {
                     if let Some(var) = &e.config.api_key_env {
                         o.insert("api_key_set".into(), (self.env)(var).is_some().into());
                     }
+                    o.insert("available".into(), e.unavailable.is_none().into());
+                    if let Some(reason) = &e.unavailable {
+                        o.insert("error".into(), reason.clone().into());
+                    }
                 }
                 v
             })
@@ -113,6 +168,13 @@ impl ProviderCatalog for Catalog {
         if cfg.name.trim().is_empty() || cfg.name.len() > 64 {
             return Err(DomainError::invalid("name", "a provider name has 1 to 64 characters"));
         }
+        if cfg.kind == ProviderKind::Builtin {
+            // It reads a model file from the server's disk and holds it in memory: the operator's call.
+            return Err(DomainError::invalid(
+                "kind",
+                "the built-in model is configured in the configuration file",
+            ));
+        }
         if let Some(e) = self.entries.read().unwrap_or_else(|e| e.into_inner()).get(&cfg.name)
             && e.source == Source::ConfigFile
         {
@@ -122,14 +184,7 @@ impl ProviderCatalog for Catalog {
         }
         let provider = build_provider(&cfg, &*self.env).map_err(invalid)?;
         let name = cfg.name.clone();
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).insert(
-            name.clone(),
-            Entry {
-                provider,
-                config: cfg,
-                source: Source::AdminApi,
-            },
-        );
+        self.insert(cfg, provider, Source::AdminApi, None);
         Ok(name)
     }
 
@@ -145,5 +200,22 @@ impl ProviderCatalog for Catalog {
                 Ok(())
             }
         }
+    }
+}
+
+/// A configured provider that could not be built: every call fails with the reason.
+struct Unavailable {
+    name: String,
+    reason: String,
+}
+
+#[async_trait::async_trait]
+impl LlmProvider for Unavailable {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn stream(&self, _req: ChatRequest) -> Result<EventStream, LlmError> {
+        Err(LlmError::Config(self.reason.clone()))
     }
 }

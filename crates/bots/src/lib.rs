@@ -470,16 +470,10 @@ impl BotRuntime {
                 .history(HistoryQuery {
                     channel_id: trigger.channel_id.clone(),
                     range: HistoryRange::Latest,
-                    limit: bot.settings.context_messages.saturating_sub(1).max(1),
+                    limit: bot.settings.context_messages.max(1) + 1,
                 })
                 .await
-                .map(|mut h| {
-                    if bot.settings.context_messages <= 1 {
-                        h.clear();
-                    }
-                    h.push(trigger.clone());
-                    h
-                });
+                .map(|h| early_context(h, &trigger, bot.settings.context_messages));
             match self.prepare(&bot, &trigger, kind, history).await {
                 Ok(p) => self.open(&bot, p, triggered_at).await,
                 Err(o) => Err(o),
@@ -837,6 +831,28 @@ fn failure(e: &LlmError, text: &str) -> End {
     }
 }
 
+/// The context of an early reply: the channel's latest messages as read while the trigger commits, then
+/// the trigger as sent. The read may already see the trigger stored (and even messages after it): the
+/// context then ends just before it.
+fn early_context(mut history: Vec<Message>, trigger: &Message, limit: u32) -> Vec<Message> {
+    if let Some(i) = history.iter().rposition(|m| {
+        // Stored after this draft was made, so not an earlier message with the same text.
+        m.created_at >= trigger.created_at
+            && m.sender_id == trigger.sender_id
+            && m.client_msg_id == trigger.client_msg_id
+            && m.text == trigger.text
+            && m.reply.is_none()
+    }) {
+        history.truncate(i);
+    }
+    let keep = (limit as usize).saturating_sub(1);
+    if history.len() > keep {
+        history.drain(..history.len() - keep);
+    }
+    history.push(trigger.clone());
+    history
+}
+
 /// `@id` in the text, not followed by more id characters.
 fn mentions_in_text(text: &str, bot: &UserId) -> bool {
     let needle = format!("@{bot}");
@@ -1044,7 +1060,7 @@ mod tests {
         let mut provider = confab_llm::ProviderConfig::new("p", confab_llm::ProviderKind::OpenAiCompatible);
         provider.base_url = Some("http://127.0.0.1:9/v1".into());
         provider.model = Some("m".into());
-        let catalog = Arc::new(Catalog::from_config(&[provider], Box::new(|_| None)).unwrap());
+        let catalog = Arc::new(Catalog::from_config(&[provider], Box::new(|_| None), None).unwrap());
         service.set_provider_catalog(catalog.clone());
         let rt = BotRuntime::start(service.clone(), catalog, RuntimeConfig::default())
             .await
@@ -1082,6 +1098,49 @@ mod tests {
         let mut m = NewMessage::text(ch.clone(), UserId::parse(from).unwrap(), "hello @bot");
         m.client_msg_id = client_id.map(String::from);
         m
+    }
+
+    fn msg(id: i64, sender: &str, text: &str, at: i64) -> Message {
+        let mut m = NewMessage::text(ChannelId::parse("c").unwrap(), UserId::parse(sender).unwrap(), text);
+        m.client_msg_id = None;
+        Message {
+            id: MessageId(id),
+            channel_id: m.channel_id,
+            seq: ChannelSeq(id as u64),
+            sender_id: m.sender_id,
+            kind: m.kind,
+            text: m.text,
+            custom_type: String::new(),
+            data: None,
+            payload: None,
+            mentions: Vec::new(),
+            client_msg_id: None,
+            parent_id: None,
+            reply_count: 0,
+            file: None,
+            created_at: at,
+            updated_at: at,
+            edited: false,
+            deleted: false,
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn early_context_ends_at_the_trigger_whether_or_not_the_read_saw_it() {
+        let texts = |v: &[Message]| v.iter().map(|m| m.text.clone()).collect::<Vec<_>>();
+        let trigger = msg(0, "alice", "hi", 100);
+        let before = vec![msg(1, "alice", "hi", 10), msg(2, "bot", "hello!", 20)];
+        // Not seen: everything read, then the trigger; an earlier identical message stays.
+        let c = early_context(before.clone(), &trigger, 20);
+        assert_eq!(texts(&c), ["hi", "hello!", "hi"]);
+        // Seen, with a later message after it: cut before the stored copy.
+        let mut seen = before.clone();
+        seen.push(msg(3, "alice", "hi", 101));
+        seen.push(msg(4, "bob", "later", 102));
+        assert_eq!(texts(&early_context(seen, &trigger, 20)), ["hi", "hello!", "hi"]);
+        // The limit counts the trigger.
+        assert_eq!(texts(&early_context(before, &trigger, 2)), ["hello!", "hi"]);
     }
 
     #[tokio::test]

@@ -28,6 +28,10 @@ pub enum ProviderKind {
     /// (`base_url` required, key optional).
     #[serde(rename = "openai_compatible")]
     OpenAiCompatible,
+    /// The built-in model: a GGUF chat model run inside the server on CPU (`model_path` required;
+    /// crate `confab-llm-local`, cargo feature `builtin-model` of the server). Configuration file only.
+    #[serde(rename = "builtin")]
+    Builtin,
 }
 
 /// Which body field carries [`crate::ChatRequest::max_tokens`] for the OpenAI-style APIs.
@@ -108,6 +112,25 @@ pub struct ProviderConfig {
     /// A provider asking for a longer wait than this (retry-after) is not retried.
     #[serde(default = "defaults::max_retry_after_ms")]
     pub max_retry_after_ms: u64,
+    // ---- the built-in model (kind = "builtin") only ----
+    /// The model file (GGUF).
+    #[serde(default)]
+    pub model_path: Option<String>,
+    /// Conversations generated at once, interleaved token by token; more wait in the queue.
+    #[serde(default = "defaults::max_active")]
+    pub max_active: usize,
+    /// Conversations waiting for a slot; beyond this a call fails at once as overloaded.
+    #[serde(default = "defaults::max_queue")]
+    pub max_queue: usize,
+    /// Nucleus sampling: the smallest set of tokens whose probabilities add up to this.
+    #[serde(default = "defaults::top_p")]
+    pub top_p: f32,
+    /// Penalty on tokens of the last 64 (1.0: none).
+    #[serde(default = "defaults::repeat_penalty")]
+    pub repeat_penalty: f32,
+    /// Fixed sampling seed (reproducible output; for tests). Unset: a fresh seed per conversation.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 mod defaults {
@@ -147,6 +170,18 @@ mod defaults {
     pub fn max_retry_after_ms() -> u64 {
         60_000
     }
+    pub fn max_active() -> usize {
+        4
+    }
+    pub fn max_queue() -> usize {
+        32
+    }
+    pub fn top_p() -> f32 {
+        0.9
+    }
+    pub fn repeat_penalty() -> f32 {
+        1.1
+    }
 }
 
 impl ProviderConfig {
@@ -173,6 +208,12 @@ impl ProviderConfig {
             retry_base_delay_ms: defaults::retry_base_delay_ms(),
             retry_max_delay_ms: defaults::retry_max_delay_ms(),
             max_retry_after_ms: defaults::max_retry_after_ms(),
+            model_path: None,
+            max_active: defaults::max_active(),
+            max_queue: defaults::max_queue(),
+            top_p: defaults::top_p(),
+            repeat_penalty: defaults::repeat_penalty(),
+            seed: None,
         }
     }
 
@@ -227,6 +268,11 @@ pub fn build_provider(
         }
         ProviderKind::Azure => Arc::new(Reliable::new(AzureOpenAiProvider::from_config(cfg, key)?, policy)),
         ProviderKind::Anthropic => Arc::new(Reliable::new(AnthropicProvider::from_config(cfg, key)?, policy)),
+        ProviderKind::Builtin => {
+            return Err(
+                cfg.err("the built-in model is not part of this build (cargo feature `builtin-model` of confab)")
+            );
+        }
     };
     tracing::debug!(provider = %cfg.name, kind = ?cfg.kind, "LLM provider configured");
     Ok(provider)

@@ -26,6 +26,66 @@ pub struct Config {
     /// Bots declared in the configuration (`[[bots]]`): created on start, settings updated on each start.
     pub bots: Vec<BotDecl>,
     pub bot_runtime: BotRuntimeConfig,
+    /// The built-in model and the bot that uses it out of the box.
+    pub builtin: BuiltinConfig,
+}
+
+/// The zero-configuration bot: provider `builtin` (the built-in model, run in process) and bot `assistant`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuiltinConfig {
+    /// Serve the built-in model as provider `builtin`, unless `[[providers]]` declares that name.
+    pub enabled: bool,
+    /// The model file (GGUF; a relative path is taken from the working directory). Any llama-architecture
+    /// chat model works; `scripts/fetch-model.sh` fetches the default one.
+    pub model_path: PathBuf,
+    /// The bot created to answer with it, unless `[[bots]]` declares that id ("" for none).
+    pub bot: String,
+    /// Conversations generated at once (interleaved token by token) and waiting; see `confab-llm-local`.
+    pub max_active: usize,
+    pub max_queue: usize,
+}
+
+impl Default for BuiltinConfig {
+    fn default() -> Self {
+        let p = confab_llm::ProviderConfig::new("builtin", confab_llm::ProviderKind::Builtin);
+        BuiltinConfig {
+            enabled: true,
+            model_path: PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            bot: "assistant".into(),
+            max_active: p.max_active,
+            max_queue: p.max_queue,
+        }
+    }
+}
+
+impl BuiltinConfig {
+    pub const PROVIDER: &'static str = "builtin";
+
+    pub fn provider(&self) -> confab_llm::ProviderConfig {
+        let mut p = confab_llm::ProviderConfig::new(Self::PROVIDER, confab_llm::ProviderKind::Builtin);
+        p.model_path = Some(self.model_path.to_string_lossy().into_owned());
+        p.max_active = self.max_active.max(1);
+        p.max_queue = self.max_queue;
+        p
+    }
+
+    /// The default bot: short answers, a small context (the default model is small).
+    pub fn bot(&self) -> BotDecl {
+        BotDecl {
+            id: self.bot.clone(),
+            nickname: "Assistant".into(),
+            profile_url: String::new(),
+            settings: confab_domain::bot::BotSettings {
+                provider: Self::PROVIDER.into(),
+                system_prompt: "You are a helpful assistant in a chat. Answer briefly.".into(),
+                max_output_tokens: 256,
+                context_messages: 8,
+                context_tokens: 1024,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,6 +189,7 @@ impl Default for Config {
             providers: Vec::new(),
             bots: Vec::new(),
             bot_runtime: BotRuntimeConfig::default(),
+            builtin: BuiltinConfig::default(),
         }
     }
 }
@@ -267,7 +328,7 @@ mod tests {
             .merge(Toml::string(&uncommented))
             .extract()
             .unwrap();
-        assert_eq!(c.providers.len(), 3);
+        assert_eq!(c.providers.len(), 4);
         assert_eq!(c.bots.len(), 1);
         assert_eq!(c.bots[0].settings.fallbacks, ["claude"]);
     }

@@ -144,8 +144,14 @@ impl App {
                 }
             }
         });
-        let catalog = confab_bots::Catalog::from_config(&config.providers, Box::new(|k| std::env::var(k).ok()))
-            .map_err(|e| anyhow::anyhow!("providers: {e}"))?;
+        let catalog = confab_bots::Catalog::from_config(
+            &config.providers,
+            Box::new(|k| std::env::var(k).ok()),
+            builtin_builder(),
+        )
+        .map_err(|e| anyhow::anyhow!("providers: {e}"))?;
+        let mut bot_decls = config.bots.clone();
+        add_builtin(&config, &catalog, &mut bot_decls);
         catalog.load_stored(
             service
                 .store()
@@ -155,7 +161,7 @@ impl App {
         );
         let catalog = Arc::new(catalog);
         service.set_provider_catalog(catalog.clone());
-        declare_bots(&service, &config.bots).await?;
+        declare_bots(&service, &bot_decls).await?;
         let bots = confab_bots::BotRuntime::start(service.clone(), catalog, config.bot_runtime.runtime())
             .await
             .map_err(|e| anyhow::anyhow!("starting the bot runtime: {e}"))?;
@@ -262,6 +268,44 @@ impl App {
 }
 
 /// Creates the bots the configuration declares, or brings their settings up to date.
+/// How providers of kind `builtin` are built: by `confab-llm-local` when compiled in.
+fn builtin_builder() -> Option<confab_bots::catalog::BuiltinBuilder> {
+    #[cfg(feature = "builtin-model")]
+    return Some(std::sync::Arc::new(confab_llm_local::build));
+    #[cfg(not(feature = "builtin-model"))]
+    None
+}
+
+/// The zero-configuration bot: provider `builtin` and bot `assistant`, unless the configuration declares
+/// those names itself. A missing model file does not stop the start: the provider is listed unavailable
+/// and the bot answers with a failure until the file is there.
+fn add_builtin(config: &Config, catalog: &confab_bots::Catalog, bots: &mut Vec<config::BotDecl>) {
+    let b = &config.builtin;
+    if !b.enabled {
+        return;
+    }
+    if builtin_builder().is_none() {
+        tracing::info!("the built-in model is not part of this build (cargo feature `builtin-model`)");
+        return;
+    }
+    let declared = config
+        .providers
+        .iter()
+        .any(|p| p.name == config::BuiltinConfig::PROVIDER);
+    if !declared {
+        match catalog.add_optional(b.provider()) {
+            Ok(()) => {}
+            Err(reason) => tracing::warn!(
+                %reason,
+                "the built-in model is unavailable; fetch it with scripts/fetch-model.sh (or set builtin.model_path)"
+            ),
+        }
+    }
+    if !b.bot.is_empty() && !bots.iter().any(|d| d.id == b.bot) {
+        bots.push(b.bot());
+    }
+}
+
 async fn declare_bots(service: &Confab, decls: &[config::BotDecl]) -> anyhow::Result<()> {
     use confab_domain::model::{NewUser, UserPatch};
     use confab_domain::{DomainError, UserId};

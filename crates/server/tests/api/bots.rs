@@ -109,16 +109,7 @@ async fn a_direct_message_to_a_bot_streams_a_complete_reply() {
     )
     .await;
     let alice = app.user("alice").await;
-    let (s, ch) = app
-        .call(
-            "POST",
-            "/api/v1/channels",
-            &alice,
-            Some(json!({"kind": "direct", "user_ids": ["helper"]})),
-        )
-        .await;
-    assert_eq!(s, 201, "{ch}");
-    let cid = ch["id"].as_str().unwrap().to_string();
+    let cid = app.direct_with(&alice, "helper").await;
     let mut ws = app.ws(&alice, json!({})).await;
     send_json(
         &mut ws,
@@ -482,16 +473,7 @@ async fn early_started_replies_follow_their_trigger_and_retries_call_no_provider
     create_bot(&app, "early", json!({"provider": "fake"})).await;
     let alice = app.user("alice").await;
     let mallory = app.user("mallory").await;
-    let (s, ch) = app
-        .call(
-            "POST",
-            "/api/v1/channels",
-            &alice,
-            Some(json!({"kind": "direct", "user_ids": ["early"]})),
-        )
-        .await;
-    assert_eq!(s, 201, "{ch}");
-    let cid = ch["id"].as_str().unwrap().to_string();
+    let cid = app.direct_with(&alice, "early").await;
     let mut ws = app.ws(&alice, json!({})).await;
     let send = json!({"type": "send", "req_id": "1", "channel_id": cid, "text": "hello", "client_msg_id": "m-1"});
     send_json(&mut ws, send.clone()).await;

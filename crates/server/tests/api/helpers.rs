@@ -31,6 +31,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
+    // Tests opt in to the built-in model (tests/api/builtin.rs): loading it takes a while.
+    config.builtin.enabled = false;
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -114,6 +116,20 @@ impl TestApp {
         v
     }
 
+    /// Opens (or finds) the direct channel of the token's user with `other`; returns its id.
+    pub async fn direct_with(&self, token: &str, other: &str) -> String {
+        let (s, ch) = self
+            .call(
+                "POST",
+                "/api/v1/channels",
+                token,
+                Some(json!({"kind": "direct", "user_ids": [other]})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{s} {ch}");
+        ch["id"].as_str().unwrap().to_string()
+    }
+
     /// Connects a WebSocket and completes the hello/welcome exchange.
     pub async fn ws(&self, token: &str, resume: Value) -> Ws {
         let url = format!("ws://{}/api/v1/ws?token={}", self.addr, token);
@@ -139,8 +155,13 @@ pub async fn send_json(ws: &mut Ws, v: Value) {
 
 /// The next text frame as JSON (pings and pongs skipped); panics after 10 s.
 pub async fn next_json(ws: &mut Ws) -> Value {
+    next_json_within(ws, Duration::from_secs(10)).await
+}
+
+/// [`next_json`] with the given wait (a real model can take a while between frames).
+pub async fn next_json_within(ws: &mut Ws, wait: Duration) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let msg = tokio::time::timeout(wait, ws.next())
             .await
             .expect("timed out waiting for a frame")
             .expect("socket closed")
@@ -180,5 +201,53 @@ pub async fn close_code(ws: &mut Ws, wait: Duration) -> Option<u16> {
             Ok(Some(Err(_))) | Ok(None) => return None,
             Err(_) => panic!("no close frame within {wait:?}"),
         }
+    }
+}
+
+/// A bot reply as a client saw it after its `message.new` (`generating`): the deltas joined (checked to
+/// arrive in order), and its final `message.updated`.
+pub struct StreamedReply {
+    pub streamed: String,
+    pub deltas: usize,
+    /// When the first delta arrived.
+    pub first_delta: Option<std::time::Instant>,
+    pub fin: Value,
+}
+
+/// Follows the next reply of `bot` on `ws` to its final state, waiting up to `wait` for each frame.
+pub async fn follow_streamed_reply(ws: &mut Ws, bot: &str, wait: Duration) -> StreamedReply {
+    let created = loop {
+        let f = next_json_within(ws, wait).await;
+        if f["type"] == "message.new" && f["message"]["sender_id"] == bot {
+            break f;
+        }
+    };
+    assert_eq!(created["message"]["reply"]["state"], "generating", "{created}");
+    let id = created["message"]["id"].as_i64().unwrap();
+    let (mut streamed, mut deltas, mut first_delta) = (String::new(), 0, None);
+    let fin = loop {
+        let f = next_json_within(ws, wait).await;
+        match f["type"].as_str().unwrap() {
+            "message.delta" if f["message_id"] == id => {
+                assert_eq!(
+                    f["offset"].as_u64().unwrap() as usize,
+                    streamed.len(),
+                    "deltas arrive in order"
+                );
+                streamed.push_str(f["delta"].as_str().unwrap());
+                deltas += 1;
+                first_delta.get_or_insert_with(std::time::Instant::now);
+            }
+            "message.updated" if f["message"]["id"] == id && f["message"]["reply"]["state"] != "generating" => {
+                break f["message"].clone();
+            }
+            _ => {}
+        }
+    };
+    StreamedReply {
+        streamed,
+        deltas,
+        first_delta,
+        fin,
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Needs `scripts/test-models.sh` (builds llama-server and fetches the GGUF into `target/test-models/`),
 //! or `CONFAB_LLAMA_SERVER` and `CONFAB_TEST_GGUF` naming them. Without them the test prints why it skips
-//! and passes, unless `CONFAB_REQUIRE_LLAMA=1` (as in CI) makes a missing binary or model a failure.
+//! and passes, unless `CONFAB_REQUIRE_MODELS=1` (as in CI) makes a missing binary or model a failure.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,9 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use confab_llm::{ProviderConfig, ProviderKind};
-use futures_util::StreamExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -127,28 +125,12 @@ impl Drop for LlamaServer {
     }
 }
 
-/// The next text frame as JSON, with a wait long enough for a slow model.
-async fn next_frame(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(FRAME_TIMEOUT, ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("socket closed")
-            .expect("socket error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_bot_on_a_real_llama_server_streams_a_complete_reply() {
     let (server, model) = match locate() {
         Ok(found) => found,
-        Err(why) if std::env::var("CONFAB_REQUIRE_LLAMA").is_ok_and(|v| v == "1") => {
-            panic!("CONFAB_REQUIRE_LLAMA=1 but {why}")
+        Err(why) if std::env::var("CONFAB_REQUIRE_MODELS").is_ok_and(|v| v == "1") => {
+            panic!("CONFAB_REQUIRE_MODELS=1 but {why}")
         }
         Err(why) => {
             eprintln!("skipping: {why}");
@@ -184,16 +166,7 @@ async fn a_bot_on_a_real_llama_server_streams_a_complete_reply() {
         .await;
     assert_eq!(s, 201, "{v}");
     let alice = app.user("alice").await;
-    let (s, ch) = app
-        .call(
-            "POST",
-            "/api/v1/channels",
-            &alice,
-            Some(json!({"kind": "direct", "user_ids": ["smol"]})),
-        )
-        .await;
-    assert_eq!(s, 201, "{ch}");
-    let cid = ch["id"].as_str().unwrap().to_string();
+    let cid = app.direct_with(&alice, "smol").await;
     let mut ws = app.ws(&alice, json!({})).await;
     let sent_at = Instant::now();
     send_json(
@@ -203,36 +176,14 @@ async fn a_bot_on_a_real_llama_server_streams_a_complete_reply() {
     .await;
 
     // The reply appears at once as `generating`, then streams deltas in order, then ends in one update.
-    let created = loop {
-        let f = next_frame(&mut ws).await;
-        if f["type"] == "message.new" && f["message"]["sender_id"] == "smol" {
-            break f;
-        }
-    };
-    assert_eq!(created["message"]["reply"]["state"], "generating", "{created}");
-    let id = created["message"]["id"].as_i64().unwrap();
-    let mut streamed = String::new();
-    let mut deltas = 0;
-    let mut first_delta = None;
-    let fin = loop {
-        let f = next_frame(&mut ws).await;
-        match f["type"].as_str().unwrap() {
-            "message.delta" if f["message_id"] == id => {
-                assert_eq!(
-                    f["offset"].as_u64().unwrap() as usize,
-                    streamed.len(),
-                    "deltas arrive in order"
-                );
-                streamed.push_str(f["delta"].as_str().unwrap());
-                deltas += 1;
-                first_delta.get_or_insert_with(|| sent_at.elapsed());
-            }
-            "message.updated" if f["message"]["id"] == id && f["message"]["reply"]["state"] != "generating" => {
-                break f["message"].clone();
-            }
-            _ => {}
-        }
-    };
+    let StreamedReply {
+        streamed,
+        deltas,
+        first_delta,
+        fin,
+        ..
+    } = follow_streamed_reply(&mut ws, "smol", FRAME_TIMEOUT).await;
+    let first_delta = first_delta.map(|t| t - sent_at);
     let reply_in = sent_at.elapsed();
     let text = fin["text"].as_str().unwrap_or_default().to_string();
     let first_delta = first_delta.map_or_else(|| "-".to_string(), |d| format!("{d:.2?}"));

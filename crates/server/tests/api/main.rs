@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
 
 mod bots;
+mod builtin;
 mod durability;
 mod files;
 mod helpers;
