@@ -15,7 +15,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use confab_llm::{ChatRequest, LlmError, StreamEvent};
 use tokio::sync::mpsc;
 
-use crate::llama::{Model, State};
+use crate::llama::{Model, Scratch, State};
 use crate::tokenizer::ChatTokenizer;
 
 /// Prompt tokens processed per step: bounds how long one conversation's prompt holds up the others.
@@ -134,6 +134,7 @@ impl Worker {
     fn run(self) {
         let tokenizer = self.tokenizer.clone();
         let model = self.model.clone();
+        let mut scratch = Scratch::default();
         let mut active: Vec<Conversation<'_>> = Vec::new();
         loop {
             {
@@ -155,7 +156,33 @@ impl Worker {
                     q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             }
-            active.retain_mut(|c| c.step(&self.shared.generated));
+            // One step for every conversation together: a prompt chunk or the last sampled token each.
+            let mut inputs: Vec<Vec<u32>> = Vec::with_capacity(active.len());
+            active.retain_mut(|c| match c.input(&self.shared.generated) {
+                Some(tokens) => {
+                    inputs.push(tokens);
+                    true
+                }
+                None => false,
+            });
+            if !active.is_empty() {
+                let mut segs: Vec<(&[u32], &mut State)> = inputs
+                    .iter()
+                    .zip(active.iter_mut())
+                    .map(|(t, c)| (t.as_slice(), &mut c.state))
+                    .collect();
+                match model.forward_batch(&mut segs, &mut scratch) {
+                    Ok(()) => {
+                        let mut fed = inputs.iter();
+                        active.retain_mut(|c| c.after(fed.next().map_or(0, Vec::len)));
+                    }
+                    Err(e) => {
+                        for c in active.drain(..) {
+                            c.fail(&e);
+                        }
+                    }
+                }
+            }
             self.shared.active.store(active.len(), Ordering::Release);
         }
     }
@@ -203,7 +230,6 @@ impl Worker {
         };
         Some(Conversation {
             tx,
-            model,
             state: State::new(model),
             tokenizer,
             decoder: tokenizer.tokenizer().decode_stream(true),
@@ -232,7 +258,6 @@ fn rand_seed() -> u64 {
 /// One conversation being generated, with its own KV cache (the weights are shared).
 struct Conversation<'t> {
     tx: EventTx,
-    model: &'t Model,
     state: State,
     tokenizer: &'t ChatTokenizer,
     decoder: tokenizers::DecodeStream<
@@ -254,57 +279,68 @@ struct Conversation<'t> {
 }
 
 impl Conversation<'_> {
-    /// One step: a prompt chunk, or one generated token. False when the conversation is over.
-    fn step(&mut self, generated: &AtomicU64) -> bool {
+    /// What this conversation feeds the model next: its next prompt chunk, or the token it sampled last
+    /// (which is first streamed to the client). `None` when it is over: stopped (stream dropped), at its
+    /// end-of-turn token, or at its token cap.
+    fn input(&mut self, generated: &AtomicU64) -> Option<Vec<u32>> {
         if self.tx.is_closed() {
-            return false; // stopped: the stream was dropped
+            return None; // stopped: the stream was dropped
         }
-        match self.try_step(generated) {
-            Ok(go_on) => go_on,
-            Err(e) => {
-                let _ = self
-                    .tx
-                    .send(Err(LlmError::StreamCut(format!("the built-in model failed: {e}"))));
-                false
-            }
-        }
-    }
-
-    fn try_step(&mut self, generated: &AtomicU64) -> Result<bool, crate::LocalError> {
         if self.prefilled < self.prompt.len() {
             let end = (self.prefilled + PREFILL_CHUNK).min(self.prompt.len());
-            self.model.forward(&self.prompt[self.prefilled..end], &mut self.state)?;
-            self.prefilled = end;
-            if end == self.prompt.len() {
-                self.next = Some(self.sample()?);
-            }
-            return Ok(true);
+            return Some(self.prompt[self.prefilled..end].to_vec());
         }
-        let Some(token) = self.next.take() else {
-            return Ok(false);
-        };
+        let token = self.next.take()?;
         if self.tokenizer.stop_ids().contains(&token) {
             self.finish("stop");
-            return Ok(false);
+            return None;
         }
         self.generated.push(token);
         generated.fetch_add(1, Ordering::AcqRel);
         match self.decoder.step(token) {
             Ok(Some(piece)) => {
                 if self.tx.send(Ok(StreamEvent::Delta(piece))).is_err() {
-                    return Ok(false);
+                    return None;
                 }
             }
             Ok(None) => {} // part of a multi-byte character: comes out with the next token
-            Err(e) => return Err(crate::LocalError::Model(format!("detokenizing: {e}"))),
+            Err(e) => {
+                self.fail(&crate::LocalError::Model(format!("detokenizing: {e}")));
+                return None;
+            }
         }
         if self.generated.len() >= self.max_new {
             self.finish("length");
-            return Ok(false);
+            return None;
         }
-        self.model.forward(&[token], &mut self.state)?;
-        self.next = Some(self.sample()?);
-        Ok(true)
+        Some(vec![token])
+    }
+
+    /// After the model ran `fed` tokens of this conversation: samples the next token once the prompt is in.
+    /// False when the conversation failed.
+    fn after(&mut self, fed: usize) -> bool {
+        if self.prefilled < self.prompt.len() {
+            self.prefilled += fed;
+            if self.prefilled < self.prompt.len() {
+                return true;
+            }
+        }
+        match self.sample() {
+            Ok(t) => {
+                self.next = Some(t);
+                true
+            }
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
+        }
+    }
+
+    fn fail(&self, e: &crate::LocalError) {
+        let _ = self
+            .tx
+            .send(Err(LlmError::StreamCut(format!("the built-in model failed: {e}"))));
     }
 
     fn sample(&mut self) -> Result<u32, crate::LocalError> {

@@ -125,12 +125,25 @@ impl Matrix {
     /// `out` is `tokens * self.rows` long). Each weight row is read once for all tokens.
     pub fn mul(&self, x: &[BlockQ8], tokens: usize, rows: std::ops::Range<usize>, out: &OutRows<'_>) {
         let per_row = self.cols / BLOCK;
+        let xs = |t: usize| &x[t * per_row..(t + 1) * per_row];
         for r in rows {
-            for t in 0..tokens {
-                let xq = &x[t * per_row..(t + 1) * per_row];
+            let mut t = 0;
+            // Four tokens at a time: each weight block is unpacked once for all four.
+            while t + 4 <= tokens {
+                let xq = [xs(t), xs(t + 1), xs(t + 2), xs(t + 3)];
                 let v = match &self.w {
-                    Weights::Q4_1(w) => dot_q4_1(&w[r * per_row..(r + 1) * per_row], xq),
-                    Weights::Q8_0(w) => dot_q8_0(&w[r * per_row..(r + 1) * per_row], xq),
+                    Weights::Q4_1(w) => dot4_q4_1(&w[r * per_row..(r + 1) * per_row], xq),
+                    Weights::Q8_0(w) => dot4_q8_0(&w[r * per_row..(r + 1) * per_row], xq),
+                };
+                for (i, v) in v.into_iter().enumerate() {
+                    out.set((t + i) * self.rows + r, v);
+                }
+                t += 4;
+            }
+            for t in t..tokens {
+                let v = match &self.w {
+                    Weights::Q4_1(w) => dot_q4_1(&w[r * per_row..(r + 1) * per_row], xs(t)),
+                    Weights::Q8_0(w) => dot_q8_0(&w[r * per_row..(r + 1) * per_row], xs(t)),
                 };
                 out.set(t * self.rows + r, v);
             }
@@ -194,6 +207,28 @@ pub fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8]) -> f32 {
         return unsafe { x86::dot_q8_0(w, x) };
     }
     dot_q8_0_portable(w, x)
+}
+
+/// [`dot_q4_1`] of one weight row with four activation rows.
+#[inline]
+pub fn dot4_q4_1(w: &[BlockQ4_1], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+        return unsafe { x86::dot4_q4_1(w, x) };
+    }
+    x.map(|x| dot_q4_1_portable(w, x))
+}
+
+/// [`dot_q8_0`] of one weight row with four activation rows.
+#[inline]
+pub fn dot4_q8_0(w: &[BlockQ8_0], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+        return unsafe { x86::dot4_q8_0(w, x) };
+    }
+    x.map(|x| dot_q8_0_portable(w, x))
 }
 
 pub fn dot_q4_1_portable(w: &[BlockQ4_1], x: &[BlockQ8]) -> f32 {
@@ -266,6 +301,48 @@ mod x86 {
             offsets += f16_to_f32(b.m) * a.s;
         }
         hsum(acc) + offsets
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot4_q4_1(w: &[BlockQ4_1], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = [0f32; 4];
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        for (i, b) in w.iter().enumerate() {
+            // SAFETY (loads): `qs` is 16 bytes, each `a.qs` 32; unaligned loads.
+            let nibbles = unsafe { _mm_loadu_si128(b.qs.as_ptr() as *const __m128i) };
+            let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nibbles, 4), nibbles), low);
+            let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
+            for t in 0..4 {
+                let a = &x[t][i];
+                let xq = unsafe { _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i) };
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[t]);
+                offsets[t] += m * a.s;
+            }
+        }
+        [0, 1, 2, 3].map(|t| hsum(acc[t]) + offsets[t])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot4_q8_0(w: &[BlockQ8_0], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let ones = _mm256_set1_epi16(1);
+        for (i, b) in w.iter().enumerate() {
+            // SAFETY (loads): 32 bytes each; unaligned loads.
+            let wq = unsafe { _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i) };
+            let wabs = _mm256_sign_epi8(wq, wq);
+            let d = f16_to_f32(b.d);
+            for t in 0..4 {
+                let a = &x[t][i];
+                let xq = unsafe { _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i) };
+                let pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xq, wq));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[t]);
+            }
+        }
+        [0, 1, 2, 3].map(|t| hsum(acc[t]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -347,10 +424,11 @@ mod tests {
         let mut row = vec![0f32; blocks * BLOCK];
         m.row_f32(0, &mut row);
         let exact: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
-        let (portable, fast) = match &m.w {
-            Weights::Q4_1(w) => (dot_q4_1_portable(w, &xq), dot_q4_1(w, &xq)),
-            Weights::Q8_0(w) => (dot_q8_0_portable(w, &xq), dot_q8_0(w, &xq)),
+        let (portable, fast, four) = match &m.w {
+            Weights::Q4_1(w) => (dot_q4_1_portable(w, &xq), dot_q4_1(w, &xq), dot4_q4_1(w, [&xq[..]; 4])),
+            Weights::Q8_0(w) => (dot_q8_0_portable(w, &xq), dot_q8_0(w, &xq), dot4_q8_0(w, [&xq[..]; 4])),
         };
+        assert_eq!(four, [fast; 4], "four rows at once give what one does");
         assert!(
             (portable - fast).abs() <= 1e-3 * portable.abs().max(1.0),
             "{portable} vs {fast}"

@@ -195,26 +195,41 @@ impl Model {
         self.output.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Runs `tokens` (at positions `state.len..`) through the model, appending to the KV cache; returns
-    /// the logits after the last token.
+    /// Runs `tokens` (at positions `state.len..`) through the model, appending to the KV cache; the logits
+    /// after the last token are then in [`State::logits`].
     pub fn forward(&self, tokens: &[u32], state: &mut State) -> Result<(), LocalError> {
+        let mut scratch = std::mem::take(&mut state.scratch);
+        let r = self.forward_batch(&mut [(tokens, &mut *state)], &mut scratch);
+        state.scratch = scratch;
+        r
+    }
+
+    /// One step for several conversations at once: each segment's tokens continue its own state. The
+    /// matrix products run over all the tokens together, reading each weight row once for the whole batch
+    /// (several conversations decode for about the memory traffic of one); attention stays per conversation.
+    pub fn forward_batch(&self, segs: &mut [(&[u32], &mut State)], s: &mut Scratch) -> Result<(), LocalError> {
         let c = &self.cfg;
-        let n = tokens.len();
-        let start = state.len;
-        if n == 0 || start + n > c.context {
-            return Err(LocalError::Model(format!("context of {} tokens exceeded", c.context)));
-        }
         let (dim, kv_dim, hd) = (c.dim, c.kv_heads * c.head_dim, c.head_dim);
-        state.reserve(self, start + n, n);
-        let s = &mut *state;
-        let cap = s.cap;
-        for (t, &tok) in tokens.iter().enumerate() {
-            if tok as usize >= c.vocab {
-                return Err(LocalError::Model(format!("token {tok} outside the vocabulary")));
+        // Each token's conversation and position.
+        let mut at: Vec<(usize, usize)> = Vec::new();
+        for (i, (tokens, state)) in segs.iter_mut().enumerate() {
+            let start = state.len;
+            if tokens.is_empty() || start + tokens.len() > c.context {
+                return Err(LocalError::Model(format!("context of {} tokens exceeded", c.context)));
             }
-            self.embed.row_f32(tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
+            if let Some(t) = tokens.iter().find(|t| **t as usize >= c.vocab) {
+                return Err(LocalError::Model(format!("token {t} outside the vocabulary")));
+            }
+            state.reserve(self, start + tokens.len());
+            at.extend((start..start + tokens.len()).map(|p| (i, p)));
+        }
+        let n = at.len();
+        s.reserve(self, n, segs.len());
+        for (t, tok) in segs.iter().flat_map(|(tokens, _)| tokens.iter()).enumerate() {
+            self.embed.row_f32(*tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
         let scale = 1.0 / (hd as f32).sqrt();
+        let group = c.heads / c.kv_heads;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention.
             rms_norm(&s.x[..n * dim], &layer.attn_norm, c.eps, &mut s.xn[..n * dim], dim);
@@ -223,35 +238,33 @@ impl Model {
                 let q = OutRows::new(&mut s.q[..n * dim]);
                 let k = OutRows::new(&mut s.k[..n * kv_dim]);
                 let v = OutRows::new(&mut s.v[..n * kv_dim]);
-                let xq = &s.xq;
-                parallel(&[(&layer.wq, &q), (&layer.wk, &k), (&layer.wv, &v)], xq, n);
+                parallel(&[(&layer.wq, &q), (&layer.wk, &k), (&layer.wv, &v)], &s.xq, n);
             }
-            for t in 0..n {
-                let pos = start + t;
+            for (t, &(seg, pos)) in at.iter().enumerate() {
                 self.rope(&mut s.q[t * dim..(t + 1) * dim], pos);
                 self.rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], pos);
-                let at = (l * cap + pos) * kv_dim;
-                s.k_cache[at..at + kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
-                s.v_cache[at..at + kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
+                let st = &mut *segs[seg].1;
+                let o = (l * st.cap + pos) * kv_dim;
+                st.k_cache[o..o + kv_dim].copy_from_slice(&s.k[t * kv_dim..(t + 1) * kv_dim]);
+                st.v_cache[o..o + kv_dim].copy_from_slice(&s.v[t * kv_dim..(t + 1) * kv_dim]);
             }
-            let group = c.heads / c.kv_heads;
-            for t in 0..n {
-                let pos = start + t;
+            for (t, &(seg, pos)) in at.iter().enumerate() {
+                let st = &*segs[seg].1;
                 for h in 0..c.heads {
                     let kvh = h / group;
                     let q = &s.q[t * dim + h * hd..t * dim + (h + 1) * hd];
                     let scores = &mut s.scores[..pos + 1];
                     for (j, sc) in scores.iter_mut().enumerate() {
-                        let at = (l * cap + j) * kv_dim + kvh * hd;
-                        *sc = dot_f32(q, &s.k_cache[at..at + hd]) * scale;
+                        let o = (l * st.cap + j) * kv_dim + kvh * hd;
+                        *sc = dot_f32(q, &st.k_cache[o..o + hd]) * scale;
                     }
                     softmax(scores);
                     let out = &mut s.att[t * dim + h * hd..t * dim + (h + 1) * hd];
                     out.fill(0.0);
                     for (j, &p) in scores.iter().enumerate() {
-                        let at = (l * cap + j) * kv_dim + kvh * hd;
-                        for (o, v) in out.iter_mut().zip(&s.v_cache[at..at + hd]) {
-                            *o += p * v;
+                        let o = (l * st.cap + j) * kv_dim + kvh * hd;
+                        for (a, v) in out.iter_mut().zip(&st.v_cache[o..o + hd]) {
+                            *a += p * v;
                         }
                     }
                 }
@@ -284,15 +297,23 @@ impl Model {
                 *x += d;
             }
         }
-        // Logits of the last token only.
-        let last = &s.x[(n - 1) * dim..n * dim];
-        rms_norm(last, &self.norm, c.eps, &mut s.xn[..dim], dim);
-        quantize_rows(&s.xn[..dim], &mut s.xq, dim);
-        {
-            let out = OutRows::new(&mut s.logits);
-            parallel(&[(self.output(), &out)], &s.xq, 1);
+        // Logits after each conversation's last token, in one product.
+        let m = segs.len();
+        let mut end = 0;
+        for (i, (tokens, _)) in segs.iter().enumerate() {
+            end += tokens.len();
+            let last = &s.x[(end - 1) * dim..end * dim];
+            rms_norm(last, &self.norm, c.eps, &mut s.xn[i * dim..(i + 1) * dim], dim);
         }
-        s.len = start + n;
+        quantize_rows(&s.xn[..m * dim], &mut s.xq, dim);
+        {
+            let out = OutRows::new(&mut s.logits[..m * c.vocab]);
+            parallel(&[(self.output(), &out)], &s.xq, m);
+        }
+        for (i, (tokens, state)) in segs.iter_mut().enumerate() {
+            state.logits.copy_from_slice(&s.logits[i * c.vocab..(i + 1) * c.vocab]);
+            state.len += tokens.len();
+        }
         Ok(())
     }
 
@@ -311,58 +332,38 @@ impl Model {
     }
 }
 
-/// One conversation's state: its KV cache and scratch buffers.
+/// One conversation's state: its KV cache and the logits after its last token.
 pub struct State {
     /// Tokens in the cache.
     pub len: usize,
     /// Positions allocated in the caches (grown in steps).
     cap: usize,
-    /// Tokens the scratch buffers hold.
-    batch: usize,
     k_cache: Vec<f32>,
     v_cache: Vec<f32>,
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    xq: Vec<BlockQ8>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    scores: Vec<f32>,
     logits: Vec<f32>,
+    /// Buffers for [`Model::forward`] (a batch of one).
+    scratch: Scratch,
 }
 
 impl State {
+    pub fn new(model: &Model) -> State {
+        State {
+            len: 0,
+            cap: 0,
+            k_cache: Vec::new(),
+            v_cache: Vec::new(),
+            logits: vec![0.0; model.cfg.vocab],
+            scratch: Scratch::default(),
+        }
+    }
+
     /// The logits after the last token given to [`Model::forward`].
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }
 
-    pub fn new(model: &Model) -> State {
-        State {
-            len: 0,
-            cap: 0,
-            batch: 0,
-            k_cache: Vec::new(),
-            v_cache: Vec::new(),
-            x: Vec::new(),
-            xn: Vec::new(),
-            xq: Vec::new(),
-            q: Vec::new(),
-            k: Vec::new(),
-            v: Vec::new(),
-            att: Vec::new(),
-            gate: Vec::new(),
-            up: Vec::new(),
-            scores: Vec::new(),
-            logits: vec![0.0; model.cfg.vocab],
-        }
-    }
-
-    /// Room for `positions` in the cache and `tokens` at once in the scratch buffers.
-    fn reserve(&mut self, model: &Model, positions: usize, tokens: usize) {
+    /// Room for `positions` in the cache.
+    fn reserve(&mut self, model: &Model, positions: usize) {
         let c = &model.cfg;
         let kv_dim = c.kv_heads * c.head_dim;
         if positions > self.cap {
@@ -378,7 +379,32 @@ impl State {
             }
             self.cap = new_cap;
         }
-        if tokens > self.batch {
+    }
+}
+
+/// Buffers of one step, sized for the largest batch so far and reused.
+#[derive(Default)]
+pub struct Scratch {
+    tokens: usize,
+    seqs: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    xq: Vec<BlockQ8>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Scratch {
+    fn reserve(&mut self, model: &Model, tokens: usize, seqs: usize) {
+        let c = &model.cfg;
+        let kv_dim = c.kv_heads * c.head_dim;
+        if tokens > self.tokens {
             let widest = c.dim.max(c.ff);
             self.x = vec![0.0; tokens * c.dim];
             self.xn = vec![0.0; tokens * c.dim];
@@ -389,10 +415,14 @@ impl State {
             self.att = vec![0.0; tokens * c.dim];
             self.gate = vec![0.0; tokens * c.ff];
             self.up = vec![0.0; tokens * c.ff];
-            self.batch = tokens;
+            self.tokens = tokens;
         }
-        if self.scores.len() < positions {
-            self.scores = vec![0.0; positions.next_power_of_two().min(c.context)];
+        if seqs > self.seqs {
+            self.logits = vec![0.0; seqs * c.vocab];
+            self.seqs = seqs;
+        }
+        if self.scores.len() < c.context {
+            self.scores = vec![0.0; c.context];
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use candle_transformers::models::quantized_llama::ModelWeights;
 use confab_llm::{ChatMessage, ChatRequest, LlmError, LlmProvider, ProviderConfig, ProviderKind, StreamEvent};
-use confab_llm_local::llama::State;
+use confab_llm_local::llama::{Scratch, State};
 use confab_llm_local::tokenizer::ChatTokenizer;
 use confab_llm_local::{BuiltinProvider, LoadedModel};
 use futures_util::StreamExt;
@@ -196,6 +196,31 @@ fn logits_match_candles_llama_implementation() {
     close(state.logits(), &theirs);
 }
 
+/// Several conversations in one step give what each gives alone.
+#[test]
+fn a_batch_of_conversations_equals_each_alone() {
+    let Some(m) = loaded() else { return };
+    let a = m.tokenizer.encode_text("Once upon a time").unwrap();
+    let b = m.tokenizer.encode_text("The capital of France is").unwrap();
+    let (mut sa, mut sb) = (State::new(&m.model), State::new(&m.model));
+    let mut scratch = Scratch::default();
+    m.model
+        .forward_batch(&mut [(&a[..], &mut sa), (&b[..], &mut sb)], &mut scratch)
+        .unwrap();
+    // A decoding step for one and a longer chunk for the other, together.
+    m.model
+        .forward_batch(&mut [(&[42][..], &mut sa), (&b[..2], &mut sb)], &mut scratch)
+        .unwrap();
+    let (mut alone_a, mut alone_b) = (State::new(&m.model), State::new(&m.model));
+    m.model.forward(&a, &mut alone_a).unwrap();
+    m.model.forward(&[42], &mut alone_a).unwrap();
+    m.model.forward(&b, &mut alone_b).unwrap();
+    m.model.forward(&b[..2], &mut alone_b).unwrap();
+    assert_eq!(sa.logits(), alone_a.logits());
+    assert_eq!(sb.logits(), alone_b.logits());
+    assert_eq!((sa.len, sb.len), (a.len() + 1, b.len() + 2));
+}
+
 /// A prompt run as one batch gives what it gives token by token.
 #[test]
 fn batched_prompts_equal_token_by_token() {
@@ -251,9 +276,12 @@ async fn a_seeded_answer_streams_and_stops_at_the_end_of_turn() {
     );
     assert!(!text.contains("<|im_end|>"));
 
-    // The same seed gives the same answer.
-    let again = confab_llm::collect(p.stream(ask("What is the capital of France?", 64)).await.unwrap()).await;
-    assert_eq!(again.text, text);
+    // The same seed gives the same answer, also when two conversations are generated in one batch.
+    let (x, y) = tokio::join!(
+        confab_llm::collect(p.stream(ask("What is the capital of France?", 64)).await.unwrap()),
+        confab_llm::collect(p.stream(ask("What is the capital of France?", 64)).await.unwrap()),
+    );
+    assert_eq!((x.text.as_str(), y.text.as_str()), (text.as_str(), text.as_str()));
 }
 
 #[tokio::test]
