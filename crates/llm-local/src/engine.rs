@@ -1,6 +1,7 @@
-//! Generation: one dedicated thread steps every active conversation in turn, one token (or one prompt
-//! chunk) at a time, so conversations share the model fairly and a long prompt never starves the others.
-//! The matrix products inside each step use every core (candle's thread pool, `CANDLE_NUM_THREADS`).
+//! Generation: one dedicated thread advances every active conversation in each step, one token (or one
+//! prompt chunk of at most 128 tokens) each, through one batched forward pass: the weights are read once
+//! per step for all of them, conversations share the model fairly, and a long prompt never starves the
+//! others. The matrix products inside each step use every core (candle's barrier pool, `CANDLE_NUM_THREADS`).
 //!
 //! Up to `max_active` conversations are generated at once; up to `max_queue` more wait in arrival order;
 //! beyond that a call fails at once. A conversation whose stream was dropped (stop) is abandoned before

@@ -3,7 +3,7 @@
 //!
 //! * [`load`] reads the GGUF: weights (requantized to Q8_0 where candle has no fast CPU kernel for the
 //!   file's type, e.g. Q4_1), tokenizer and chat template rebuilt from the metadata ([`tokenizer`]).
-//! * [`engine`] generates on a dedicated thread, interleaving conversations token by token.
+//! * [`engine`] generates on a dedicated thread, all active conversations in one batched step.
 //! * [`BuiltinProvider`] streams deltas, then usage (real token counts) and `Done`; dropping the stream
 //!   stops generation before the next token.
 

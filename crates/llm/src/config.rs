@@ -116,7 +116,7 @@ pub struct ProviderConfig {
     /// The model file (GGUF).
     #[serde(default)]
     pub model_path: Option<String>,
-    /// Conversations generated at once, interleaved token by token; more wait in the queue.
+    /// Conversations generated at once (one batched step for all); more wait in the queue.
     #[serde(default = "defaults::max_active")]
     pub max_active: usize,
     /// Conversations waiting for a slot; beyond this a call fails at once as overloaded.

@@ -41,7 +41,7 @@ pub struct BuiltinConfig {
     pub model_path: PathBuf,
     /// The bot created to answer with it, unless `[[bots]]` declares that id ("" for none).
     pub bot: String,
-    /// Conversations generated at once (interleaved token by token) and waiting; see `confab-llm-local`.
+    /// Conversations generated at once (one batched step for all) and waiting; see `confab-llm-local`.
     pub max_active: usize,
     pub max_queue: usize,
 }
