@@ -185,7 +185,11 @@ impl App {
             .with_state(HealthState {
                 service: service.clone(),
             });
-        let router = confab_api_native::router(state, &limits).merge(health).layer(
+        let sendbird = confab_api_sendbird::router(service.clone(), limits.max_body_bytes);
+        let router = confab_api_native::router(state, &limits)
+            .merge(sendbird)
+            .merge(health)
+            .layer(
             ServiceBuilder::new()
                 .layer(
                     // Method and path only: query strings may carry tokens and are never logged.

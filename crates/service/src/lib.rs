@@ -145,14 +145,32 @@ impl Confab {
     }
 
     pub async fn issue_session(&self, actor: &Actor, user: &UserId) -> DomainResult<IssuedSession> {
+        self.issue_session_until(actor, user, None).await
+    }
+
+    /// Issues a session token that expires at `not_after` if given, and never later than the configured
+    /// session lifetime allows (the operator's limit wins over the caller's wish).
+    pub async fn issue_session_until(
+        &self,
+        actor: &Actor,
+        user: &UserId,
+        not_after: Option<Millis>,
+    ) -> DomainResult<IssuedSession> {
         require_admin(actor)?;
+        let now = now_millis();
+        if not_after.is_some_and(|t| t <= now) {
+            return Err(DomainError::invalid("expires_at", "must be in the future"));
+        }
         self.store
             .get_user(user)
             .await?
             .ok_or_else(|| DomainError::not_found("user", user))?;
         let token = generate_token("cfs_");
-        let now = now_millis();
-        let expires_at = self.cfg.session_ttl.map(|t| now + t.as_millis() as i64);
+        let configured = self.cfg.session_ttl.map(|t| now.saturating_add(t.as_millis() as i64));
+        let expires_at = match (configured, not_after) {
+            (Some(c), Some(w)) => Some(c.min(w)),
+            (c, w) => c.or(w),
+        };
         self.store
             .create_session(SessionRecord {
                 token_hash: sha256(token.as_bytes()),

@@ -9,3 +9,4 @@ mod limits;
 mod llama;
 mod realtime;
 mod rest;
+mod sendbird;
