@@ -215,7 +215,11 @@ impl BotRuntime {
                 // Decided off the event loop, so a burst of triggers never delays stops or other events.
                 let rt = self.clone();
                 tokio::spawn(async move {
-                    for bot in rt.triggered_bots(&m).await {
+                    let bots = rt.triggered_bots(&m).await;
+                    if !bots.is_empty() {
+                        rt.remember_trigger(&m);
+                    }
+                    for bot in bots {
                         let rt = rt.clone();
                         let trigger = m.clone();
                         tokio::spawn(async move { rt.reply(bot, trigger).await });
@@ -296,15 +300,9 @@ impl BotRuntime {
         if ch.bots.is_empty() {
             return Vec::new();
         }
-        let mut ids: Vec<UserId> = match ch.kind {
-            ChannelKind::Direct => ch.bots.clone(),
-            ChannelKind::Group => ch
-                .bots
-                .iter()
-                .filter(|b| m.mentions.contains(b) || mentions_in_text(&m.text, b))
-                .cloned()
-                .collect(),
-        };
+        let mut ids: Vec<UserId> = addressed_bots(ch.kind, &ch.bots, &m.mentions, &m.text)
+            .cloned()
+            .collect();
         if ids.is_empty()
             && ch.kind == ChannelKind::Group
             && let Some(parent_id) = m.parent_id
@@ -364,14 +362,7 @@ impl BotRuntime {
                 return None; // a retry: the store returns the original, whose replies exist
             }
         }
-        let ids: Vec<&UserId> = match ch.kind {
-            ChannelKind::Direct => ch.bots.iter().collect(),
-            ChannelKind::Group => ch
-                .bots
-                .iter()
-                .filter(|b| draft.mentions.contains(b) || mentions_in_text(&draft.text, b))
-                .collect(),
-        };
+        let ids: Vec<&UserId> = addressed_bots(ch.kind, &ch.bots, &draft.mentions, &draft.text).collect();
         if ids.is_empty() {
             return None; // nothing, or a thread follow-up, which needs the parent from the store
         }
@@ -383,12 +374,6 @@ impl BotRuntime {
     /// Hands a stored message to the early replies waiting for it. True when it had been seen early (then
     /// the commit event must not start replies of its own).
     fn claim(&self, m: &Arc<Message>, ticket: Option<u64>) -> bool {
-        if let (Some(sender), Some(cid)) = (&m.sender_id, &m.client_msg_id) {
-            self.recent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((sender.clone(), cid.clone()));
-        }
         let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
         let found = early.iter().position(|e| match ticket {
             Some(id) => e.id == id,
@@ -406,7 +391,20 @@ impl BotRuntime {
                 early.swap_remove(i);
             }
         }
+        drop(early);
+        self.remember_trigger(m);
         true
+    }
+
+    /// Records a message that triggered replies, so a retry of it (same sender and client id) never starts
+    /// replies early. Only triggers are recorded: other messages start nothing a retry could repeat.
+    fn remember_trigger(&self, m: &Message) {
+        if let (Some(sender), Some(cid)) = (&m.sender_id, &m.client_msg_id) {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((sender.clone(), cid.clone()));
+        }
     }
 
     /// Forgets an early trigger: its message was not stored (or the wait for it gave up).
@@ -853,6 +851,18 @@ fn early_context(mut history: Vec<Message>, trigger: &Message, limit: u32) -> Ve
     history
 }
 
+/// The bots a message addresses directly: every bot of a 1:1 channel; in a group, the bots it mentions (in
+/// the mention list or as `@id` in the text). Thread follow-ups are decided separately (they need the parent).
+fn addressed_bots<'a>(
+    kind: ChannelKind,
+    bots: &'a [UserId],
+    mentions: &'a [UserId],
+    text: &'a str,
+) -> impl Iterator<Item = &'a UserId> + 'a {
+    bots.iter()
+        .filter(move |b| kind == ChannelKind::Direct || mentions.contains(b) || mentions_in_text(text, b))
+}
+
 /// `@id` in the text, not followed by more id characters.
 fn mentions_in_text(text: &str, bot: &UserId) -> bool {
     let needle = format!("@{bot}");
@@ -1101,15 +1111,13 @@ mod tests {
     }
 
     fn msg(id: i64, sender: &str, text: &str, at: i64) -> Message {
-        let mut m = NewMessage::text(ChannelId::parse("c").unwrap(), UserId::parse(sender).unwrap(), text);
-        m.client_msg_id = None;
         Message {
             id: MessageId(id),
-            channel_id: m.channel_id,
+            channel_id: ChannelId::parse("c").unwrap(),
             seq: ChannelSeq(id as u64),
-            sender_id: m.sender_id,
-            kind: m.kind,
-            text: m.text,
+            sender_id: Some(UserId::parse(sender).unwrap()),
+            kind: confab_domain::model::MessageKind::Text,
+            text: text.into(),
             custom_type: String::new(),
             data: None,
             payload: None,

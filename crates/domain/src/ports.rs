@@ -114,6 +114,13 @@ pub trait Store: Send + Sync + 'static {
     async fn put_provider(&self, name: &str, config: serde_json::Value) -> DomainResult<()>;
     async fn delete_provider(&self, name: &str) -> DomainResult<()>;
     async fn list_providers(&self) -> DomainResult<Vec<(String, serde_json::Value)>>;
+
+    /// Small JSON settings owned by one part of the server (an API surface's webhook settings, a bot's
+    /// attributes that only one surface knows). The namespace names the owner; nothing else reads it.
+    async fn put_setting(&self, namespace: &str, key: &str, value: serde_json::Value) -> DomainResult<()>;
+    async fn get_setting(&self, namespace: &str, key: &str) -> DomainResult<Option<serde_json::Value>>;
+    /// True when the setting existed.
+    async fn delete_setting(&self, namespace: &str, key: &str) -> DomainResult<bool>;
 }
 
 /// A subscription to the event stream.

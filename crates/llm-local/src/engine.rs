@@ -60,11 +60,11 @@ impl Engine {
     pub fn start(
         model: Arc<Model>,
         tokenizer: Arc<ChatTokenizer>,
-        context_len: usize,
         max_active: usize,
         max_queue: usize,
         sampler: Sampler,
     ) -> std::io::Result<Engine> {
+        let context_len = model.cfg.context;
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
@@ -76,8 +76,8 @@ impl Engine {
         let worker = Worker {
             shared: shared.clone(),
             model,
-            tokenizer,
             context_len,
+            tokenizer,
             max_active: max_active.max(1),
             sampler,
         };

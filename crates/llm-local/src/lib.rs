@@ -110,11 +110,9 @@ impl BuiltinProvider {
             repeat_penalty: cfg.repeat_penalty,
             seed: cfg.seed,
         };
-        let context = model.context_len();
         let engine = Engine::start(
             Arc::new(model.model),
             Arc::new(model.tokenizer),
-            context,
             cfg.max_active,
             cfg.max_queue,
             sampler,

@@ -22,7 +22,7 @@ use confab_domain::model::{
 };
 use confab_domain::ports::{DynBus, SessionRecord, Store};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use writer::{Op, Outcome, WriteCmd, Writer, db_err};
@@ -456,6 +456,42 @@ impl Store for SqliteStore {
             .collect()
         })
         .await
+    }
+
+    async fn put_setting(&self, namespace: &str, key: &str, value: serde_json::Value) -> DomainResult<()> {
+        self.write(Op::PutSetting(
+            namespace.to_string(),
+            key.to_string(),
+            value.to_string(),
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_setting(&self, namespace: &str, key: &str) -> DomainResult<Option<serde_json::Value>> {
+        let (namespace, key) = (namespace.to_string(), key.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT value FROM settings WHERE namespace = ?1 AND key = ?2")?;
+            let mut rows = stmt.query(params![namespace, key])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            let text: String = row.get(0)?;
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+        })
+        .await
+    }
+
+    async fn delete_setting(&self, namespace: &str, key: &str) -> DomainResult<bool> {
+        match self
+            .write(Op::DeleteSetting(namespace.to_string(), key.to_string()))
+            .await?
+        {
+            Outcome::Count(n) => Ok(n > 0),
+            _ => Ok(false),
+        }
     }
 }
 

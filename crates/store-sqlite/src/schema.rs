@@ -113,6 +113,15 @@ CREATE TABLE providers (
     updated_at  INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE settings (
+    namespace   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -321,3 +321,24 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
     assert_eq!(swept.reply.unwrap().state, ReplyState::Interrupted);
     assert_eq!(store.sweep_generating().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn settings_are_kept_per_namespace_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let store = SqliteStore::open(SqliteConfig::new(path.clone()), Arc::new(LocalBus::new(16))).unwrap();
+        assert_eq!(store.get_setting("a", "k").await.unwrap(), None);
+        store.put_setting("a", "k", serde_json::json!({"x": 1})).await.unwrap();
+        store.put_setting("b", "k", serde_json::json!("other")).await.unwrap();
+        store.put_setting("a", "k", serde_json::json!({"x": 2})).await.unwrap();
+        assert!(store.delete_setting("b", "k").await.unwrap());
+        assert!(!store.delete_setting("b", "k").await.unwrap());
+    }
+    let store = SqliteStore::open(SqliteConfig::new(path), Arc::new(LocalBus::new(16))).unwrap();
+    assert_eq!(
+        store.get_setting("a", "k").await.unwrap(),
+        Some(serde_json::json!({"x": 2}))
+    );
+    assert_eq!(store.get_setting("b", "k").await.unwrap(), None);
+}

@@ -46,6 +46,8 @@ pub enum Op {
     RecordUsage(UsageRecord),
     PutProvider(String, String),
     DeleteProvider(String),
+    PutSetting(String, String, String),
+    DeleteSetting(String, String),
 }
 
 pub enum Outcome {
@@ -251,6 +253,22 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                 return Err(DomainError::not_found("provider", name));
             }
             Ok(Outcome::Unit)
+        }
+        Op::PutSetting(namespace, key, json) => {
+            conn.prepare_cached(
+                "INSERT INTO settings (namespace, key, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![namespace, key, json, now]))
+            .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+        Op::DeleteSetting(namespace, key) => {
+            let n = conn
+                .prepare_cached("DELETE FROM settings WHERE namespace = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute(params![namespace, key]))
+                .map_err(db_err)?;
+            Ok(Outcome::Count(n as u64))
         }
         Op::RecordUsage(u) => {
             conn.prepare_cached(
