@@ -28,6 +28,71 @@ pub struct Config {
     pub bot_runtime: BotRuntimeConfig,
     /// The built-in model and the bot that uses it out of the box.
     pub builtin: BuiltinConfig,
+    /// Outbound webhooks and bot callbacks.
+    pub webhooks: WebhooksConfig,
+    /// The Sendbird-compatible surface under `/v3`.
+    pub sendbird: SendbirdConfig,
+}
+
+/// Delivery of webhooks and bot callbacks (every surface's).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub timeout_secs: u64,
+    /// Attempts per delivery, the first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt in milliseconds; doubled for each further one.
+    pub backoff_ms: u64,
+    /// Deliveries waiting to be sent; beyond that new ones are dropped (and counted).
+    pub queue: usize,
+    pub max_in_flight: usize,
+    pub per_endpoint: usize,
+    /// Private or reserved ranges webhook URLs may point at (CIDRs or addresses, e.g. `["10.0.0.0/8"]`).
+    /// Empty: only public addresses, so a webhook can never reach this host's network.
+    pub allow_private: Vec<String>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let d = confab_webhooks::WebhookConfig::default();
+        WebhooksConfig {
+            timeout_secs: d.timeout.as_secs(),
+            max_attempts: d.max_attempts,
+            backoff_ms: d.backoff.as_millis() as u64,
+            queue: d.queue,
+            max_in_flight: d.max_in_flight,
+            per_endpoint: d.per_endpoint,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    pub fn delivery(&self) -> confab_webhooks::WebhookConfig {
+        confab_webhooks::WebhookConfig {
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            backoff: Duration::from_millis(self.backoff_ms),
+            queue: self.queue.max(1),
+            max_in_flight: self.max_in_flight.max(1),
+            per_endpoint: self.per_endpoint.max(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendbirdConfig {
+    /// The `app_id` in webhook payloads (Sendbird's application id).
+    pub app_id: String,
+}
+
+impl Default for SendbirdConfig {
+    fn default() -> Self {
+        SendbirdConfig {
+            app_id: "confab".into(),
+        }
+    }
 }
 
 /// The zero-configuration bot: provider `builtin` (the built-in model, run in process) and bot `assistant`.
@@ -190,6 +255,8 @@ impl Default for Config {
             bots: Vec::new(),
             bot_runtime: BotRuntimeConfig::default(),
             builtin: BuiltinConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            sendbird: SendbirdConfig::default(),
         }
     }
 }

@@ -165,9 +165,9 @@ impl App {
         let bots = confab_bots::BotRuntime::start(service.clone(), catalog, config.bot_runtime.runtime())
             .await
             .map_err(|e| anyhow::anyhow!("starting the bot runtime: {e}"))?;
+        let shutdown = CancellationToken::new();
         let gateway = config.gateway();
         let hub = Hub::start(service.clone(), gateway.clone());
-        let shutdown = CancellationToken::new();
         let state = AppState {
             service: service.clone(),
             hub: hub.clone(),
@@ -185,18 +185,23 @@ impl App {
             .with_state(HealthState {
                 service: service.clone(),
             });
-        let sendbird = confab_api_sendbird::router(service.clone(), limits.max_body_bytes);
-        let router = confab_api_native::router(state, &limits)
-            .merge(sendbird)
-            .merge(health)
-            .layer(
+        let policy = confab_egress::EgressPolicy::parse(&config.webhooks.allow_private)
+            .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
+        let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), policy, shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
+        let sendbird_hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
+            service.clone(),
+            dispatcher,
+            master_token,
+            config.sendbird.app_id.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("sendbird webhooks: {e}"))?;
+        let request_timeout = Duration::from_secs(config.http.request_timeout_secs.max(1));
+        // Each surface answers a panic or a timeout in its own error format.
+        let native = confab_api_native::router(state, &limits).layer(
             ServiceBuilder::new()
-                .layer(
-                    // Method and path only: query strings may carry tokens and are never logged.
-                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                        tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
-                    }),
-                )
                 .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
                     tracing::error!("a request handler panicked");
                     (
@@ -207,9 +212,24 @@ impl App {
                 }))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
-                    Duration::from_secs(config.http.request_timeout_secs.max(1)),
+                    request_timeout,
                 )),
         );
+        let sendbird = confab_api_sendbird::router(
+            service.clone(),
+            sendbird_hooks,
+            confab_api_sendbird::SendbirdLimits {
+                max_body_bytes: limits.max_body_bytes,
+                request_timeout,
+            },
+        );
+        // Method and path only: query strings may carry tokens and are never logged.
+        let router = native
+            .merge(sendbird)
+            .merge(health)
+            .layer(TraceLayer::new_for_http().make_span_with(
+                |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
+            ));
         Ok(App {
             config,
             service,

@@ -10,3 +10,4 @@ mod llama;
 mod realtime;
 mod rest;
 mod sendbird;
+mod sendbird_webhooks;

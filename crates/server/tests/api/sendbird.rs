@@ -39,7 +39,7 @@ async fn sb_raw(app: &TestApp, method: &str, path: &str, token: Option<&str>, bo
 }
 
 /// A request with the master token; every answer must be a JSON object with the charset spelled out.
-async fn sb(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn sb(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let r = sb_raw(app, method, path, Some(MASTER), body.map(|b| b.to_string())).await;
     assert_eq!(r.content_type, JSON_UTF8, "{method} {path}");
     assert!(r.body.is_object(), "{method} {path}: {}", r.body);
@@ -47,7 +47,7 @@ async fn sb(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u1
 }
 
 /// Asserts Sendbird's error shape and returns `(HTTP status, code)`.
-fn error_of(status: u16, v: &Value) -> (u16, i64) {
+pub(crate) fn error_of(status: u16, v: &Value) -> (u16, i64) {
     assert_eq!(v["error"], true, "{v}");
     assert!(v["message"].is_string(), "{v}");
     (status, v["code"].as_i64().expect("integer code"))

@@ -1,0 +1,490 @@
+//! Sendbird webhooks: the settings at `/v3/applications/settings/webhook`, and the events POSTed to the
+//! application's URL in Sendbird's payload format, signed with `x-sendbird-signature` (lowercase hex
+//! HMAC-SHA256 of the raw body keyed with the master API token). Delivery (timeout, retries, egress policy)
+//! is the shared [`Dispatcher`]'s.
+//!
+//! Events sent: `group_channel:create`, `group_channel:invite`, `group_channel:leave`,
+//! `group_channel:remove`, `group_channel:message_send`, `group_channel:message_update`,
+//! `group_channel:message_delete`. A bot's streamed reply is sent as `message_send` once, when it reaches
+//! its final state (with its whole text), not when it starts empty.
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use confab_domain::model::{Channel, Message, MessageKind, User};
+use confab_domain::ports::Subscription;
+use confab_domain::{DomainError, DomainResult, Event, UserId};
+use confab_service::Confab;
+use confab_webhooks::{Delivery, Dispatcher};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::SendbirdState;
+use crate::error::{Reply, SendbirdError, SendbirdResult};
+use crate::extract::{ApiToken, JsonBody, QueryParams, lenient_bool};
+
+const SETTINGS_NAMESPACE: &str = "sendbird";
+const SETTINGS_KEY: &str = "webhook";
+
+/// The categories this server emits.
+pub const CATEGORIES: &[&str] = &[
+    "group_channel:create",
+    "group_channel:invite",
+    "group_channel:leave",
+    "group_channel:remove",
+    "group_channel:message_send",
+    "group_channel:message_update",
+    "group_channel:message_delete",
+];
+
+/// Payloads being built at once (each reads a few rows); beyond that events are dropped and counted rather
+/// than slowing the bus, which would slow message sending.
+const MAX_BUILDING: usize = 256;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSettings {
+    pub enabled: bool,
+    pub url: String,
+    pub include_members: bool,
+    /// `["*"]` for every category; other categories are stored (an application may subscribe to events this
+    /// server never sends) but only [`CATEGORIES`] are emitted.
+    pub enabled_events: Vec<String>,
+}
+
+impl WebhookSettings {
+    fn wants(&self, category: &str) -> bool {
+        self.enabled && !self.url.is_empty() && self.enabled_events.iter().any(|e| e == "*" || e == category)
+    }
+}
+
+pub struct SendbirdWebhooks {
+    service: Arc<Confab>,
+    dispatcher: Arc<Dispatcher>,
+    /// The master API token, Sendbird's signing key. Never logged (no `Debug`).
+    key: Vec<u8>,
+    app_id: String,
+    settings: RwLock<Arc<WebhookSettings>>,
+    building: Arc<Semaphore>,
+}
+
+impl SendbirdWebhooks {
+    /// Loads the stored settings and starts following the event stream until `shutdown`.
+    pub async fn start(
+        service: Arc<Confab>,
+        dispatcher: Arc<Dispatcher>,
+        master_token: &str,
+        app_id: String,
+        shutdown: CancellationToken,
+    ) -> DomainResult<Arc<SendbirdWebhooks>> {
+        let settings = match service.store().get_setting(SETTINGS_NAMESPACE, SETTINGS_KEY).await? {
+            Some(v) => {
+                serde_json::from_value(v).map_err(|e| DomainError::Internal(format!("webhook settings: {e}")))?
+            }
+            None => WebhookSettings::default(),
+        };
+        let this = Arc::new(SendbirdWebhooks {
+            service: service.clone(),
+            dispatcher,
+            key: master_token.as_bytes().to_vec(),
+            app_id,
+            settings: RwLock::new(Arc::new(settings)),
+            building: Arc::new(Semaphore::new(MAX_BUILDING)),
+        });
+        let mut stream = service
+            .bus()
+            .subscribe_with(Subscription {
+                interest: |e| {
+                    matches!(
+                        e,
+                        Event::MessageCreated(_)
+                            | Event::MessageUpdated(_)
+                            | Event::MessageDeleted { .. }
+                            | Event::ChannelCreated { .. }
+                            | Event::ChannelDeleted { .. }
+                            | Event::MembersJoined { .. }
+                            | Event::MemberLeft { .. }
+                    )
+                },
+                partitions: 1,
+            })
+            .pop()
+            .expect("one partition");
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    ev = stream.next() => ev,
+                };
+                let (Some(ev), Some(this)) = (ev, weak.upgrade()) else {
+                    break;
+                };
+                this.on_event(ev);
+            }
+        });
+        Ok(this)
+    }
+
+    pub fn settings(&self) -> Arc<WebhookSettings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn put_settings(&self, s: WebhookSettings) -> DomainResult<()> {
+        let value = serde_json::to_value(&s).map_err(|e| DomainError::Internal(e.to_string()))?;
+        self.service
+            .store()
+            .put_setting(SETTINGS_NAMESPACE, SETTINGS_KEY, value)
+            .await?;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+        Ok(())
+    }
+
+    /// Lowercase hex HMAC-SHA256 of `body` keyed with the master token.
+    pub fn sign(&self, body: &[u8]) -> String {
+        signature(&self.key, body)
+    }
+
+    fn on_event(self: &Arc<Self>, ev: Event) {
+        let settings = self.settings();
+        let Some(category) = category_of(&ev) else { return };
+        if !settings.wants(category) {
+            return;
+        }
+        let Ok(permit) = self.building.clone().try_acquire_owned() else {
+            metrics::counter!("confab_webhook_deliveries_total", "kind" => "sendbird.webhook", "outcome" => "dropped")
+                .increment(1);
+            tracing::warn!(category, "sendbird webhook dropped: too many payloads in preparation");
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.payload(category, &ev, &settings).await {
+                Ok(Some(payload)) => this.send(&settings.url, &payload),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(category, error = %e, "cannot build a sendbird webhook payload"),
+            }
+            drop(permit);
+        });
+    }
+
+    fn send(&self, url: &str, payload: &Value) {
+        let body = bytes::Bytes::from(payload.to_string());
+        let signature = self.sign(&body);
+        match Delivery::json("sendbird.webhook", self.dispatcher.policy(), url, body) {
+            Ok(d) => {
+                let d = d
+                    .header("user-agent", "SendBird")
+                    .header("x-sendbird-signature", &signature);
+                let _ = self.dispatcher.enqueue(d); // a full queue is counted and logged by the dispatcher
+            }
+            Err(e) => tracing::warn!(error = %e, "sendbird webhook URL refused"),
+        }
+    }
+
+    async fn payload(&self, category: &'static str, ev: &Event, s: &WebhookSettings) -> DomainResult<Option<Value>> {
+        let store = self.service.store();
+        let mut p = match ev {
+            Event::MessageCreated(m) | Event::MessageUpdated(m) => {
+                let Some(ch) = store.get_channel(&m.channel_id).await? else {
+                    return Ok(None);
+                };
+                let sender = match &m.sender_id {
+                    Some(id) => store.get_user(id).await?,
+                    None => None,
+                };
+                let mut mentioned = Vec::with_capacity(m.mentions.len());
+                for id in &m.mentions {
+                    if let Some(u) = store.get_user(id).await? {
+                        mentioned.push(user_json(&u));
+                    }
+                }
+                json!({
+                    "sender": sender.as_ref().map_or(Value::Null, user_json),
+                    "silent": false,
+                    "sender_ip_addr": "",
+                    "custom_type": m.custom_type,
+                    "mention_type": "users",
+                    "mentioned_users": mentioned,
+                    "type": message_type(m.kind),
+                    "payload": message_payload(m),
+                    "channel": channel_json(&ch),
+                })
+            }
+            Event::MessageDeleted {
+                channel_id, message_id, ..
+            } => {
+                let Some(ch) = store.get_channel(channel_id).await? else {
+                    return Ok(None);
+                };
+                json!({"payload": {"message_id": message_id.0}, "channel": channel_json(&ch)})
+            }
+            Event::ChannelCreated { channel, .. } => {
+                let creator = match &channel.created_by {
+                    Some(id) => store.get_user(id).await?.map(|u| user_json(&u)),
+                    None => None,
+                };
+                json!({"channel": channel_json(channel), "inviter": creator.unwrap_or(Value::Null), "created_at": channel.created_at})
+            }
+            Event::MembersJoined { channel, user_ids, by } => {
+                let inviter = match by {
+                    Some(id) => store.get_user(id).await?.map(|u| user_json(&u)),
+                    None => None,
+                };
+                json!({
+                    "channel": channel_json(channel),
+                    "inviter": inviter.unwrap_or(Value::Null),
+                    "invitees": self.users_json(user_ids).await?,
+                    "invited_at": channel.updated_at,
+                })
+            }
+            Event::MemberLeft { channel, user_id, .. } => json!({
+                "channel": channel_json(channel),
+                "users": self.users_json(std::slice::from_ref(user_id)).await?,
+            }),
+            Event::ChannelDeleted { channel_id, .. } => json!({
+                "channel": {"channel_url": channel_id.as_str(), "name": "", "custom_type": "", "data": ""},
+            }),
+            _ => return Ok(None),
+        };
+        if s.include_members
+            && let Some(channel_id) = ev.channel_id()
+            && !matches!(ev, Event::ChannelDeleted { .. })
+        {
+            let ids = store.member_ids(channel_id).await?;
+            p["members"] = self.users_json(&ids).await?;
+        }
+        p["category"] = json!(category);
+        p["sdk"] = json!("API");
+        p["app_id"] = json!(self.app_id);
+        Ok(Some(p))
+    }
+
+    async fn users_json(&self, ids: &[UserId]) -> DomainResult<Value> {
+        let store = self.service.store();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(u) = store.get_user(id).await? {
+                let mut j = user_json(&u);
+                j["is_active"] = json!(true);
+                j["is_online"] = json!(self.service.is_online(&u.id));
+                j["state"] = json!("joined");
+                out.push(j);
+            }
+        }
+        Ok(Value::Array(out))
+    }
+}
+
+fn category_of(ev: &Event) -> Option<&'static str> {
+    Some(match ev {
+        Event::MessageCreated(m) if m.reply.is_none() && !m.deleted => "group_channel:message_send",
+        // A bot reply is announced once, final and complete; its later edits are ordinary updates.
+        Event::MessageUpdated(m) => match &m.reply {
+            Some(r) if !r.state.is_final() => return None,
+            Some(_) if !m.edited => "group_channel:message_send",
+            _ => "group_channel:message_update",
+        },
+        Event::MessageDeleted { .. } => "group_channel:message_delete",
+        Event::ChannelCreated { .. } => "group_channel:create",
+        Event::MembersJoined { .. } => "group_channel:invite",
+        Event::MemberLeft { .. } => "group_channel:leave",
+        Event::ChannelDeleted { .. } => "group_channel:remove",
+        _ => return None,
+    })
+}
+
+pub fn signature(key: &[u8], body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn message_type(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Image | MessageKind::File => "FILE",
+        MessageKind::Admin => "ADMM",
+        MessageKind::Text | MessageKind::Custom => "MESG",
+    }
+}
+
+/// Sendbird's `data` is a string; ours is JSON. A string is sent as it is, anything else as its JSON text.
+fn data_string(data: &Option<Value>) -> String {
+    match data {
+        None => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn message_payload(m: &Message) -> Value {
+    let mut p = json!({
+        "message_id": m.id.0,
+        "custom_type": m.custom_type,
+        "message": m.text,
+        "created_at": m.created_at,
+        "data": data_string(&m.data),
+    });
+    if let Some(f) = &m.file {
+        p["file"] = json!({"name": f.name, "size": f.size, "type": f.content_type, "url": ""});
+    }
+    if let Some(r) = &m.reply {
+        p["reply_state"] = json!(r.state.as_str());
+        p["respond_mesg_id"] = json!(r.trigger_id.0);
+    }
+    p
+}
+
+fn user_json(u: &User) -> Value {
+    json!({"user_id": u.id.as_str(), "nickname": u.nickname, "profile_url": u.profile_url, "metadata": u.metadata})
+}
+
+fn channel_json(c: &Channel) -> Value {
+    json!({
+        "name": c.name,
+        "channel_url": c.id.as_str(),
+        "custom_type": c.custom_type,
+        "is_distinct": c.kind == confab_domain::model::ChannelKind::Direct,
+        "is_public": false,
+        "is_super": false,
+        "is_ephemeral": false,
+        "is_discoverable": false,
+        "data": data_string(&c.data),
+    })
+}
+
+// ---- HTTP: /v3/applications/settings/webhook ----
+
+#[derive(Serialize)]
+pub struct WebhookReply {
+    webhook: WebhookView,
+}
+
+#[derive(Serialize)]
+struct WebhookView {
+    #[serde(flatten)]
+    settings: WebhookSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    all_webhook_categories: Option<&'static [&'static str]>,
+}
+
+#[derive(Deserialize)]
+pub struct ViewQuery {
+    #[serde(default, deserialize_with = "lenient_bool")]
+    display_all_webhook_categories: Option<bool>,
+}
+
+pub async fn view_settings(
+    State(st): State<SendbirdState>,
+    _auth: ApiToken,
+    QueryParams(q): QueryParams<ViewQuery>,
+) -> Reply<WebhookReply> {
+    let settings = (*st.webhooks.settings()).clone();
+    Reply(WebhookReply {
+        webhook: WebhookView {
+            settings,
+            all_webhook_categories: q.display_all_webhook_categories.unwrap_or(false).then_some(CATEGORIES),
+        },
+    })
+}
+
+#[derive(Deserialize)]
+pub struct UpdateSettings {
+    enabled: Option<bool>,
+    url: Option<String>,
+    include_members: Option<bool>,
+    enabled_events: Option<Vec<String>>,
+}
+
+pub async fn update_settings(
+    State(st): State<SendbirdState>,
+    _auth: ApiToken,
+    JsonBody(body): JsonBody<UpdateSettings>,
+) -> SendbirdResult<Reply<WebhookReply>> {
+    let mut s = (*st.webhooks.settings()).clone();
+    if let Some(v) = body.enabled {
+        s.enabled = v;
+    }
+    if let Some(url) = body.url {
+        s.url = url.trim().to_string();
+    }
+    if let Some(v) = body.include_members {
+        s.include_members = v;
+    }
+    if let Some(events) = body.enabled_events {
+        if let Some(bad) = events.iter().find(|e| !valid_category(e)) {
+            return Err(SendbirdError::invalid(
+                "enabled_events",
+                format!("{bad:?} is not an event category"),
+            ));
+        }
+        s.enabled_events = events;
+    }
+    if s.enabled && s.url.is_empty() {
+        return Err(SendbirdError::missing("url"));
+    }
+    if !s.url.is_empty() {
+        st.webhooks
+            .dispatcher
+            .policy()
+            .check_url(&s.url)
+            .map_err(|e| SendbirdError::invalid("url", e))?;
+    }
+    st.webhooks.put_settings(s.clone()).await?;
+    Ok(Reply(WebhookReply {
+        webhook: WebhookView {
+            settings: s,
+            all_webhook_categories: None,
+        },
+    }))
+}
+
+/// `*`, or `family:event` in lowercase letters and underscores.
+fn valid_category(e: &str) -> bool {
+    e == "*"
+        || e.split_once(':').is_some_and(|(a, b)| {
+            let ok = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_lowercase() || c == b'_');
+            ok(a) && ok(b)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_sendbirds_hex_hmac_sha256() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn categories_are_validated_and_matched() {
+        assert!(valid_category("*"));
+        assert!(valid_category("group_channel:message_send"));
+        assert!(valid_category("open_channel:message_send"));
+        assert!(!valid_category("group_channel"));
+        assert!(!valid_category("Group:x"));
+        let s = WebhookSettings {
+            enabled: true,
+            url: "https://example.com/h".into(),
+            include_members: false,
+            enabled_events: vec!["group_channel:message_send".into()],
+        };
+        assert!(s.wants("group_channel:message_send"));
+        assert!(!s.wants("group_channel:create"));
+        let all = WebhookSettings {
+            enabled_events: vec!["*".into()],
+            ..s.clone()
+        };
+        assert!(all.wants("group_channel:create"));
+        let off = WebhookSettings { enabled: false, ..all };
+        assert!(!off.wants("group_channel:create"));
+    }
+}
