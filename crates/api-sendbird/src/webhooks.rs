@@ -45,6 +45,9 @@ pub const CATEGORIES: &[&str] = &[
 /// than slowing the bus, which would slow message sending.
 const MAX_BUILDING: usize = 256;
 
+/// `include_members` lists members only for channels up to this size (each member is a read).
+const MAX_MEMBERS_IN_PAYLOAD: usize = 100;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WebhookSettings {
     pub enabled: bool,
@@ -255,7 +258,10 @@ impl SendbirdWebhooks {
             && !matches!(ev, Event::ChannelDeleted { .. })
         {
             let ids = store.member_ids(channel_id).await?;
-            p["members"] = self.users_json(&ids).await?;
+            // Like Sendbird's supergroups: a large channel's payloads carry no member list.
+            if ids.len() <= MAX_MEMBERS_IN_PAYLOAD {
+                p["members"] = self.users_json(&ids).await?;
+            }
         }
         p["category"] = json!(category);
         p["sdk"] = json!("API");
