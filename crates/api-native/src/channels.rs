@@ -138,6 +138,7 @@ pub async fn create_channel(
                         custom_type: body.custom_type,
                         data: body.data,
                         members: body.user_ids,
+                        distinct: false,
                     },
                 )
                 .await?;

@@ -2,11 +2,17 @@
 //! server API (and its official platform SDKs) can point at Confab. Handlers translate Sendbird's shapes to the
 //! service and back; every rule lives in `confab_service::Confab`, every Sendbird quirk stays in this crate.
 //!
-//! Implemented: users (create, list, view, update, delete, session tokens); webhook settings and signed
-//! webhook events (see [`webhooks`]).
+//! Implemented: users (create, list, view, update, delete, session tokens); group channels (create, distinct
+//! or not; list, view, update, delete, invite, leave, members, membership check); their messages (send MESG,
+//! FILE as JSON with a URL or multipart with the file, ADMM; list around a timestamp or a message, view,
+//! update, delete); webhook settings and signed webhook events (see [`webhooks`]). Message and channel
+//! objects are rendered in `dto`, shared by every handler.
 
+pub mod channels;
+pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod messages;
 pub mod users;
 pub mod webhooks;
 
@@ -18,7 +24,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, OriginalUri};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use confab_service::Confab;
 use webhooks::SendbirdWebhooks;
 
@@ -28,6 +34,8 @@ use crate::error::{ErrorCode, SendbirdError};
 pub struct SendbirdState {
     pub service: Arc<Confab>,
     pub webhooks: Arc<SendbirdWebhooks>,
+    /// Bound of JSON bodies and form text fields on routes whose own limit is the upload size.
+    pub max_body_bytes: usize,
 }
 
 async fn unknown_route(method: Method, OriginalUri(uri): OriginalUri) -> SendbirdError {
@@ -42,6 +50,8 @@ async fn unknown_route(method: Method, OriginalUri(uri): OriginalUri) -> Sendbir
 pub struct SendbirdLimits {
     /// JSON and form bodies.
     pub max_body_bytes: usize,
+    /// Requests that may carry a file.
+    pub max_upload_request_bytes: usize,
     /// A request must be answered within this time (streamed uploads excepted).
     pub request_timeout: Duration,
 }
@@ -62,6 +72,12 @@ async fn timeout_response(_: tower::BoxError) -> SendbirdError {
 
 /// The `/v3` router.
 pub fn router(service: Arc<Confab>, webhooks: Arc<SendbirdWebhooks>, limits: SendbirdLimits) -> Router {
+    let uploads = Router::new()
+        .route(
+            "/group_channels/{channel_url}/messages",
+            post(messages::send_message).get(messages::list_messages),
+        )
+        .layer(DefaultBodyLimit::max(limits.max_upload_request_bytes));
     let v3 = Router::new()
         .route("/users", post(users::create_user).get(users::list_users))
         .route(
@@ -70,19 +86,47 @@ pub fn router(service: Arc<Confab>, webhooks: Arc<SendbirdWebhooks>, limits: Sen
         )
         .route("/users/{user_id}/token", post(users::issue_token))
         .route(
+            "/group_channels",
+            post(channels::create_channel).get(channels::list_channels),
+        )
+        .route(
+            "/group_channels/{channel_url}",
+            get(channels::view_channel)
+                .put(channels::update_channel)
+                .delete(channels::delete_channel),
+        )
+        .route("/group_channels/{channel_url}/invite", post(channels::invite))
+        .route("/group_channels/{channel_url}/leave", put(channels::leave))
+        .route("/group_channels/{channel_url}/members", get(channels::list_members))
+        .route(
+            "/group_channels/{channel_url}/members/{user_id}",
+            get(channels::check_member),
+        )
+        .route(
+            "/group_channels/{channel_url}/messages/{message_id}",
+            get(messages::view_message)
+                .put(messages::update_message)
+                .delete(messages::delete_message),
+        )
+        .route(
             "/applications/settings/webhook",
             get(webhooks::view_settings).put(webhooks::update_settings),
         )
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .merge(uploads)
         .layer(
             tower::ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(timeout_response))
                 .timeout(limits.request_timeout),
         )
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .method_not_allowed_fallback(unknown_route)
         .fallback(unknown_route);
     Router::new()
         .nest("/v3", v3)
-        .with_state(SendbirdState { service, webhooks })
+        .with_state(SendbirdState {
+            service,
+            webhooks,
+            max_body_bytes: limits.max_body_bytes,
+        })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
 }

@@ -11,7 +11,7 @@
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
-use confab_domain::model::{Channel, Message, MessageKind, User};
+use confab_domain::model::{Channel, Message, User};
 use confab_domain::ports::Subscription;
 use confab_domain::{DomainError, DomainResult, Event, UserId};
 use confab_service::Confab;
@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::SendbirdState;
+use crate::dto;
 use crate::error::{Reply, SendbirdError, SendbirdResult};
 use crate::extract::{ApiToken, JsonBody, QueryParams, lenient_bool};
 
@@ -212,7 +213,7 @@ impl SendbirdWebhooks {
                     "custom_type": m.custom_type,
                     "mention_type": "users",
                     "mentioned_users": mentioned,
-                    "type": message_type(m.kind),
+                    "type": dto::message_type(m.kind),
                     "payload": message_payload(m),
                     "channel": channel_json(&ch),
                 })
@@ -309,37 +310,16 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn message_type(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::Image | MessageKind::File => "FILE",
-        MessageKind::Admin => "ADMM",
-        MessageKind::Text | MessageKind::Custom => "MESG",
-    }
-}
-
-/// Sendbird's `data` is a string; ours is JSON. A string is sent as it is, anything else as its JSON text.
-fn data_string(data: &Option<Value>) -> String {
-    match data {
-        None => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-    }
-}
-
 fn message_payload(m: &Message) -> Value {
     let mut p = json!({
         "message_id": m.id.0,
         "custom_type": m.custom_type,
         "message": m.text,
         "created_at": m.created_at,
-        "data": data_string(&m.data),
+        "data": dto::message_data(m),
     });
-    if let Some(f) = &m.file {
-        p["file"] = json!({"name": f.name, "size": f.size, "type": f.content_type, "url": ""});
-    }
-    if let Some(r) = &m.reply {
-        p["reply_state"] = json!(r.state.as_str());
-        p["respond_mesg_id"] = json!(r.trigger_id.0);
+    if let Some(f) = dto::file_info(m) {
+        p["file"] = json!(f);
     }
     p
 }
@@ -358,7 +338,7 @@ fn channel_json(c: &Channel) -> Value {
         "is_super": false,
         "is_ephemeral": false,
         "is_discoverable": false,
-        "data": data_string(&c.data),
+        "data": dto::data_string(c.data.as_ref()),
     })
 }
 

@@ -136,6 +136,9 @@ pub struct Channel {
     pub last_seq: ChannelSeq,
     pub last_message_at: Option<Millis>,
     pub member_count: u32,
+    /// Created distinct: creating another distinct channel with the member set it was created with returns
+    /// this one instead (see [`NewChannel::distinct_key`]).
+    pub distinct: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +151,10 @@ pub struct NewChannel {
     pub data: Option<Value>,
     pub created_by: Option<UserId>,
     pub members: Vec<UserId>,
+    /// Identifies a distinct channel by its member set: while a channel created with the same key exists,
+    /// creating this one returns that channel instead. The key is fixed at creation (members who join or
+    /// leave later do not change it), so "the channel these users were given", not "whoever is in it now".
+    pub distinct_key: Option<String>,
 }
 
 impl NewChannel {
@@ -394,10 +401,17 @@ impl NewMessage {
                 }
             }
             MessageKind::Image | MessageKind::File => {
-                if self.file_id.is_none() {
+                // A file hosted elsewhere is named by `payload.url` instead of an upload.
+                let external = self
+                    .payload
+                    .as_ref()
+                    .and_then(|p| p.get("url"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|u| !u.trim().is_empty());
+                if self.file_id.is_none() && !external {
                     return Err(DomainError::invalid(
                         "file_id",
-                        "image and file messages need an uploaded file",
+                        "image and file messages need an uploaded file or a payload with its url",
                     ));
                 }
             }
@@ -499,6 +513,23 @@ pub struct HistoryQuery {
     pub limit: u32,
 }
 
+/// Which messages of a history range to return; each `Some` list keeps only messages matching one of its
+/// values, and the limit counts matching messages only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageFilter {
+    pub custom_types: Option<Vec<String>>,
+    pub sender_ids: Option<Vec<UserId>>,
+    pub kinds: Option<Vec<MessageKind>>,
+    /// Leaves out deleted messages (their tombstones keep their sequence in plain history).
+    pub exclude_deleted: bool,
+}
+
+impl MessageFilter {
+    pub fn is_empty(&self) -> bool {
+        self.custom_types.is_none() && self.sender_ids.is_none() && self.kinds.is_none() && !self.exclude_deleted
+    }
+}
+
 /// The result of appending a message: either newly stored, or the original of a retried send.
 #[derive(Clone, Debug)]
 pub struct Appended {
@@ -552,5 +583,16 @@ mod tests {
         m.kind = MessageKind::Text;
         m.text = "hi".into();
         assert!(m.validate(&limits).is_err(), "text messages carry no file");
+    }
+
+    #[test]
+    fn file_messages_may_name_an_external_url() {
+        let limits = Limits::default();
+        let mut m = NewMessage::text(ChannelId::parse("c").unwrap(), uid("a"), "");
+        m.kind = MessageKind::File;
+        m.payload = Some(serde_json::json!({"url": " "}));
+        assert!(m.validate(&limits).is_err(), "a blank url names nothing");
+        m.payload = Some(serde_json::json!({"url": "https://example.com/a.pdf", "name": "a.pdf"}));
+        assert!(m.validate(&limits).is_ok());
     }
 }

@@ -10,8 +10,8 @@ use crate::error::DomainResult;
 use crate::event::Event;
 use crate::ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
 use crate::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessagePatch,
-    NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
+    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 
 /// A client session token as stored: only the SHA-256 of the token is kept.
@@ -42,8 +42,8 @@ pub trait Store: Send + Sync + 'static {
     async fn find_session(&self, token_hash: &[u8; 32]) -> DomainResult<Option<SessionRecord>>;
     async fn revoke_sessions(&self, user: &UserId) -> DomainResult<u64>;
 
-    /// Creates the channel with its members. For a direct channel that already exists, returns it with
-    /// `false` instead (distinct 1:1 channels).
+    /// Creates the channel with its members. For a direct channel that already exists, or a channel with the
+    /// same `distinct_key`, returns that one with `false` instead (distinct channels).
     async fn create_channel(&self, channel: NewChannel) -> DomainResult<(Channel, bool)>;
     async fn get_channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>>;
     async fn update_channel(&self, id: &ChannelId, patch: ChannelPatch) -> DomainResult<Channel>;
@@ -73,6 +73,11 @@ pub trait Store: Send + Sync + 'static {
     async fn append_message(&self, message: NewMessage) -> DomainResult<Appended>;
     async fn get_message(&self, id: MessageId) -> DomainResult<Option<Message>>;
     async fn history(&self, query: HistoryQuery) -> DomainResult<Vec<Message>>;
+    /// Like `history`, keeping only the messages `filter` matches (the limit counts those).
+    async fn history_matching(&self, query: HistoryQuery, filter: MessageFilter) -> DomainResult<Vec<Message>>;
+    /// The sequence of the newest message of the channel created before `at` (0 if none): where a point in
+    /// time falls in the channel's order, for reading history around a timestamp.
+    async fn seq_before_time(&self, channel: &ChannelId, at: Millis) -> DomainResult<ChannelSeq>;
     /// Replies to `parent`, oldest first, after the given reply id.
     async fn thread(&self, parent: MessageId, after: Option<MessageId>, limit: u32) -> DomainResult<Vec<Message>>;
     async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message>;

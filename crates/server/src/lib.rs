@@ -220,6 +220,7 @@ impl App {
             sendbird_hooks,
             confab_api_sendbird::SendbirdLimits {
                 max_body_bytes: limits.max_body_bytes,
+                max_upload_request_bytes: limits.max_upload_request_bytes,
                 request_timeout,
             },
         );

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_domain::model::{
-    Appended, Channel, ChannelKind, ChannelPatch, HistoryQuery, Member, MemberChannel, Message, MessageKind,
-    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelKind, ChannelPatch, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
+    MessageKind, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::ports::{DynBus, DynStore, SessionRecord};
 use confab_domain::{
@@ -61,6 +61,19 @@ pub struct NewGroup {
     pub custom_type: String,
     pub data: Option<serde_json::Value>,
     pub members: Vec<UserId>,
+    /// One channel per member set: while a distinct group created with the same members (the creator
+    /// included) exists, creating another returns it instead. See [`NewChannel::distinct_key`].
+    pub distinct: bool,
+}
+
+/// The distinct key of a member set: SHA-256 over the sorted, deduplicated ids (ids hold no whitespace, so
+/// newline-joined ids are unambiguous). A digest keeps the unique index small for large groups, and a
+/// cryptographic one means nobody can craft a member set that lands in someone else's channel.
+pub fn distinct_key(members: &[UserId]) -> String {
+    let mut ids: Vec<&str> = members.iter().map(UserId::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    hex::encode(sha256(ids.join("\n").as_bytes()))
 }
 
 pub struct Confab {
@@ -265,10 +278,12 @@ impl Confab {
             data: None,
             created_by: actor.user().cloned(),
             members: vec![a.clone(), b.clone()],
+            distinct_key: None,
         };
         self.store.create_channel(ch).await
     }
 
+    /// Creates a group, or for a distinct group returns the one already created with the same members.
     pub async fn create_group(&self, actor: &Actor, g: NewGroup) -> DomainResult<Channel> {
         let mut members = g.members;
         if let Actor::User(u) = actor
@@ -288,6 +303,7 @@ impl Confab {
             custom_type: g.custom_type,
             data: g.data,
             created_by: actor.user().cloned(),
+            distinct_key: g.distinct.then(|| distinct_key(&members)),
             members,
         };
         ch.validate(&self.cfg.limits)?;
@@ -440,6 +456,12 @@ impl Confab {
         Ok(out)
     }
 
+    /// Whether `user` is a member of a channel the actor may see (`None`: not a member).
+    pub async fn member(&self, actor: &Actor, id: &ChannelId, user: &UserId) -> DomainResult<Option<Member>> {
+        self.get_channel(actor, id).await?;
+        self.store.get_member(id, user).await
+    }
+
     // ---- messages ----
 
     /// Sends a message. A user sends as themselves (rate limited); the application may send as any member,
@@ -474,18 +496,43 @@ impl Confab {
 
     pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> DomainResult<Vec<Message>> {
         q.limit = self.page(q.limit);
+        self.require_reader(actor, &q.channel_id).await?;
+        self.store.history(q).await
+    }
+
+    /// History keeping only the messages `filter` matches.
+    pub async fn history_matching(
+        &self,
+        actor: &Actor,
+        mut q: HistoryQuery,
+        filter: MessageFilter,
+    ) -> DomainResult<Vec<Message>> {
+        q.limit = self.page(q.limit);
+        self.require_reader(actor, &q.channel_id).await?;
+        self.store.history_matching(q, filter).await
+    }
+
+    /// Where a point in time falls in a channel's history: the sequence of the newest message created before
+    /// `at` (0 if none). Messages at or after `at` have higher sequences.
+    pub async fn seq_before_time(&self, actor: &Actor, channel: &ChannelId, at: Millis) -> DomainResult<ChannelSeq> {
+        self.require_reader(actor, channel).await?;
+        self.store.seq_before_time(channel, at).await
+    }
+
+    /// A member of the channel, or the application for a channel that exists.
+    async fn require_reader(&self, actor: &Actor, channel: &ChannelId) -> DomainResult<()> {
         match actor {
             Actor::User(u) => {
-                self.require_member(u, &q.channel_id).await?;
+                self.require_member(u, channel).await?;
             }
             Actor::Admin => {
                 self.store
-                    .get_channel(&q.channel_id)
+                    .get_channel(channel)
                     .await?
-                    .ok_or_else(|| DomainError::not_found("channel", &q.channel_id))?;
+                    .ok_or_else(|| DomainError::not_found("channel", channel))?;
             }
         }
-        self.store.history(q).await
+        Ok(())
     }
 
     /// A message, if the actor may see its channel.
@@ -625,5 +672,24 @@ fn require_self_or_admin(actor: &Actor, user: &UserId) -> DomainResult<()> {
         Actor::Admin => Ok(()),
         Actor::User(u) if u == user => Ok(()),
         Actor::User(_) => Err(DomainError::forbidden("a user can change only their own account")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_keys_name_member_sets() {
+        let ids = |v: &[&str]| v.iter().map(|s| UserId::parse(s).unwrap()).collect::<Vec<_>>();
+        let k = distinct_key(&ids(&["bob", "alice"]));
+        assert_eq!(
+            k,
+            distinct_key(&ids(&["alice", "bob", "alice"])),
+            "order and repeats do not matter"
+        );
+        assert_ne!(k, distinct_key(&ids(&["alice", "bob", "carol"])));
+        assert_ne!(distinct_key(&ids(&["a", "bc"])), distinct_key(&ids(&["ab", "c"])));
+        assert_eq!(k.len(), 64);
     }
 }

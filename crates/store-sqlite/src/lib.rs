@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use confab_domain::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessagePatch,
-    NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
+    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::ports::{DynBus, SessionRecord, Store};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId};
@@ -340,6 +340,15 @@ impl Store for SqliteStore {
 
     async fn history(&self, query: HistoryQuery) -> DomainResult<Vec<Message>> {
         self.read(move |c| queries::history(c, &query)).await
+    }
+
+    async fn history_matching(&self, query: HistoryQuery, filter: MessageFilter) -> DomainResult<Vec<Message>> {
+        self.read(move |c| queries::history_matching(c, &query, &filter)).await
+    }
+
+    async fn seq_before_time(&self, channel: &ChannelId, at: Millis) -> DomainResult<ChannelSeq> {
+        let channel = channel.clone();
+        self.read(move |c| queries::seq_before_time(c, &channel, at)).await
     }
 
     async fn thread(&self, parent: MessageId, after: Option<MessageId>, limit: u32) -> DomainResult<Vec<Message>> {

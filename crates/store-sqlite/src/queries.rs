@@ -1,8 +1,10 @@
 //! Read queries, usable on a reader connection or inside the writer's transaction.
 
-use confab_domain::model::{Channel, FileObject, HistoryQuery, HistoryRange, Member, MemberChannel, Message, User};
+use confab_domain::model::{
+    Channel, FileObject, HistoryQuery, HistoryRange, Member, MemberChannel, Message, MessageFilter, User,
+};
 use confab_domain::ports::SessionRecord;
-use confab_domain::{ChannelId, ChannelSeq, FileId, MessageId, UserId};
+use confab_domain::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::rows::{
@@ -47,6 +49,14 @@ pub fn channel(conn: &Connection, id: &ChannelId) -> rusqlite::Result<Option<Cha
     conn.prepare_cached(&format!("SELECT {CHANNEL_COLS} FROM channels c WHERE c.id = ?1"))?
         .query_row([id.as_str()], rows::channel)
         .optional()
+}
+
+pub fn channel_by_distinct_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<Channel>> {
+    conn.prepare_cached(&format!(
+        "SELECT {CHANNEL_COLS} FROM channels c WHERE c.distinct_key = ?1"
+    ))?
+    .query_row([key], rows::channel)
+    .optional()
 }
 
 pub fn channels_after(conn: &Connection, after: Option<&ChannelId>, limit: u32) -> rusqlite::Result<Vec<Channel>> {
@@ -154,6 +164,73 @@ pub fn message_by_client_id(
     ))?
     .query_row([sender.as_str(), client_msg_id], rows::message)
     .optional()
+}
+
+/// Messages of a channel matching `filter`, in ascending sequence order. Each filter list travels as one JSON
+/// array parameter (`json_each`), so the statement text is the same whatever the filter and stays cached.
+pub fn history_matching(conn: &Connection, q: &HistoryQuery, filter: &MessageFilter) -> rusqlite::Result<Vec<Message>> {
+    if filter.is_empty() {
+        return history(conn, q);
+    }
+    let (cond, order, anchor, reverse) = match q.range {
+        HistoryRange::Latest => ("seq > ?2", "DESC", 0i64, true),
+        HistoryRange::Before(s) => ("seq < ?2", "DESC", s.0 as i64, true),
+        HistoryRange::After(s) => ("seq > ?2", "ASC", s.0 as i64, false),
+    };
+    let sql = format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = ?1 AND {cond} \
+         AND (?4 IS NULL OR custom_type IN (SELECT value FROM json_each(?4))) \
+         AND (?5 IS NULL OR sender_id IN (SELECT value FROM json_each(?5))) \
+         AND (?6 IS NULL OR kind IN (SELECT value FROM json_each(?6))) \
+         AND (?7 = 0 OR deleted = 0) \
+         ORDER BY seq {order} LIMIT ?3"
+    );
+    let as_json = |v: Option<Vec<&str>>| v.map(|v| serde_json::Value::from(v).to_string());
+    let custom_types = as_json(
+        filter
+            .custom_types
+            .as_ref()
+            .map(|v| v.iter().map(String::as_str).collect()),
+    );
+    let senders = as_json(
+        filter
+            .sender_ids
+            .as_ref()
+            .map(|v| v.iter().map(UserId::as_str).collect()),
+    );
+    let kinds = as_json(filter.kinds.as_ref().map(|v| v.iter().map(|k| k.as_str()).collect()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut out: Vec<Message> = stmt
+        .query_map(
+            params![
+                q.channel_id.as_str(),
+                anchor,
+                q.limit,
+                custom_types,
+                senders,
+                kinds,
+                filter.exclude_deleted
+            ],
+            rows::message,
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    if reverse {
+        out.reverse();
+    }
+    Ok(out)
+}
+
+/// The sequence of the newest message created before `at`, 0 if none. One seek in
+/// `messages_by_channel_time`; ties on the millisecond go to the higher sequence.
+pub fn seq_before_time(conn: &Connection, channel: &ChannelId, at: Millis) -> rusqlite::Result<ChannelSeq> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM messages WHERE channel_id = ?1 AND created_at < ?2 \
+             ORDER BY created_at DESC, seq DESC LIMIT 1",
+        )?
+        .query_row(params![channel.as_str(), at], |r| r.get(0))
+        .optional()?;
+    Ok(ChannelSeq(seq.unwrap_or(0) as u64))
 }
 
 /// Messages of a channel in ascending sequence order.

@@ -53,8 +53,9 @@ pub fn user(row: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 pub const CHANNEL_COLS: &str = "c.id, c.kind, c.name, c.cover_url, c.custom_type, c.data, c.created_by, c.created_at, \
-                                c.updated_at, c.last_seq, c.last_message_at, c.member_count";
-pub const CHANNEL_NCOLS: usize = 12;
+                                c.updated_at, c.last_seq, c.last_message_at, c.member_count, \
+                                c.distinct_key IS NOT NULL";
+pub const CHANNEL_NCOLS: usize = 13;
 
 pub fn channel(row: &Row<'_>) -> rusqlite::Result<Channel> {
     let kind: String = row.get(1)?;
@@ -71,6 +72,7 @@ pub fn channel(row: &Row<'_>) -> rusqlite::Result<Channel> {
         last_seq: ChannelSeq(row.get::<_, i64>(9)? as u64),
         last_message_at: row.get(10)?,
         member_count: row.get(11)?,
+        distinct: row.get(12)?,
     })
 }
 

@@ -122,6 +122,11 @@ CREATE TABLE settings (
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 "#,
+    r#"
+ALTER TABLE channels ADD COLUMN distinct_key TEXT;
+CREATE UNIQUE INDEX channels_by_distinct_key ON channels(distinct_key) WHERE distinct_key IS NOT NULL;
+CREATE INDEX messages_by_channel_time ON messages(channel_id, created_at, seq);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -146,5 +151,24 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn time_lookups_seek_the_time_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT seq FROM messages WHERE channel_id = ?1 AND created_at < ?2 \
+                 ORDER BY created_at DESC, seq DESC LIMIT 1",
+            )
+            .unwrap()
+            .query_map(["c", "0"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join(" | ");
+        assert!(plan.contains("COVERING INDEX messages_by_channel_time"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 }

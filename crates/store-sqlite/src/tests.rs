@@ -45,6 +45,7 @@ async fn group(store: &SqliteStore, id: &str, members: &[&str]) -> Channel {
         data: None,
         created_by: None,
         members: members.iter().map(|m| uid(m)).collect(),
+        distinct_key: None,
     };
     c.validate(&Limits::default()).unwrap();
     store.create_channel(c).await.unwrap().0
@@ -151,12 +152,152 @@ async fn direct_channels_are_distinct() {
         data: None,
         created_by: Some(uid(x)),
         members: vec![uid(x), uid(y)],
+        distinct_key: None,
     };
     let (c1, created1) = store.create_channel(mk("a", "b")).await.unwrap();
     let (c2, created2) = store.create_channel(mk("b", "a")).await.unwrap();
     assert!(created1 && !created2);
     assert_eq!(c1.id, c2.id);
     assert_eq!(c1.member_count, 2);
+}
+
+#[tokio::test]
+async fn a_distinct_key_names_one_channel() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    let mk = |id: &str, key: Option<&str>| NewChannel {
+        id: cid(id),
+        kind: ChannelKind::Group,
+        name: id.into(),
+        cover_url: String::new(),
+        custom_type: String::new(),
+        data: None,
+        created_by: None,
+        members: vec![uid("a"), uid("b")],
+        distinct_key: key.map(String::from),
+    };
+    let (c1, created1) = store.create_channel(mk("g1", Some("k"))).await.unwrap();
+    assert!(created1 && c1.distinct);
+    // Another id, same key: the first channel, not a new one.
+    let (c2, created2) = store.create_channel(mk("g2", Some("k"))).await.unwrap();
+    assert!(!created2);
+    assert_eq!(c2.id, cid("g1"));
+    assert!(store.get_channel(&cid("g2")).await.unwrap().is_none());
+    let (c3, created3) = store.create_channel(mk("g3", None)).await.unwrap();
+    assert!(created3 && !c3.distinct);
+    let (_, created4) = store.create_channel(mk("g4", Some("other"))).await.unwrap();
+    assert!(created4);
+    // A taken id is still an error for a new key.
+    let err = store.create_channel(mk("g1", Some("third"))).await.unwrap_err();
+    assert!(matches!(err, DomainError::AlreadyExists { .. }), "{err:?}");
+    assert!(store.get_channel(&cid("g1")).await.unwrap().unwrap().distinct);
+}
+
+#[tokio::test]
+async fn timestamps_map_to_sequences() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    group(&store, "g", &["a"]).await;
+    group(&store, "empty", &["a"]).await;
+    let mut times = Vec::new();
+    for i in 0..5 {
+        let m = store
+            .append_message(NewMessage::text(cid("g"), uid("a"), format!("m{i}")))
+            .await
+            .unwrap()
+            .message;
+        times.push(m.created_at);
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let at = |t| {
+        let store = store.clone();
+        async move { store.seq_before_time(&cid("g"), t).await.unwrap().0 }
+    };
+    assert_eq!(at(times[0]).await, 0, "nothing before the first message");
+    assert_eq!(at(times[0] + 1).await, 1);
+    assert_eq!(at(times[2]).await, 2);
+    assert_eq!(at(times[2] + 1).await, 3);
+    assert_eq!(at(times[4] + 1000).await, 5);
+    assert_eq!(at(0).await, 0);
+    assert_eq!(store.seq_before_time(&cid("empty"), times[4] + 1).await.unwrap().0, 0);
+}
+
+#[tokio::test]
+async fn filtered_history_counts_matches_only() {
+    use confab_domain::model::{MessageFilter, MessageKind};
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    group(&store, "g", &["a", "b"]).await;
+    for i in 0..10 {
+        let mut m = NewMessage::text(cid("g"), uid(if i % 2 == 0 { "a" } else { "b" }), format!("m{i}"));
+        if i % 3 == 0 {
+            m.custom_type = "poll".into();
+        }
+        store.append_message(m).await.unwrap();
+    }
+    let mut admin = NewMessage::text(cid("g"), uid("a"), "notice");
+    admin.sender_id = None;
+    admin.kind = MessageKind::Admin;
+    store.append_message(admin).await.unwrap();
+    let q = |range, limit| HistoryQuery {
+        channel_id: cid("g"),
+        range,
+        limit,
+    };
+    let texts = |ms: Vec<Message>| ms.into_iter().map(|m| m.text).collect::<Vec<_>>();
+    let polls = MessageFilter {
+        custom_types: Some(vec!["poll".into()]),
+        ..Default::default()
+    };
+    let got = store
+        .history_matching(q(HistoryRange::Latest, 3), polls.clone())
+        .await
+        .unwrap();
+    assert_eq!(texts(got), ["m3", "m6", "m9"]);
+    let got = store
+        .history_matching(q(HistoryRange::Before(ChannelSeq(7)), 10), polls.clone())
+        .await
+        .unwrap();
+    assert_eq!(texts(got), ["m0", "m3"]);
+    let from_b = MessageFilter {
+        sender_ids: Some(vec![uid("b")]),
+        custom_types: Some(vec![String::new()]),
+        ..Default::default()
+    };
+    let got = store
+        .history_matching(q(HistoryRange::After(ChannelSeq(0)), 3), from_b)
+        .await
+        .unwrap();
+    assert_eq!(texts(got), ["m1", "m5", "m7"]);
+    let admins = MessageFilter {
+        kinds: Some(vec![MessageKind::Admin]),
+        ..Default::default()
+    };
+    let got = store
+        .history_matching(q(HistoryRange::Latest, 5), admins)
+        .await
+        .unwrap();
+    assert_eq!(texts(got), ["notice"]);
+    let all = store
+        .history_matching(q(HistoryRange::Latest, 4), MessageFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(texts(all), ["m7", "m8", "m9", "notice"]);
+    let m8 = store
+        .history(q(HistoryRange::After(ChannelSeq(8)), 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(m8.text, "m8");
+    store.delete_message(m8.id).await.unwrap();
+    let live = MessageFilter {
+        exclude_deleted: true,
+        ..Default::default()
+    };
+    let got = store.history_matching(q(HistoryRange::Latest, 4), live).await.unwrap();
+    assert_eq!(texts(got), ["m6", "m7", "m9", "notice"]);
 }
 
 #[tokio::test]

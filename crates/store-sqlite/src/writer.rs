@@ -426,6 +426,11 @@ fn create_channel(
     now: Millis,
     events: &mut Vec<Event>,
 ) -> DomainResult<(Channel, bool)> {
+    if let Some(key) = &c.distinct_key
+        && let Some(existing) = queries::channel_by_distinct_key(conn, key).map_err(db_err)?
+    {
+        return Ok((existing, false));
+    }
     if let Some(existing) = queries::channel(conn, &c.id).map_err(db_err)? {
         if c.kind == ChannelKind::Direct && existing.kind == ChannelKind::Direct {
             return Ok((existing, false));
@@ -438,7 +443,7 @@ fn create_channel(
     require_users(conn, &members)?;
     conn.prepare_cached(
         "INSERT INTO channels (id, kind, name, cover_url, custom_type, data, created_by, created_at, updated_at, \
-         member_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+         member_count, distinct_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -450,7 +455,8 @@ fn create_channel(
             to_json(&c.data),
             c.created_by.as_ref().map(|u| u.as_str()),
             now,
-            members.len() as i64
+            members.len() as i64,
+            c.distinct_key
         ])
     })
     .map_err(db_err)?;
@@ -475,6 +481,7 @@ fn create_channel(
         last_seq: ChannelSeq::ZERO,
         last_message_at: None,
         member_count: members.len() as u32,
+        distinct: c.distinct_key.is_some(),
     };
     events.push(Event::ChannelCreated {
         channel: Arc::new(channel.clone()),

@@ -10,4 +10,5 @@ mod llama;
 mod realtime;
 mod rest;
 mod sendbird;
+mod sendbird_channels;
 mod sendbird_webhooks;
