@@ -293,7 +293,9 @@ fn category_of(ev: &Event) -> Option<&'static str> {
         Event::MessageUpdated(m) => match &m.reply {
             Some(r) if !r.state.is_final() => return None,
             Some(_) if !m.edited => "group_channel:message_send",
-            _ => "group_channel:message_update",
+            // Other updates (a thread's reply count) are not edits and are not announced.
+            _ if m.edited => "group_channel:message_update",
+            _ => return None,
         },
         Event::MessageDeleted { .. } => "group_channel:message_delete",
         Event::ChannelCreated { .. } => "group_channel:create",

@@ -91,7 +91,8 @@ async fn sendbird_webhook_settings_and_signed_events() {
     );
 
     let settings = json!({"enabled": true, "url": url, "include_members": true,
-        "enabled_events": ["group_channel:create", "group_channel:message_send", "group_channel:message_delete"]});
+        "enabled_events": ["group_channel:create", "group_channel:message_send", "group_channel:message_update",
+            "group_channel:message_delete"]});
     let (s, v) = sb(&app, "PUT", "/v3/applications/settings/webhook", Some(settings.clone())).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["webhook"], settings);
@@ -147,10 +148,23 @@ async fn sendbird_webhook_settings_and_signed_events() {
     members.sort();
     assert_eq!(members, ["wa", "wb"]);
 
+    let id = sent["id"].as_i64().unwrap();
+    let (s, v) = app
+        .call(
+            "PATCH",
+            &format!("/api/v1/messages/{id}"),
+            &token,
+            Some(json!({"text": "hello, edited"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = next_event(&mut rx, "group_channel:message_update").await;
+    verify(&r);
+    assert_eq!(r.body["payload"]["message"], "hello, edited");
+
     // Not subscribed: no `group_channel:leave` when a member leaves; the next event is the delete.
     let (s, v) = app.admin("DELETE", "/api/v1/channels/hooked/members/wb", None).await;
     assert!(s == 200 || s == 204, "{s} {v}");
-    let id = sent["id"].as_i64().unwrap();
     let (s, v) = app
         .call("DELETE", &format!("/api/v1/messages/{id}"), &token, None)
         .await;
