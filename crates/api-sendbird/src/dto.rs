@@ -201,7 +201,9 @@ pub fn message_data(m: &Message) -> String {
         _ => Map::new(),
     };
     obj.insert("stream".into(), Value::Bool(!reply.state.is_final()));
-    obj.insert("respond_mesg_id".into(), Value::from(reply.trigger_id.0));
+    if reply.trigger_id.0 > 0 {
+        obj.insert("respond_mesg_id".into(), Value::from(reply.trigger_id.0));
+    }
     obj.insert("reply_state".into(), Value::from(reply.state.as_str()));
     if let Some(reason) = &reply.reason {
         obj.insert("reason".into(), Value::from(reason.as_str()));

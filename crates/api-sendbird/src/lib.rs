@@ -8,6 +8,8 @@
 //! update, delete); webhook settings and signed webhook events (see [`webhooks`]). Message and channel
 //! objects are rendered in `dto`, shared by every handler.
 
+pub mod bots;
+pub mod callbacks;
 pub mod channels;
 pub mod dto;
 pub mod error;
@@ -37,6 +39,9 @@ pub struct SendbirdState {
     /// Bound of JSON bodies and form text fields on routes whose own limit is the upload size.
     pub max_body_bytes: usize,
 }
+
+/// Shortest useful timeout.
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn unknown_route(method: Method, OriginalUri(uri): OriginalUri) -> SendbirdError {
     SendbirdError::request(
@@ -70,13 +75,19 @@ async fn timeout_response(_: tower::BoxError) -> SendbirdError {
     }
 }
 
-/// The `/v3` router.
-pub fn router(service: Arc<Confab>, webhooks: Arc<SendbirdWebhooks>, limits: SendbirdLimits) -> Router {
+/// The `/v3` router; also starts the bot callbacks, which run until `shutdown`.
+pub fn router(
+    service: Arc<Confab>,
+    webhooks: Arc<SendbirdWebhooks>,
+    limits: SendbirdLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Router {
     let uploads = Router::new()
         .route(
             "/group_channels/{channel_url}/messages",
             post(messages::send_message).get(messages::list_messages),
         )
+        .route("/bots/{bot_userid}/send", post(bots::send))
         .layer(DefaultBodyLimit::max(limits.max_upload_request_bytes));
     let v3 = Router::new()
         .route("/users", post(users::create_user).get(users::list_users))
@@ -112,21 +123,44 @@ pub fn router(service: Arc<Confab>, webhooks: Arc<SendbirdWebhooks>, limits: Sen
             "/applications/settings/webhook",
             get(webhooks::view_settings).put(webhooks::update_settings),
         )
+        .route("/bots", post(bots::create_bot).get(bots::list_bots))
+        .route(
+            "/bots/{bot_userid}",
+            get(bots::view_bot).put(bots::update_bot).delete(bots::delete_bot),
+        )
+        .route(
+            "/bots/{bot_userid}/channels",
+            post(bots::join_channels).delete(bots::leave_all_channels),
+        )
+        .route(
+            "/bots/{bot_userid}/channels/{channel_url}",
+            axum::routing::delete(bots::leave_channel),
+        )
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .merge(uploads)
         .layer(
             tower::ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(timeout_response))
-                .timeout(limits.request_timeout),
+                .timeout(limits.request_timeout.max(MIN_TIMEOUT)),
+        )
+        // Generation and streamed uploads last as long as the text: bounded by the provider layer's
+        // timeouts and the stream's own limits instead of the request timeout.
+        .merge(
+            Router::new()
+                .route("/bots/{bot_userid}/ai_chatbot_replies", post(bots::ai_chatbot_replies))
+                .route("/bots/{bot_userid}/send_stream", post(bots::send_stream))
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
         )
         .method_not_allowed_fallback(unknown_route)
         .fallback(unknown_route);
+    let state = SendbirdState {
+        service,
+        webhooks,
+        max_body_bytes: limits.max_body_bytes,
+    };
+    callbacks::start(state.clone(), shutdown);
     Router::new()
         .nest("/v3", v3)
-        .with_state(SendbirdState {
-            service,
-            webhooks,
-            max_body_bytes: limits.max_body_bytes,
-        })
+        .with_state(state)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
 }

@@ -163,7 +163,7 @@ impl SendMessageBody {
     }
 
     /// Sets one form field. Unknown fields are ignored, as unknown JSON keys are.
-    fn set_form_field(&mut self, name: &str, value: String) -> SendbirdResult<()> {
+    pub(crate) fn set_form_field(&mut self, name: &str, value: String) -> SendbirdResult<()> {
         let number = |v: &str| {
             v.trim()
                 .parse::<i64>()
@@ -194,7 +194,7 @@ impl SendMessageBody {
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> SendbirdError {
+pub(crate) fn multipart_error(e: axum::extract::multipart::MultipartError) -> SendbirdError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return SendbirdError::Request {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -214,10 +214,9 @@ async fn read_form(
     channel: &ChannelId,
     mut form: Multipart,
 ) -> SendbirdResult<(SendMessageBody, Option<FileId>)> {
-    let actor = confab_service::Actor::Admin;
     let mut body = SendMessageBody::default();
     let mut upload = None;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let Some(name) = field.name().map(str::to_string) else {
             continue;
         };
@@ -225,34 +224,66 @@ async fn read_form(
             if upload.is_some() {
                 return Err(SendbirdError::invalid("file", "one file per message"));
             }
-            let file_name = field.file_name().unwrap_or("file").to_string();
-            let mut up = st.service.begin_upload(&actor, channel).await?;
-            loop {
-                match field.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if let Err(e) = up.write(&chunk).await {
-                            up.abort().await;
-                            return Err(e.into());
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        up.abort().await;
-                        return Err(multipart_error(e));
-                    }
-                }
-            }
-            upload = Some(st.service.finish_upload(up, &file_name).await?);
+            upload = Some(upload_field(st, channel, field).await?);
         } else {
             let text = read_text_field(field, st.max_body_bytes).await?;
             body.set_form_field(&name, text)?;
         }
     }
-    Ok((body, upload.map(|f| f.id)))
+    Ok((body, upload))
+}
+
+/// Streams a form's file part into an upload for the channel (the application uploads as itself).
+pub(crate) async fn upload_field(
+    st: &SendbirdState,
+    channel: &ChannelId,
+    mut field: axum::extract::multipart::Field<'_>,
+) -> SendbirdResult<FileId> {
+    let file_name = field.file_name().unwrap_or("file").to_string();
+    let mut up = st.service.begin_upload(&confab_service::Actor::Admin, channel).await?;
+    loop {
+        match field.chunk().await {
+            Ok(Some(chunk)) => {
+                if let Err(e) = up.write(&chunk).await {
+                    up.abort().await;
+                    return Err(e.into());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                up.abort().await;
+                return Err(multipart_error(e));
+            }
+        }
+    }
+    Ok(st.service.finish_upload(up, &file_name).await?.id)
+}
+
+/// A JSON body of a route whose own limit is the upload size, bounded like any JSON body.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usize) -> SendbirdResult<T> {
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| SendbirdError::Request {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: ErrorCode::ParameterValueLengthExceeded,
+            message: "The request body is too large.".into(),
+        })?;
+    parse_json(&bytes)
+}
+
+/// Whether a request carries a multipart form.
+pub(crate) fn is_multipart(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"))
 }
 
 /// A text field, bounded like a JSON body (the route's own limit is the upload size).
-async fn read_text_field(mut field: axum::extract::multipart::Field<'_>, limit: usize) -> SendbirdResult<String> {
+pub(crate) async fn read_text_field(
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: usize,
+) -> SendbirdResult<String> {
     let mut bytes = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         if bytes.len() + chunk.len() > limit {
@@ -279,7 +310,7 @@ async fn message_in(st: &SendbirdState, channel: &ChannelId, id: i64) -> Sendbir
     Ok(m)
 }
 
-async fn render_one(st: &SendbirdState, m: &Message) -> SendbirdResult<MessageObject> {
+pub(crate) async fn render_one(st: &SendbirdState, m: &Message) -> SendbirdResult<MessageObject> {
     let users = dto::Users::of_messages(&st.service, [m]).await?;
     Ok(dto::render_message(m, &users))
 }
@@ -293,11 +324,7 @@ pub async fn send_message(
     req: Request,
 ) -> SendbirdResult<Reply<MessageObject>> {
     let channel = parse_channel_url(&url)?;
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let is_form = is_multipart(&req);
     let (body, upload) = if is_form {
         // The channel must exist before anything is stored for it.
         st.service.get_channel(&auth.actor(), &channel).await?;
@@ -309,14 +336,7 @@ pub async fn send_message(
         })?;
         read_form(&st, &channel, form).await?
     } else {
-        let bytes = axum::body::to_bytes(req.into_body(), st.max_body_bytes)
-            .await
-            .map_err(|_| SendbirdError::Request {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: ErrorCode::ParameterValueLengthExceeded,
-                message: "The request body is too large.".into(),
-            })?;
-        (parse_json::<SendMessageBody>(&bytes)?, None)
+        (read_json(req, st.max_body_bytes).await?, None)
     };
     let msg = body.into_new_message(channel, upload)?;
     let appended = st.service.send(&auth.actor(), msg).await?;

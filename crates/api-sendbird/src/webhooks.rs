@@ -133,6 +133,33 @@ impl SendbirdWebhooks {
         Ok(this)
     }
 
+    pub fn policy(&self) -> &confab_egress::EgressPolicy {
+        self.dispatcher.policy()
+    }
+
+    pub fn service(&self) -> &Arc<Confab> {
+        &self.service
+    }
+
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    /// Signs and queues one POST of a Sendbird payload (webhook or bot callback) to `url`.
+    pub fn post(&self, kind: &'static str, url: &str, payload: &Value) {
+        let body = bytes::Bytes::from(payload.to_string());
+        let signature = self.sign(&body);
+        match Delivery::json(kind, self.dispatcher.policy(), url, body) {
+            Ok(d) => {
+                let d = d
+                    .header("user-agent", "SendBird")
+                    .header("x-sendbird-signature", &signature);
+                let _ = self.dispatcher.enqueue(d); // a full queue is counted and logged by the dispatcher
+            }
+            Err(e) => tracing::warn!(kind, error = %e, "sendbird callback URL refused"),
+        }
+    }
+
     pub fn settings(&self) -> Arc<WebhookSettings> {
         self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -167,26 +194,12 @@ impl SendbirdWebhooks {
         let this = self.clone();
         tokio::spawn(async move {
             match this.payload(category, &ev, &settings).await {
-                Ok(Some(payload)) => this.send(&settings.url, &payload),
+                Ok(Some(payload)) => this.post("sendbird.webhook", &settings.url, &payload),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(category, error = %e, "cannot build a sendbird webhook payload"),
             }
             drop(permit);
         });
-    }
-
-    fn send(&self, url: &str, payload: &Value) {
-        let body = bytes::Bytes::from(payload.to_string());
-        let signature = self.sign(&body);
-        match Delivery::json("sendbird.webhook", self.dispatcher.policy(), url, body) {
-            Ok(d) => {
-                let d = d
-                    .header("user-agent", "SendBird")
-                    .header("x-sendbird-signature", &signature);
-                let _ = self.dispatcher.enqueue(d); // a full queue is counted and logged by the dispatcher
-            }
-            Err(e) => tracing::warn!(error = %e, "sendbird webhook URL refused"),
-        }
     }
 
     async fn payload(&self, category: &'static str, ev: &Event, s: &WebhookSettings) -> DomainResult<Option<Value>> {
@@ -196,18 +209,9 @@ impl SendbirdWebhooks {
                 let Some(ch) = store.get_channel(&m.channel_id).await? else {
                     return Ok(None);
                 };
-                let sender = match &m.sender_id {
-                    Some(id) => store.get_user(id).await?,
-                    None => None,
-                };
-                let mut mentioned = Vec::with_capacity(m.mentions.len());
-                for id in &m.mentions {
-                    if let Some(u) = store.get_user(id).await? {
-                        mentioned.push(user_json(&u));
-                    }
-                }
+                let (sender, mentioned) = people_of(&self.service, m).await?;
                 json!({
-                    "sender": sender.as_ref().map_or(Value::Null, user_json),
+                    "sender": sender,
                     "silent": false,
                     "sender_ip_addr": "",
                     "custom_type": m.custom_type,
@@ -270,7 +274,7 @@ impl SendbirdWebhooks {
         Ok(Some(p))
     }
 
-    async fn users_json(&self, ids: &[UserId]) -> DomainResult<Value> {
+    pub(crate) async fn users_json(&self, ids: &[UserId]) -> DomainResult<Value> {
         let store = self.service.store();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -284,6 +288,23 @@ impl SendbirdWebhooks {
         }
         Ok(Value::Array(out))
     }
+}
+
+/// The sender (`null` for the application) and the mentioned users of a message, as Sendbird payloads show
+/// users.
+pub(crate) async fn people_of(service: &Confab, m: &Message) -> DomainResult<(Value, Vec<Value>)> {
+    let store = service.store();
+    let sender = match &m.sender_id {
+        Some(id) => store.get_user(id).await?.as_ref().map_or(Value::Null, user_json),
+        None => Value::Null,
+    };
+    let mut mentioned = Vec::with_capacity(m.mentions.len());
+    for id in &m.mentions {
+        if let Some(u) = store.get_user(id).await? {
+            mentioned.push(user_json(&u));
+        }
+    }
+    Ok((sender, mentioned))
 }
 
 fn category_of(ev: &Event) -> Option<&'static str> {
@@ -312,7 +333,7 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn message_payload(m: &Message) -> Value {
+pub(crate) fn message_payload(m: &Message) -> Value {
     let mut p = json!({
         "message_id": m.id.0,
         "custom_type": m.custom_type,
@@ -326,11 +347,11 @@ fn message_payload(m: &Message) -> Value {
     p
 }
 
-fn user_json(u: &User) -> Value {
+pub(crate) fn user_json(u: &User) -> Value {
     json!({"user_id": u.id.as_str(), "nickname": u.nickname, "profile_url": u.profile_url, "metadata": u.metadata})
 }
 
-fn channel_json(c: &Channel) -> Value {
+pub(crate) fn channel_json(c: &Channel) -> Value {
     json!({
         "name": c.name,
         "channel_url": c.id.as_str(),

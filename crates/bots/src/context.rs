@@ -62,6 +62,31 @@ pub fn build_request(bot: &UserId, s: &BotSettings, kind: ChannelKind, history: 
             _ => turns.push(ChatMessage { role, content }),
         }
     }
+    finish_request(s, system, turns)
+}
+
+/// Builds the request for a conversation the application hands over whole (not read from a channel):
+/// `turns` oldest first, consecutive turns of one role merged, trimmed like a channel's context.
+pub fn build_turns_request(s: &BotSettings, turns: &[(Role, String)]) -> ChatRequest {
+    let mut merged: Vec<ChatMessage> = Vec::new();
+    for (role, content) in turns {
+        match merged.last_mut() {
+            Some(last) if last.role == *role => {
+                last.content.push('\n');
+                last.content.push_str(content);
+            }
+            _ => merged.push(ChatMessage {
+                role: *role,
+                content: content.clone(),
+            }),
+        }
+    }
+    finish_request(s, system_prompt(s), merged)
+}
+
+/// Drops leading assistant turns, trims the oldest turns to `context_tokens` (the system prompt and the last
+/// turn always stay) and adds the bot's model settings.
+fn finish_request(s: &BotSettings, system: String, mut turns: Vec<ChatMessage>) -> ChatRequest {
     while turns.first().is_some_and(|t| t.role == Role::Assistant) {
         turns.remove(0);
     }

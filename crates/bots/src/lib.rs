@@ -16,16 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use confab_domain::bot::{Bot, ReplyInfo, ReplyState, UsageRecord, utc_day};
+use confab_domain::bot::{Bot, BotTrigger, ReplyInfo, ReplyState, UsageRecord, utc_day};
 use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, NewMessage};
 use confab_domain::ports::Subscription;
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
 use confab_service::Confab;
-use confab_service::bots::{SendObserver, SendTicket};
+use confab_service::bots::{AnswerEvent, BotAnswerer, SendObserver, SendTicket, TurnRole};
 use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
@@ -157,6 +157,8 @@ impl BotRuntime {
             .expect("one partition");
         let observer: std::sync::Weak<dyn SendObserver> = Arc::downgrade(&rt) as _;
         service.set_send_observer(observer);
+        let answerer: std::sync::Weak<dyn BotAnswerer> = Arc::downgrade(&rt) as _;
+        service.set_bot_answerer(answerer);
         let weak = Arc::downgrade(&rt);
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
@@ -187,6 +189,14 @@ impl BotRuntime {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    fn any_callback_bot(&self) -> bool {
+        self.bots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|b| !b.settings.callback_url.is_empty())
+    }
+
     fn is_bot(&self, id: &UserId) -> bool {
         self.bots.read().unwrap_or_else(|e| e.into_inner()).contains_key(id)
     }
@@ -198,8 +208,10 @@ impl BotRuntime {
                 if sender_is_bot || m.reply.is_some() || m.deleted {
                     return; // bots never trigger bots: no loops
                 }
-                if self.claim(&m, None) {
-                    return; // seen before its commit: its replies started early
+                // Seen before its commit: its replies started early; only callbacks may be left to tell.
+                let claimed = self.claim(&m, None);
+                if claimed && !self.any_callback_bot() {
+                    return;
                 }
                 // Most messages go to channels without bots: settle those here, without a task per message.
                 let no_bots = self.bots.read().unwrap_or_else(|e| e.into_inner()).is_empty()
@@ -216,6 +228,21 @@ impl BotRuntime {
                 let rt = self.clone();
                 tokio::spawn(async move {
                     let bots = rt.triggered_bots(&m).await;
+                    let callbacks: Vec<Event> = bots
+                        .iter()
+                        .filter(|b| !b.settings.callback_url.is_empty())
+                        .map(|b| Event::BotTriggered {
+                            bot: b.id.clone(),
+                            message: m.clone(),
+                        })
+                        .collect();
+                    if !callbacks.is_empty() {
+                        rt.service.bus().publish(callbacks).await;
+                    }
+                    if claimed {
+                        return;
+                    }
+                    let bots: Vec<Bot> = bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect();
                     if !bots.is_empty() {
                         rt.remember_trigger(&m);
                     }
@@ -300,9 +327,12 @@ impl BotRuntime {
         if ch.bots.is_empty() {
             return Vec::new();
         }
-        let mut ids: Vec<UserId> = addressed_bots(ch.kind, &ch.bots, &m.mentions, &m.text)
-            .cloned()
-            .collect();
+        let mut ids: Vec<UserId> = {
+            let all = self.bots.read().unwrap_or_else(|e| e.into_inner());
+            addressed_bots(ch.kind, &ch.bots, |b| trigger_of(&all, b), &m.mentions, &m.text)
+                .cloned()
+                .collect()
+        };
         if ids.is_empty()
             && ch.kind == ChannelKind::Group
             && let Some(parent_id) = m.parent_id
@@ -362,12 +392,11 @@ impl BotRuntime {
                 return None; // a retry: the store returns the original, whose replies exist
             }
         }
-        let ids: Vec<&UserId> = addressed_bots(ch.kind, &ch.bots, &draft.mentions, &draft.text).collect();
-        if ids.is_empty() {
-            return None; // nothing, or a thread follow-up, which needs the parent from the store
-        }
-        let bots = self.bots.read().unwrap_or_else(|e| e.into_inner());
-        let bots: Vec<Bot> = ids.into_iter().filter_map(|id| bots.get(id).cloned()).collect();
+        let all = self.bots.read().unwrap_or_else(|e| e.into_inner());
+        // Only LLM replies start early; callbacks are told after the commit.
+        let bots: Vec<Bot> = addressed_bots(ch.kind, &ch.bots, |b| trigger_of(&all, b), &draft.mentions, &draft.text)
+            .filter_map(|id| all.get(id).filter(|b| b.settings.answers_with_llm()).cloned())
+            .collect();
         (!bots.is_empty()).then_some((ch.kind, bots))
     }
 
@@ -852,15 +881,25 @@ fn early_context(mut history: Vec<Message>, trigger: &Message, limit: u32) -> Ve
 }
 
 /// The bots a message addresses directly: every bot of a 1:1 channel; in a group, the bots it mentions (in
-/// the mention list or as `@id` in the text). Thread follow-ups are decided separately (they need the parent).
+/// the mention list or as `@id` in the text) and those that take every message. Thread follow-ups are
+/// decided separately (they need the parent).
 fn addressed_bots<'a>(
     kind: ChannelKind,
     bots: &'a [UserId],
+    trigger: impl Fn(&UserId) -> BotTrigger + 'a,
     mentions: &'a [UserId],
     text: &'a str,
 ) -> impl Iterator<Item = &'a UserId> + 'a {
-    bots.iter()
-        .filter(move |b| kind == ChannelKind::Direct || mentions.contains(b) || mentions_in_text(text, b))
+    bots.iter().filter(move |b| {
+        kind == ChannelKind::Direct
+            || trigger(b) == BotTrigger::AllMessages
+            || mentions.contains(b)
+            || mentions_in_text(text, b)
+    })
+}
+
+fn trigger_of(bots: &HashMap<UserId, Bot>, id: &UserId) -> BotTrigger {
+    bots.get(id).map_or(BotTrigger::Mentions, |b| b.settings.trigger)
 }
 
 /// `@id` in the text, not followed by more id characters.
@@ -925,6 +964,181 @@ impl SendTicket for EarlyTicket {
                 rt.claim(&Arc::new(m.clone()), Some(self.id));
             }
             None => rt.forget_early(self.id),
+        }
+    }
+}
+
+/// Usage of answers outside any channel (`ai_chatbot_replies`) is recorded under this channel id, with the
+/// bot itself as the user.
+const ANSWERS_CHANNEL: &str = "-";
+
+#[async_trait::async_trait]
+impl BotAnswerer for BotRuntime {
+    async fn answer(
+        &self,
+        bot_id: &UserId,
+        turns: Vec<(TurnRole, String)>,
+    ) -> Result<mpsc::Receiver<AnswerEvent>, DomainError> {
+        let bot = self
+            .bots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bot_id)
+            .cloned()
+            .ok_or_else(|| DomainError::not_found("bot", bot_id))?;
+        if !bot.settings.answers_with_llm() {
+            return Err(DomainError::invalid(
+                "bot",
+                "this bot has no LLM provider (its answers come from its callback)",
+            ));
+        }
+        let turns: Vec<(confab_llm::Role, String)> = turns
+            .into_iter()
+            .map(|(r, t)| match r {
+                TurnRole::User => (confab_llm::Role::User, t),
+                TurnRole::Assistant => (confab_llm::Role::Assistant, t),
+            })
+            .collect();
+        let req = context::build_turns_request(&bot.settings, &turns);
+        let prompt_estimate = context::estimate_request(&req);
+        if let Err(message) = self.check_budget(&bot, &bot.id, prompt_estimate + req.max_tokens).await {
+            tracing::info!(bot = %bot.id, %message, "answer refused");
+            return Err(DomainError::LimitExceeded {
+                what: "daily tokens of this bot",
+                limit: bot.settings.bot_daily_tokens.max(bot.settings.user_daily_tokens),
+            });
+        }
+        let providers: Vec<Arc<dyn LlmProvider>> = std::iter::once(&bot.settings.provider)
+            .chain(&bot.settings.fallbacks)
+            .filter_map(|name| self.providers.get(name))
+            .collect();
+        if providers.is_empty() {
+            return Err(DomainError::Unavailable("this bot's provider is not configured".into()));
+        }
+        let rt = self
+            .me
+            .upgrade()
+            .ok_or_else(|| DomainError::Unavailable("the bot runtime is stopping".into()))?;
+        let (tx, rx) = mpsc::channel(64);
+        let prepared = Prepared {
+            req,
+            providers,
+            prompt_estimate,
+        };
+        tokio::spawn(async move {
+            let outcome = match rt.open(&bot, prepared, Instant::now()).await {
+                Ok(opened) => rt.relay_answer(opened, &tx).await,
+                Err(o) => o,
+            };
+            if let End::Failed(message) | End::Interrupted(message) = &outcome.end {
+                // Not called: the bot's own queue gave up waiting, i.e. it is busy.
+                let busy = !outcome.called;
+                let _ = tx
+                    .send(AnswerEvent::Failed {
+                        busy,
+                        message: message.clone(),
+                    })
+                    .await;
+            }
+            rt.record_answer(&bot, &outcome).await;
+        });
+        Ok(rx)
+    }
+}
+
+impl BotRuntime {
+    /// Streams an answer into `tx` until it ends, the receiver goes away (the caller left: the upstream call
+    /// is closed) or the provider fails.
+    async fn relay_answer(&self, opened: Opened<'_>, tx: &mpsc::Sender<AnswerEvent>) -> Outcome {
+        let Opened {
+            mut stream,
+            _permits,
+            called_at,
+            prompt_estimate,
+        } = opened;
+        let mut out = Outcome {
+            text: String::new(),
+            end: End::Complete,
+            called: true,
+            prompt_tokens: prompt_estimate,
+            completion_tokens: 0,
+        };
+        let mut usage_reported = false;
+        let mut first_token = true;
+        loop {
+            match stream.next().await {
+                Some(Ok(StreamEvent::Delta(d))) => {
+                    if d.is_empty() {
+                        continue;
+                    }
+                    if first_token {
+                        first_token = false;
+                        metrics::histogram!("confab_llm_time_to_first_token_seconds")
+                            .record(called_at.elapsed().as_secs_f64());
+                    }
+                    out.text.push_str(&d);
+                    if tx.send(AnswerEvent::Delta(d)).await.is_err() {
+                        out.end = End::Stopped;
+                        break;
+                    }
+                }
+                Some(Ok(StreamEvent::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                })) => {
+                    usage_reported = true;
+                    out.prompt_tokens = prompt_tokens;
+                    out.completion_tokens = completion_tokens;
+                }
+                Some(Ok(StreamEvent::Done { .. })) => break,
+                Some(Err(e)) => {
+                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
+                    out.end = failure(&e, &out.text);
+                    break;
+                }
+                None => {
+                    out.end = failure(&LlmError::StreamCut("the stream ended early".into()), &out.text);
+                    break;
+                }
+            }
+        }
+        drop(stream);
+        if !usage_reported {
+            out.completion_tokens = context::estimate_tokens(&out.text);
+        }
+        metrics::histogram!("confab_llm_upstream_seconds").record(called_at.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Metrics and usage of an answer outside any channel.
+    async fn record_answer(&self, bot: &Bot, outcome: &Outcome) {
+        let state = match outcome.end {
+            End::Complete => ReplyState::Complete,
+            End::Stopped => ReplyState::Stopped,
+            End::Failed(_) => ReplyState::Failed,
+            End::Interrupted(_) => ReplyState::Interrupted,
+        };
+        metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
+        if !outcome.called {
+            return;
+        }
+        metrics::counter!("confab_llm_tokens_total", "kind" => "prompt").increment(outcome.prompt_tokens as u64);
+        metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
+            .increment(outcome.completion_tokens as u64);
+        let Ok(channel_id) = ChannelId::parse(ANSWERS_CHANNEL) else {
+            return;
+        };
+        let usage = UsageRecord {
+            day: utc_day(now_millis()),
+            bot_id: bot.id.clone(),
+            user_id: bot.id.clone(),
+            channel_id,
+            prompt_tokens: outcome.prompt_tokens as u64,
+            completion_tokens: outcome.completion_tokens as u64,
+            replies: 1,
+        };
+        if let Err(e) = self.service.store().record_usage(usage).await {
+            tracing::warn!(error = %e, "cannot record usage");
         }
     }
 }

@@ -35,6 +35,22 @@ pub struct BotSettings {
     pub bot_daily_tokens: u64,
     /// Concurrent replies this bot generates; more wait in a queue with a deadline.
     pub max_concurrent: u32,
+    /// Which group messages address the bot (1:1 messages always do).
+    pub trigger: BotTrigger,
+    /// Where the application is told about each message that addresses the bot (a bot whose answers come
+    /// from the application, or an LLM bot the application also follows). Empty: nobody is told.
+    pub callback_url: String,
+}
+
+/// Which messages of a group address a bot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BotTrigger {
+    /// Messages that mention it (mention list or `@id`), start with `/`, or follow up in its threads.
+    #[default]
+    Mentions,
+    /// Every member's message.
+    AllMessages,
 }
 
 impl Default for BotSettings {
@@ -54,14 +70,28 @@ impl Default for BotSettings {
             user_daily_tokens: 0,
             bot_daily_tokens: 0,
             max_concurrent: 8,
+            trigger: BotTrigger::Mentions,
+            callback_url: String::new(),
         }
     }
 }
 
 impl BotSettings {
+    /// Whether an LLM answers for this bot (otherwise only its callback is told).
+    pub fn answers_with_llm(&self) -> bool {
+        !self.provider.trim().is_empty()
+    }
+
     pub fn validate(&self) -> Result<(), DomainError> {
-        if self.provider.trim().is_empty() {
-            return Err(DomainError::invalid("provider", "a bot needs a provider"));
+        if self.provider.trim().is_empty() && self.callback_url.trim().is_empty() {
+            return Err(DomainError::invalid(
+                "provider",
+                "a bot needs a provider (or a callback URL, when the application answers)",
+            ));
+        }
+        let web = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if !self.callback_url.is_empty() && !web(&self.callback_url) {
+            return Err(DomainError::invalid("callback_url", "must be an http(s) URL"));
         }
         if self.system_prompt.chars().count() > 20_000 {
             return Err(DomainError::invalid(
@@ -143,7 +173,8 @@ impl ReplyState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReplyInfo {
     pub state: ReplyState,
-    /// The message that triggered the reply (one reply per bot and trigger).
+    /// The message that triggered the reply (one reply per bot and trigger); `MessageId(0)` for a message
+    /// an application streams without naming the message it answers.
     pub trigger_id: MessageId,
     /// For `failed` (and sometimes `interrupted`): why, in words a user can read.
     pub reason: Option<String>,

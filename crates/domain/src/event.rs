@@ -67,6 +67,12 @@ pub enum Event {
     },
     /// A bot was created or its settings changed.
     BotChanged(UserId),
+    /// A committed message triggered a bot that has a callback URL: the application is told (the surface
+    /// that owns the bot's callback format delivers it). Not sent to clients.
+    BotTriggered {
+        bot: UserId,
+        message: Arc<Message>,
+    },
     /// A member asked to stop a generating reply; the node generating it stops.
     ReplyStopRequested {
         channel_id: ChannelId,
@@ -79,7 +85,9 @@ impl Event {
     /// The channel whose order this event belongs to, if any. Events of one channel are delivered in order.
     pub fn channel_id(&self) -> Option<&ChannelId> {
         match self {
-            Event::MessageCreated(m) | Event::MessageUpdated(m) => Some(&m.channel_id),
+            Event::MessageCreated(m) | Event::MessageUpdated(m) | Event::BotTriggered { message: m, .. } => {
+                Some(&m.channel_id)
+            }
             Event::MessageDeleted { channel_id, .. }
             | Event::ChannelDeleted { channel_id, .. }
             | Event::ReadUpTo { channel_id, .. }
@@ -117,6 +125,7 @@ impl Event {
             Event::UserDeleted(_) => "user.deleted",
             Event::ReplyDelta { .. } => "message.delta",
             Event::BotChanged(_) => "bot.changed",
+            Event::BotTriggered { .. } => "bot.triggered",
             Event::ReplyStopRequested { .. } => "message.stop_requested",
         }
     }

@@ -138,6 +138,7 @@ impl Hub {
                 | Event::UserCreated(_)
                 | Event::UserUpdated(_)
                 | Event::BotChanged(_)
+                | Event::BotTriggered { .. }
                 | Event::ReplyStopRequested { .. }
         )
     }
@@ -434,6 +435,7 @@ impl Shard {
             | Event::UserCreated(_)
             | Event::UserUpdated(_)
             | Event::BotChanged(_)
+            | Event::BotTriggered { .. }
             | Event::ReplyStopRequested { .. } => {}
         }
     }

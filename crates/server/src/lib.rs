@@ -223,6 +223,7 @@ impl App {
                 max_upload_request_bytes: limits.max_upload_request_bytes,
                 request_timeout,
             },
+            shutdown.clone(),
         );
         // Method and path only: query strings may carry tokens and are never logged.
         let router = native

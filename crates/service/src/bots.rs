@@ -1,9 +1,9 @@
 //! Bot accounts: their settings, stopping a reply, and usage. Generating replies is the bot runtime's job
 //! (crate `confab-bots`); this is the part every API surface shares.
 
-use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
+use confab_domain::bot::{Bot, BotSettings, ReplyInfo, ReplyState, UsageRecord};
 use confab_domain::model::{Message, NewMessage, NewUser, UserPatch};
-use confab_domain::{DomainError, DomainResult, Event, MessageId, UserId};
+use confab_domain::{ChannelId, DomainError, DomainResult, Event, MessageId, UserId};
 
 use crate::{Actor, Confab, UserView, require_admin};
 
@@ -41,7 +41,76 @@ pub trait SendTicket: Send {
     fn settled(self: Box<Self>, stored: Option<&Message>);
 }
 
+/// Who spoke a turn of a conversation handed to a bot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnRole {
+    User,
+    Assistant,
+}
+
+/// What a bot's answer outside any channel streams: text as it is generated; the stream ends after the last
+/// delta when the answer is complete, or with `Failed` (after any text already sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnswerEvent {
+    Delta(String),
+    Failed {
+        /// The provider or the bot is saturated (retrying later may work), as opposed to a failure.
+        busy: bool,
+        /// Safe to show: never a secret or an upstream body.
+        message: String,
+    },
+}
+
+/// Answers a conversation the application hands over whole (Sendbird's `ai_chatbot_replies`), through the
+/// same providers, budgets, concurrency caps and metrics as replies in channels. Implemented by the bot
+/// runtime. Dropping the receiver stops the generation.
+#[async_trait::async_trait]
+pub trait BotAnswerer: Send + Sync {
+    async fn answer(
+        &self,
+        bot: &UserId,
+        turns: Vec<(TurnRole, String)>,
+    ) -> DomainResult<tokio::sync::mpsc::Receiver<AnswerEvent>>;
+}
+
 impl Confab {
+    /// Registers the bot answerer (held weakly, like the send observer).
+    pub fn set_bot_answerer(&self, answerer: std::sync::Weak<dyn BotAnswerer>) {
+        *self.answerer.write().unwrap_or_else(|e| e.into_inner()) = Some(answerer);
+    }
+
+    /// A bot's answer to `turns` (oldest first, the last one the user's). The application only.
+    pub async fn answer_as_bot(
+        &self,
+        actor: &Actor,
+        bot: &UserId,
+        turns: Vec<(TurnRole, String)>,
+    ) -> DomainResult<tokio::sync::mpsc::Receiver<AnswerEvent>> {
+        require_admin(actor)?;
+        if turns.is_empty() {
+            return Err(DomainError::invalid("messages", "at least one message is required"));
+        }
+        if turns.last().is_some_and(|(r, _)| *r != TurnRole::User) {
+            return Err(DomainError::invalid("messages", "the last message must be the user's"));
+        }
+        let total: usize = turns.iter().map(|(_, t)| t.chars().count()).sum();
+        let max = self.cfg.limits.max_text_chars * 20;
+        if total > max {
+            return Err(DomainError::LimitExceeded {
+                what: "characters of messages",
+                limit: max as u64,
+            });
+        }
+        let answerer = self
+            .answerer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .ok_or_else(|| DomainError::Unavailable("the bot runtime is not running".into()))?;
+        answerer.answer(bot, turns).await
+    }
+
     /// Registers the observer of sends (held weakly: the observer owns the service, not the reverse).
     pub fn set_send_observer(&self, observer: std::sync::Weak<dyn SendObserver>) {
         *self.send_observer.write().unwrap_or_else(|e| e.into_inner()) = Some(observer);
@@ -92,7 +161,9 @@ impl Confab {
 
     fn check_providers(&self, s: &BotSettings) -> DomainResult<()> {
         let names = self.catalog().map(|c| c.names()).unwrap_or_default();
-        for p in std::iter::once(&s.provider).chain(&s.fallbacks) {
+        // A bot without a provider is answered by the application (see `BotSettings::callback_url`).
+        let first = std::iter::once(&s.provider).filter(|p| !p.trim().is_empty());
+        for p in first.chain(&s.fallbacks) {
             if !names.iter().any(|n| n == p) {
                 return Err(DomainError::invalid(
                     "provider",
@@ -174,6 +245,73 @@ impl Confab {
             .await?
             .ok_or_else(|| DomainError::not_found("bot", id))?;
         self.store.delete_user(id).await
+    }
+
+    /// Starts a bot message whose text the application streams (Sendbird's `send_stream`): stored at once,
+    /// `generating`, shown to members as a reply that streams. `answers` names the member's message it
+    /// answers (one such message per bot and answered message).
+    pub async fn begin_bot_stream(
+        &self,
+        actor: &Actor,
+        bot: &UserId,
+        channel: &ChannelId,
+        answers: Option<MessageId>,
+    ) -> DomainResult<Message> {
+        require_admin(actor)?;
+        self.store
+            .get_bot(bot)
+            .await?
+            .ok_or_else(|| DomainError::not_found("bot", bot))?;
+        if let Some(id) = answers {
+            let m = self.get_message(actor, id).await?;
+            if &m.channel_id != channel {
+                return Err(DomainError::not_found("message", id));
+            }
+        }
+        let mut draft = NewMessage::text(channel.clone(), bot.clone(), String::new());
+        draft.reply = Some(ReplyInfo {
+            state: ReplyState::Generating,
+            trigger_id: answers.unwrap_or(MessageId(0)),
+            reason: None,
+        });
+        let appended = self.store.append_message(draft).await?;
+        if appended.duplicate {
+            return Err(DomainError::AlreadyExists {
+                entity: "bot reply to message",
+                id: answers.map(|m| m.to_string()).unwrap_or_default(),
+            });
+        }
+        Ok(appended.message)
+    }
+
+    /// Relays a piece of a streamed bot message to the channel's members; `offset` is where it starts in
+    /// the text (UTF-8 bytes).
+    pub async fn stream_delta(&self, message: &Message, offset: u64, delta: &str) {
+        self.bus
+            .publish(vec![Event::ReplyDelta {
+                channel_id: message.channel_id.clone(),
+                message_id: message.id,
+                seq: message.seq,
+                offset,
+                delta: std::sync::Arc::from(delta),
+            }])
+            .await;
+    }
+
+    /// Saves the text streamed so far (a client that joins late reads it).
+    pub async fn save_stream_text(&self, id: MessageId, text: String) -> DomainResult<()> {
+        self.store.save_reply_text(id, text).await
+    }
+
+    /// Finishes a streamed bot message in its one final state.
+    pub async fn finish_bot_stream(
+        &self,
+        id: MessageId,
+        text: String,
+        state: ReplyState,
+        reason: Option<String>,
+    ) -> DomainResult<Message> {
+        self.store.finish_reply(id, text, state, reason).await
     }
 
     /// Asks the node generating a reply to stop it. Any member of the channel may stop a reply.

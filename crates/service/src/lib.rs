@@ -86,6 +86,7 @@ pub struct Confab {
     presence: PresenceRegistry,
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
     send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
+    answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
 }
 
 impl Confab {
@@ -101,6 +102,7 @@ impl Confab {
             presence: PresenceRegistry::default(),
             providers: Default::default(),
             send_observer: Default::default(),
+            answerer: Default::default(),
             cfg,
         })
     }

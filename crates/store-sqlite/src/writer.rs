@@ -688,6 +688,7 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
         });
     }
     if let (Some(sender), Some(reply)) = (&m.sender_id, &m.reply)
+        && reply.trigger_id.0 > 0
         && let Some(original) = queries::reply_to(conn, sender, reply.trigger_id).map_err(db_err)?
     {
         return Ok(Appended {
@@ -775,7 +776,8 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
                     file_json,
                     now,
                     m.reply.as_ref().map(|r| r.state.as_str()),
-                    m.reply.as_ref().map(|r| r.trigger_id.0),
+                    // 0: a streamed bot message answering no particular message (no uniqueness).
+                    m.reply.as_ref().map(|r| r.trigger_id.0).filter(|&t| t > 0),
                     m.reply.as_ref().and_then(|r| r.reason.clone())
                 ],
                 |r| r.get(0),

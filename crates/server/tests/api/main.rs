@@ -10,5 +10,7 @@ mod llama;
 mod realtime;
 mod rest;
 mod sendbird;
+mod sendbird_bots;
 mod sendbird_channels;
+mod sendbird_sdk;
 mod sendbird_webhooks;

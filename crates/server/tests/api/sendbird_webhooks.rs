@@ -14,15 +14,15 @@ use tokio::sync::mpsc;
 use crate::helpers::*;
 use crate::sendbird::{error_of, sb};
 
-struct Received {
-    signature: String,
-    user_agent: String,
-    raw: Bytes,
-    body: Value,
+pub(crate) struct Received {
+    pub signature: String,
+    pub user_agent: String,
+    pub raw: Bytes,
+    pub body: Value,
 }
 
 /// A webhook receiver on loopback: answers 500 to the first `fail_first` requests, then 200.
-async fn receiver(fail_first: u32) -> (String, mpsc::UnboundedReceiver<Received>) {
+pub(crate) async fn receiver(fail_first: u32) -> (String, mpsc::UnboundedReceiver<Received>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let hits = Arc::new(AtomicU32::new(0));
     let app = axum::Router::new().route(
@@ -53,7 +53,7 @@ async fn receiver(fail_first: u32) -> (String, mpsc::UnboundedReceiver<Received>
 }
 
 /// Sendbird's documented check: hex HMAC-SHA256 of the raw body keyed with the master API token.
-fn verify(r: &Received) {
+pub(crate) fn verify(r: &Received) {
     let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(MASTER.as_bytes()).unwrap();
     mac.update(&r.raw);
     let expected = mac.finalize().into_bytes();
@@ -61,7 +61,7 @@ fn verify(r: &Received) {
     assert_eq!(got.as_slice(), expected.as_slice(), "signature of {}", r.body);
 }
 
-async fn next_event(rx: &mut mpsc::UnboundedReceiver<Received>, category: &str) -> Received {
+pub(crate) async fn next_event(rx: &mut mpsc::UnboundedReceiver<Received>, category: &str) -> Received {
     loop {
         let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -73,7 +73,7 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<Received>, category: &str) 
     }
 }
 
-fn loopback_allowed(c: &mut confab::Config) {
+pub(crate) fn loopback_allowed(c: &mut confab::Config) {
     c.webhooks.allow_private = vec!["127.0.0.1".into()];
     c.webhooks.backoff_ms = 50;
 }
