@@ -214,13 +214,15 @@ impl BotRuntime {
                     return;
                 }
                 // Most messages go to channels without bots: settle those here, without a task per message.
-                let no_bots = self.bots.read().unwrap_or_else(|e| e.into_inner()).is_empty()
-                    || self
-                        .channels
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&m.channel_id)
-                        .is_some_and(|c| c.bots.is_empty());
+                let names_a_bot = m.mentions.iter().any(|b| self.is_bot(b));
+                let no_bots = !names_a_bot
+                    && (self.bots.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+                        || self
+                            .channels
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&m.channel_id)
+                            .is_some_and(|c| c.bots.is_empty()));
                 if no_bots {
                     return;
                 }
@@ -324,14 +326,23 @@ impl BotRuntime {
         let Some(ch) = self.channel_bots(&m.channel_id).await else {
             return Vec::new();
         };
-        if ch.bots.is_empty() {
+        if ch.bots.is_empty() && !m.mentions.iter().any(|b| self.is_bot(b)) {
             return Vec::new();
         }
         let mut ids: Vec<UserId> = {
             let all = self.bots.read().unwrap_or_else(|e| e.into_inner());
-            addressed_bots(ch.kind, &ch.bots, |b| trigger_of(&all, b), &m.mentions, &m.text)
+            let mut ids: Vec<UserId> = addressed_bots(ch.kind, &ch.bots, |b| trigger_of(&all, b), &m.mentions, &m.text)
                 .cloned()
-                .collect()
+                .collect();
+            // A bot the message names explicitly answers even where it is not a member (the sender invoked
+            // it: NIM's `robotAccount` on a private message); the store lets only such replies in.
+            ids.extend(
+                m.mentions
+                    .iter()
+                    .filter(|b| all.contains_key(*b) && !ch.bots.contains(b) && Some(*b) != m.sender_id.as_ref())
+                    .cloned(),
+            );
+            ids
         };
         if ids.is_empty()
             && ch.kind == ChannelKind::Group

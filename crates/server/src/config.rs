@@ -32,6 +32,29 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// The Sendbird-compatible surface under `/v3`.
     pub sendbird: SendbirdConfig,
+    /// The NIM-compatible surface under `/nimserver`.
+    pub nim: NimConfig,
+}
+
+/// NIM's application credentials. Empty: `CONFAB_NIM_APP_KEY` / `CONFAB_NIM_APP_SECRET`, else the pair stored
+/// in the data dir (`nim_app`, generated on the first start).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NimConfig {
+    pub app_key: String,
+    pub app_secret: String,
+    /// Where NIM-format copies of every message are POSTed (NIM's data sync); empty: none.
+    pub webhook_url: String,
+}
+
+impl std::fmt::Debug for NimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NimConfig")
+            .field("app_key", &self.app_key)
+            .field("app_secret", &"<redacted>")
+            .field("webhook_url", &self.webhook_url)
+            .finish()
+    }
 }
 
 /// Delivery of webhooks and bot callbacks (every surface's).
@@ -257,6 +280,7 @@ impl Default for Config {
             builtin: BuiltinConfig::default(),
             webhooks: WebhooksConfig::default(),
             sendbird: SendbirdConfig::default(),
+            nim: NimConfig::default(),
         }
     }
 }

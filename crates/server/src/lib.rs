@@ -191,14 +191,46 @@ impl App {
             .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
         let sendbird_hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
             service.clone(),
-            dispatcher,
+            dispatcher.clone(),
             master_token,
             config.sendbird.app_id.clone(),
             shutdown.clone(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("sendbird webhooks: {e}"))?;
+        let (nim_key, nim_secret, nim_source) = master_token::resolve_nim(
+            (&config.nim.app_key, &config.nim.app_secret),
+            (
+                std::env::var("CONFAB_NIM_APP_KEY").ok(),
+                std::env::var("CONFAB_NIM_APP_SECRET").ok(),
+            ),
+            &config.data_dir,
+        )?;
+        if let master_token::Source::Generated = nim_source {
+            tracing::info!(
+                app_key = %nim_key,
+                file = %config.data_dir.join(master_token::NIM_FILE_NAME).display(),
+                "generated the NIM app key and secret (the secret is in the file)"
+            );
+        }
         let request_timeout = Duration::from_secs(config.http.request_timeout_secs.max(1));
+        let nim_auth = Arc::new(confab_api_nim::auth::Authenticator::new(
+            confab_api_nim::auth::AppCredentials::new(nim_key, nim_secret),
+        ));
+        if !config.nim.webhook_url.is_empty() {
+            dispatcher
+                .policy()
+                .check_url(&config.nim.webhook_url)
+                .map_err(|e| anyhow::anyhow!("nim.webhook_url: {e}"))?;
+        }
+        confab_api_nim::webhooks::NimWebhooks::start(
+            service.clone(),
+            dispatcher.clone(),
+            nim_auth.clone(),
+            config.nim.webhook_url.clone(),
+            shutdown.clone(),
+        );
+        let nim = confab_api_nim::router(service.clone(), nim_auth, limits.max_body_bytes, request_timeout);
         // Each surface answers a panic or a timeout in its own error format.
         let native = confab_api_native::router(state, &limits).layer(
             ServiceBuilder::new()
@@ -228,6 +260,7 @@ impl App {
         // Method and path only: query strings may carry tokens and are never logged.
         let router = native
             .merge(sendbird)
+            .merge(nim)
             .merge(health)
             .layer(TraceLayer::new_for_http().make_span_with(
                 |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),

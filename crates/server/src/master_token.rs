@@ -39,6 +39,44 @@ pub fn resolve(env_value: Option<String>, data_dir: &Path) -> anyhow::Result<(St
     Ok((token, Source::Generated))
 }
 
+/// NIM's application key and secret: the configuration's, else `CONFAB_NIM_APP_KEY` and
+/// `CONFAB_NIM_APP_SECRET`, else the pair stored in the data dir, else a new pair generated and stored (mode
+/// 0600). Returns whether it was generated (the caller then says where it is, never the secret itself).
+pub fn resolve_nim(
+    configured: (&str, &str),
+    env: (Option<String>, Option<String>),
+    data_dir: &Path,
+) -> anyhow::Result<(String, String, Source)> {
+    if !configured.0.is_empty() && !configured.1.is_empty() {
+        return Ok((configured.0.into(), configured.1.into(), Source::Environment));
+    }
+    if let (Some(k), Some(s)) = env
+        && !k.is_empty()
+        && !s.is_empty()
+    {
+        anyhow::ensure!(
+            s.len() >= MIN_LEN,
+            "CONFAB_NIM_APP_SECRET must be at least {MIN_LEN} characters"
+        );
+        return Ok((k, s, Source::Environment));
+    }
+    let path = data_dir.join(NIM_FILE_NAME);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut lines = text.lines();
+        if let (Some(k), Some(s)) = (lines.next(), lines.next()) {
+            return Ok((k.trim().into(), s.trim().into(), Source::Stored));
+        }
+        anyhow::bail!("{} must hold the app key and the secret on two lines", path.display());
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let key = confab_service::auth::generate_token("")[..32].to_string();
+    let secret = confab_service::auth::generate_token("")[..32].to_string();
+    write_private(&path, &format!("{key}\n{secret}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((key, secret, Source::Generated))
+}
+
+pub const NIM_FILE_NAME: &str = "nim_app";
+
 #[cfg(unix)]
 fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -73,5 +111,26 @@ mod tests {
         assert!(matches!(s3, Source::Environment));
         assert_eq!(t3, "an-explicit-token-123");
         assert!(resolve(Some("short".into()), dir.path()).is_err());
+    }
+
+    #[test]
+    fn nim_credentials_come_from_config_env_or_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, s1, src) = resolve_nim(("", ""), (None, None), dir.path()).unwrap();
+        assert!(matches!(src, Source::Generated));
+        assert_eq!((k1.len(), s1.len()), (32, 32));
+        let (k2, s2, src) = resolve_nim(("", ""), (None, None), dir.path()).unwrap();
+        assert!(matches!(src, Source::Stored));
+        assert_eq!((k1, s1), (k2, s2));
+        let (k, s, _) = resolve_nim(
+            ("", ""),
+            (Some("k".into()), Some("a-long-enough-secret".into())),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!((k.as_str(), s.as_str()), ("k", "a-long-enough-secret"));
+        assert!(resolve_nim(("", ""), (Some("k".into()), Some("short".into())), dir.path()).is_err());
+        let (k, _, _) = resolve_nim(("cfg", "cfg-secret"), (None, None), dir.path()).unwrap();
+        assert_eq!(k, "cfg");
     }
 }

@@ -171,7 +171,28 @@ impl Confab {
         user: &UserId,
         not_after: Option<Millis>,
     ) -> DomainResult<IssuedSession> {
+        self.issue_session_with(actor, user, not_after, None).await
+    }
+
+    /// Registers `token` as a session token of `user` (a surface whose applications choose their users'
+    /// credentials, as NIM's `token` does), or issues a random one when `None`. Stored as a digest like any
+    /// session token; at most 128 printable ASCII characters.
+    pub async fn issue_session_with(
+        &self,
+        actor: &Actor,
+        user: &UserId,
+        not_after: Option<Millis>,
+        chosen: Option<&str>,
+    ) -> DomainResult<IssuedSession> {
         require_admin(actor)?;
+        if let Some(t) = chosen
+            && (t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(DomainError::invalid(
+                "token",
+                "must be 1 to 128 printable ASCII characters",
+            ));
+        }
         let now = now_millis();
         if not_after.is_some_and(|t| t <= now) {
             return Err(DomainError::invalid("expires_at", "must be in the future"));
@@ -180,7 +201,7 @@ impl Confab {
             .get_user(user)
             .await?
             .ok_or_else(|| DomainError::not_found("user", user))?;
-        let token = generate_token("cfs_");
+        let token = chosen.map_or_else(|| generate_token("cfs_"), str::to_string);
         let configured = self.cfg.session_ttl.map(|t| now.saturating_add(t.as_millis() as i64));
         let expires_at = match (configured, not_after) {
             (Some(c), Some(w)) => Some(c.min(w)),

@@ -670,6 +670,25 @@ fn mark_read(
     Ok(target)
 }
 
+/// A bot that is not a member may still answer a message of the channel that mentions it: the member who
+/// wrote it invoked the bot there (NIM's `robotAccount` on a private message, an `@bot` in a group).
+fn invoked_by_trigger(conn: &Connection, m: &NewMessage, sender: &UserId) -> Result<bool, DomainError> {
+    let Some(reply) = m.reply.as_ref().filter(|r| r.trigger_id.0 > 0) else {
+        return Ok(false);
+    };
+    let trigger: Option<(String, String)> = conn
+        .prepare_cached("SELECT channel_id, mentions FROM messages WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([reply.trigger_id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db_err)?;
+    Ok(trigger.is_some_and(|(channel, mentions)| {
+        channel == m.channel_id.as_str()
+            && serde_json::from_str::<Vec<String>>(&mentions).is_ok_and(|ids| ids.iter().any(|i| i == sender.as_str()))
+    }))
+}
+
 fn membership_error(conn: &Connection, channel: &ChannelId, user: &UserId) -> DomainError {
     match queries::channel(conn, channel) {
         Ok(Some(_)) => DomainError::not_member(user, channel),
@@ -701,7 +720,7 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
             .prepare_cached("SELECT 1 FROM members WHERE channel_id = ?1 AND user_id = ?2")
             .and_then(|mut s| s.exists([m.channel_id.as_str(), sender.as_str()]))
             .map_err(db_err)?;
-        if !is_member {
+        if !is_member && !invoked_by_trigger(conn, &m, sender)? {
             return Err(membership_error(conn, &m.channel_id, sender));
         }
     }
