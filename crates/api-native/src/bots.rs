@@ -116,6 +116,7 @@ pub async fn update_bot(
         nickname: body.nickname,
         profile_url: body.profile_url,
         metadata: None,
+        disabled: None,
     };
     let view = st
         .service

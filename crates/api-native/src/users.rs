@@ -149,6 +149,7 @@ pub async fn update_user(
         nickname: body.nickname,
         profile_url: body.profile_url,
         metadata: body.metadata,
+        disabled: None,
     };
     let v = st.service.update_user(&actor, &parse_user_id(&id)?, patch).await?;
     Ok(Json(UserDto::new(&v.user, v.online)).into_response())

@@ -3,7 +3,7 @@
 //! code written against NIM works by changing the host. Handlers translate NIM's form parameters and
 //! response shapes to the service; rules live in `confab_service::Confab`, NIM's quirks stay here.
 //!
-//! Implemented: accounts (`user/create`, `update`, `refreshToken`, `getUinfos`), messages (`msg/sendMsg`
+//! Implemented: accounts (`user/create`, `update`, `refreshToken`, `getUinfos`, `block`, `unblock`), messages (`msg/sendMsg`
 //! with the robot parameters, `sendBatchMsg`, `recall`), teams (`team/create`, `add`, `kick`, `remove`,
 //! `query`) and history (`history/querySessionMsg`, `queryTeamMsg`). See `docs/nim.md`.
 
@@ -128,6 +128,8 @@ async fn handle(
         ("user", "update") => users::update(st, &p).await,
         ("user", "refreshToken") => users::refresh_token(st, &p).await,
         ("user", "getUinfos") => users::get_uinfos(st, &p).await,
+        ("user", "block") => users::set_blocked(st, &p, true).await,
+        ("user", "unblock") => users::set_blocked(st, &p, false).await,
         ("msg", "sendMsg") => messages::send(st, &p).await,
         ("msg", "sendBatchMsg") => messages::send_batch(st, &p).await,
         ("msg", "recall") => messages::recall(st, &p).await,

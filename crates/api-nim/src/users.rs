@@ -101,6 +101,15 @@ pub async fn refresh_token(st: &NimState, p: &Params) -> NimResult<Ok200> {
     ))
 }
 
+/// `user/block` (`needkick` accepted: the account's tokens are revoked at once, so it cannot reconnect, and
+/// its messages are refused) and `user/unblock`.
+pub async fn set_blocked(st: &NimState, p: &Params, blocked: bool) -> NimResult<Ok200> {
+    let accid = parse_accid("accid", p.req("accid")?)?;
+    p.bool("needkick")?;
+    st.service.set_blocked(&Actor::Admin, &accid, blocked).await?;
+    Ok(Ok200::empty())
+}
+
 /// NIM's user info object.
 pub fn uinfo(u: &User) -> Value {
     let field = |k: &str| {
@@ -120,7 +129,7 @@ pub fn uinfo(u: &User) -> Value {
         "mobile": field("mobile"),
         "ex": field("ex"),
         "gender": field("gender").parse::<i64>().unwrap_or(0),
-        "valid": true,
+        "valid": !u.disabled,
         "mute": false,
     })
 }

@@ -343,6 +343,7 @@ pub async fn update_bot(
         nickname: b.bot_nickname,
         profile_url: b.bot_profile_url,
         metadata: b.bot_metadata,
+        disabled: None,
     };
     let changed = (settings != current.bot.settings).then_some(settings);
     let view = st.service.update_bot(&auth.actor(), &id, changed, profile).await?;

@@ -49,7 +49,7 @@ impl UserObject {
             access_token: access_token.unwrap_or_default(),
             created_at: user.created_at,
             is_online: online,
-            is_active: true,
+            is_active: !user.disabled,
             discovery_keys: [],
             preferred_languages: [],
             locale: "",
@@ -146,17 +146,13 @@ pub async fn list_users(
     if let Some((name, _)) = unsupported.iter().find(|(_, v)| v.is_some()) {
         return Err(SendbirdError::invalid(name, "this filter is not supported"));
     }
-    match q.active_mode.as_deref() {
-        None | Some("activated") | Some("all") => {}
-        // Nobody is deactivated here.
-        Some("deactivated") => {
-            return Ok(Reply(UserList {
-                users: Vec::new(),
-                next: String::new(),
-            }));
-        }
+    // Sendbird's default lists activated users only.
+    let active: Option<bool> = match q.active_mode.as_deref() {
+        None | Some("activated") => Some(true),
+        Some("deactivated") => Some(false),
+        Some("all") => None,
         Some(other) => return Err(SendbirdError::invalid("active_mode", format!("unknown mode {other:?}"))),
-    }
+    };
     let after = q
         .token
         .as_deref()
@@ -174,11 +170,13 @@ pub async fn list_users(
         (true, Some(last)) => page_token(&last.user.id),
         _ => String::new(),
     };
-    // Bots are filtered out of the page after paging, so such a page may be shorter than `limit`.
+    // Bots and the other activation state are filtered out of the page after paging, so such a page may be
+    // shorter than `limit`.
     let show_bot = q.show_bot.unwrap_or(true);
     let users = users
         .into_iter()
         .filter(|v| show_bot || !v.user.is_bot)
+        .filter(|v| active.is_none_or(|a| a != v.user.disabled))
         .map(|v| UserObject::new(v.user, v.online, None))
         .collect();
     Ok(Reply(UserList { users, next }))
@@ -209,16 +207,15 @@ pub async fn update_user(
 ) -> SendbirdResult<Reply<UserObject>> {
     let actor = auth.actor();
     let id = parse_user_id(&id)?;
-    if body.is_active == Some(false) {
-        return Err(SendbirdError::invalid(
-            "is_active",
-            "deactivating users is not supported",
-        ));
+    // Deactivating blocks the account (sessions revoked, sends refused); activating unblocks it.
+    if let Some(active) = body.is_active {
+        st.service.set_blocked(&actor, &id, !active).await?;
     }
     let patch = UserPatch {
         nickname: body.nickname,
         profile_url: body.profile_url,
         metadata: None,
+        disabled: None,
     };
     let v = st.service.update_user(&actor, &id, patch).await?;
     let access_token = match body.issue_access_token {
@@ -292,6 +289,7 @@ mod tests {
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_000_000,
             last_seen_at: None,
+            disabled: false,
         };
         let v = serde_json::to_value(UserObject::new(user, false, None)).unwrap();
         let obj = v.as_object().unwrap();

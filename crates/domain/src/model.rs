@@ -20,6 +20,9 @@ pub struct User {
     pub updated_at: Millis,
     /// When the user's last WebSocket session closed; `None` if never connected.
     pub last_seen_at: Option<Millis>,
+    /// A blocked account: no sessions, no sends, until unblocked (its data stays).
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +39,7 @@ pub struct UserPatch {
     pub nickname: Option<String>,
     pub profile_url: Option<String>,
     pub metadata: Option<serde_json::Map<String, Value>>,
+    pub disabled: Option<bool>,
 }
 
 impl NewUser {

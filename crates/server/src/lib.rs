@@ -382,6 +382,7 @@ async fn declare_bots(service: &Confab, decls: &[config::BotDecl]) -> anyhow::Re
                     nickname: Some(nickname),
                     profile_url: Some(d.profile_url.clone()),
                     metadata: None,
+                    disabled: None,
                 };
                 service
                     .update_bot(&Actor::Admin, &id, Some(d.settings.clone()), profile)

@@ -197,10 +197,14 @@ impl Confab {
         if not_after.is_some_and(|t| t <= now) {
             return Err(DomainError::invalid("expires_at", "must be in the future"));
         }
-        self.store
+        let account = self
+            .store
             .get_user(user)
             .await?
             .ok_or_else(|| DomainError::not_found("user", user))?;
+        if account.disabled {
+            return Err(DomainError::forbidden("the account is blocked"));
+        }
         let token = chosen.map_or_else(|| generate_token("cfs_"), str::to_string);
         let configured = self.cfg.session_ttl.map(|t| now.saturating_add(t.as_millis() as i64));
         let expires_at = match (configured, not_after) {
@@ -220,6 +224,22 @@ impl Confab {
             user_id: user.clone(),
             expires_at,
         })
+    }
+
+    /// Blocks or unblocks an account (the application only). A blocked account's session tokens are revoked,
+    /// no new ones are issued and its messages are refused; its data and memberships stay.
+    pub async fn set_blocked(&self, actor: &Actor, user: &UserId, blocked: bool) -> DomainResult<User> {
+        require_admin(actor)?;
+        let patch = UserPatch {
+            disabled: Some(blocked),
+            ..UserPatch::default()
+        };
+        let u = self.store.update_user(user, patch).await?;
+        if blocked {
+            self.store.revoke_sessions(user).await?;
+            self.sessions.evict_user(user);
+        }
+        Ok(u)
     }
 
     pub async fn revoke_sessions(&self, actor: &Actor, user: &UserId) -> DomainResult<u64> {

@@ -36,7 +36,8 @@ pub fn to_json(v: &Option<Value>) -> Option<String> {
     v.as_ref().map(|v| v.to_string())
 }
 
-pub const USER_COLS: &str = "id, nickname, profile_url, metadata, is_bot, created_at, updated_at, last_seen_at";
+pub const USER_COLS: &str =
+    "id, nickname, profile_url, metadata, is_bot, created_at, updated_at, last_seen_at, disabled";
 
 pub fn user(row: &Row<'_>) -> rusqlite::Result<User> {
     let metadata: String = row.get(3)?;
@@ -49,6 +50,7 @@ pub fn user(row: &Row<'_>) -> rusqlite::Result<User> {
         created_at: row.get(5)?,
         updated_at: row.get(6)?,
         last_seen_at: row.get(7)?,
+        disabled: row.get(8)?,
     })
 }
 

@@ -127,6 +127,9 @@ ALTER TABLE channels ADD COLUMN distinct_key TEXT;
 CREATE UNIQUE INDEX channels_by_distinct_key ON channels(distinct_key) WHERE distinct_key IS NOT NULL;
 CREATE INDEX messages_by_channel_time ON messages(channel_id, created_at, seq);
 "#,
+    r#"
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -343,6 +343,7 @@ fn create_user(conn: &Connection, u: NewUser, now: Millis, events: &mut Vec<Even
         created_at: now,
         updated_at: now,
         last_seen_at: None,
+        disabled: false,
     };
     events.push(Event::UserCreated(Arc::new(user.clone())));
     Ok(user)
@@ -367,9 +368,12 @@ fn update_user(
     if let Some(m) = p.metadata {
         user.metadata = m;
     }
+    if let Some(d) = p.disabled {
+        user.disabled = d;
+    }
     user.updated_at = now;
     conn.prepare_cached(
-        "UPDATE users SET nickname = ?2, profile_url = ?3, metadata = ?4, updated_at = ?5 WHERE id = ?1",
+        "UPDATE users SET nickname = ?2, profile_url = ?3, metadata = ?4, updated_at = ?5, disabled = ?6 WHERE id = ?1",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -377,7 +381,8 @@ fn update_user(
             user.nickname,
             user.profile_url,
             serde_json::Value::Object(user.metadata.clone()).to_string(),
-            now
+            now,
+            user.disabled
         ])
     })
     .map_err(db_err)?;
@@ -716,12 +721,22 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
         });
     }
     if let Some(sender) = &m.sender_id {
-        let is_member = conn
-            .prepare_cached("SELECT 1 FROM members WHERE channel_id = ?1 AND user_id = ?2")
-            .and_then(|mut s| s.exists([m.channel_id.as_str(), sender.as_str()]))
+        // One lookup for both rules: the sender is a member, and its account is not blocked.
+        let member_blocked: Option<bool> = conn
+            .prepare_cached(
+                "SELECT u.disabled FROM members m JOIN users u ON u.id = m.user_id \
+                 WHERE m.channel_id = ?1 AND m.user_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row([m.channel_id.as_str(), sender.as_str()], |r| r.get::<_, bool>(0))
+                    .optional()
+            })
             .map_err(db_err)?;
-        if !is_member && !invoked_by_trigger(conn, &m, sender)? {
-            return Err(membership_error(conn, &m.channel_id, sender));
+        match member_blocked {
+            Some(false) => {}
+            Some(true) => return Err(DomainError::forbidden("the sender's account is blocked")),
+            None if invoked_by_trigger(conn, &m, sender)? => {}
+            None => return Err(membership_error(conn, &m.channel_id, sender)),
         }
     }
     let mut parent_update = None;

@@ -303,6 +303,31 @@ async fn nim_accounts_and_their_tokens() {
     assert_eq!(v["uinfos"][0]["icon"], "http://x/a.png");
     let v = nim(&app, "/nimserver/user/getUinfos.action", "accids=notjson").await;
     assert_eq!(v["code"], 414);
+
+    // Blocked: tokens revoked, no new ones, messages refused; unblocked: back to normal.
+    create_account(&app, "peer").await;
+    let v = nim(&app, "/nimserver/user/block.action", "accid=wang.wu&needkick=true").await;
+    assert_eq!(v["code"], 200, "{v}");
+    let (s, _) = app.call("GET", "/api/v1/users/wang.wu", "another-token-2", None).await;
+    assert_eq!(s, 401);
+    let v = nim(&app, "/nimserver/user/refreshToken.action", "accid=wang.wu").await;
+    assert_eq!(v["code"], 403, "{v}");
+    let send = format!("from=wang.wu&ope=0&to=peer&type=0&body={}", enc(r#"{"msg":"hi"}"#));
+    let v = nim(&app, "/nimserver/msg/sendMsg.action", &send).await;
+    assert_eq!(v["code"], 403, "{v}");
+    let v = nim(
+        &app,
+        "/nimserver/user/getUinfos.action",
+        &format!("accids={}", enc(r#"["wang.wu"]"#)),
+    )
+    .await;
+    assert_eq!(v["uinfos"][0]["valid"], false);
+    let v = nim(&app, "/nimserver/user/unblock.action", "accid=wang.wu").await;
+    assert_eq!(v["code"], 200, "{v}");
+    let v = nim(&app, "/nimserver/msg/sendMsg.action", &send).await;
+    assert_eq!(v["code"], 200, "{v}");
+    let v = nim(&app, "/nimserver/user/block.action", "accid=ghost").await;
+    assert_eq!(v["code"], 404, "{v}");
 }
 
 #[tokio::test]

@@ -130,8 +130,17 @@ async fn sendbird_users_crud() {
         (s, v["nickname"].as_str(), v["access_token"].as_str()),
         (200, Some("Al"), Some(""))
     );
+    // Deactivating blocks the account: its tokens stop working and it is listed as deactivated.
     let (s, v) = sb(&app, "PUT", "/v3/users/alice", Some(json!({"is_active": false}))).await;
-    assert_eq!(error_of(s, &v), (400, 400111));
+    assert_eq!((s, &v["is_active"]), (200, &json!(false)), "{v}");
+    let (s, _) = app.call("GET", "/api/v1/me", access, None).await;
+    assert_eq!(s, 401, "a deactivated account's tokens are revoked");
+    let (_, page) = sb(&app, "GET", "/v3/users?active_mode=deactivated", None).await;
+    assert_eq!(page["users"][0]["user_id"], "alice", "{page}");
+    let (s, v) = sb(&app, "POST", "/v3/users/alice/token", None).await;
+    assert_eq!(error_of(s, &v), (400, 400108), "no new sessions while deactivated");
+    let (s, v) = sb(&app, "PUT", "/v3/users/alice", Some(json!({"is_active": true}))).await;
+    assert_eq!((s, &v["is_active"]), (200, &json!(true)), "{v}");
 
     let (s, v) = sb(&app, "DELETE", "/v3/users/alice", None).await;
     assert_eq!((s, v), (200, json!({})));
