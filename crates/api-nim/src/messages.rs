@@ -7,9 +7,9 @@
 //! Robots: a message addresses a robot (a bot account) by being sent to it (`ope=0`, `to=<robot>`), or by
 //! naming it in `robotAccount` (or mentioning it in `forcepushlist`) in a team. On a private message between
 //! two users, NIM ignores `robotAccount`; Confab lets the named robot answer in that conversation (as a
-//! mention: the reply is posted there by the robot and both users see it). `robotTopic` and
-//! `robotCustomContent` reach the prompt only as the robot's own configuration defines them (its `topic`
-//! and `custom_content` settings), never as instructions from the sender.
+//! mention: the reply is posted there by the robot and both users see it). `robotTopic`, `robotFunction`
+//! and `robotCustomContent` are kept with the message (`data.robot`) and reach the robot's instructions only
+//! when its configuration says so (`message_context`); otherwise its own `topic` and `custom_content` apply.
 
 use confab_domain::model::{ChannelKind, Message, MessageKind, NewChannel, NewMessage};
 use confab_domain::{ChannelId, DomainError, MessageId, UserId};
@@ -167,13 +167,33 @@ pub async fn send(st: &NimState, p: &Params) -> NimResult<Ok200> {
     mentions.extend(robot);
     mentions.sort();
     mentions.dedup();
-    let msg = new_message(channel, from, nim_type, body, mentions)?;
+    let mut msg = new_message(channel, from, nim_type, body, mentions)?;
+    msg.data = robot_context(p)?;
     let appended = st
         .service
         .send(&Actor::Admin, msg)
         .await
         .map_err(|e| not_in_team(e, ope))?;
     Ok(Ok200::with("data", sent(&appended.message)))
+}
+
+/// `robotTopic`, `robotFunction` and `robotCustomContent`, kept with the message for robots whose
+/// configuration lets them into the instructions (`message_context`).
+fn robot_context(p: &Params) -> NimResult<Option<Value>> {
+    let mut robot = Map::new();
+    for (param, key, max) in [
+        ("robotTopic", "topic", 2000),
+        ("robotFunction", "function", 2000),
+        ("robotCustomContent", "customContent", 5000),
+    ] {
+        if let Some(v) = p.opt(param) {
+            if v.chars().count() > max {
+                return Err(NimError::invalid(param, format!("at most {max} characters")));
+            }
+            robot.insert(key.into(), Value::from(v));
+        }
+    }
+    Ok((!robot.is_empty()).then(|| json!({ "robot": robot })))
 }
 
 /// A sender outside the team is NIM's 804.

@@ -27,13 +27,45 @@ pub fn system_prompt(s: &BotSettings) -> String {
     p
 }
 
+/// The per-message context the application's server attached to a trigger (`data.robot`: `topic`,
+/// `function`, `customContent`), as lines for the instructions. Only for bots that allow it.
+fn message_context(trigger: &Message) -> Option<String> {
+    let robot = trigger.data.as_ref()?.get("robot")?;
+    let field = |k: &str| {
+        robot
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let mut out = String::new();
+    if let Some(t) = field("topic") {
+        out.push_str("\n\nTopic of this message: ");
+        out.push_str(t);
+    }
+    if let Some(f) = field("function") {
+        out.push_str("\n\nRequested function: ");
+        out.push_str(f);
+    }
+    if let Some(c) = field("customContent") {
+        out.push_str("\n\n");
+        out.push_str(c);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Builds the request from `history` (oldest first, ending with the trigger). The bot's own finished replies
 /// become assistant turns; everything else is user text. In groups each user turn names its sender inside
 /// the user text. Consecutive turns of one role are merged (providers want alternation), leading assistant
 /// turns are dropped, and the oldest turns go first when the estimate exceeds `context_tokens`; the system
 /// prompt and the trigger always stay.
 pub fn build_request(bot: &UserId, s: &BotSettings, kind: ChannelKind, history: &[Message]) -> ChatRequest {
-    let system = system_prompt(s);
+    let mut system = system_prompt(s);
+    if s.message_context
+        && let Some(extra) = history.last().and_then(message_context)
+    {
+        system.push_str(&extra);
+    }
     let mut turns: Vec<ChatMessage> = Vec::new();
     for m in history {
         if m.deleted || m.text.trim().is_empty() {

@@ -1168,7 +1168,7 @@ impl SendObserver for BotRuntime {
             kind: draft.kind,
             text: draft.text.clone(),
             custom_type: draft.custom_type.clone(),
-            data: None,
+            data: draft.data.clone(),
             payload: None,
             mentions: draft.mentions.clone(),
             client_msg_id: draft.client_msg_id.clone(),

@@ -37,6 +37,10 @@ pub struct BotSettings {
     pub max_concurrent: u32,
     /// Which group messages address the bot (1:1 messages always do).
     pub trigger: BotTrigger,
+    /// Let the application's server add a topic, a function and custom content to a message for the bot
+    /// (NIM's `robotTopic`, `robotFunction`, `robotCustomContent`, kept in the message's `data.robot`); they
+    /// are appended to the instructions of the reply to that message. Off: such values are ignored.
+    pub message_context: bool,
     /// Where the application is told about each message that addresses the bot (a bot whose answers come
     /// from the application, or an LLM bot the application also follows). Empty: nobody is told.
     pub callback_url: String,
@@ -71,6 +75,7 @@ impl Default for BotSettings {
             bot_daily_tokens: 0,
             max_concurrent: 8,
             trigger: BotTrigger::Mentions,
+            message_context: false,
             callback_url: String::new(),
         }
     }

@@ -637,3 +637,61 @@ async fn nim_message_copies_carry_a_verifiable_checksum() {
     assert_eq!(copy["body"], "copied");
     assert_eq!(copy["msgidServer"], v["data"]["msgid"].as_i64().unwrap().to_string());
 }
+
+#[tokio::test]
+async fn nim_private_messages_to_robots_and_their_message_context() {
+    let (app, fake) = nim_app().await;
+    create_account(&app, "asker").await;
+    let (s, v) = app
+        .admin(
+            "POST",
+            "/api/v1/bots",
+            Some(json!({"id": "helper", "settings": {"provider": "fake", "message_context": true}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let hello = enc(r#"{"msg":"what now?"}"#);
+    // A robot whose configuration takes the message's context: topic and custom content reach its
+    // instructions.
+    let v = nim(
+        &app,
+        "/nimserver/msg/sendMsg.action",
+        &format!(
+            "from=asker&ope=0&to=helper&type=0&body={hello}&robotTopic=weather&robotCustomContent=Reply%20in%20haiku."
+        ),
+    )
+    .await;
+    assert_eq!(v["code"], 200, "{v}");
+    let form = format!(
+        "from=asker&to=helper&begintime=0&endtime={}&limit=10&reverse=1",
+        now_ms() + 60_000
+    );
+    let h = nim(&app, "/nimserver/history/querySessionMsg.action", &form).await;
+    assert_eq!(h["msgs"][0]["from"], "asker");
+    for _ in 0..200 {
+        if fake.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let sent = fake.requests()[0].text();
+    assert!(sent.contains("weather") && sent.contains("Reply in haiku."), "{sent}");
+    // The default robot ignores them: its instructions are its own.
+    let v = nim(
+        &app,
+        "/nimserver/msg/sendMsg.action",
+        &format!("from=asker&ope=0&to=robot&type=0&body={hello}&robotTopic=overridden-topic"),
+    )
+    .await;
+    assert_eq!(v["code"], 200, "{v}");
+    let form = format!(
+        "from=robot&to=asker&begintime=0&endtime={}&limit=10&reverse=1",
+        now_ms() + 60_000
+    );
+    robot_reply_in(&app, "/nimserver/history/querySessionMsg.action", &form).await;
+    let sent = fake.requests()[1].text();
+    assert!(
+        sent.contains("what now?") && !sent.contains("overridden-topic"),
+        "{sent}"
+    );
+}
