@@ -101,7 +101,7 @@ pub async fn refresh_token(st: &NimState, p: &Params) -> NimResult<Ok200> {
     ))
 }
 
-/// `user/block` (`needkick` accepted: the account's tokens are revoked at once, so it cannot reconnect, and
+/// `user/block` (always as with `needkick=true`: the account's tokens are revoked, its open sessions close and
 /// its messages are refused) and `user/unblock`.
 pub async fn set_blocked(st: &NimState, p: &Params, blocked: bool) -> NimResult<Ok200> {
     let accid = parse_accid("accid", p.req("accid")?)?;

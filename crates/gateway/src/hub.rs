@@ -54,6 +54,9 @@ pub struct SessionHandle {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     overflowed: AtomicBool,
+    /// The account was blocked or deleted: the session closes with `REVOKED`.
+    revoked: AtomicBool,
+    /// Wakes the session to close (overflow or revocation).
     pub overflow: Notify,
 }
 
@@ -83,6 +86,17 @@ impl SessionHandle {
 
     pub fn is_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Relaxed);
+        // Also stops further frames, like an overflow.
+        self.overflowed.store(true, Ordering::Relaxed);
+        self.overflow.notify_one();
     }
 }
 
@@ -130,13 +144,14 @@ impl Hub {
         hub
     }
 
-    /// The events that become frames.
+    /// The events that become frames (and the account changes that close sessions).
     fn wants(ev: &Event) -> bool {
+        if let Event::UserUpdated(u) = ev {
+            return u.disabled;
+        }
         !matches!(
             ev,
-            Event::UserDeleted(_)
-                | Event::UserCreated(_)
-                | Event::UserUpdated(_)
+            Event::UserCreated(_)
                 | Event::BotChanged(_)
                 | Event::BotTriggered { .. }
                 | Event::ReplyStopRequested { .. }
@@ -152,6 +167,7 @@ impl Hub {
             queued_bytes: AtomicUsize::new(0),
             max_bytes: self.cfg.queue_bytes,
             overflowed: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
             overflow: Notify::new(),
         });
         self.sessions
@@ -213,6 +229,13 @@ impl Hub {
         metrics::counter!("confab_ws_frames_queued_total").increment(pushed);
         if overflowed > 0 {
             metrics::counter!("confab_ws_overflow_closes_total").increment(overflowed);
+        }
+    }
+
+    /// Closes every open session of `user` (with `REVOKED`).
+    pub fn revoke_user(&self, user: &UserId) {
+        for s in self.sessions_of([user]) {
+            s.revoke();
         }
     }
 
@@ -431,8 +454,10 @@ impl Shard {
                 });
                 self.send_to_channel(hub, channel_id, &frame, None).await;
             }
-            Event::UserDeleted(_)
-            | Event::UserCreated(_)
+            // A blocked or deleted account's open sessions close: its tokens no longer count.
+            Event::UserDeleted(id) => hub.revoke_user(id),
+            Event::UserUpdated(u) if u.disabled => hub.revoke_user(&u.id),
+            Event::UserCreated(_)
             | Event::UserUpdated(_)
             | Event::BotChanged(_)
             | Event::BotTriggered { .. }

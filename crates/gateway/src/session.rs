@@ -29,6 +29,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// No `hello` in time, or no traffic (not even pongs) for the idle timeout.
     pub const TIMEOUT: u16 = 4000;
+    /// The account was blocked or deleted: do not reconnect with the same token.
+    pub const REVOKED: u16 = 4003;
     /// The outbound queue overflowed (the client reads too slowly): reconnect and resume from the last seq seen.
     pub const RESYNC: u16 = 4008;
 }
@@ -181,7 +183,12 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => return Some((close::GOING_AWAY, "server shutting down")),
-                _ = &mut overflow => return Some((close::RESYNC, "outbound queue overflow; resume")),
+                _ = &mut overflow => {
+                    if handle.is_revoked() {
+                        return Some((close::REVOKED, "access revoked"));
+                    }
+                    return Some((close::RESYNC, "outbound queue overflow; resume"));
+                }
                 n = rx.recv_many(&mut batch, cfg.write_batch) => {
                     if n == 0 {
                         return None;

@@ -306,8 +306,14 @@ async fn nim_accounts_and_their_tokens() {
 
     // Blocked: tokens revoked, no new ones, messages refused; unblocked: back to normal.
     create_account(&app, "peer").await;
+    let mut online = app.ws("another-token-2", json!({})).await;
     let v = nim(&app, "/nimserver/user/block.action", "accid=wang.wu&needkick=true").await;
     assert_eq!(v["code"], 200, "{v}");
+    assert_eq!(
+        close_code(&mut online, Duration::from_secs(5)).await,
+        Some(4003),
+        "an open session is closed"
+    );
     let (s, _) = app.call("GET", "/api/v1/users/wang.wu", "another-token-2", None).await;
     assert_eq!(s, 401);
     let v = nim(&app, "/nimserver/user/refreshToken.action", "accid=wang.wu").await;
