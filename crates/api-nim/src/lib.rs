@@ -36,6 +36,17 @@ use crate::params::Params;
 pub struct NimState {
     pub service: Arc<Confab>,
     pub auth: Arc<Authenticator>,
+    /// The application's message calls (`sendMsg`, `sendBatchMsg`) per second, as NIM limits them.
+    pub sends: Arc<governor::DefaultDirectRateLimiter>,
+}
+
+/// Limits of this surface.
+#[derive(Clone, Copy, Debug)]
+pub struct NimLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: std::time::Duration,
+    /// `sendMsg` and `sendBatchMsg` calls per second (NIM's own limit is 100); more get 416.
+    pub sends_per_sec: u32,
 }
 
 /// The modules served; each also answers without the `/nimserver` prefix.
@@ -53,23 +64,20 @@ async fn timeout_response(_: tower::BoxError) -> NimError {
 
 /// The router. `max_body_bytes` bounds form bodies; a request not answered within `request_timeout` gets
 /// NIM's 503.
-pub fn router(
-    service: Arc<Confab>,
-    auth: Arc<Authenticator>,
-    max_body_bytes: usize,
-    request_timeout: std::time::Duration,
-) -> Router {
+pub fn router(service: Arc<Confab>, auth: Arc<Authenticator>, limits: NimLimits) -> Router {
+    let per_sec = std::num::NonZeroU32::new(limits.sends_per_sec.max(1)).expect("max(1)");
+    let sends = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(per_sec)));
     let mut r = Router::new().route("/nimserver/{module}/{action}", post(dispatch));
     for m in MODULES {
         r = r.route(&format!("/{m}/{{action}}"), post(dispatch_bare));
     }
-    r.layer(DefaultBodyLimit::max(max_body_bytes))
+    r.layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(timeout_response))
-                .timeout(request_timeout),
+                .timeout(limits.request_timeout),
         )
-        .with_state(NimState { service, auth })
+        .with_state(NimState { service, auth, sends })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
 }
 
@@ -130,8 +138,14 @@ async fn handle(
         ("user", "getUinfos") => users::get_uinfos(st, &p).await,
         ("user", "block") => users::set_blocked(st, &p, true).await,
         ("user", "unblock") => users::set_blocked(st, &p, false).await,
-        ("msg", "sendMsg") => messages::send(st, &p).await,
-        ("msg", "sendBatchMsg") => messages::send_batch(st, &p).await,
+        ("msg", "sendMsg") => {
+            rate(st)?;
+            messages::send(st, &p).await
+        }
+        ("msg", "sendBatchMsg") => {
+            rate(st)?;
+            messages::send_batch(st, &p).await
+        }
         ("msg", "recall") => messages::recall(st, &p).await,
         ("team", "create") => teams::create(st, &p).await,
         ("team", "add") => teams::add(st, &p).await,
@@ -145,6 +159,12 @@ async fn handle(
             format!("no such API: {module}/{action}.action"),
         )),
     }
+}
+
+fn rate(st: &NimState) -> NimResult<()> {
+    st.sends
+        .check()
+        .map_err(|_| NimError::new(code::RATE_LIMITED, "too many message calls; retry shortly"))
 }
 
 /// An accid as NIM defines it: at most 32 letters, digits, `_`, `@`, `.` or `-`, case-insensitive (kept

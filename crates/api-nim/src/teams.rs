@@ -41,6 +41,16 @@ fn faccid(failed: Vec<String>) -> Value {
     json!({"accid": failed, "msg": if failed.is_empty() { "" } else { "account not found" }})
 }
 
+/// Too many members is NIM's 801.
+fn team_error(e: DomainError) -> NimError {
+    match e {
+        DomainError::LimitExceeded { what, .. } if what.contains("member") => {
+            NimError::new(code::TEAM_MEMBERS_OVER_LIMIT, e.to_string())
+        }
+        e => e.into(),
+    }
+}
+
 fn require_owner(t: &Channel, owner: &UserId) -> NimResult<()> {
     if t.created_by.as_ref() != Some(owner) {
         return Err(NimError::new(
@@ -79,7 +89,7 @@ pub async fn create(st: &NimState, p: &Params) -> NimResult<Ok200> {
         match st.service.create_group(&Actor::User(owner.clone()), group).await {
             Ok(c) => return Ok(Ok200::with("tid", tid_json(&c.id)).and("faccid", faccid(failed))),
             Err(DomainError::AlreadyExists { .. }) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(team_error(e)),
         }
     }
     Err(NimError::new(code::INTERNAL, "could not allocate a team id"))
@@ -99,13 +109,7 @@ pub async fn add(st: &NimState, p: &Params) -> NimResult<Ok200> {
         }
     }
     if !new.is_empty() {
-        st.service
-            .invite(&Actor::Admin, &t.id, new)
-            .await
-            .map_err(|e| match e {
-                DomainError::LimitExceeded { .. } => NimError::new(code::TEAM_MEMBERS_OVER_LIMIT, e.to_string()),
-                e => e.into(),
-            })?;
+        st.service.invite(&Actor::Admin, &t.id, new).await.map_err(team_error)?;
     }
     Ok(Ok200::with("faccid", faccid(failed)))
 }
@@ -163,7 +167,7 @@ pub async fn query(st: &NimState, p: &Params) -> NimResult<Ok200> {
             "icon": t.cover_url,
             "owner": t.created_by.as_ref().map(UserId::as_str).unwrap_or_default(),
             "size": t.member_count,
-            "maxusers": 0,
+            "maxusers": st.service.limits().max_channel_members,
             "announcement": "",
             "intro": "",
             "joinmode": 0,

@@ -38,13 +38,26 @@ pub struct Config {
 
 /// NIM's application credentials. Empty: `CONFAB_NIM_APP_KEY` / `CONFAB_NIM_APP_SECRET`, else the pair stored
 /// in the data dir (`nim_app`, generated on the first start).
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NimConfig {
     pub app_key: String,
     pub app_secret: String,
     /// Where NIM-format copies of every message are POSTed (NIM's data sync); empty: none.
     pub webhook_url: String,
+    /// `sendMsg` and `sendBatchMsg` calls per second for the application (NIM's limit); more get 416.
+    pub sends_per_sec: u32,
+}
+
+impl Default for NimConfig {
+    fn default() -> Self {
+        NimConfig {
+            app_key: String::new(),
+            app_secret: String::new(),
+            webhook_url: String::new(),
+            sends_per_sec: 100,
+        }
+    }
 }
 
 impl std::fmt::Debug for NimConfig {
@@ -53,6 +66,7 @@ impl std::fmt::Debug for NimConfig {
             .field("app_key", &self.app_key)
             .field("app_secret", &"<redacted>")
             .field("webhook_url", &self.webhook_url)
+            .field("sends_per_sec", &self.sends_per_sec)
             .finish()
     }
 }

@@ -230,7 +230,15 @@ impl App {
             config.nim.webhook_url.clone(),
             shutdown.clone(),
         );
-        let nim = confab_api_nim::router(service.clone(), nim_auth, limits.max_body_bytes, request_timeout);
+        let nim = confab_api_nim::router(
+            service.clone(),
+            nim_auth,
+            confab_api_nim::NimLimits {
+                max_body_bytes: limits.max_body_bytes,
+                request_timeout,
+                sends_per_sec: config.nim.sends_per_sec,
+            },
+        );
         // Each surface answers a panic or a timeout in its own error format.
         let native = confab_api_native::router(state, &limits).layer(
             ServiceBuilder::new()

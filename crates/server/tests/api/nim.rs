@@ -144,7 +144,9 @@ async fn robot_reply_in(app: &TestApp, path: &str, form: &str) -> Value {
 async fn nim_the_seed_request_reaches_the_robot() {
     let (app, fake) = nim_app().await;
     create_account(&app, "zhangsan").await;
-    create_account(&app, "list").await;
+    let list_token = create_account(&app, "list").await;
+    // `list` is online with its NIM token: the robot's reply streams to it.
+    let mut ws = app.ws(&list_token, json!({})).await;
     // The seed's request, byte for byte except host and credentials.
     let r = app
         .http
@@ -167,6 +169,9 @@ async fn nim_the_seed_request_reaches_the_robot() {
     assert!(v["data"]["msgid"].is_i64(), "{v}");
     assert!(v["data"]["timetag"].as_i64().unwrap() > 0);
     assert_eq!(v["data"]["antispam"], false);
+    let streamed = follow_streamed_reply(&mut ws, "robot", Duration::from_secs(10)).await;
+    assert_eq!(streamed.streamed, ROBOT_TEXT);
+    assert_eq!(streamed.fin["reply"]["state"], "complete");
 
     // The robot answers in that conversation; both directions of the session are in its history.
     let form = format!(
@@ -700,4 +705,50 @@ async fn nim_private_messages_to_robots_and_their_message_context() {
         sent.contains("what now?") && !sent.contains("overridden-topic"),
         "{sent}"
     );
+}
+
+#[tokio::test]
+async fn nim_rate_and_team_size_limits() {
+    let app = spawn_app_with(|c| {
+        c.nim.app_key = APP_KEY.into();
+        c.nim.app_secret = APP_SECRET.into();
+        c.nim.sends_per_sec = 2;
+        c.limits.max_channel_members = 3;
+    })
+    .await;
+    for a in ["r1", "r2", "r3", "r4"] {
+        create_account(&app, a).await;
+    }
+    let send = format!("from=r1&ope=0&to=r2&type=0&body={}", enc(r#"{"msg":"x"}"#));
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(
+            nim(&app, "/nimserver/msg/sendMsg.action", &send).await["code"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    assert!(codes.contains(&416), "beyond 2 calls a second: {codes:?}");
+    assert_eq!(codes[0], 200);
+    let v = nim(
+        &app,
+        "/nimserver/team/create.action",
+        &format!("tname=T&owner=r1&members={}", enc(r#"["r2","r3","r4"]"#)),
+    )
+    .await;
+    assert_eq!(v["code"], 801, "{v}");
+    let v = nim(
+        &app,
+        "/nimserver/team/create.action",
+        &format!("tname=T&owner=r1&members={}", enc(r#"["r2","r3"]"#)),
+    )
+    .await;
+    let tid = v["tid"].as_i64().expect("created").to_string();
+    let v = nim(
+        &app,
+        "/nimserver/team/add.action",
+        &format!("tid={tid}&owner=r1&members={}", enc(r#"["r4"]"#)),
+    )
+    .await;
+    assert_eq!(v["code"], 801, "{v}");
 }
