@@ -38,6 +38,8 @@ const MAX_LIMIT: usize = 100;
 const DEFAULT_PROVIDER: &str = "builtin";
 /// Longest text a streamed bot message may reach.
 const MAX_STREAM_TEXT_BYTES: usize = 64 * 1024;
+/// Longest pause between two pieces of a streamed message (NIM's stream messages allow the same).
+const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// How often a streamed message's text is saved while it streams.
 const STREAM_SAVE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -694,6 +696,32 @@ pub async fn send_stream(
         .service
         .begin_bot_stream(&auth.actor(), &bot, &channel, answers)
         .await?;
+    let first = start.message.unwrap_or_default();
+    // Owned by a task of its own: if the client goes away mid-upload, the task still sees the body end and
+    // finishes the message (`interrupted`), so no streamed message is left generating.
+    let task = tokio::spawn(relay_stream(st.clone(), message, body, splitter, pending, first));
+    match task.await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "the send_stream task failed");
+            Err(SendbirdError::request(
+                ErrorCode::InternalError,
+                "Internal server error.",
+            ))
+        }
+    }
+}
+
+/// Relays the rest of a `send_stream` body into `message` and finishes it in its one final state.
+async fn relay_stream(
+    st: SendbirdState,
+    message: Message,
+    mut body: axum::body::BodyDataStream,
+    mut splitter: JsonSplitter,
+    mut pending: std::collections::VecDeque<Value>,
+    first: String,
+) -> SendbirdResult<Reply<StreamedReply>> {
+    let max = st.max_body_bytes;
     let mut writer = StreamWriter {
         st: &st,
         message: &message,
@@ -701,35 +729,25 @@ pub async fn send_stream(
         last_save: Instant::now(),
         saved_len: 0,
     };
-    writer.push(start.message.as_deref().unwrap_or_default()).await;
-    // The rest: deltas as they arrive; any failure finishes the message `interrupted`.
-    let failure: Option<SendbirdError> = loop {
+    writer.push(&first).await;
+    let failure: Option<SendbirdError> = 'relay: loop {
         for v in pending.drain(..) {
-            match serde_json::from_value::<StreamDelta>(v) {
-                Ok(StreamDelta { message_delta: Some(d) }) => {
-                    if writer.text.len() + d.len() > MAX_STREAM_TEXT_BYTES {
-                        break;
-                    }
-                    writer.push(&d).await;
-                }
-                _ => {
-                    return writer
-                        .finish(Some(SendbirdError::request(
-                            ErrorCode::InvalidJsonBody,
-                            "Invalid stream: every object after the first must be {\"message_delta\": \"...\"}.",
-                        )))
-                        .await;
-                }
+            let Ok(StreamDelta { message_delta: Some(d) }) = serde_json::from_value::<StreamDelta>(v) else {
+                break 'relay Some(SendbirdError::request(
+                    ErrorCode::InvalidJsonBody,
+                    "Invalid stream: every object after the first must be {\"message_delta\": \"...\"}.",
+                ));
+            };
+            if writer.text.len() + d.len() > MAX_STREAM_TEXT_BYTES {
+                break 'relay Some(SendbirdError::request(
+                    ErrorCode::ParameterValueLengthExceeded,
+                    format!("The streamed message exceeds {MAX_STREAM_TEXT_BYTES} bytes."),
+                ));
             }
+            writer.push(&d).await;
         }
-        if writer.text.len() >= MAX_STREAM_TEXT_BYTES {
-            break Some(SendbirdError::request(
-                ErrorCode::ParameterValueLengthExceeded,
-                format!("The streamed message exceeds {MAX_STREAM_TEXT_BYTES} bytes."),
-            ));
-        }
-        match body.next().await {
-            Some(Ok(chunk)) => match splitter.push(&chunk, max) {
+        match tokio::time::timeout(STREAM_IDLE, body.next()).await {
+            Ok(Some(Ok(chunk))) => match splitter.push(&chunk, max) {
                 Ok(values) => pending.extend(values),
                 Err(e) => {
                     break Some(SendbirdError::request(
@@ -738,14 +756,20 @@ pub async fn send_stream(
                     ));
                 }
             },
-            Some(Err(_)) => break Some(SendbirdError::invalid("body", "the request body broke off")),
-            None if splitter.has_partial() => {
+            Ok(Some(Err(_))) => break Some(SendbirdError::invalid("body", "the request body broke off")),
+            Ok(None) if splitter.has_partial() => {
                 break Some(SendbirdError::request(
                     ErrorCode::InvalidJsonBody,
                     "Invalid stream: the body ended inside an object.",
                 ));
             }
-            None => break None,
+            Ok(None) => break None,
+            Err(_) => {
+                break Some(SendbirdError::invalid(
+                    "body",
+                    format!("nothing arrived for {} s", STREAM_IDLE.as_secs()),
+                ));
+            }
         }
     };
     writer.finish(failure).await

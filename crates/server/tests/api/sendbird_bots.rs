@@ -476,6 +476,26 @@ async fn sendbird_send_stream_shows_one_streaming_message() {
     let data: Value = serde_json::from_str(last["data"].as_str().unwrap()).unwrap();
     assert_eq!(data["reply_state"], "interrupted");
 
+    // The uploader goes away mid-stream: the message still ends, `interrupted`, with what arrived.
+    {
+        let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v3/bots/streamer/send_stream HTTP/1.1\r\nHost: x\r\nApi-Token: {MASTER}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let piece = br#"{"message": "Gone", "channel_url": "streamy"}{"message_delta": " soon"}"#;
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await
+            .unwrap();
+        sock.write_all(piece).await.unwrap();
+        sock.write_all(b"\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = finished_bot_message(&app, "streamy", "streamer").await;
+    assert_eq!(last["message"], "Gone soon");
+    let data: Value = serde_json::from_str(last["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["reply_state"], "interrupted", "{data}");
+
     // Nothing is stored for a stream whose first object is unusable.
     let (status, v) = chunked_post(&app, "/v3/bots/streamer/send_stream", &[br#"{"message": "x"}"#]).await;
     assert_eq!(error_of(status, &v), (400, 400105));
