@@ -52,6 +52,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         DomainError::NotFound { .. } => StatusCode::NOT_FOUND,
         DomainError::AlreadyExists { .. } => StatusCode::CONFLICT,
         DomainError::Forbidden(_) | DomainError::NotMember { .. } => StatusCode::FORBIDDEN,
+        DomainError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         DomainError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         DomainError::Unauthenticated => StatusCode::UNAUTHORIZED,
         DomainError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

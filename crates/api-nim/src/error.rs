@@ -63,7 +63,9 @@ impl From<DomainError> for NimError {
             DomainError::NotFound { .. } => NimError::new(code::NOT_FOUND, e.to_string()),
             DomainError::AlreadyExists { .. } => NimError::new(code::PARAMETER, e.to_string()),
             DomainError::Forbidden(_) | DomainError::Unauthenticated => NimError::new(code::FORBIDDEN, e.to_string()),
-            DomainError::NotMember { .. } => NimError::new(code::FORBIDDEN, e.to_string()),
+            DomainError::NotMember { .. } | DomainError::Rejected { .. } => {
+                NimError::new(code::FORBIDDEN, e.to_string())
+            }
             DomainError::RateLimited { .. } => NimError::new(code::RATE_LIMITED, e.to_string()),
             DomainError::Unavailable(_) => NimError::new(code::BUSY, "server busy, retry"),
             DomainError::Internal(detail) => {

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     InvalidRequestUrl,
     InternalError,
     RateLimitExceeded,
+    /// Sendbird's 400700, also used for filtered content.
+    ContentBlocked,
 }
 
 impl ErrorCode {
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequestUrl => 400404,
             ErrorCode::InternalError => 500901,
             ErrorCode::RateLimitExceeded => 500910,
+            ErrorCode::ContentBlocked => 400700,
         }
     }
 
@@ -134,6 +137,7 @@ pub fn code_of(e: &DomainError) -> ErrorCode {
         DomainError::NotFound { .. } => ErrorCode::ResourceNotFound,
         DomainError::AlreadyExists { .. } => ErrorCode::ResourceAlreadyExists,
         DomainError::Forbidden(_) | DomainError::NotMember { .. } => ErrorCode::UnauthorizedRequest,
+        DomainError::Rejected { .. } => ErrorCode::ContentBlocked,
         DomainError::RateLimited { .. } => ErrorCode::RateLimitExceeded,
         DomainError::Unauthenticated => ErrorCode::InvalidApiToken,
         DomainError::Unavailable(_) | DomainError::Internal(_) => ErrorCode::InternalError,

@@ -21,6 +21,9 @@ pub enum DomainError {
     /// The acting user is not a member of the channel.
     #[error("user {user} is not a member of channel {channel}")]
     NotMember { user: String, channel: String },
+    /// The content was refused by a moderation rule; `reason` is for the sender.
+    #[error("{reason}")]
+    Rejected { rule: String, reason: String },
     /// A size or count limit was exceeded.
     #[error("{what} exceeds the limit of {limit}")]
     LimitExceeded { what: &'static str, limit: u64 },

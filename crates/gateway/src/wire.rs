@@ -486,6 +486,7 @@ pub fn error_code(e: &DomainError) -> &'static str {
         },
         DomainError::AlreadyExists { .. } => "already_exists",
         DomainError::Forbidden(_) => "forbidden",
+        DomainError::Rejected { .. } => "rejected",
         DomainError::NotMember { .. } => "not_a_member",
         DomainError::LimitExceeded { .. } => "limit_exceeded",
         DomainError::RateLimited { .. } => "rate_limited",

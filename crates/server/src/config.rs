@@ -34,6 +34,8 @@ pub struct Config {
     pub sendbird: SendbirdConfig,
     /// The NIM-compatible surface under `/nimserver`.
     pub nim: NimConfig,
+    /// Content rules every message goes through (`[moderation]`, `[[moderation.rules]]`).
+    pub moderation: confab_moderation::PolicyConfig,
 }
 
 /// NIM's application credentials. Empty: `CONFAB_NIM_APP_KEY` / `CONFAB_NIM_APP_SECRET`, else the pair stored
@@ -295,6 +297,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             sendbird: SendbirdConfig::default(),
             nim: NimConfig::default(),
+            moderation: confab_moderation::PolicyConfig::default(),
         }
     }
 }
@@ -435,6 +438,8 @@ mod tests {
             .unwrap();
         assert_eq!(c.providers.len(), 4);
         assert_eq!(c.bots.len(), 1);
+        assert_eq!(c.moderation.rules.len(), 1);
+        confab_moderation::Policy::compile(&c.moderation).expect("the example rule compiles");
         assert_eq!(c.bots[0].settings.fallbacks, ["claude"]);
     }
 }

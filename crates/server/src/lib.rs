@@ -133,6 +133,11 @@ impl App {
                 session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
             },
         );
+        let policy =
+            confab_moderation::Policy::compile(&config.moderation).map_err(|e| anyhow::anyhow!("moderation: {e}"))?;
+        if !policy.is_empty() {
+            service.set_content_guard(Arc::new(PolicyGuard(policy)));
+        }
         let upkeep = Arc::downgrade(&service);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -331,6 +336,27 @@ impl App {
             _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("some connections did not finish in time"),
         }
         Ok(())
+    }
+}
+
+/// The configured content policy as the service's guard (one policy for the application; per-channel rules
+/// are to come).
+struct PolicyGuard(confab_moderation::Policy);
+
+impl confab_service::moderation::ContentGuard for PolicyGuard {
+    fn review(&self, _channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::Review {
+        use confab_moderation::Verdict;
+        use confab_service::moderation::Review;
+        match self.0.check(text) {
+            Verdict::Blocked { rule, reason } => Review::Reject { rule, reason },
+            Verdict::Allowed { text: out, flagged_by } => Review::Allow {
+                rewritten: match out {
+                    std::borrow::Cow::Owned(t) => Some(t),
+                    std::borrow::Cow::Borrowed(_) => None,
+                },
+                flagged_by,
+            },
+        }
     }
 }
 

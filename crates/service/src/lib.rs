@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bots;
 pub mod files;
+pub mod moderation;
 pub mod presence;
 
 use std::num::NonZeroU32;
@@ -87,6 +88,7 @@ pub struct Confab {
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
     send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
     answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
+    guard: std::sync::RwLock<Option<Arc<dyn moderation::ContentGuard>>>,
 }
 
 impl Confab {
@@ -103,6 +105,7 @@ impl Confab {
             providers: Default::default(),
             send_observer: Default::default(),
             answerer: Default::default(),
+            guard: Default::default(),
             cfg,
         })
     }
@@ -529,12 +532,43 @@ impl Confab {
             Actor::Admin => {}
         }
         msg.validate(&self.cfg.limits)?;
+        self.review(&mut msg)?;
         let ticket = self.send_observer().and_then(|o| o.sending(&msg));
         let res = self.store.append_message(msg).await;
         if let Some(t) = ticket {
             t.settled(res.as_ref().ok().filter(|a| !a.duplicate).map(|a| &a.message));
         }
         res
+    }
+
+    /// Installs the content policy every send goes through.
+    pub fn set_content_guard(&self, guard: Arc<dyn moderation::ContentGuard>) {
+        *self.guard.write().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+    }
+
+    /// Applies the content policy to a message about to be stored (before any bot sees it).
+    fn review(&self, msg: &mut NewMessage) -> DomainResult<()> {
+        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(guard) = guard else { return Ok(()) };
+        if msg.text.is_empty() {
+            return Ok(());
+        }
+        match guard.review(&msg.channel_id, &msg.text) {
+            moderation::Review::Reject { rule, reason } => {
+                tracing::info!(channel = %msg.channel_id, rule, "message rejected by moderation");
+                Err(DomainError::Rejected { rule, reason })
+            }
+            moderation::Review::Allow { rewritten, flagged_by } => {
+                if let Some(text) = rewritten {
+                    msg.text = text;
+                }
+                if !flagged_by.is_empty() {
+                    // Stored for review by the moderation work still to come; visible in the log meanwhile.
+                    tracing::info!(channel = %msg.channel_id, rules = ?flagged_by, "message flagged");
+                }
+                Ok(())
+            }
+        }
     }
 
     pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> DomainResult<Vec<Message>> {

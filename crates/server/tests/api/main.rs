@@ -7,6 +7,7 @@ mod files;
 mod helpers;
 mod limits;
 mod llama;
+mod moderation;
 mod nim;
 mod realtime;
 mod rest;
