@@ -10,7 +10,7 @@
 //! `bot_token`, `enable_mark_as_read`, `show_member`, `channel_invitation_preference`) are kept in the
 //! settings namespace `sendbird.bot`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, header};
@@ -722,13 +722,7 @@ async fn relay_stream(
     first: String,
 ) -> SendbirdResult<Reply<StreamedReply>> {
     let max = st.max_body_bytes;
-    let mut writer = StreamWriter {
-        st: &st,
-        message: &message,
-        text: String::new(),
-        last_save: Instant::now(),
-        saved_len: 0,
-    };
+    let mut writer = st.service.reply_writer(&message, STREAM_SAVE_INTERVAL);
     writer.push(&first).await;
     let failure: Option<SendbirdError> = 'relay: loop {
         for v in pending.drain(..) {
@@ -738,7 +732,7 @@ async fn relay_stream(
                     "Invalid stream: every object after the first must be {\"message_delta\": \"...\"}.",
                 ));
             };
-            if writer.text.len() + d.len() > MAX_STREAM_TEXT_BYTES {
+            if writer.text().len() + d.len() > MAX_STREAM_TEXT_BYTES {
                 break 'relay Some(SendbirdError::request(
                     ErrorCode::ParameterValueLengthExceeded,
                     format!("The streamed message exceeds {MAX_STREAM_TEXT_BYTES} bytes."),
@@ -772,57 +766,18 @@ async fn relay_stream(
             }
         }
     };
-    writer.finish(failure).await
-}
-
-/// The text of a streamed bot message so far, relayed and saved as it grows.
-struct StreamWriter<'a> {
-    st: &'a SendbirdState,
-    message: &'a Message,
-    text: String,
-    last_save: Instant,
-    saved_len: usize,
-}
-
-impl StreamWriter<'_> {
-    async fn push(&mut self, delta: &str) {
-        if delta.is_empty() {
-            return;
-        }
-        let offset = self.text.len() as u64;
-        self.text.push_str(delta);
-        self.st.service.stream_delta(self.message, offset, delta).await;
-        if self.last_save.elapsed() >= STREAM_SAVE_INTERVAL && self.text.len() > self.saved_len {
-            self.last_save = Instant::now();
-            self.saved_len = self.text.len();
-            if let Err(e) = self
-                .st
-                .service
-                .save_stream_text(self.message.id, self.text.clone())
-                .await
-            {
-                tracing::warn!(message = %self.message.id, error = %e, "cannot save streamed text");
-            }
-        }
-    }
-
-    /// Finishes the message: `complete`, or `interrupted` with the failure, which is also the answer.
-    async fn finish(self, failure: Option<SendbirdError>) -> SendbirdResult<Reply<StreamedReply>> {
-        let (state, reason) = match &failure {
-            None => (ReplyState::Complete, None),
-            Some(e) => (ReplyState::Interrupted, Some(e.message().into_owned())),
-        };
-        let done = self
-            .st
-            .service
-            .finish_bot_stream(self.message.id, self.text, state, reason)
-            .await?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(Reply(StreamedReply {
-                message: render_one(self.st, &done).await?,
-            })),
-        }
+    // The message ends in one final state: `complete`, or `interrupted` with the failure, which is also the
+    // answer.
+    let (state, reason) = match &failure {
+        None => (ReplyState::Complete, None),
+        Some(e) => (ReplyState::Interrupted, Some(e.message().into_owned())),
+    };
+    let done = writer.finish(state, reason).await?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Reply(StreamedReply {
+            message: render_one(&st, &done).await?,
+        })),
     }
 }
 

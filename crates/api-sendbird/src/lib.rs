@@ -5,8 +5,12 @@
 //! Implemented: users (create, list, view, update, delete, session tokens); group channels (create, distinct
 //! or not; list, view, update, delete, invite, leave, members, membership check); their messages (send MESG,
 //! FILE as JSON with a URL or multipart with the file, ADMM; list around a timestamp or a message, view,
-//! update, delete); webhook settings and signed webhook events (see [`webhooks`]). Message and channel
-//! objects are rendered in `dto`, shared by every handler.
+//! update, delete); webhook settings and signed webhook events (see [`webhooks`]); bots (see [`bots`]):
+//! create, list, view, update, delete with our own `ai` object for LLM bots, callback bots told through
+//! `bot_message_notification` (see [`callbacks`]), join and leave channels, `send` (JSON or multipart),
+//! `send_stream` (a chunked body of concatenated JSON objects, parsed as it arrives, written through the
+//! service's `ReplyWriter` like LLM replies) and `ai_chatbot_replies` (JSON, or SSE on request, through the
+//! service's `BotAnswerer` port). Message and channel objects are rendered in `dto`, shared by every handler.
 
 pub mod bots;
 pub mod callbacks;

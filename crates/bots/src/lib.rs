@@ -320,8 +320,8 @@ impl BotRuntime {
         channels.insert(channel.clone(), entry);
     }
 
-    /// A message to a bot in a 1:1 channel; in a group, a mention (mention list or `@id` in the text), or a
-    /// follow-up in a thread the bot started or was mentioned in, when the bot replies in threads.
+    /// A message to a bot in a 1:1 channel; in a group, what [`addressed_bots`] says, or a follow-up in a
+    /// thread the bot started or was mentioned in, when the bot replies in threads.
     async fn triggered_bots(&self, m: &Message) -> Vec<Bot> {
         let Some(ch) = self.channel_bots(&m.channel_id).await else {
             return Vec::new();
@@ -666,7 +666,12 @@ impl BotRuntime {
         .await;
         let permits = match permits {
             Ok((Ok(a), Ok(b))) => (a, b),
-            _ => return Err(Outcome::failed("The bot is busy right now; try again shortly.")),
+            _ => {
+                return Err(Outcome {
+                    busy: true,
+                    ..Outcome::failed("The bot is busy right now; try again shortly.")
+                });
+            }
         };
         // The server's own work before the upstream call: trigger handling, context, checks.
         metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
@@ -683,6 +688,7 @@ impl BotRuntime {
                 Err(Outcome {
                     text: String::new(),
                     end: End::Failed(e.user_message()),
+                    busy: is_saturation(&e),
                     called: true,
                     prompt_tokens: p.prompt_estimate,
                     completion_tokens: 0,
@@ -699,21 +705,17 @@ impl BotRuntime {
             called_at,
             prompt_estimate,
         } = opened;
-        let store = self.service.store();
+        let mut writer = self.service.reply_writer(reply, self.cfg.save_interval);
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
+            busy: false,
             called: true,
             prompt_tokens: prompt_estimate,
             completion_tokens: 0,
         };
         let mut usage_reported = false;
         let mut first_token = true;
-        let mut last_save = Instant::now();
-        let mut saved_len = 0;
-        // At most one save in flight, off the relay path: relaying never waits for the disk, and saves of one
-        // reply cannot overtake each other.
-        let mut saving: Option<tokio::task::JoinHandle<()>> = None;
         // An item read ahead while coalescing deltas, handled next.
         let mut ahead: Option<Option<Result<StreamEvent, LlmError>>> = None;
         loop {
@@ -751,31 +753,9 @@ impl BotRuntime {
                             .record(called_at.elapsed().as_secs_f64());
                     }
                     let received = Instant::now();
-                    let offset = out.text.len() as u64;
-                    out.text.push_str(&d);
-                    self.service
-                        .bus()
-                        .publish(vec![Event::ReplyDelta {
-                            channel_id: reply.channel_id.clone(),
-                            message_id: reply.id,
-                            seq: reply.seq,
-                            offset,
-                            delta: Arc::from(d.as_str()),
-                        }])
-                        .await;
+                    writer.push(&d).await;
                     // Provider delta received → handed to the fan-out.
                     metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
-                    let idle = saving.as_ref().is_none_or(|h| h.is_finished());
-                    if idle && last_save.elapsed() >= self.cfg.save_interval && out.text.len() > saved_len {
-                        last_save = Instant::now();
-                        saved_len = out.text.len();
-                        let (store, id, text) = (store.clone(), reply.id, out.text.clone());
-                        saving = Some(tokio::spawn(async move {
-                            if let Err(e) = store.save_reply_text(id, text).await {
-                                tracing::warn!(reply = %id, error = %e, "cannot save reply text");
-                            }
-                        }));
-                    }
                 }
                 Some(Ok(StreamEvent::Usage {
                     prompt_tokens,
@@ -791,19 +771,16 @@ impl BotRuntime {
                 }
                 Some(Err(e)) => {
                     metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
-                    out.end = failure(&e, &out.text);
+                    out.end = failure(&e, writer.text());
                     break;
                 }
                 None => {
-                    out.end = failure(&LlmError::StreamCut("the stream ended early".into()), &out.text);
+                    out.end = failure(&LlmError::StreamCut("the stream ended early".into()), writer.text());
                     break;
                 }
             }
         }
-        if let Some(h) = saving {
-            // The final write must come after the last partial one.
-            let _ = h.await;
-        }
+        out.text = writer.settle().await;
         if !usage_reported {
             out.completion_tokens = context::estimate_tokens(&out.text);
         }
@@ -860,6 +837,14 @@ fn error_kind(e: &LlmError) -> &'static str {
     }
 }
 
+/// Whether an error says the provider is saturated rather than broken.
+fn is_saturation(e: &LlmError) -> bool {
+    matches!(
+        e,
+        LlmError::RateLimited { .. } | LlmError::Overloaded | LlmError::CircuitOpen { .. }
+    )
+}
+
 /// An error before any text is a failure; after some text, the reply was interrupted.
 fn failure(e: &LlmError, text: &str) -> End {
     if text.is_empty() {
@@ -892,8 +877,9 @@ fn early_context(mut history: Vec<Message>, trigger: &Message, limit: u32) -> Ve
 }
 
 /// The bots a message addresses directly: every bot of a 1:1 channel; in a group, the bots it mentions (in
-/// the mention list or as `@id` in the text) and those that take every message. Thread follow-ups are
-/// decided separately (they need the parent).
+/// the mention list or as `@id` in the text), every bot when it is a command (starts with `/`, as Sendbird's
+/// privacy mode has it), and those that take every message. Thread follow-ups are decided separately (they
+/// need the parent). Used before the commit (early replies) and after it, so both decide alike.
 fn addressed_bots<'a>(
     kind: ChannelKind,
     bots: &'a [UserId],
@@ -904,6 +890,7 @@ fn addressed_bots<'a>(
     bots.iter().filter(move |b| {
         kind == ChannelKind::Direct
             || trigger(b) == BotTrigger::AllMessages
+            || text.starts_with('/')
             || mentions.contains(b)
             || mentions_in_text(text, b)
     })
@@ -1042,11 +1029,9 @@ impl BotAnswerer for BotRuntime {
                 Err(o) => o,
             };
             if let End::Failed(message) | End::Interrupted(message) = &outcome.end {
-                // Not called: the bot's own queue gave up waiting, i.e. it is busy.
-                let busy = !outcome.called;
                 let _ = tx
                     .send(AnswerEvent::Failed {
-                        busy,
+                        busy: outcome.busy,
                         message: message.clone(),
                     })
                     .await;
@@ -1070,6 +1055,7 @@ impl BotRuntime {
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
+            busy: false,
             called: true,
             prompt_tokens: prompt_estimate,
             completion_tokens: 0,
@@ -1105,6 +1091,7 @@ impl BotRuntime {
                 Some(Err(e)) => {
                     metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
                     out.end = failure(&e, &out.text);
+                    out.busy = is_saturation(&e);
                     break;
                 }
                 None => {
@@ -1229,6 +1216,9 @@ enum End {
 struct Outcome {
     text: String,
     end: End,
+    /// Failed because the provider or the bot is saturated (rate limit, full queue, open circuit), not
+    /// broken: worth retrying later.
+    busy: bool,
     /// Whether the provider was called (usage is recorded only then).
     called: bool,
     prompt_tokens: u32,
@@ -1240,6 +1230,7 @@ impl Outcome {
         Outcome {
             text: String::new(),
             end: End::Failed(reason.to_string()),
+            busy: false,
             called: false,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -1250,6 +1241,7 @@ impl Outcome {
         Outcome {
             text,
             end: End::Stopped,
+            busy: false,
             called: false,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -1412,5 +1404,32 @@ mod tests {
         assert!(!mentions_in_text("mail@bot", &b));
         assert!(!mentions_in_text("@bot_2", &b));
         assert!(!mentions_in_text("no mention", &b));
+    }
+
+    #[test]
+    fn groups_address_mentioned_bots_commands_and_bots_taking_every_message() {
+        let (quiet, chatty) = (UserId::parse("quiet").unwrap(), UserId::parse("chatty").unwrap());
+        let bots = [quiet.clone(), chatty.clone()];
+        let trigger = |b: &UserId| {
+            if b.as_str() == "chatty" {
+                BotTrigger::AllMessages
+            } else {
+                BotTrigger::Mentions
+            }
+        };
+        let addressed = |kind, mentions: &[UserId], text: &str| -> Vec<String> {
+            addressed_bots(kind, &bots, trigger, mentions, text)
+                .map(|b| b.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(addressed(ChannelKind::Group, &[], "hello"), ["chatty"]);
+        assert_eq!(addressed(ChannelKind::Group, &[], "hi @quiet"), ["quiet", "chatty"]);
+        assert_eq!(
+            addressed(ChannelKind::Group, std::slice::from_ref(&quiet), "hi"),
+            ["quiet", "chatty"]
+        );
+        assert_eq!(addressed(ChannelKind::Group, &[], "/help"), ["quiet", "chatty"]);
+        assert_eq!(addressed(ChannelKind::Group, &[], "a/b"), ["chatty"]);
+        assert_eq!(addressed(ChannelKind::Direct, &[], "hello"), ["quiet", "chatty"]);
     }
 }

@@ -1,11 +1,85 @@
 //! Bot accounts: their settings, stopping a reply, and usage. Generating replies is the bot runtime's job
 //! (crate `confab-bots`); this is the part every API surface shares.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use confab_domain::bot::{Bot, BotSettings, ReplyInfo, ReplyState, UsageRecord};
 use confab_domain::model::{Message, NewMessage, NewUser, UserPatch};
-use confab_domain::{ChannelId, DomainError, DomainResult, Event, MessageId, UserId};
+use confab_domain::ports::{DynBus, DynStore};
+use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, UserId};
 
 use crate::{Actor, Confab, UserView, require_admin};
+
+/// Writes the text of a generating bot reply as it streams in, whoever produces it (the LLM bot runtime, or
+/// an application streaming a bot message, Sendbird's `send_stream`), so members see every reply stream the
+/// same way: each piece is relayed at once as `Event::ReplyDelta` with its byte offset; the text so far is
+/// saved every `save_interval` for clients that join late, off the relay path (relaying never waits for the
+/// disk) with at most one save in flight (saves of one reply never overtake each other); the final text is
+/// written after the last partial save.
+pub struct ReplyWriter {
+    bus: DynBus,
+    store: DynStore,
+    channel_id: ChannelId,
+    id: MessageId,
+    seq: ChannelSeq,
+    text: String,
+    save_interval: Duration,
+    last_save: Instant,
+    saved_len: usize,
+    saving: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ReplyWriter {
+    /// Appends `delta` to the reply and relays it to the channel's members.
+    pub async fn push(&mut self, delta: &str) {
+        if delta.is_empty() {
+            return;
+        }
+        let offset = self.text.len() as u64;
+        self.text.push_str(delta);
+        self.bus
+            .publish(vec![Event::ReplyDelta {
+                channel_id: self.channel_id.clone(),
+                message_id: self.id,
+                seq: self.seq,
+                offset,
+                delta: Arc::from(delta),
+            }])
+            .await;
+        let idle = self.saving.as_ref().is_none_or(|h| h.is_finished());
+        if idle && self.last_save.elapsed() >= self.save_interval && self.text.len() > self.saved_len {
+            self.last_save = Instant::now();
+            self.saved_len = self.text.len();
+            let (store, id, text) = (self.store.clone(), self.id, self.text.clone());
+            self.saving = Some(tokio::spawn(async move {
+                if let Err(e) = store.save_reply_text(id, text).await {
+                    tracing::warn!(reply = %id, error = %e, "cannot save reply text");
+                }
+            }));
+        }
+    }
+
+    /// The text so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Waits for the save in flight (the final write must come after it) and returns the text.
+    pub async fn settle(mut self) -> String {
+        if let Some(h) = self.saving.take() {
+            let _ = h.await;
+        }
+        self.text
+    }
+
+    /// Finishes the reply in its one final state with the text written so far.
+    pub async fn finish(self, state: ReplyState, reason: Option<String>) -> DomainResult<Message> {
+        let (store, id) = (self.store.clone(), self.id);
+        let text = self.settle().await;
+        store.finish_reply(id, text, state, reason).await
+    }
+}
 
 /// A bot as the API shows it: its account and its settings.
 #[derive(Clone, Debug)]
@@ -284,34 +358,20 @@ impl Confab {
         Ok(appended.message)
     }
 
-    /// Relays a piece of a streamed bot message to the channel's members; `offset` is where it starts in
-    /// the text (UTF-8 bytes).
-    pub async fn stream_delta(&self, message: &Message, offset: u64, delta: &str) {
-        self.bus
-            .publish(vec![Event::ReplyDelta {
-                channel_id: message.channel_id.clone(),
-                message_id: message.id,
-                seq: message.seq,
-                offset,
-                delta: std::sync::Arc::from(delta),
-            }])
-            .await;
-    }
-
-    /// Saves the text streamed so far (a client that joins late reads it).
-    pub async fn save_stream_text(&self, id: MessageId, text: String) -> DomainResult<()> {
-        self.store.save_reply_text(id, text).await
-    }
-
-    /// Finishes a streamed bot message in its one final state.
-    pub async fn finish_bot_stream(
-        &self,
-        id: MessageId,
-        text: String,
-        state: ReplyState,
-        reason: Option<String>,
-    ) -> DomainResult<Message> {
-        self.store.finish_reply(id, text, state, reason).await
+    /// The writer of a generating reply's text (see [`ReplyWriter`]).
+    pub fn reply_writer(&self, reply: &Message, save_interval: Duration) -> ReplyWriter {
+        ReplyWriter {
+            bus: self.bus.clone(),
+            store: self.store.clone(),
+            channel_id: reply.channel_id.clone(),
+            id: reply.id,
+            seq: reply.seq,
+            text: String::new(),
+            save_interval,
+            last_save: Instant::now(),
+            saved_len: 0,
+            saving: None,
+        }
     }
 
     /// Asks the node generating a reply to stop it. Any member of the channel may stop a reply.

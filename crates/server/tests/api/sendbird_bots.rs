@@ -242,6 +242,18 @@ async fn sendbird_ai_bot_replies_in_a_group_channel() {
     assert!(req.text().contains("You answer in the group."), "system prompt sent");
     assert!(req.messages().iter().any(|(_, c)| c.contains("what now?")));
 
+    // Privacy mode also lets commands through: a message starting with `/` addresses the bot unmentioned.
+    let command = sb_send(
+        &app,
+        "aigroup",
+        json!({"message_type": "MESG", "user_id": "gu1", "message": "/summary please"}),
+    )
+    .await;
+    let reply = finished_bot_message(&app, "aigroup", "aibot").await;
+    let data: Value = serde_json::from_str(reply["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["respond_mesg_id"], command["message_id"]);
+    assert_eq!(fake.request_count(), 2, "the command triggered the bot");
+
     // Not in privacy mode: every member message of its channels.
     let (s, v) = sb(&app, "PUT", "/v3/bots/aibot", Some(json!({"is_privacy_mode": false}))).await;
     assert_eq!(s, 200, "{v}");
@@ -252,12 +264,12 @@ async fn sendbird_ai_bot_replies_in_a_group_channel() {
     )
     .await;
     for _ in 0..200 {
-        if fake.request_count() == 2 {
+        if fake.request_count() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(fake.request_count(), 2, "an unmentioned message triggered the bot");
+    assert_eq!(fake.request_count(), 3, "an unmentioned message triggered the bot");
     finished_bot_message(&app, "aigroup", "aibot").await;
 
     let (s, v) = sb(&app, "DELETE", "/v3/bots/aibot/channels/aigroup", None).await;
@@ -350,6 +362,46 @@ async fn sendbird_callback_bots_are_told_and_never_call_a_provider() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["message"]["message"], "from a form");
     assert_eq!(v["message"]["mentioned_users"].as_array().unwrap().len(), 2);
+    // A FILE message: the `file` part follows `channel_url`, as the Python SDK orders its parts.
+    let form = reqwest::multipart::Form::new()
+        .text("message_type", "FILE")
+        .text("channel_url", "cbroom")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"menu of the day".to_vec())
+                .file_name("menu.txt")
+                .mime_str("text/plain")
+                .unwrap(),
+        );
+    let r = app
+        .http
+        .post(app.url("/v3/bots/cbbot/send"))
+        .header("api-token", MASTER)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["message"]["type"], "FILE", "{v}");
+    assert_eq!(v["message"]["user"]["user_id"], "cbbot");
+    let form = reqwest::multipart::Form::new()
+        .text("message_type", "FILE")
+        .text("channel_url", "cbroom");
+    let r = app
+        .http
+        .post(app.url("/v3/bots/cbbot/send"))
+        .header("api-token", MASTER)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(
+        error_of(status, &r.json().await.unwrap()),
+        (400, 400105),
+        "FILE without a file"
+    );
     // Bot messages never trigger bots: no callback for them.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), rx.recv())
@@ -626,4 +678,15 @@ async fn sendbird_ai_chatbot_replies_as_the_seed_describes() {
     )
     .await;
     assert_eq!(error_of(s, &v), (500, 500901));
+
+    // The provider is saturated: Sendbird's rate-limit code, with a status that tells clients to back off.
+    fake.set_default(Behaviour::rate_limited(1));
+    let (s, v) = sb(
+        &app,
+        "POST",
+        "/v3/bots/ai/ai_chatbot_replies",
+        Some(json!({"messages": conversation})),
+    )
+    .await;
+    assert_eq!(error_of(s, &v), (429, 500910), "{v}");
 }
