@@ -9,6 +9,7 @@ pub mod files;
 pub mod messages;
 pub mod providers;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -139,6 +140,32 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             get(providers::list_providers).post(providers::add_provider),
         )
         .route("/providers/{name}", axum::routing::delete(providers::delete_provider))
+        .route(
+            "/webhooks/endpoints",
+            get(webhooks::list_endpoints).post(webhooks::create_endpoint),
+        )
+        .route(
+            "/webhooks/endpoints/{endpoint_id}",
+            get(webhooks::get_endpoint)
+                .patch(webhooks::update_endpoint)
+                .delete(webhooks::delete_endpoint),
+        )
+        .route(
+            "/webhooks/endpoints/{endpoint_id}/rotate_secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/webhooks/endpoints/{endpoint_id}/attempts",
+            get(webhooks::list_attempts),
+        )
+        .route(
+            "/webhooks/endpoints/{endpoint_id}/dead_letters",
+            get(webhooks::list_dead_letters),
+        )
+        .route(
+            "/webhooks/endpoints/{endpoint_id}/dead_letters/{event_id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/files/{file_id}", get(files::download))
         .route("/ws", get(ws_upgrade))
         .route("/openapi.json", get(openapi_json))
@@ -167,6 +194,9 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         files::upload, files::download, ws_upgrade,
         bots::create_bot, bots::list_bots, bots::get_bot, bots::update_bot, bots::delete_bot, bots::stop_reply,
         bots::usage, providers::list_providers, providers::add_provider, providers::delete_provider,
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::get_endpoint, webhooks::update_endpoint,
+        webhooks::delete_endpoint, webhooks::rotate_secret, webhooks::list_attempts, webhooks::list_dead_letters,
+        webhooks::redeliver,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -7,6 +7,7 @@ pub mod event;
 pub mod ids;
 pub mod limits;
 pub mod model;
+pub mod outbox;
 pub mod ports;
 
 pub use error::{DomainError, DomainResult};

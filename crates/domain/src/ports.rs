@@ -13,6 +13,7 @@ use crate::model::{
     Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
     MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
+use crate::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 
 /// A client session token as stored: only the SHA-256 of the token is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +127,24 @@ pub trait Store: Send + Sync + 'static {
     async fn get_setting(&self, namespace: &str, key: &str) -> DomainResult<Option<serde_json::Value>>;
     /// True when the setting existed.
     async fn delete_setting(&self, namespace: &str, key: &str) -> DomainResult<bool>;
+    /// Every setting of a namespace, by key.
+    async fn list_settings(&self, namespace: &str) -> DomainResult<Vec<(String, serde_json::Value)>>;
+
+    /// Installs what decides which committed events are recorded in the outbox (none until then).
+    fn set_change_recorder(&self, recorder: Arc<dyn ChangeRecorder>);
+    /// Recorded events after `after`, oldest first.
+    async fn outbox_after(&self, after: u64, limit: u32) -> DomainResult<Vec<OutboxEntry>>;
+    /// The id of the newest recorded event (0 if none ever was).
+    async fn outbox_head(&self) -> DomainResult<u64>;
+    /// Forgets recorded events up to `through` (every consumer is past them). Returns how many.
+    async fn prune_outbox(&self, through: u64) -> DomainResult<u64>;
+    /// Keeps an event an endpoint never accepted (replacing an earlier dead letter of the same pair).
+    async fn put_dead_letter(&self, letter: DeadLetter) -> DomainResult<()>;
+    async fn get_dead_letter(&self, endpoint: &str, event_id: u64) -> DomainResult<Option<DeadLetter>>;
+    /// Dead letters of an endpoint, oldest event first, after `after`.
+    async fn list_dead_letters(&self, endpoint: &str, after: u64, limit: u32) -> DomainResult<Vec<DeadLetter>>;
+    /// `event_id: None` removes every dead letter of the endpoint. Returns how many.
+    async fn delete_dead_letters(&self, endpoint: &str, event_id: Option<u64>) -> DomainResult<u64>;
 }
 
 /// A subscription to the event stream.

@@ -89,6 +89,11 @@ pub struct WebhooksConfig {
     /// Private or reserved ranges webhook URLs may point at (CIDRs or addresses, e.g. `["10.0.0.0/8"]`).
     /// Empty: only public addresses, so a webhook can never reach this host's network.
     pub allow_private: Vec<String>,
+    /// Endpoints of the outbox (`/api/v1/webhooks/endpoints`): how long after its commit an event is retried
+    /// before it is dead-lettered.
+    pub retry_period_secs: u64,
+    /// Longest wait between two attempts of an event, in seconds.
+    pub max_backoff_secs: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -102,11 +107,24 @@ impl Default for WebhooksConfig {
             max_in_flight: d.max_in_flight,
             per_endpoint: d.per_endpoint,
             allow_private: Vec::new(),
+            retry_period_secs: 24 * 3600,
+            max_backoff_secs: 600,
         }
     }
 }
 
 impl WebhooksConfig {
+    pub fn relay(&self) -> confab_outbox::RelayConfig {
+        confab_outbox::RelayConfig {
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            per_endpoint: self.per_endpoint.max(1),
+            backoff: Duration::from_millis(self.backoff_ms),
+            max_backoff: Duration::from_secs(self.max_backoff_secs.max(1)),
+            retry_period: Duration::from_secs(self.retry_period_secs),
+            ..Default::default()
+        }
+    }
+
     pub fn delivery(&self) -> confab_webhooks::WebhookConfig {
         confab_webhooks::WebhookConfig {
             timeout: Duration::from_secs(self.timeout_secs.max(1)),

@@ -17,7 +17,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use confab_api_native::{AppState, HttpLimits};
 use confab_bus::LocalBus;
-use confab_domain::ports::Store;
 use confab_gateway::Hub;
 use confab_service::{Confab, ServiceConfig};
 use confab_store_sqlite::{SqliteConfig, SqliteStore};
@@ -110,7 +109,23 @@ impl App {
         store_cfg.synchronous = config.storage.synchronous;
         store_cfg.readers = config.storage.readers;
         store_cfg.max_batch = config.storage.max_batch;
-        let store = SqliteStore::open(store_cfg, bus.clone()).map_err(|e| anyhow::anyhow!("opening storage: {e}"))?;
+        let store: confab_domain::ports::DynStore =
+            Arc::new(SqliteStore::open(store_cfg, bus.clone()).map_err(|e| anyhow::anyhow!("opening storage: {e}"))?);
+        let shutdown = CancellationToken::new();
+        let egress = confab_egress::EgressPolicy::parse(&config.webhooks.allow_private)
+            .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
+        // Started before anything below writes, so every change it should announce is recorded (the sweep's
+        // interrupted replies included).
+        let bus_dyn: confab_domain::ports::DynBus = bus.clone();
+        let relay = confab_outbox::Relay::start(
+            store.clone(),
+            &bus_dyn,
+            egress.clone(),
+            config.webhooks.relay(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("webhook relay: {e}"))?;
         // Replies that were generating when the process stopped will never finish: mark them interrupted.
         let swept = store
             .sweep_generating()
@@ -123,7 +138,7 @@ impl App {
             );
         }
         let service = Confab::new(
-            Arc::new(store),
+            store,
             bus,
             master_token,
             ServiceConfig {
@@ -170,7 +185,7 @@ impl App {
         let bots = confab_bots::BotRuntime::start(service.clone(), catalog, config.bot_runtime.runtime())
             .await
             .map_err(|e| anyhow::anyhow!("starting the bot runtime: {e}"))?;
-        let shutdown = CancellationToken::new();
+        service.set_webhook_endpoints(relay);
         let gateway = config.gateway();
         let hub = Hub::start(service.clone(), gateway.clone());
         let state = AppState {
@@ -190,9 +205,7 @@ impl App {
             .with_state(HealthState {
                 service: service.clone(),
             });
-        let policy = confab_egress::EgressPolicy::parse(&config.webhooks.allow_private)
-            .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
-        let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), policy, shutdown.clone())
+        let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), egress, shutdown.clone())
             .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
         let sendbird_hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
             service.clone(),

@@ -7,6 +7,7 @@ pub mod bots;
 pub mod files;
 pub mod moderation;
 pub mod presence;
+pub mod webhooks;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -89,6 +90,7 @@ pub struct Confab {
     send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
     answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
     guard: std::sync::RwLock<Option<Arc<dyn moderation::ContentGuard>>>,
+    webhook_endpoints: std::sync::RwLock<Option<Arc<dyn webhooks::WebhookEndpoints>>>,
 }
 
 impl Confab {
@@ -106,6 +108,7 @@ impl Confab {
             send_observer: Default::default(),
             answerer: Default::default(),
             guard: Default::default(),
+            webhook_endpoints: Default::default(),
             cfg,
         })
     }

@@ -12,7 +12,7 @@ mod schema;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
@@ -20,9 +20,10 @@ use confab_domain::model::{
     Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
     MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
+use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, SessionRecord, Store};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use writer::{Op, Outcome, WriteCmd, Writer, db_err};
@@ -62,6 +63,7 @@ impl SqliteConfig {
 
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteCmd>,
+    recorder: writer::RecorderSlot,
     readers: ReadPool,
     /// Dropping it stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
@@ -127,7 +129,9 @@ impl SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(db_err)?;
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let recorder = writer::RecorderSlot::default();
         let writer = Writer {
+            recorder: recorder.clone(),
             conn,
             rx,
             bus,
@@ -140,6 +144,7 @@ impl SqliteStore {
             .map_err(|e| DomainError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
+            recorder,
             readers: ReadPool {
                 permits: Semaphore::new(readers.len()),
                 conns: Mutex::new(readers),
@@ -491,6 +496,98 @@ impl Store for SqliteStore {
                 .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
         })
         .await
+    }
+
+    async fn list_settings(&self, namespace: &str) -> DomainResult<Vec<(String, serde_json::Value)>> {
+        let namespace = namespace.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT key, value FROM settings WHERE namespace = ?1 ORDER BY key")?;
+            let rows = stmt.query_map([namespace], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            rows.map(|r| {
+                let (k, v) = r?;
+                let v = serde_json::from_str(&v).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+                })?;
+                Ok((k, v))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    fn set_change_recorder(&self, recorder: Arc<dyn ChangeRecorder>) {
+        *self.recorder.write().unwrap_or_else(|e| e.into_inner()) = Some(recorder);
+    }
+
+    async fn outbox_after(&self, after: u64, limit: u32) -> DomainResult<Vec<OutboxEntry>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {} FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+                rows::OUTBOX_COLUMNS
+            ))?;
+            stmt.query_map(params![after as i64, limit], rows::outbox_entry)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn outbox_head(&self) -> DomainResult<u64> {
+        // The AUTOINCREMENT counter, not MAX(id): it survives pruning.
+        self.read(|c| {
+            c.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn prune_outbox(&self, through: u64) -> DomainResult<u64> {
+        match self.write(Op::PruneOutbox(through)).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn put_dead_letter(&self, letter: DeadLetter) -> DomainResult<()> {
+        self.write(Op::PutDeadLetter(letter)).await.map(|_| ())
+    }
+
+    async fn get_dead_letter(&self, endpoint: &str, event_id: u64) -> DomainResult<Option<DeadLetter>> {
+        let endpoint = endpoint.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {} FROM webhook_dead_letters WHERE endpoint_id = ?1 AND event_id = ?2",
+                rows::DEAD_LETTER_COLUMNS
+            ))?
+            .query_row(params![endpoint, event_id as i64], rows::dead_letter)
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_dead_letters(&self, endpoint: &str, after: u64, limit: u32) -> DomainResult<Vec<DeadLetter>> {
+        let endpoint = endpoint.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {} FROM webhook_dead_letters WHERE endpoint_id = ?1 AND event_id > ?2 ORDER BY event_id LIMIT ?3",
+                rows::DEAD_LETTER_COLUMNS
+            ))?;
+            stmt.query_map(params![endpoint, after as i64, limit], rows::dead_letter)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_dead_letters(&self, endpoint: &str, event_id: Option<u64>) -> DomainResult<u64> {
+        match self
+            .write(Op::DeleteDeadLetters(endpoint.to_string(), event_id))
+            .await?
+        {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn delete_setting(&self, namespace: &str, key: &str) -> DomainResult<bool> {

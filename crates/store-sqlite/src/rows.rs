@@ -181,3 +181,31 @@ impl std::fmt::Display for UnknownValue {
 }
 
 impl std::error::Error for UnknownValue {}
+
+pub const OUTBOX_COLUMNS: &str = "id, event_type, channel_id, payload, created_at";
+
+pub fn outbox_entry(row: &Row<'_>) -> rusqlite::Result<confab_domain::outbox::OutboxEntry> {
+    let channel: Option<String> = row.get(2)?;
+    Ok(confab_domain::outbox::OutboxEntry {
+        id: row.get::<_, i64>(0)? as u64,
+        event_type: row.get(1)?,
+        channel_id: channel
+            .map(|c| ChannelId::parse(&c).map_err(|e| conv_err(2, e)))
+            .transpose()?,
+        payload: row.get(3)?,
+        created_at: row.get(4)?,
+    })
+}
+
+pub const DEAD_LETTER_COLUMNS: &str =
+    "event_id, event_type, channel_id, payload, created_at, endpoint_id, attempts, last_error, failed_at";
+
+pub fn dead_letter(row: &Row<'_>) -> rusqlite::Result<confab_domain::outbox::DeadLetter> {
+    Ok(confab_domain::outbox::DeadLetter {
+        event: outbox_entry(row)?,
+        endpoint_id: row.get(5)?,
+        attempts: row.get(6)?,
+        last_error: row.get(7)?,
+        failed_at: row.get(8)?,
+    })
+}

@@ -130,6 +130,29 @@ CREATE INDEX messages_by_channel_time ON messages(channel_id, created_at, seq);
     r#"
 ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
 "#,
+    // The outbox: events recorded with the change that caused them. AUTOINCREMENT: ids are never reused after
+    // pruning, since they are webhook ids and consumers' cursors.
+    r#"
+CREATE TABLE outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_type  TEXT NOT NULL,
+    channel_id  TEXT,
+    payload     BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE webhook_dead_letters (
+    endpoint_id TEXT NOT NULL,
+    event_id    INTEGER NOT NULL,
+    event_type  TEXT NOT NULL,
+    channel_id  TEXT,
+    payload     BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    last_error  TEXT NOT NULL,
+    failed_at   INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, event_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

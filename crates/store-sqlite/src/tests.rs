@@ -483,3 +483,100 @@ async fn settings_are_kept_per_namespace_and_survive_reopen() {
     );
     assert_eq!(store.get_setting("b", "k").await.unwrap(), None);
 }
+
+/// Records every message send, and tags the rows with the cause, to check what the writer hands over.
+struct SendRecorder;
+
+impl confab_domain::outbox::ChangeRecorder for SendRecorder {
+    fn record(
+        &self,
+        cause: confab_domain::outbox::ChangeCause,
+        event: &Event,
+    ) -> Option<confab_domain::outbox::OutboxRecord> {
+        match event {
+            Event::MessageCreated(m) => Some(confab_domain::outbox::OutboxRecord {
+                event_type: if cause == confab_domain::outbox::ChangeCause::Send {
+                    "sent"
+                } else {
+                    "other"
+                },
+                channel_id: Some(m.channel_id.clone()),
+                payload: m.text.clone().into_bytes(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_commits_and_rolls_back_with_the_change() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    group(&store, "g", &["a"]).await;
+    store
+        .append_message(NewMessage::text(cid("g"), uid("a"), "before"))
+        .await
+        .unwrap();
+    assert!(
+        store.outbox_after(0, 10).await.unwrap().is_empty(),
+        "nothing recorded without a recorder"
+    );
+    assert_eq!(store.outbox_head().await.unwrap(), 0);
+
+    store.set_change_recorder(Arc::new(SendRecorder));
+    let ok = store
+        .append_message(NewMessage::text(cid("g"), uid("a"), "one"))
+        .await
+        .unwrap();
+    // Not a member: the command rolls back, its outbox row with it.
+    let refused = store
+        .append_message(NewMessage::text(cid("g"), uid("b"), "never"))
+        .await;
+    assert!(refused.is_err());
+    // A retried send returns the original and records nothing new.
+    let mut again = NewMessage::text(cid("g"), uid("a"), "two");
+    again.client_msg_id = Some("k".into());
+    store.append_message(again.clone()).await.unwrap();
+    store.append_message(again).await.unwrap();
+
+    let rows = store.outbox_after(0, 10).await.unwrap();
+    let texts: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    assert_eq!(texts, [b"one".as_slice(), b"two".as_slice()]);
+    assert!(
+        rows.iter()
+            .all(|r| r.event_type == "sent" && r.channel_id == Some(cid("g")))
+    );
+    assert!(rows[0].id < rows[1].id && rows[0].created_at >= ok.message.created_at);
+    assert_eq!(store.outbox_after(rows[0].id, 10).await.unwrap().len(), 1);
+
+    // Pruned ids are never reused: the head stays, the next row goes above it.
+    let head = store.outbox_head().await.unwrap();
+    assert_eq!(head, rows[1].id);
+    assert_eq!(store.prune_outbox(head).await.unwrap(), 2);
+    assert_eq!(store.outbox_head().await.unwrap(), head);
+    store
+        .append_message(NewMessage::text(cid("g"), uid("a"), "three"))
+        .await
+        .unwrap();
+    let after = store.outbox_after(0, 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > head);
+
+    let letter = confab_domain::outbox::DeadLetter {
+        endpoint_id: "ep".into(),
+        event: after[0].clone(),
+        attempts: 3,
+        last_error: "HTTP 500".into(),
+        failed_at: 1,
+    };
+    store.put_dead_letter(letter.clone()).await.unwrap();
+    assert_eq!(
+        store.get_dead_letter("ep", after[0].id).await.unwrap(),
+        Some(letter.clone())
+    );
+    assert_eq!(store.list_dead_letters("ep", 0, 10).await.unwrap(), vec![letter]);
+    assert!(store.list_dead_letters("other", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.delete_dead_letters("ep", None).await.unwrap(), 1);
+    assert!(store.get_dead_letter("ep", after[0].id).await.unwrap().is_none());
+}

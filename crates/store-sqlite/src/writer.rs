@@ -12,6 +12,7 @@ use confab_domain::model::{
     Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch, NewChannel, NewMessage,
     NewUser, User, UserPatch,
 };
+use confab_domain::outbox::{ChangeCause, ChangeRecorder, DeadLetter};
 use confab_domain::ports::{DynBus, SessionRecord};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, Millis, UserId, now_millis};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -48,7 +49,25 @@ pub enum Op {
     DeleteProvider(String),
     PutSetting(String, String, String),
     DeleteSetting(String, String),
+    PruneOutbox(u64),
+    PutDeadLetter(DeadLetter),
+    DeleteDeadLetters(String, Option<u64>),
 }
+
+impl Op {
+    /// What kind of change the op's events stand for (see [`ChangeCause`]).
+    fn cause(&self) -> ChangeCause {
+        match self {
+            Op::Append(_) => ChangeCause::Send,
+            Op::Edit(..) => ChangeCause::Edit,
+            Op::FinishReply(..) | Op::SweepGenerating => ChangeCause::FinishReply,
+            _ => ChangeCause::Other,
+        }
+    }
+}
+
+/// The installed recorder, shared with the store handle that installs it.
+pub type RecorderSlot = Arc<std::sync::RwLock<Option<Arc<dyn ChangeRecorder>>>>;
 
 pub enum Outcome {
     Unit,
@@ -72,6 +91,7 @@ pub struct Writer {
     pub bus: DynBus,
     pub runtime: tokio::runtime::Handle,
     pub max_batch: usize,
+    pub recorder: RecorderSlot,
 }
 
 impl Writer {
@@ -97,13 +117,21 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
         let conn = &mut self.conn;
+        let recorder = self.recorder.read().unwrap_or_else(|e| e.into_inner()).clone();
         let committed = (|| -> rusqlite::Result<()> {
             let mut tx = conn.transaction()?;
             for WriteCmd { op, reply } in batch.drain(..) {
                 replies.push(reply);
                 let sp = tx.savepoint()?;
                 let mut local = Vec::new();
-                match apply(&sp, op, &mut local) {
+                let cause = op.cause();
+                let applied = apply(&sp, op, &mut local).and_then(|out| {
+                    if let Some(r) = &recorder {
+                        record_changes(&sp, r.as_ref(), cause, &local)?;
+                    }
+                    Ok(out)
+                });
+                match applied {
                     Ok(out) => {
                         sp.commit()?;
                         events.append(&mut local);
@@ -138,6 +166,33 @@ impl Writer {
             }
         }
     }
+}
+
+/// Records the events of one command that the recorder wants, inside the command's savepoint: the outbox
+/// row commits or rolls back with the change.
+fn record_changes(
+    conn: &Connection,
+    recorder: &dyn ChangeRecorder,
+    cause: ChangeCause,
+    events: &[Event],
+) -> DomainResult<()> {
+    for ev in events {
+        if let Some(rec) = recorder.record(cause, ev) {
+            conn.prepare_cached(
+                "INSERT INTO outbox (event_type, channel_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    rec.event_type,
+                    rec.channel_id.as_ref().map(|c| c.as_str()),
+                    rec.payload,
+                    now_millis()
+                ])
+            })
+            .map_err(db_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Maps storage errors: constraint violations are the caller's fault (handled where they can occur), the rest
@@ -234,6 +289,46 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                 )?;
             }
             Ok(Outcome::Count(ids.len() as u64))
+        }
+        Op::PruneOutbox(through) => {
+            let n = conn
+                .prepare_cached("DELETE FROM outbox WHERE id <= ?1")
+                .and_then(|mut s| s.execute([through as i64]))
+                .map_err(db_err)?;
+            Ok(Outcome::Count(n as u64))
+        }
+        Op::PutDeadLetter(d) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO webhook_dead_letters (endpoint_id, event_id, event_type, channel_id, payload, \
+                 created_at, attempts, last_error, failed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    d.endpoint_id,
+                    d.event.id as i64,
+                    d.event.event_type,
+                    d.event.channel_id.as_ref().map(|c| c.as_str()),
+                    d.event.payload,
+                    d.event.created_at,
+                    d.attempts,
+                    d.last_error,
+                    d.failed_at
+                ])
+            })
+            .map_err(db_err)?;
+            Ok(Outcome::Unit)
+        }
+        Op::DeleteDeadLetters(endpoint, event) => {
+            let n = match event {
+                Some(id) => conn
+                    .prepare_cached("DELETE FROM webhook_dead_letters WHERE endpoint_id = ?1 AND event_id = ?2")
+                    .and_then(|mut s| s.execute(params![endpoint, id as i64])),
+                None => conn
+                    .prepare_cached("DELETE FROM webhook_dead_letters WHERE endpoint_id = ?1")
+                    .and_then(|mut s| s.execute(params![endpoint])),
+            }
+            .map_err(db_err)?;
+            Ok(Outcome::Count(n as u64))
         }
         Op::PutProvider(name, json) => {
             conn.prepare_cached(

@@ -268,7 +268,7 @@ impl Worker {
 
 /// The innermost cause of a request error (reqwest's own message hides an egress refusal behind "error
 /// sending request" and names the URL, which may carry a secret).
-fn short_error(e: &reqwest::Error) -> String {
+pub fn short_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".into();
     }

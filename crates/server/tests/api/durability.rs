@@ -13,15 +13,21 @@ use serde_json::{Value, json};
 
 use crate::helpers::MASTER;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
 fn start(data_dir: &Path) -> Server {
+    start_with(data_dir, &[])
+}
+
+/// The real binary on a random loopback port, with `args` added to `serve` (e.g. `--config <file>`).
+pub(crate) fn start_with(data_dir: &Path, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(args)
         .env("CONFAB_API_TOKEN", MASTER)
         .env("CONFAB_LIMITS__USER_SEND_PER_SEC", "100000")
         .env("CONFAB_LIMITS__USER_SEND_BURST", "100000")
@@ -43,7 +49,7 @@ fn start(data_dir: &Path) -> Server {
     Server { child, addr }
 }
 
-async fn call(
+pub(crate) async fn call(
     http: &reqwest::Client,
     addr: SocketAddr,
     method: &str,
@@ -61,7 +67,7 @@ async fn call(
     Ok((s, r.json().await.unwrap_or(Value::Null)))
 }
 
-async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) {
+pub(crate) async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) {
     for _ in 0..100 {
         if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
             && r.status() == 200

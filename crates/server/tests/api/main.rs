@@ -16,3 +16,4 @@ mod sendbird_bots;
 mod sendbird_channels;
 mod sendbird_sdk;
 mod sendbird_webhooks;
+mod webhook_outbox;

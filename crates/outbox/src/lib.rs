@@ -1,0 +1,19 @@
+//! Webhooks from a durable outbox. The store records an application event in the same transaction as the
+//! change that caused it ([`EventRecorder`], installed as the store's `ChangeRecorder`); the [`Relay`] reads
+//! the outbox in commit order and delivers each event to every endpoint that subscribes to its type:
+//! at least once, in order per channel (one event of a channel in flight per endpoint at a time; channels do
+//! not wait for each other), signed with the Standard Webhooks headers, retried with exponential backoff for
+//! a configured period and then dead-lettered, where the admin API can see and redeliver it.
+//!
+//! Durable state per endpoint: its settings and a cursor (every event at or below it is delivered or
+//! dead-lettered). Events above the cursor are delivered again after a crash, with the same `webhook-id`,
+//! so receivers deduplicate on it.
+
+mod endpoint;
+mod recorder;
+mod relay;
+pub mod signature;
+
+pub use endpoint::{EVENT_TYPES, EventFilter};
+pub use recorder::EventRecorder;
+pub use relay::{Relay, RelayConfig};
