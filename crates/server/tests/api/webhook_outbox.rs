@@ -113,6 +113,9 @@ async fn next_hook(rx: &mut mpsc::UnboundedReceiver<Hook>) -> Hook {
 fn loopback(c: &mut confab::Config) {
     c.webhooks.allow_private = vec!["127.0.0.1".into()];
     c.webhooks.backoff_ms = 50;
+    // The tests send faster than a person would.
+    c.limits.user_send_per_sec = 1000;
+    c.limits.user_send_burst = 1000;
 }
 
 async fn add_endpoint(app: &TestApp, url: &str, events: Value, secret: &std::sync::Mutex<String>) -> String {
