@@ -17,6 +17,7 @@ mod scan;
 mod send;
 mod stats;
 mod util;
+mod webhook_sink;
 mod ws;
 
 use std::net::SocketAddr;
@@ -142,6 +143,11 @@ struct SendArgs {
     /// After the duration, outstanding sends must be answered within this time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain: Duration,
+    /// Listen on this loopback address as a webhook endpoint for `message.sent` (registered through the admin
+    /// API; the server must allow loopback in `[webhooks] allow_private`) and report how many events arrive
+    /// and how long after the last send.
+    #[arg(long)]
+    webhook_sink: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +283,9 @@ impl Command {
                 }
             }
             Command::Send(a) => {
+                if a.webhook_sink.is_some_and(|s| !s.ip().is_loopback()) {
+                    bail!("--webhook-sink must be a loopback address");
+                }
                 if a.duration.is_zero() || a.duration > MAX_DURATION || a.drain > MAX_DURATION {
                     bail!("--duration must be between 1ms and 1h (and --drain at most 1h)");
                 }
@@ -361,7 +370,16 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
                 window: a.window as usize,
                 drain: a.drain,
             };
-            send::run(target, &api, &o, out).await
+            let sink = match a.webhook_sink {
+                Some(addr) => Some(webhook_sink::Sink::start(&api, addr).await?),
+                None => None,
+            };
+            send::run(target, &api, &o, out).await?;
+            if let Some(sink) = sink {
+                send::await_webhooks(&sink, a.drain, out).await;
+                api.delete_webhook_endpoint(&sink.endpoint_id).await?;
+            }
+            Ok(())
         }
         Command::Connections(a) => {
             let o = connections::ConnOpts {

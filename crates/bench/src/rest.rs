@@ -54,6 +54,24 @@ impl Api {
         serde_json::from_str(&text).with_context(|| format!("{method} {url}: response is not JSON: {text}"))
     }
 
+    /// Registers an outbox webhook endpoint; returns its id.
+    pub async fn create_webhook_endpoint(&self, url: &str, events: &[&str]) -> Result<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/webhooks/endpoints",
+                Some(json!({ "url": url, "events": events, "description": "confab-bench" })),
+            )
+            .await?;
+        v["id"].as_str().map(str::to_string).context("the endpoint has no id")
+    }
+
+    pub async fn delete_webhook_endpoint(&self, id: &str) -> Result<()> {
+        self.call(reqwest::Method::DELETE, &format!("/webhooks/endpoints/{id}"), None)
+            .await
+            .map(drop)
+    }
+
     pub async fn create_user(&self, id: &str) -> Result<()> {
         self.call(reqwest::Method::POST, "/users", Some(json!({ "id": id })))
             .await

@@ -317,3 +317,20 @@ async fn client(
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     Ok(ClientReport { sent, last_answer })
 }
+
+/// With a webhook sink: waits (up to `drain`) until every acked send was announced, and reports how many
+/// events arrived and how long after the last ack the relay caught up.
+pub async fn await_webhooks(sink: &crate::webhook_sink::Sink, drain: Duration, out: &mut Map<String, Value>) {
+    let acked = out.get("acked_sends").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let since = Instant::now();
+    while sink.count() < acked && since.elapsed() < drain {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = sink.received.lock().unwrap_or_else(|e| e.into_inner());
+    out.insert("webhook_events_received".into(), json!(r.ids.len()));
+    out.insert("webhook_requests".into(), json!(r.requests));
+    out.insert(
+        "webhook_catch_up_after_last_ack_ms".into(),
+        json!(r.last.map(|l| ms(l.saturating_duration_since(since)))),
+    );
+}
