@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_domain::{DomainError, FileId};
 use confab_gateway::wire::FileDto;
+use confab_service::files::UploadFailed;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -36,7 +37,7 @@ fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
     responses((status = 201, body = FileDto), (status = 400, body = ProblemBody)))]
 pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Multipart) -> ApiResult<Response> {
     let mut channel = None;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_err)? {
+    while let Some(field) = form.next_field().await.map_err(multipart_err)? {
         match field.name() {
             Some("channel_id") => {
                 let text = field.text().await.map_err(multipart_err)?;
@@ -47,23 +48,14 @@ pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Mul
                     .as_ref()
                     .ok_or_else(|| DomainError::invalid("channel_id", "send the channel_id field before the file"))?;
                 let name = field.file_name().unwrap_or("file").to_string();
-                let mut up = st.service.begin_upload(&actor, channel).await?;
-                loop {
-                    match field.chunk().await {
-                        Ok(Some(chunk)) => {
-                            if let Err(e) = up.write(&chunk).await {
-                                up.abort().await;
-                                return Err(e.into());
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            up.abort().await;
-                            return Err(multipart_err(e));
-                        }
-                    }
-                }
-                let obj = st.service.finish_upload(up, &name).await?;
+                let obj = st
+                    .service
+                    .upload_stream(&actor, channel, &name, field)
+                    .await
+                    .map_err(|e| match e {
+                        UploadFailed::Domain(e) => ApiError::from(e),
+                        UploadFailed::Body(e) => multipart_err(e),
+                    })?;
                 return Ok((StatusCode::CREATED, Json(FileDto::from(&obj))).into_response());
             }
             _ => {}

@@ -237,26 +237,18 @@ async fn read_form(
 pub(crate) async fn upload_field(
     st: &SendbirdState,
     channel: &ChannelId,
-    mut field: axum::extract::multipart::Field<'_>,
+    field: axum::extract::multipart::Field<'_>,
 ) -> SendbirdResult<FileId> {
     let file_name = field.file_name().unwrap_or("file").to_string();
-    let mut up = st.service.begin_upload(&confab_service::Actor::Admin, channel).await?;
-    loop {
-        match field.chunk().await {
-            Ok(Some(chunk)) => {
-                if let Err(e) = up.write(&chunk).await {
-                    up.abort().await;
-                    return Err(e.into());
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                up.abort().await;
-                return Err(multipart_error(e));
-            }
-        }
-    }
-    Ok(st.service.finish_upload(up, &file_name).await?.id)
+    let file = st
+        .service
+        .upload_stream(&confab_service::Actor::Admin, channel, &file_name, field)
+        .await
+        .map_err(|e| match e {
+            confab_service::files::UploadFailed::Domain(e) => e.into(),
+            confab_service::files::UploadFailed::Body(e) => multipart_error(e),
+        })?;
+    Ok(file.id)
 }
 
 /// A JSON body of a route whose own limit is the upload size, bounded like any JSON body.

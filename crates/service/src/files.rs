@@ -83,6 +83,13 @@ fn clean_name(name: &str) -> String {
     }
 }
 
+/// Why [`Confab::upload_stream`] failed: the service refused, or reading the request body failed.
+#[derive(Debug)]
+pub enum UploadFailed<E> {
+    Domain(DomainError),
+    Body(E),
+}
+
 impl Confab {
     fn file_path(&self, id: &FileId) -> PathBuf {
         self.cfg.files_dir.join(&id.as_str()[..2]).join(id.as_str())
@@ -143,6 +150,32 @@ impl Confab {
             return Err(e);
         }
         Ok(obj)
+    }
+
+    /// Streams a request body part into a new file of the channel: an upload begun, written chunk by chunk
+    /// (bounded by the upload limit), and finished; aborted (nothing left on disk) on any error, including
+    /// one reading the body.
+    pub async fn upload_stream<E>(
+        &self,
+        actor: &Actor,
+        channel: &ChannelId,
+        name: &str,
+        body: impl futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+    ) -> Result<FileObject, UploadFailed<E>> {
+        use futures_util::StreamExt;
+        let mut body = std::pin::pin!(body);
+        let mut up = self.begin_upload(actor, channel).await.map_err(UploadFailed::Domain)?;
+        while let Some(chunk) = body.next().await {
+            let written = match chunk {
+                Ok(chunk) => up.write(&chunk).await.map_err(UploadFailed::Domain),
+                Err(e) => Err(UploadFailed::Body(e)),
+            };
+            if let Err(e) = written {
+                up.abort().await;
+                return Err(e);
+            }
+        }
+        self.finish_upload(up, name).await.map_err(UploadFailed::Domain)
     }
 
     /// The file and where its bytes are, if the actor is a member of the channel it was uploaded for.
