@@ -8,9 +8,10 @@
 //! naming it in `robotAccount` (or mentioning it in `forcepushlist`) in a team. On a private message between
 //! two users, NIM ignores `robotAccount`; Confab lets the named robot answer in that conversation (as a
 //! mention: the reply is posted there by the robot and both users see it). `robotTopic`, `robotFunction`
-//! and `robotCustomContent` are kept with the message (`data.robot`) and reach the robot's instructions only
+//! and `robotCustomContent` are kept with the message (`data.bot_context`) and reach the robot's instructions only
 //! when its configuration says so (`message_context`); otherwise its own `topic` and `custom_content` apply.
 
+use confab_domain::bot::MessageBotContext;
 use confab_domain::model::{ChannelKind, Message, MessageKind, NewChannel, NewMessage};
 use confab_domain::{ChannelId, DomainError, MessageId, UserId};
 use confab_service::Actor;
@@ -177,23 +178,23 @@ pub async fn send(st: &NimState, p: &Params) -> NimResult<Ok200> {
     Ok(Ok200::with("data", sent(&appended.message)))
 }
 
-/// `robotTopic`, `robotFunction` and `robotCustomContent`, kept with the message for robots whose
-/// configuration lets them into the instructions (`message_context`).
+/// `robotTopic`, `robotFunction` and `robotCustomContent`, kept with the message as its bot context, for
+/// robots whose configuration lets them into the instructions (`message_context`).
 fn robot_context(p: &Params) -> NimResult<Option<Value>> {
-    let mut robot = Map::new();
-    for (param, key, max) in [
-        ("robotTopic", "topic", 2000),
-        ("robotFunction", "function", 2000),
-        ("robotCustomContent", "customContent", 5000),
+    let mut context = MessageBotContext::default();
+    for (param, field, max) in [
+        ("robotTopic", &mut context.topic, 2000),
+        ("robotFunction", &mut context.function, 2000),
+        ("robotCustomContent", &mut context.custom_content, 5000),
     ] {
         if let Some(v) = p.opt(param) {
             if v.chars().count() > max {
                 return Err(NimError::invalid(param, format!("at most {max} characters")));
             }
-            robot.insert(key.into(), Value::from(v));
+            *field = v.to_string();
         }
     }
-    Ok((!robot.is_empty()).then(|| json!({ "robot": robot })))
+    Ok((!context.is_empty()).then(|| context.to_data()))
 }
 
 /// A sender outside the team is NIM's 804.

@@ -2,7 +2,7 @@
 //! trimmed to a token budget, oldest first.
 
 use confab_domain::UserId;
-use confab_domain::bot::{BotSettings, ReplyState};
+use confab_domain::bot::{BotSettings, MessageBotContext, ReplyState};
 use confab_domain::model::{ChannelKind, Message};
 use confab_llm::{ChatMessage, ChatRequest, Role};
 
@@ -27,29 +27,20 @@ pub fn system_prompt(s: &BotSettings) -> String {
     p
 }
 
-/// The per-message context the application's server attached to a trigger (`data.robot`: `topic`,
-/// `function`, `customContent`), as lines for the instructions. Only for bots that allow it.
+/// The per-message context the application's server attached to a trigger ([`MessageBotContext`]), as
+/// lines for the instructions. Only for bots that allow it.
 fn message_context(trigger: &Message) -> Option<String> {
-    let robot = trigger.data.as_ref()?.get("robot")?;
-    let field = |k: &str| {
-        robot
-            .get(k)
-            .and_then(|v| v.as_str())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
+    let c = MessageBotContext::of(trigger.data.as_ref())?;
     let mut out = String::new();
-    if let Some(t) = field("topic") {
-        out.push_str("\n\nTopic of this message: ");
-        out.push_str(t);
-    }
-    if let Some(f) = field("function") {
-        out.push_str("\n\nRequested function: ");
-        out.push_str(f);
-    }
-    if let Some(c) = field("customContent") {
-        out.push_str("\n\n");
-        out.push_str(c);
+    for (label, value) in [
+        ("\n\nTopic of this message: ", &c.topic),
+        ("\n\nRequested function: ", &c.function),
+        ("\n\n", &c.custom_content),
+    ] {
+        if !value.trim().is_empty() {
+            out.push_str(label);
+            out.push_str(value.trim());
+        }
     }
     (!out.is_empty()).then_some(out)
 }

@@ -38,8 +38,8 @@ pub struct BotSettings {
     /// Which group messages address the bot (1:1 messages always do).
     pub trigger: BotTrigger,
     /// Let the application's server add a topic, a function and custom content to a message for the bot
-    /// (NIM's `robotTopic`, `robotFunction`, `robotCustomContent`, kept in the message's `data.robot`); they
-    /// are appended to the instructions of the reply to that message. Off: such values are ignored.
+    /// ([`MessageBotContext`], e.g. NIM's `robotTopic`, `robotFunction`, `robotCustomContent`); they are
+    /// appended to the instructions of the reply to that message. Off: such values are ignored.
     pub message_context: bool,
     /// Where the application is told about each message that addresses the bot (a bot whose answers come
     /// from the application, or an LLM bot the application also follows). Empty: nobody is told.
@@ -245,5 +245,35 @@ mod tests {
         for s in ["complete", "stopped", "failed", "interrupted"] {
             assert!(ReplyState::parse(s).unwrap().is_final());
         }
+    }
+}
+
+/// Instructions the application's server attaches to one message for the bot it addresses, kept in the
+/// message's `data` under [`MessageBotContext::DATA_KEY`]. Only bots with `message_context` use them: the
+/// server that sent the message vouches for them, so they may go into the instructions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MessageBotContext {
+    pub topic: String,
+    pub function: String,
+    pub custom_content: String,
+}
+
+impl MessageBotContext {
+    pub const DATA_KEY: &'static str = "bot_context";
+
+    /// The context a message's `data` carries, if any.
+    pub fn of(data: Option<&serde_json::Value>) -> Option<MessageBotContext> {
+        let v = data?.get(Self::DATA_KEY)?;
+        serde_json::from_value(v.clone()).ok()
+    }
+
+    /// `data` carrying this context.
+    pub fn to_data(&self) -> serde_json::Value {
+        serde_json::json!({ Self::DATA_KEY: self })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topic.trim().is_empty() && self.function.trim().is_empty() && self.custom_content.trim().is_empty()
     }
 }

@@ -524,6 +524,16 @@ impl Confab {
                 if msg.kind == MessageKind::Admin {
                     return Err(DomainError::forbidden("only the application can send admin messages"));
                 }
+                // Bot context reaches a bot's instructions, which only the application's server may write.
+                if msg
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.get(confab_domain::bot::MessageBotContext::DATA_KEY).is_some())
+                {
+                    return Err(DomainError::forbidden(
+                        "only the application can attach bot context (data.bot_context) to a message",
+                    ));
+                }
                 msg.sender_id = Some(u.clone());
                 if let Err(not_until) = self.send_limiter.check_key(u) {
                     let wait = not_until.wait_time_from(DefaultClock::default().now());
