@@ -340,6 +340,15 @@ pub async fn delete_channel(
     Ok(Reply(Empty {}))
 }
 
+/// A `user_ids` list that must name someone.
+fn required_user_ids(ids: &[String]) -> SendbirdResult<Vec<UserId>> {
+    let users = parse_user_ids(ids.iter().map(String::as_str))?;
+    if users.is_empty() {
+        return Err(SendbirdError::missing("user_ids"));
+    }
+    Ok(users)
+}
+
 #[derive(Deserialize)]
 pub struct InviteBody {
     pub user_ids: Vec<String>,
@@ -355,10 +364,7 @@ pub async fn invite(
     PathParams(url): PathParams<String>,
     JsonBody(body): JsonBody<InviteBody>,
 ) -> SendbirdResult<Reply<ChannelObject>> {
-    let users = parse_user_ids(body.user_ids.iter().map(String::as_str))?;
-    if users.is_empty() {
-        return Err(SendbirdError::missing("user_ids"));
-    }
+    let users = required_user_ids(&body.user_ids)?;
     let channel = st
         .service
         .invite(&auth.actor(), &parse_channel_url(&url)?, users)
@@ -388,10 +394,7 @@ pub async fn leave(
             "leaving every channel at once is not supported",
         ));
     }
-    let users = parse_user_ids(body.user_ids.iter().map(String::as_str))?;
-    if users.is_empty() {
-        return Err(SendbirdError::missing("user_ids"));
-    }
+    let users = required_user_ids(&body.user_ids)?;
     let id = parse_channel_url(&url)?;
     let actor = auth.actor();
     for u in &users {
