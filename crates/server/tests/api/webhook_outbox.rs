@@ -468,3 +468,61 @@ async fn outbox_delivery_survives_kill_9() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// An endpoint that holds every request open does not hold up sending: every send is acknowledged while
+/// none of the endpoint's answers has come, and the events follow once it answers.
+#[tokio::test]
+async fn a_stalled_endpoint_never_holds_up_sending() {
+    let app = spawn_app_with(loopback).await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let gate = release.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |raw: Bytes| {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                // Held until the test releases it.
+                gate.acquire().await.unwrap().forget();
+                let body: Value = serde_json::from_slice(&raw).unwrap();
+                let _ = tx.send(body["data"]["message"]["seq"].as_u64().unwrap());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let secret = std::sync::Mutex::new(String::new());
+    let id = add_endpoint(&app, &format!("http://{addr}/hook"), json!(["message.sent"]), &secret).await;
+
+    let alice = app.user("alice").await;
+    app.group("busy", &["alice"]).await;
+    for i in 0..30 {
+        app.send_as(&alice, "busy", &format!("m{i}")).await;
+    }
+    assert!(rx.try_recv().is_err(), "the endpoint has answered nothing yet");
+    // Every event waits for the endpoint (none can have been delivered, so the count only grows to 30).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = app
+            .admin("GET", &format!("/api/v1/webhooks/endpoints/{id}"), None)
+            .await;
+        if v["pending"] == 30 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.add_permits(1000);
+    let mut seqs = Vec::new();
+    while seqs.len() < 30 {
+        seqs.push(
+            tokio::time::timeout(Duration::from_secs(15), rx.recv())
+                .await
+                .expect("delivered once released")
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
+}
