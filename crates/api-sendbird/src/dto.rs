@@ -201,8 +201,8 @@ pub fn message_data(m: &Message) -> String {
         _ => Map::new(),
     };
     obj.insert("stream".into(), Value::Bool(!reply.state.is_final()));
-    if reply.trigger_id.0 > 0 {
-        obj.insert("respond_mesg_id".into(), Value::from(reply.trigger_id.0));
+    if let Some(trigger) = reply.trigger_id {
+        obj.insert("respond_mesg_id".into(), Value::from(trigger.0));
     }
     obj.insert("reply_state".into(), Value::from(reply.state.as_str()));
     if let Some(reason) = &reply.reason {
@@ -463,7 +463,7 @@ mod tests {
         m.data = Some(Value::String("{\"keep\":\"me\"}".into()));
         m.reply = Some(ReplyInfo {
             state: ReplyState::Generating,
-            trigger_id: MessageId(5),
+            trigger_id: Some(MessageId(5)),
             reason: None,
         });
         let d: Value = serde_json::from_str(&message_data(&m)).unwrap();
@@ -473,7 +473,7 @@ mod tests {
         );
         m.reply = Some(ReplyInfo {
             state: ReplyState::Failed,
-            trigger_id: MessageId(5),
+            trigger_id: Some(MessageId(5)),
             reason: Some("budget".into()),
         });
         let d: Value = serde_json::from_str(&message_data(&m)).unwrap();

@@ -185,13 +185,13 @@ mod tests {
         let mut answer = msg(2, "bot", "Hi!");
         answer.reply = Some(ReplyInfo {
             state: ReplyState::Complete,
-            trigger_id: MessageId(1),
+            trigger_id: Some(MessageId(1)),
             reason: None,
         });
         let mut failed = msg(4, "bot", "half");
         failed.reply = Some(ReplyInfo {
             state: ReplyState::Failed,
-            trigger_id: MessageId(3),
+            trigger_id: Some(MessageId(3)),
             reason: None,
         });
         let h = vec![

@@ -556,7 +556,7 @@ impl BotRuntime {
         let mut draft = NewMessage::text(trigger.channel_id.clone(), bot.id.clone(), String::new());
         draft.reply = Some(ReplyInfo {
             state: ReplyState::Generating,
-            trigger_id: trigger.id,
+            trigger_id: Some(trigger.id),
             reason: None,
         });
         draft.parent_id = trigger.parent_id;

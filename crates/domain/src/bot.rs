@@ -178,9 +178,9 @@ impl ReplyState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReplyInfo {
     pub state: ReplyState,
-    /// The message that triggered the reply (one reply per bot and trigger); `MessageId(0)` for a message
-    /// an application streams without naming the message it answers.
-    pub trigger_id: MessageId,
+    /// The message that triggered the reply (one reply per bot and trigger); `None` for a message an
+    /// application streams without naming the message it answers.
+    pub trigger_id: Option<MessageId>,
     /// For `failed` (and sometimes `interrupted`): why, in words a user can read.
     pub reason: Option<String>,
 }

@@ -82,7 +82,9 @@ pub struct MessageDto<'a> {
 pub struct ReplyDto<'a> {
     #[schema(value_type = String, example = "generating")]
     pub state: &'static str,
-    pub trigger_id: i64,
+    /// The message the reply answers; absent for a message an application streamed on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
 }
@@ -110,7 +112,7 @@ impl<'a> From<&'a Message> for MessageDto<'a> {
             deleted: m.deleted,
             reply: m.reply.as_ref().map(|r| ReplyDto {
                 state: r.state.as_str(),
-                trigger_id: r.trigger_id.0,
+                trigger_id: r.trigger_id.map(|t| t.0),
                 reason: r.reason.as_deref(),
             }),
         }

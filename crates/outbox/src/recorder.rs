@@ -165,7 +165,7 @@ mod tests {
             deleted: false,
             reply: reply.map(|state| ReplyInfo {
                 state,
-                trigger_id: MessageId(6),
+                trigger_id: Some(MessageId(6)),
                 reason: None,
             }),
         })

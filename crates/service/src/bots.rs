@@ -345,7 +345,7 @@ impl Confab {
         let mut draft = NewMessage::text(channel.clone(), bot.clone(), String::new());
         draft.reply = Some(ReplyInfo {
             state: ReplyState::Generating,
-            trigger_id: answers.unwrap_or(MessageId(0)),
+            trigger_id: answers,
             reason: None,
         });
         let appended = self.store.append_message(draft).await?;

@@ -121,7 +121,7 @@ pub fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
         reply: match row.get::<_, Option<String>>(18)? {
             Some(state) => Some(ReplyInfo {
                 state: ReplyState::parse(&state).ok_or_else(|| conv_err(18, UnknownValue(state)))?,
-                trigger_id: MessageId(row.get::<_, Option<i64>>(19)?.unwrap_or(0)),
+                trigger_id: row.get::<_, Option<i64>>(19)?.map(MessageId),
                 reason: row.get(20)?,
             }),
             None => None,

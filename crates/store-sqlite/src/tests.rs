@@ -418,7 +418,7 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
     let mut reply = NewMessage::text(cid("g"), uid("helper"), "");
     reply.reply = Some(ReplyInfo {
         state: ReplyState::Generating,
-        trigger_id: trigger.id,
+        trigger_id: Some(trigger.id),
         reason: None,
     });
     let first = store.append_message(reply.clone()).await.unwrap();
@@ -451,7 +451,7 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
     let mut r2 = NewMessage::text(cid("g"), uid("helper"), "");
     r2.reply = Some(ReplyInfo {
         state: ReplyState::Generating,
-        trigger_id: t2.id,
+        trigger_id: Some(t2.id),
         reason: None,
     });
     let r2 = store.append_message(r2).await.unwrap().message;

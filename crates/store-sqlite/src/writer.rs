@@ -773,15 +773,12 @@ fn mark_read(
 /// A bot that is not a member may still answer a message of the channel that mentions it: the member who
 /// wrote it invoked the bot there (NIM's `robotAccount` on a private message, an `@bot` in a group).
 fn invoked_by_trigger(conn: &Connection, m: &NewMessage, sender: &UserId) -> Result<bool, DomainError> {
-    let Some(reply) = m.reply.as_ref().filter(|r| r.trigger_id.0 > 0) else {
+    let Some(trigger_id) = m.reply.as_ref().and_then(|r| r.trigger_id) else {
         return Ok(false);
     };
     let trigger: Option<(String, String)> = conn
         .prepare_cached("SELECT channel_id, mentions FROM messages WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([reply.trigger_id.0], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
+        .and_then(|mut s| s.query_row([trigger_id.0], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(db_err)?;
     Ok(trigger.is_some_and(|(channel, mentions)| {
         channel == m.channel_id.as_str()
@@ -806,9 +803,8 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
             duplicate: true,
         });
     }
-    if let (Some(sender), Some(reply)) = (&m.sender_id, &m.reply)
-        && reply.trigger_id.0 > 0
-        && let Some(original) = queries::reply_to(conn, sender, reply.trigger_id).map_err(db_err)?
+    if let (Some(sender), Some(trigger_id)) = (&m.sender_id, m.reply.as_ref().and_then(|r| r.trigger_id))
+        && let Some(original) = queries::reply_to(conn, sender, trigger_id).map_err(db_err)?
     {
         return Ok(Appended {
             message: original,
@@ -906,7 +902,7 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
                     now,
                     m.reply.as_ref().map(|r| r.state.as_str()),
                     // 0: a streamed bot message answering no particular message (no uniqueness).
-                    m.reply.as_ref().map(|r| r.trigger_id.0).filter(|&t| t > 0),
+                    m.reply.as_ref().and_then(|r| r.trigger_id).map(|t| t.0),
                     m.reply.as_ref().and_then(|r| r.reason.clone())
                 ],
                 |r| r.get(0),
