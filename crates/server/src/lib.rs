@@ -344,12 +344,20 @@ impl App {
 struct PolicyGuard(confab_moderation::Policy);
 
 impl confab_service::moderation::ContentGuard for PolicyGuard {
-    fn review(&self, _channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::Review {
+    fn review(&self, channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::Review {
+        use confab_service::moderation::{ReplyReview, Review};
+        match self.review_reply(channel, text) {
+            ReplyReview::Reject { rule, reason, .. } => Review::Reject { rule, reason },
+            ReplyReview::Allow { rewritten, flagged_by } => Review::Allow { rewritten, flagged_by },
+        }
+    }
+
+    fn review_reply(&self, _channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::ReplyReview {
         use confab_moderation::Verdict;
-        use confab_service::moderation::Review;
+        use confab_service::moderation::ReplyReview;
         match self.0.check(text) {
-            Verdict::Blocked { rule, reason } => Review::Reject { rule, reason },
-            Verdict::Allowed { text: out, flagged_by } => Review::Allow {
+            Verdict::Blocked { rule, reason, span } => ReplyReview::Reject { rule, reason, span },
+            Verdict::Allowed { text: out, flagged_by } => ReplyReview::Allow {
                 rewritten: match out {
                     std::borrow::Cow::Owned(t) => Some(t),
                     std::borrow::Cow::Borrowed(_) => None,

@@ -8,6 +8,7 @@ mod helpers;
 mod limits;
 mod llama;
 mod moderation;
+mod moderation_replies;
 mod nim;
 mod realtime;
 mod rest;
