@@ -149,12 +149,16 @@ impl App {
                 }
             }
         });
+        let egress = config
+            .egress_policy()
+            .map_err(|e| anyhow::anyhow!("egress.allow_private: {e}"))?;
         let catalog = confab_bots::Catalog::from_config(
             &config.providers,
             Box::new(|k| std::env::var(k).ok()),
             builtin_builder(),
         )
-        .map_err(|e| anyhow::anyhow!("providers: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("providers: {e}"))?
+        .with_egress(egress.clone());
         let mut bot_decls = config.bots.clone();
         add_builtin(&config, &catalog, &mut bot_decls);
         catalog.load_stored(
@@ -190,9 +194,7 @@ impl App {
             .with_state(HealthState {
                 service: service.clone(),
             });
-        let policy = confab_egress::EgressPolicy::parse(&config.webhooks.allow_private)
-            .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
-        let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), policy, shutdown.clone())
+        let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), egress, shutdown.clone())
             .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
         let sendbird_hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
             service.clone(),

@@ -10,6 +10,7 @@ mod llama;
 mod moderation;
 mod moderation_replies;
 mod nim;
+mod provider_egress;
 mod realtime;
 mod rest;
 mod sendbird;
