@@ -719,12 +719,16 @@ async fn relay_stream(
     mut body: axum::body::BodyDataStream,
     mut splitter: JsonSplitter,
     mut pending: std::collections::VecDeque<Value>,
-    first: String,
+    mut first: String,
 ) -> SendbirdResult<Reply<StreamedReply>> {
     let max = st.max_body_bytes;
     let mut writer = st.service.reply_writer(&message, STREAM_SAVE_INTERVAL);
-    writer.push(&first).await;
     let failure: Option<SendbirdError> = 'relay: loop {
+        // The first object's text, on the first round. A piece the content policy blocks ends the upload:
+        // nothing more is read or relayed.
+        if let Err(blocked) = writer.push(&std::mem::take(&mut first)).await {
+            break Some(DomainError::from(blocked).into());
+        }
         for v in pending.drain(..) {
             let Ok(StreamDelta { message_delta: Some(d) }) = serde_json::from_value::<StreamDelta>(v) else {
                 break 'relay Some(SendbirdError::request(
@@ -732,13 +736,15 @@ async fn relay_stream(
                     "Invalid stream: every object after the first must be {\"message_delta\": \"...\"}.",
                 ));
             };
-            if writer.text().len() + d.len() > MAX_STREAM_TEXT_BYTES {
+            if writer.received_len() + d.len() > MAX_STREAM_TEXT_BYTES {
                 break 'relay Some(SendbirdError::request(
                     ErrorCode::ParameterValueLengthExceeded,
                     format!("The streamed message exceeds {MAX_STREAM_TEXT_BYTES} bytes."),
                 ));
             }
-            writer.push(&d).await;
+            if let Err(blocked) = writer.push(&d).await {
+                break 'relay Some(DomainError::from(blocked).into());
+            }
         }
         match tokio::time::timeout(STREAM_IDLE, body.next()).await {
             Ok(Some(Ok(chunk))) => match splitter.push(&chunk, max) {
@@ -767,7 +773,7 @@ async fn relay_stream(
         }
     };
     // The message ends in one final state: `complete`, or `interrupted` with the failure, which is also the
-    // answer.
+    // answer; `failed` when the content policy blocked it (`finish` then answers the rejection).
     let (state, reason) = match &failure {
         None => (ReplyState::Complete, None),
         Some(e) => (ReplyState::Interrupted, Some(e.message().into_owned())),
@@ -841,6 +847,21 @@ fn answer_error(busy: bool, message: &str) -> SendbirdError {
     }
 }
 
+/// An answer the content policy blocked: Sendbird's content-blocked error with the rule's reason.
+fn rejected(rule: &str, reason: &str) -> SendbirdError {
+    DomainError::Rejected {
+        rule: rule.into(),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+fn error_event(e: &SendbirdError) -> SseEvent {
+    SseEvent::default()
+        .event("error")
+        .data(json!({"error": true, "code": e.code().code(), "message": e.message()}).to_string())
+}
+
 /// `POST /v3/bots/{bot_user_id}/ai_chatbot_replies`, as Sendbird documents it: one JSON object
 /// `{"reply_messages": ["..."]}` whatever `use_streaming_response` says (every public caller reads it so);
 /// a caller that asks for `text/event-stream` with streaming on gets the text as it is generated, as SSE
@@ -869,8 +890,10 @@ pub async fn ai_chatbot_replies(
         .is_some_and(|a| a.contains("text/event-stream"));
     // The first event decides the status: an answer that fails before any text is an error response.
     let first = rx.recv().await;
-    if let Some(AnswerEvent::Failed { busy, message }) = &first {
-        return Err(answer_error(*busy, message));
+    match &first {
+        Some(AnswerEvent::Failed { busy, message }) => return Err(answer_error(*busy, message)),
+        Some(AnswerEvent::Rejected { rule, reason }) => return Err(rejected(rule, reason)),
+        _ => {}
     }
     if streaming && wants_sse {
         let events = futures_util::stream::unfold(
@@ -886,12 +909,8 @@ pub async fn ai_chatbot_replies(
                         let next = rx.recv().await;
                         return Some((Ok::<_, std::convert::Infallible>(ev), (next, rx, text, false)));
                     }
-                    Some(AnswerEvent::Failed { busy, message }) => {
-                        let e = answer_error(busy, &message);
-                        SseEvent::default()
-                            .event("error")
-                            .data(json!({"error": true, "code": e.code().code(), "message": e.message()}).to_string())
-                    }
+                    Some(AnswerEvent::Failed { busy, message }) => error_event(&answer_error(busy, &message)),
+                    Some(AnswerEvent::Rejected { rule, reason }) => error_event(&rejected(&rule, &reason)),
                     None => SseEvent::default().data(json!({"reply_messages": [text.clone()]}).to_string()),
                 };
                 Some((Ok(event), (None, rx, text, true)))
@@ -905,6 +924,8 @@ pub async fn ai_chatbot_replies(
         match next {
             Some(AnswerEvent::Delta(d)) => text.push_str(&d),
             Some(AnswerEvent::Failed { busy, message }) => return Err(answer_error(busy, &message)),
+            // The text before the blocked part is not returned either: the answer is refused whole.
+            Some(AnswerEvent::Rejected { rule, reason }) => return Err(rejected(&rule, &reason)),
             None => break,
         }
         next = rx.recv().await;

@@ -1,12 +1,19 @@
 //! The providers bots can use: those of the configuration file, plus those added through the admin API
 //! (stored, and rebuilt on every start). Keys are never held in configurations, only the name of the
-//! environment variable that holds them.
+//! environment variable that holds them. The configuration file's providers are the operator's and trusted
+//! (a local llama.cpp on loopback is normal); those added through the API go through the egress policy: a
+//! private or reserved address is refused when added, and their HTTP client checks every address it
+//! connects to.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use confab_domain::{DomainError, DomainResult};
-use confab_llm::{ChatRequest, EventStream, LlmError, LlmProvider, ProviderConfig, ProviderKind, build_provider};
+use confab_egress::EgressPolicy;
+use confab_llm::{
+    ChatRequest, EventStream, LlmError, LlmProvider, ProviderConfig, ProviderKind, build_guarded_provider,
+    build_provider,
+};
 use confab_service::bots::ProviderCatalog;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,6 +41,8 @@ pub struct Catalog {
     entries: RwLock<BTreeMap<String, Entry>>,
     env: EnvLookup,
     builtin: Option<BuiltinBuilder>,
+    /// What providers added through the API may reach (default: public addresses only).
+    egress: EgressPolicy,
 }
 
 impl Catalog {
@@ -47,6 +56,7 @@ impl Catalog {
             entries: RwLock::new(BTreeMap::new()),
             env,
             builtin,
+            egress: EgressPolicy::default(),
         };
         for cfg in cfgs {
             if catalog.get(&cfg.name).is_some() {
@@ -56,6 +66,12 @@ impl Catalog {
             catalog.insert(cfg.clone(), provider, Source::ConfigFile, None);
         }
         Ok(catalog)
+    }
+
+    /// Sets what providers added through the API may reach (before [`Catalog::load_stored`]).
+    pub fn with_egress(mut self, policy: EgressPolicy) -> Self {
+        self.egress = policy;
+        self
     }
 
     fn build(&self, cfg: &ProviderConfig) -> Result<Arc<dyn LlmProvider>, LlmError> {
@@ -182,7 +198,7 @@ impl ProviderCatalog for Catalog {
                 "providers of the configuration file are changed there",
             ));
         }
-        let provider = build_provider(&cfg, &*self.env).map_err(invalid)?;
+        let provider = build_guarded_provider(&cfg, &*self.env, &self.egress).map_err(invalid)?;
         let name = cfg.name.clone();
         self.insert(cfg, provider, Source::AdminApi, None);
         Ok(name)

@@ -23,6 +23,7 @@ use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
 use confab_service::Confab;
 use confab_service::bots::{AnswerEvent, BotAnswerer, SendObserver, SendTicket, TurnRole};
+use confab_service::moderation::ReplyBlocked;
 use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
@@ -589,6 +590,7 @@ impl BotRuntime {
             End::Stopped => (ReplyState::Stopped, None),
             End::Failed(r) => (ReplyState::Failed, Some(r.clone())),
             End::Interrupted(r) => (ReplyState::Interrupted, Some(r.clone())),
+            End::Blocked(b) => (ReplyState::Failed, Some(b.failure_reason())),
         };
         metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
         if outcome.called {
@@ -753,7 +755,11 @@ impl BotRuntime {
                             .record(called_at.elapsed().as_secs_f64());
                     }
                     let received = Instant::now();
-                    writer.push(&d).await;
+                    if let Err(blocked) = writer.push(&d).await {
+                        drop(stream); // the rest of the generation is not wanted: close the upstream connection
+                        out.end = End::Blocked(blocked);
+                        break;
+                    }
                     // Provider delta received → handed to the fan-out.
                     metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
                 }
@@ -771,16 +777,24 @@ impl BotRuntime {
                 }
                 Some(Err(e)) => {
                     metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
-                    out.end = failure(&e, writer.text());
+                    out.end = failure(&e, writer.received_len() == 0);
                     break;
                 }
                 None => {
-                    out.end = failure(&LlmError::StreamCut("the stream ended early".into()), writer.text());
+                    out.end = failure(
+                        &LlmError::StreamCut("the stream ended early".into()),
+                        writer.received_len() == 0,
+                    );
                     break;
                 }
             }
         }
-        out.text = writer.settle().await;
+        let settled = writer.settle().await;
+        out.text = settled.text;
+        if let Some(blocked) = settled.blocked {
+            // Also when the blocked text was only complete at the end of the stream.
+            out.end = End::Blocked(blocked);
+        }
         if !usage_reported {
             out.completion_tokens = context::estimate_tokens(&out.text);
         }
@@ -846,8 +860,8 @@ fn is_saturation(e: &LlmError) -> bool {
 }
 
 /// An error before any text is a failure; after some text, the reply was interrupted.
-fn failure(e: &LlmError, text: &str) -> End {
-    if text.is_empty() {
+fn failure(e: &LlmError, nothing_received: bool) -> End {
+    if nothing_received {
         End::Failed(e.user_message())
     } else {
         End::Interrupted(e.user_message())
@@ -1028,13 +1042,24 @@ impl BotAnswerer for BotRuntime {
                 Ok(opened) => rt.relay_answer(opened, &tx).await,
                 Err(o) => o,
             };
-            if let End::Failed(message) | End::Interrupted(message) = &outcome.end {
-                let _ = tx
-                    .send(AnswerEvent::Failed {
-                        busy: outcome.busy,
-                        message: message.clone(),
-                    })
-                    .await;
+            match &outcome.end {
+                End::Failed(message) | End::Interrupted(message) => {
+                    let _ = tx
+                        .send(AnswerEvent::Failed {
+                            busy: outcome.busy,
+                            message: message.clone(),
+                        })
+                        .await;
+                }
+                End::Blocked(b) => {
+                    let _ = tx
+                        .send(AnswerEvent::Rejected {
+                            rule: b.rule.clone(),
+                            reason: b.reason.clone(),
+                        })
+                        .await;
+                }
+                End::Complete | End::Stopped => {}
             }
             rt.record_answer(&bot, &outcome).await;
         });
@@ -1062,6 +1087,10 @@ impl BotRuntime {
         };
         let mut usage_reported = false;
         let mut first_token = true;
+        // The content policy applies as in channels; these answers belong to none.
+        let mut guard = ChannelId::parse(ANSWERS_CHANNEL)
+            .ok()
+            .and_then(|c| self.service.reply_guard(&c));
         loop {
             match stream.next().await {
                 Some(Ok(StreamEvent::Delta(d))) => {
@@ -1074,7 +1103,18 @@ impl BotRuntime {
                             .record(called_at.elapsed().as_secs_f64());
                     }
                     out.text.push_str(&d);
-                    if tx.send(AnswerEvent::Delta(d)).await.is_err() {
+                    let released = match &mut guard {
+                        None => d,
+                        Some(g) => match g.push(&d) {
+                            Ok(released) => released,
+                            Err(blocked) => {
+                                tracing::info!(rule = %blocked.rule, "bot answer blocked by moderation");
+                                out.end = End::Blocked(blocked);
+                                break;
+                            }
+                        },
+                    };
+                    if !released.is_empty() && tx.send(AnswerEvent::Delta(released)).await.is_err() {
                         out.end = End::Stopped;
                         break;
                     }
@@ -1090,17 +1130,31 @@ impl BotRuntime {
                 Some(Ok(StreamEvent::Done { .. })) => break,
                 Some(Err(e)) => {
                     metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
-                    out.end = failure(&e, &out.text);
+                    out.end = failure(&e, out.text.is_empty());
                     out.busy = is_saturation(&e);
                     break;
                 }
                 None => {
-                    out.end = failure(&LlmError::StreamCut("the stream ended early".into()), &out.text);
+                    out.end = failure(
+                        &LlmError::StreamCut("the stream ended early".into()),
+                        out.text.is_empty(),
+                    );
                     break;
                 }
             }
         }
         drop(stream);
+        if let Some(g) = guard {
+            let reviewed = g.finish();
+            match reviewed.blocked {
+                Some(blocked) => out.end = End::Blocked(blocked),
+                // What was held back goes out (before any failure event), unless the caller left.
+                None if !matches!(out.end, End::Stopped) && !reviewed.rest.is_empty() => {
+                    let _ = tx.send(AnswerEvent::Delta(reviewed.rest)).await;
+                }
+                None => {}
+            }
+        }
         if !usage_reported {
             out.completion_tokens = context::estimate_tokens(&out.text);
         }
@@ -1113,7 +1167,7 @@ impl BotRuntime {
         let state = match outcome.end {
             End::Complete => ReplyState::Complete,
             End::Stopped => ReplyState::Stopped,
-            End::Failed(_) => ReplyState::Failed,
+            End::Failed(_) | End::Blocked(_) => ReplyState::Failed,
             End::Interrupted(_) => ReplyState::Interrupted,
         };
         metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
@@ -1211,6 +1265,8 @@ enum End {
     Stopped,
     Failed(String),
     Interrupted(String),
+    /// Cut by the content policy: finished `failed` with the moderation reason.
+    Blocked(ReplyBlocked),
 }
 
 struct Outcome {

@@ -1,9 +1,10 @@
-//! Egress policy: outbound requests that carry application data (webhooks, bot callbacks) must not reach
-//! the server's own network (loopback, private ranges, cloud metadata at 169.254.169.254...) unless the
-//! operator allows those ranges. The check runs on the addresses a name resolves to, inside the HTTP client's
-//! resolver, so a name that resolves to a private address is refused at connect time (no rebinding window
-//! between a check and the connection); literal IP URLs are checked before the request; redirects are not
-//! followed and proxies from the environment are not used (either would bypass the check).
+//! Egress policy: outbound requests that carry application data (webhooks, bot callbacks, LLM providers added
+//! through the admin API) must not reach the server's own network (loopback, private ranges, cloud metadata
+//! at 169.254.169.254...) unless the operator allows those ranges. The check runs on the addresses a name
+//! resolves to, inside the HTTP client's resolver, so a name that resolves to a private address is refused
+//! at connect time (no rebinding window between a check and the connection); literal IP URLs are checked
+//! before the request; redirects are not followed and proxies from the environment are not used (either
+//! would bypass the check).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -82,14 +83,20 @@ impl EgressPolicy {
     /// An HTTP client that can only reach what this policy allows: guarded resolver, no redirects, no
     /// environment proxies.
     pub fn client(&self, timeout: Duration, user_agent: &str) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy: self.clone() }))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+        self.guard(reqwest::Client::builder())
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(user_agent)
             .build()
+    }
+
+    /// Restricts a client being built (whatever its other settings) to what this policy allows: the guarded
+    /// resolver, no redirects, no environment proxies.
+    pub fn guard(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder
+            .dns_resolver(Arc::new(GuardedResolver { policy: self.clone() }))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
     }
 }
 

@@ -47,6 +47,14 @@ struct WireMessage<'a> {
 impl AnthropicProvider {
     /// Builds the adapter (no reliability layer) for an `anthropic` config.
     pub fn from_config(cfg: &ProviderConfig, api_key: Option<String>) -> Result<Self, LlmError> {
+        Self::build(cfg, api_key, None)
+    }
+
+    pub(crate) fn build(
+        cfg: &ProviderConfig,
+        api_key: Option<String>,
+        egress: Option<&confab_egress::EgressPolicy>,
+    ) -> Result<Self, LlmError> {
         if cfg.kind != ProviderKind::Anthropic {
             return Err(cfg.err(format!("AnthropicProvider cannot serve kind {:?}", cfg.kind)));
         }
@@ -59,7 +67,7 @@ impl AnthropicProvider {
             .map_err(|e| cfg.err(e))?;
         Ok(AnthropicProvider {
             name: cfg.name.clone(),
-            client: http::build_client(Duration::from_millis(cfg.connect_timeout_ms))?,
+            client: http::build_client(Duration::from_millis(cfg.connect_timeout_ms), egress)?,
             url,
             key,
             model: cfg.model.clone(),

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use confab_egress::{EgressError, EgressPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -253,6 +254,35 @@ pub fn build_provider(
     cfg: &ProviderConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    build(cfg, env, None)
+}
+
+/// [`build_provider`] for a provider the server must not trust with its own network (one added through an
+/// API rather than by the operator): a `base_url` at a literal address outside `egress` is refused here, and
+/// the provider's HTTP client checks every address a name resolves to when it connects, without following
+/// redirects.
+pub fn build_guarded_provider(
+    cfg: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    egress: &EgressPolicy,
+) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    if let Some(base) = &cfg.base_url {
+        egress.check_url(base.trim()).map_err(|e| match e {
+            EgressError::Forbidden(ip) => cfg.err(format!(
+                "base_url points at {ip}, a private or reserved address, which providers added through the API \
+                 may only use when the server's egress allowlist includes it"
+            )),
+            other => cfg.err(format!("base_url: {other}")),
+        })?;
+    }
+    build(cfg, env, Some(egress))
+}
+
+fn build(
+    cfg: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    egress: Option<&EgressPolicy>,
+) -> Result<Arc<dyn LlmProvider>, LlmError> {
     cfg.validate()?;
     let key = match &cfg.api_key_env {
         Some(var) => match env(var).filter(|k| !k.trim().is_empty()) {
@@ -264,10 +294,10 @@ pub fn build_provider(
     let policy = ReliabilityPolicy::from_config(cfg);
     let provider: Arc<dyn LlmProvider> = match cfg.kind {
         ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
-            Arc::new(Reliable::new(OpenAiProvider::from_config(cfg, key)?, policy))
+            Arc::new(Reliable::new(OpenAiProvider::build(cfg, key, egress)?, policy))
         }
-        ProviderKind::Azure => Arc::new(Reliable::new(AzureOpenAiProvider::from_config(cfg, key)?, policy)),
-        ProviderKind::Anthropic => Arc::new(Reliable::new(AnthropicProvider::from_config(cfg, key)?, policy)),
+        ProviderKind::Azure => Arc::new(Reliable::new(AzureOpenAiProvider::build(cfg, key, egress)?, policy)),
+        ProviderKind::Anthropic => Arc::new(Reliable::new(AnthropicProvider::build(cfg, key, egress)?, policy)),
         ProviderKind::Builtin => {
             return Err(
                 cfg.err("the built-in model is not part of this build (cargo feature `builtin-model` of confab)")

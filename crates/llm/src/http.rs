@@ -66,8 +66,17 @@ fn scrub(key: Option<&ApiKey>, text: &str) -> String {
 
 /// The one HTTP client per adapter. reqwest never retries on its own; [`crate::Reliable`] is
 /// the only retry loop. No overall timeout: streams are long, the reliability layer times phases.
-pub(crate) fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, LlmError> {
-    reqwest::Client::builder()
+/// With an egress policy, the client reaches only what it allows (checked on every resolution, no
+/// redirects, no environment proxies).
+pub(crate) fn build_client(
+    connect_timeout: Duration,
+    egress: Option<&confab_egress::EgressPolicy>,
+) -> Result<reqwest::Client, LlmError> {
+    let builder = match egress {
+        Some(policy) => policy.guard(reqwest::Client::builder()),
+        None => reqwest::Client::builder(),
+    };
+    builder
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicProvider, DEFAULT_ANTHROPIC_BASE_URL};
 pub use config::{
-    DEFAULT_AZURE_API_VERSION, ProviderConfig, ProviderKind, TokenLimitParam, build_provider, build_providers,
+    DEFAULT_AZURE_API_VERSION, ProviderConfig, ProviderKind, TokenLimitParam, build_guarded_provider, build_provider,
+    build_providers,
 };
 pub use error::{LlmError, PHASE_CONNECT, PHASE_FIRST_TOKEN, PHASE_IDLE};
 pub use fallback::Fallback;

@@ -135,6 +135,14 @@ impl OpenAiProvider {
     /// Builds the adapter (no reliability layer) for an `openai` or `openai_compatible` config.
     /// `api_key` is the key itself (looked up from `cfg.api_key_env` by the caller).
     pub fn from_config(cfg: &ProviderConfig, api_key: Option<String>) -> Result<Self, LlmError> {
+        Self::build(cfg, api_key, None)
+    }
+
+    pub(crate) fn build(
+        cfg: &ProviderConfig,
+        api_key: Option<String>,
+        egress: Option<&confab_egress::EgressPolicy>,
+    ) -> Result<Self, LlmError> {
         let (base, key_required, default_param) = match cfg.kind {
             ProviderKind::OpenAi => (
                 cfg.base_url.as_deref().unwrap_or(DEFAULT_OPENAI_BASE_URL),
@@ -162,7 +170,7 @@ impl OpenAiProvider {
         Ok(OpenAiProvider {
             inner: ChatCompletions {
                 name: cfg.name.clone(),
-                client: http::build_client(connect_timeout(cfg))?,
+                client: http::build_client(connect_timeout(cfg), egress)?,
                 url,
                 key,
                 auth: Auth::Bearer,
@@ -196,6 +204,14 @@ pub struct AzureOpenAiProvider {
 impl AzureOpenAiProvider {
     /// Builds the adapter (no reliability layer) for an `azure` config.
     pub fn from_config(cfg: &ProviderConfig, api_key: Option<String>) -> Result<Self, LlmError> {
+        Self::build(cfg, api_key, None)
+    }
+
+    pub(crate) fn build(
+        cfg: &ProviderConfig,
+        api_key: Option<String>,
+        egress: Option<&confab_egress::EgressPolicy>,
+    ) -> Result<Self, LlmError> {
         if cfg.kind != ProviderKind::Azure {
             return Err(cfg.err(format!("AzureOpenAiProvider cannot serve kind {:?}", cfg.kind)));
         }
@@ -222,7 +238,7 @@ impl AzureOpenAiProvider {
         Ok(AzureOpenAiProvider {
             inner: ChatCompletions {
                 name: cfg.name.clone(),
-                client: http::build_client(connect_timeout(cfg))?,
+                client: http::build_client(connect_timeout(cfg), egress)?,
                 url,
                 key: Some(key),
                 auth: Auth::ApiKeyHeader,

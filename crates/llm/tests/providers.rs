@@ -703,3 +703,50 @@ async fn toml_providers_array_builds_a_fallback_chain() {
     let chain = Fallback::new(build_providers(&root.providers, &env).unwrap());
     assert_eq!(chain.name(), "claude|azure|local");
 }
+
+/// A provider built as untrusted: a literal private address is refused when it is built, a name resolving to
+/// one when it connects, and an allowed range works.
+#[tokio::test]
+async fn guarded_providers_reach_only_what_the_egress_policy_allows() {
+    use confab_egress::EgressPolicy;
+    use confab_llm::build_guarded_provider;
+
+    let fake = FakeProvider::start().await;
+    let strict = EgressPolicy::default();
+    let cfg = |url: String| ProviderConfig {
+        base_url: Some(url),
+        model: Some("m".into()),
+        max_retries: 0,
+        ..ProviderConfig::new("untrusted", ProviderKind::OpenAiCompatible)
+    };
+    for url in [
+        fake.openai_base_url(),
+        "http://10.0.0.1/v1".into(),
+        "http://169.254.169.254/v1".into(),
+        "http://[::1]:8080/v1".into(),
+    ] {
+        match build_guarded_provider(&cfg(url.clone()), &|_| None, &strict) {
+            Err(LlmError::Config(msg)) => assert!(msg.contains("private or reserved"), "{msg}"),
+            Err(other) => panic!("{url}: {other:?}"),
+            Ok(_) => panic!("{url} was accepted"),
+        }
+    }
+
+    let by_name = fake.openai_base_url().replace("127.0.0.1", "localhost");
+    let p = build_guarded_provider(&cfg(by_name), &|_| None, &strict).expect("names are checked when resolved");
+    let err = match p.stream(request("hi")).await {
+        Err(e) => e,
+        Ok(s) => panic!("connected: {:?}", collect(s).await),
+    };
+    assert!(
+        err.to_string().contains("does not resolve to an allowed address"),
+        "{err}"
+    );
+    assert_eq!(fake.request_count(), 0, "a name resolving to loopback was connected to");
+
+    let loopback = EgressPolicy::parse(&["127.0.0.1".into()]).unwrap();
+    let p = build_guarded_provider(&cfg(fake.openai_base_url()), &|_| None, &loopback).unwrap();
+    let c = collect(p.stream(request("hi")).await.unwrap()).await;
+    assert!(c.is_complete(), "{c:?}");
+    assert_eq!(fake.request_count(), 1);
+}

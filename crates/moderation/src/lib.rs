@@ -3,10 +3,11 @@
 //! by asterisks, one per character) or `flag` (stored as is and listed for review). A link limit blocks
 //! messages with too many links. Rules compile once into regexes; checking a text is a few linear scans.
 //!
-//! The same policy checks a bot's reply as it streams: `check` on the text so far blocks as soon as a
-//! block rule matches, so the reply can be cut before more of it is shown.
+//! The same policy checks a bot's reply as it streams: `check` on the text so far finds a blocking match as
+//! soon as it is complete, and says where it is (`span`), so the reply can be cut before it.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -67,8 +68,13 @@ pub struct Policy {
 /// What the policy says of a text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict<'a> {
-    /// Refused: `rule` matched (or the link limit, rule `links`); `reason` is for the sender.
-    Blocked { rule: String, reason: String },
+    /// Refused: `rule` matched (or the link limit, rule `links`); `reason` is for the sender. `span` is the
+    /// first blocking match in the text (byte offsets; for the link limit, the first link over it).
+    Blocked {
+        rule: String,
+        reason: String,
+        span: Range<usize>,
+    },
     /// Allowed, with the text to store (masked where a mask rule matched) and the flag rules that matched.
     Allowed {
         text: Cow<'a, str>,
@@ -102,23 +108,23 @@ impl Policy {
     }
 
     pub fn check<'a>(&self, text: &'a str) -> Verdict<'a> {
-        if let Some(max) = self.max_links
-            && self.links.find_iter(text).count() > max as usize
-        {
-            return Verdict::Blocked {
-                rule: "links".into(),
-                reason: format!("Messages may contain at most {max} links."),
-            };
-        }
-        if let Some(r) = self
+        // The match that starts first, so a streamed reply is cut before anything blocked; on a tie the link
+        // limit, then the rules in their order.
+        let links = self.max_links.and_then(|max| {
+            let over = self.links.find_iter(text).nth(max as usize)?;
+            Some((
+                over.range(),
+                "links".to_string(),
+                format!("Messages may contain at most {max} links."),
+            ))
+        });
+        let rules = self
             .rules
             .iter()
-            .find(|r| r.action == RuleAction::Block && r.regex.is_match(text))
-        {
-            return Verdict::Blocked {
-                rule: r.name.clone(),
-                reason: r.reason.clone(),
-            };
+            .filter(|r| r.action == RuleAction::Block)
+            .filter_map(|r| Some((r.regex.find(text)?.range(), r.name.clone(), r.reason.clone())));
+        if let Some((span, rule, reason)) = links.into_iter().chain(rules).min_by_key(|(span, ..)| span.start) {
+            return Verdict::Blocked { rule, reason, span };
         }
         let mut out: Cow<'a, str> = Cow::Borrowed(text);
         let mut flagged_by = Vec::new();
@@ -235,9 +241,10 @@ mod tests {
         assert!(!p.check("darnation is a word").is_blocked(), "whole words only");
         assert!(!p.check("all good").is_blocked());
         match p.check("oh darn") {
-            Verdict::Blocked { rule, reason } => {
+            Verdict::Blocked { rule, reason, span } => {
                 assert_eq!(rule, "rude");
                 assert!(reason.contains("rude"), "{reason}");
+                assert_eq!(span, 3..7);
             }
             other => panic!("{other:?}"),
         }
@@ -278,11 +285,29 @@ mod tests {
             p.check("buy now!"),
             Verdict::Blocked {
                 rule: "spam".into(),
-                reason: "No advertising.".into()
+                reason: "No advertising.".into(),
+                span: 0..7,
             }
         );
         assert!(!p.check("see https://example.com").is_blocked());
-        assert!(p.check("see https://a.example and www.b.example").is_blocked());
+        assert!(
+            matches!(p.check("see https://a.example and www.b.example"), Verdict::Blocked { rule, span, .. } if rule == "links" && span == (26..39))
+        );
+    }
+
+    #[test]
+    fn the_first_blocking_match_is_reported_whichever_rule_it_is() {
+        let p = policy(
+            vec![
+                rule("late", &["zebra"], &[], RuleAction::Block),
+                rule("early", &["apple"], &[], RuleAction::Block),
+            ],
+            None,
+        );
+        match p.check("an apple and a zebra") {
+            Verdict::Blocked { rule, span, .. } => assert_eq!((rule.as_str(), span), ("early", 3..8)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

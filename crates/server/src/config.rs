@@ -30,6 +30,8 @@ pub struct Config {
     pub builtin: BuiltinConfig,
     /// Outbound webhooks and bot callbacks.
     pub webhooks: WebhooksConfig,
+    /// Which private ranges outbound requests carrying application data may reach (`[egress]`).
+    pub egress: EgressConfig,
     /// The Sendbird-compatible surface under `/v3`.
     pub sendbird: SendbirdConfig,
     /// The NIM-compatible surface under `/nimserver`.
@@ -86,14 +88,23 @@ pub struct WebhooksConfig {
     pub queue: usize,
     pub max_in_flight: usize,
     pub per_endpoint: usize,
-    /// Private or reserved ranges webhook URLs may point at (CIDRs or addresses, e.g. `["10.0.0.0/8"]`).
-    /// Empty: only public addresses, so a webhook can never reach this host's network.
+    /// Older name of `[egress] allow_private`, still read (both lists apply).
     pub allow_private: Vec<String>,
     /// Endpoints of the outbox (`/api/v1/webhooks/endpoints`): how long after its commit an event is retried
     /// before it is dead-lettered.
     pub retry_period_secs: u64,
     /// Longest wait between two attempts of an event, in seconds.
     pub max_backoff_secs: u64,
+}
+
+/// Outbound requests that carry application data: webhooks, bot callbacks, and LLM providers added through
+/// the admin API. Providers of the configuration file are the operator's and not restricted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Private or reserved ranges they may reach (CIDRs or addresses, e.g. `["10.0.0.0/8"]`). Empty: only
+    /// public addresses, so neither a webhook nor an API-added provider can reach this host's network.
+    pub allow_private: Vec<String>,
 }
 
 impl Default for WebhooksConfig {
@@ -313,6 +324,7 @@ impl Default for Config {
             bot_runtime: BotRuntimeConfig::default(),
             builtin: BuiltinConfig::default(),
             webhooks: WebhooksConfig::default(),
+            egress: EgressConfig::default(),
             sendbird: SendbirdConfig::default(),
             nim: NimConfig::default(),
             moderation: confab_moderation::PolicyConfig::default(),
@@ -381,6 +393,18 @@ impl Config {
         fig.extract().map_err(Box::new)
     }
 
+    /// The egress policy: `[egress] allow_private` and the older `[webhooks] allow_private` together.
+    pub fn egress_policy(&self) -> Result<confab_egress::EgressPolicy, String> {
+        let allow: Vec<String> = self
+            .egress
+            .allow_private
+            .iter()
+            .chain(&self.webhooks.allow_private)
+            .cloned()
+            .collect();
+        confab_egress::EgressPolicy::parse(&allow)
+    }
+
     pub fn gateway(&self) -> confab_gateway::GatewayConfig {
         let w = &self.websocket;
         confab_gateway::GatewayConfig {
@@ -414,6 +438,24 @@ mod tests {
             assert_eq!(c.limits.max_text_chars, 200);
             assert_eq!(c.websocket.queue_frames, 10);
             assert_eq!(c.limits.max_mentions, Limits::default().max_mentions);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_egress_allowlist_reads_both_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[egress]\nallow_private = [\"10.0.0.0/8\"]\n[webhooks]\nallow_private = [\"127.0.0.1\"]\n",
+            )?;
+            let c = Config::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            let policy = c.egress_policy()?;
+            for ip in ["10.1.2.3", "127.0.0.1"] {
+                assert!(policy.allows(ip.parse().unwrap()), "{ip}");
+            }
+            assert!(!policy.allows("169.254.169.254".parse().unwrap()));
+            assert!(!Config::default().egress_policy()?.allows("127.0.0.1".parse().unwrap()));
             Ok(())
         });
     }

@@ -112,8 +112,9 @@ impl App {
         let store: confab_domain::ports::DynStore =
             Arc::new(SqliteStore::open(store_cfg, bus.clone()).map_err(|e| anyhow::anyhow!("opening storage: {e}"))?);
         let shutdown = CancellationToken::new();
-        let egress = confab_egress::EgressPolicy::parse(&config.webhooks.allow_private)
-            .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
+        let egress = config
+            .egress_policy()
+            .map_err(|e| anyhow::anyhow!("egress.allow_private: {e}"))?;
         // Started before anything below writes, so every change it should announce is recorded (the sweep's
         // interrupted replies included).
         let bus_dyn: confab_domain::ports::DynBus = bus.clone();
@@ -169,7 +170,8 @@ impl App {
             Box::new(|k| std::env::var(k).ok()),
             builtin_builder(),
         )
-        .map_err(|e| anyhow::anyhow!("providers: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("providers: {e}"))?
+        .with_egress(egress.clone());
         let mut bot_decls = config.bots.clone();
         add_builtin(&config, &catalog, &mut bot_decls);
         catalog.load_stored(
@@ -357,12 +359,20 @@ impl App {
 struct PolicyGuard(confab_moderation::Policy);
 
 impl confab_service::moderation::ContentGuard for PolicyGuard {
-    fn review(&self, _channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::Review {
+    fn review(&self, channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::Review {
+        use confab_service::moderation::{ReplyReview, Review};
+        match self.review_reply(channel, text) {
+            ReplyReview::Reject { rule, reason, .. } => Review::Reject { rule, reason },
+            ReplyReview::Allow { rewritten, flagged_by } => Review::Allow { rewritten, flagged_by },
+        }
+    }
+
+    fn review_reply(&self, _channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::ReplyReview {
         use confab_moderation::Verdict;
-        use confab_service::moderation::Review;
+        use confab_service::moderation::ReplyReview;
         match self.0.check(text) {
-            Verdict::Blocked { rule, reason } => Review::Reject { rule, reason },
-            Verdict::Allowed { text: out, flagged_by } => Review::Allow {
+            Verdict::Blocked { rule, reason, span } => ReplyReview::Reject { rule, reason, span },
+            Verdict::Allowed { text: out, flagged_by } => ReplyReview::Allow {
                 rewritten: match out {
                     std::borrow::Cow::Owned(t) => Some(t),
                     std::borrow::Cow::Borrowed(_) => None,

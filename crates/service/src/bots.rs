@@ -9,6 +9,7 @@ use confab_domain::model::{Message, NewMessage, NewUser, UserPatch};
 use confab_domain::ports::{DynBus, DynStore};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, UserId};
 
+use crate::moderation::{ReplyBlocked, ReplyGuard};
 use crate::{Actor, Confab, UserView, require_admin};
 
 /// Writes the text of a generating bot reply as it streams in, whoever produces it (the LLM bot runtime, or
@@ -17,36 +18,60 @@ use crate::{Actor, Confab, UserView, require_admin};
 /// saved every `save_interval` for clients that join late, off the relay path (relaying never waits for the
 /// disk) with at most one save in flight (saves of one reply never overtake each other); the final text is
 /// written after the last partial save.
+///
+/// With a content policy installed, the text goes through a [`ReplyGuard`] on its way: pieces are relayed
+/// masked, an unfinished word is held back until it is complete, and a block rule refuses the piece that
+/// completes it (the producer stops) and finishes the reply `failed`, its text cut before the blocked part.
 pub struct ReplyWriter {
     bus: DynBus,
     store: DynStore,
     channel_id: ChannelId,
     id: MessageId,
     seq: ChannelSeq,
+    /// The text relayed so far (what members have).
     text: String,
+    guard: Option<ReplyGuard>,
+    blocked: Option<ReplyBlocked>,
     save_interval: Duration,
     last_save: Instant,
     saved_len: usize,
     saving: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The end of a written reply.
+#[derive(Clone, Debug)]
+pub struct SettledReply {
+    /// The text to store (masked, and cut before blocked text).
+    pub text: String,
+    /// Set when a block rule refused the reply: it must be finished `failed` with
+    /// [`ReplyBlocked::failure_reason`].
+    pub blocked: Option<ReplyBlocked>,
+    /// Flag rules the final text matched.
+    pub flagged_by: Vec<String>,
+}
+
 impl ReplyWriter {
-    /// Appends `delta` to the reply and relays it to the channel's members.
-    pub async fn push(&mut self, delta: &str) {
-        if delta.is_empty() {
-            return;
+    /// Appends `delta` to the reply and relays what the content policy lets through; a rejection means the
+    /// reply is blocked: nothing more is accepted, and the producer should stop.
+    pub async fn push(&mut self, delta: &str) -> Result<(), ReplyBlocked> {
+        if let Some(b) = &self.blocked {
+            return Err(b.clone());
         }
-        let offset = self.text.len() as u64;
-        self.text.push_str(delta);
-        self.bus
-            .publish(vec![Event::ReplyDelta {
-                channel_id: self.channel_id.clone(),
-                message_id: self.id,
-                seq: self.seq,
-                offset,
-                delta: Arc::from(delta),
-            }])
-            .await;
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let released = match &mut self.guard {
+            None => std::borrow::Cow::Borrowed(delta),
+            Some(g) => match g.push(delta) {
+                Ok(released) => std::borrow::Cow::Owned(released),
+                Err(b) => {
+                    tracing::info!(reply = %self.id, channel = %self.channel_id, rule = %b.rule, "bot reply blocked by moderation");
+                    self.blocked = Some(b.clone());
+                    return Err(b);
+                }
+            },
+        };
+        self.relay(&released).await;
         let idle = self.saving.as_ref().is_none_or(|h| h.is_finished());
         if idle && self.last_save.elapsed() >= self.save_interval && self.text.len() > self.saved_len {
             self.last_save = Instant::now();
@@ -58,26 +83,82 @@ impl ReplyWriter {
                 }
             }));
         }
+        Ok(())
     }
 
-    /// The text so far.
-    pub fn text(&self) -> &str {
-        &self.text
+    async fn relay(&mut self, piece: &str) {
+        if piece.is_empty() {
+            return;
+        }
+        let offset = self.text.len() as u64;
+        self.text.push_str(piece);
+        self.bus
+            .publish(vec![Event::ReplyDelta {
+                channel_id: self.channel_id.clone(),
+                message_id: self.id,
+                seq: self.seq,
+                offset,
+                delta: Arc::from(piece),
+            }])
+            .await;
     }
 
-    /// Waits for the save in flight (the final write must come after it) and returns the text.
-    pub async fn settle(mut self) -> String {
+    /// Bytes received so far (before moderation; blocked text excluded).
+    pub fn received_len(&self) -> usize {
+        match &self.guard {
+            Some(g) => g.received_len(),
+            None => self.text.len(),
+        }
+    }
+
+    /// Reviews the complete text, relays what was held back, waits for the save in flight (the final write
+    /// must come after it) and returns the text to store.
+    pub async fn settle(mut self) -> SettledReply {
+        let mut settled = SettledReply {
+            text: String::new(),
+            blocked: self.blocked.take(),
+            flagged_by: Vec::new(),
+        };
+        match self.guard.take() {
+            None => settled.text = std::mem::take(&mut self.text),
+            Some(g) => {
+                let reviewed = g.finish();
+                self.relay(&reviewed.rest).await;
+                if settled.blocked.is_none()
+                    && let Some(b) = &reviewed.blocked
+                {
+                    tracing::info!(reply = %self.id, channel = %self.channel_id, rule = %b.rule, "bot reply blocked by moderation");
+                }
+                if !reviewed.flagged_by.is_empty() {
+                    // Kept with the reply's end for the review list; visible in the log meanwhile.
+                    tracing::info!(reply = %self.id, channel = %self.channel_id, rules = ?reviewed.flagged_by, "bot reply flagged");
+                }
+                settled.blocked = settled.blocked.or(reviewed.blocked);
+                settled.text = reviewed.text;
+                settled.flagged_by = reviewed.flagged_by;
+            }
+        }
         if let Some(h) = self.saving.take() {
             let _ = h.await;
         }
-        self.text
+        settled
     }
 
-    /// Finishes the reply in its one final state with the text written so far.
+    /// Finishes the reply in its one final state with the text written so far. A reply blocked by the content
+    /// policy is finished `failed` with the moderation reason whatever `state` says, and the rejection is
+    /// returned (`DomainError::Rejected`) once it is stored.
     pub async fn finish(self, state: ReplyState, reason: Option<String>) -> DomainResult<Message> {
         let (store, id) = (self.store.clone(), self.id);
-        let text = self.settle().await;
-        store.finish_reply(id, text, state, reason).await
+        let settled = self.settle().await;
+        match settled.blocked {
+            Some(b) => {
+                store
+                    .finish_reply(id, settled.text, ReplyState::Failed, Some(b.failure_reason()))
+                    .await?;
+                Err(b.into())
+            }
+            None => store.finish_reply(id, settled.text, state, reason).await,
+        }
     }
 }
 
@@ -132,6 +213,11 @@ pub enum AnswerEvent {
         busy: bool,
         /// Safe to show: never a secret or an upstream body.
         message: String,
+    },
+    /// Refused by the content policy (after any text before the blocked part); nothing more follows.
+    Rejected {
+        rule: String,
+        reason: String,
     },
 }
 
@@ -367,11 +453,19 @@ impl Confab {
             id: reply.id,
             seq: reply.seq,
             text: String::new(),
+            guard: self.reply_guard(&reply.channel_id),
+            blocked: None,
             save_interval,
             last_save: Instant::now(),
             saved_len: 0,
             saving: None,
         }
+    }
+
+    /// The content policy applied to a bot reply as it streams in `channel`; `None` without a policy.
+    pub fn reply_guard(&self, channel: &ChannelId) -> Option<ReplyGuard> {
+        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(ReplyGuard::new(guard, channel.clone()))
     }
 
     /// Asks the node generating a reply to stop it. Any member of the channel may stop a reply.

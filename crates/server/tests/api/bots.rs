@@ -27,6 +27,8 @@ async fn app_with(providers: Vec<ProviderConfig>) -> TestApp {
         c.providers = providers;
         c.limits.user_send_burst = 100;
         c.bot_runtime.save_interval_ms = 20;
+        // Providers added through the admin API point at the fake on loopback.
+        c.egress.allow_private = vec!["127.0.0.1".into()];
     })
     .await
 }
