@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod messages;
+pub mod moderation;
 pub mod providers;
 pub mod users;
 pub mod webhooks;
@@ -140,6 +141,9 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             get(providers::list_providers).post(providers::add_provider),
         )
         .route("/providers/{name}", axum::routing::delete(providers::delete_provider))
+        .route("/moderation/flags", get(moderation::list_flags))
+        .route("/moderation/flags/{message_id}/approve", post(moderation::approve))
+        .route("/moderation/flags/{message_id}/remove", post(moderation::remove))
         .route(
             "/webhooks/endpoints",
             get(webhooks::list_endpoints).post(webhooks::create_endpoint),
@@ -196,7 +200,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         bots::usage, providers::list_providers, providers::add_provider, providers::delete_provider,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::get_endpoint, webhooks::update_endpoint,
         webhooks::delete_endpoint, webhooks::rotate_secret, webhooks::list_attempts, webhooks::list_dead_letters,
-        webhooks::redeliver,
+        webhooks::redeliver, moderation::list_flags, moderation::approve, moderation::remove,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

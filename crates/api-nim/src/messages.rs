@@ -114,6 +114,7 @@ fn new_message(
         parent_id: None,
         file_id: None,
         reply: None,
+        flags: Vec::new(),
     })
 }
 

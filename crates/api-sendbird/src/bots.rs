@@ -565,6 +565,7 @@ pub async fn send(
         parent_id: None,
         file_id: upload,
         reply: None,
+        flags: Vec::new(),
     };
     let appended = st.service.send(&auth.actor(), msg).await?;
     Ok(Reply(BotSent {

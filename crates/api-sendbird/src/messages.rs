@@ -159,6 +159,7 @@ impl SendMessageBody {
             parent_id: self.parent_message_id.filter(|&p| p > 0).map(MessageId),
             file_id,
             reply: None,
+            flags: Vec::new(),
         })
     }
 

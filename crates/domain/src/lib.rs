@@ -4,6 +4,7 @@
 pub mod bot;
 pub mod error;
 pub mod event;
+pub mod flag;
 pub mod ids;
 pub mod limits;
 pub mod model;

@@ -346,6 +346,8 @@ pub struct NewMessage {
     pub file_id: Option<FileId>,
     /// For a bot reply: created `generating`, finished later.
     pub reply: Option<crate::bot::ReplyInfo>,
+    /// Moderation flag rules the content matched: stored with the message, listed for review.
+    pub flags: Vec<String>,
 }
 
 impl NewMessage {
@@ -363,6 +365,7 @@ impl NewMessage {
             parent_id: None,
             file_id: None,
             reply: None,
+            flags: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use crate::error::DomainResult;
 use crate::event::Event;
+use crate::flag::{FlagQuery, FlagState, FlaggedMessage};
 use crate::ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
 use crate::model::{
     Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
@@ -127,6 +128,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_setting(&self, namespace: &str, key: &str) -> DomainResult<Option<serde_json::Value>>;
     /// True when the setting existed.
     async fn delete_setting(&self, namespace: &str, key: &str) -> DomainResult<bool>;
+    /// Flags a stored message for review (a bot reply, once complete); more rules add to an existing flag.
+    async fn flag_message(&self, id: MessageId, rules: Vec<String>) -> DomainResult<()>;
+    /// Approves a pending flag, or removes the message (deleted as by its sender, `MessageDeleted` emitted).
+    /// The same decision again changes nothing; a different one is `AlreadyExists`.
+    async fn review_flag(&self, id: MessageId, state: FlagState, by: Option<UserId>) -> DomainResult<()>;
+    async fn get_flag(&self, id: MessageId) -> DomainResult<Option<FlaggedMessage>>;
+    async fn list_flags(&self, query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>>;
+
     /// Every setting of a namespace, by key.
     async fn list_settings(&self, namespace: &str) -> DomainResult<Vec<(String, serde_json::Value)>>;
 

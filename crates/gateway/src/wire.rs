@@ -277,6 +277,7 @@ impl SendMessageBody {
             parent_id: self.parent_id.map(MessageId),
             file_id: self.file_id.as_deref().map(FileId::parse).transpose()?,
             reply: None,
+            flags: Vec::new(),
         })
     }
 }

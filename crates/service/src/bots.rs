@@ -129,9 +129,10 @@ impl ReplyWriter {
                 {
                     tracing::info!(reply = %self.id, channel = %self.channel_id, rule = %b.rule, "bot reply blocked by moderation");
                 }
-                if !reviewed.flagged_by.is_empty() {
-                    // Kept with the reply's end for the review list; visible in the log meanwhile.
-                    tracing::info!(reply = %self.id, channel = %self.channel_id, rules = ?reviewed.flagged_by, "bot reply flagged");
+                if !reviewed.flagged_by.is_empty()
+                    && let Err(e) = self.store.flag_message(self.id, reviewed.flagged_by.clone()).await
+                {
+                    tracing::warn!(reply = %self.id, error = %e, "cannot flag a bot reply for review");
                 }
                 settled.blocked = settled.blocked.or(reviewed.blocked);
                 settled.text = reviewed.text;

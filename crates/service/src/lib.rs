@@ -575,10 +575,8 @@ impl Confab {
                 if let Some(text) = rewritten {
                     msg.text = text;
                 }
-                if !flagged_by.is_empty() {
-                    // Stored for review by the moderation work still to come; visible in the log meanwhile.
-                    tracing::info!(channel = %msg.channel_id, rules = ?flagged_by, "message flagged");
-                }
+                // Stored with the message, in the same transaction, for review.
+                msg.flags = flagged_by;
                 Ok(())
             }
         }

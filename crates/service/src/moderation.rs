@@ -2,7 +2,10 @@
 //! configured policy (crate `confab-moderation`). The service applies the verdict: a rejection refuses the
 //! send with the rule's reason, a rewrite (masking) replaces the text that is stored and delivered.
 
-use confab_domain::ChannelId;
+use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
+use confab_domain::{ChannelId, DomainResult, MessageId};
+
+use crate::{Actor, Confab, require_admin};
 
 /// What the policy says of a message's text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -402,5 +405,30 @@ mod tests {
         assert_eq!(g.push("fine ").unwrap(), "fine ");
         assert!(g.push("bad ").is_err());
         assert_eq!(g.finish().text, "");
+    }
+}
+
+impl Confab {
+    /// Flagged messages, oldest first (the application only).
+    pub async fn list_flags(&self, actor: &Actor, mut query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>> {
+        require_admin(actor)?;
+        query.limit = self.page(query.limit);
+        self.store.list_flags(query).await
+    }
+
+    /// Approves a flagged message, or removes it (deleted for everyone); returns the flag as it ends up.
+    pub async fn review_flag(&self, actor: &Actor, id: MessageId, state: FlagState) -> DomainResult<FlaggedMessage> {
+        require_admin(actor)?;
+        if state == FlagState::Pending {
+            return Err(confab_domain::DomainError::invalid(
+                "state",
+                "a review approves or removes",
+            ));
+        }
+        self.store.review_flag(id, state, actor.user().cloned()).await?;
+        self.store
+            .get_flag(id)
+            .await?
+            .ok_or_else(|| confab_domain::DomainError::not_found("flagged message", id))
     }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
+use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::model::{
     Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
     MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
@@ -496,6 +497,22 @@ impl Store for SqliteStore {
                 .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
         })
         .await
+    }
+
+    async fn flag_message(&self, id: MessageId, rules: Vec<String>) -> DomainResult<()> {
+        self.write(Op::Flag(id, rules)).await.map(|_| ())
+    }
+
+    async fn review_flag(&self, id: MessageId, state: FlagState, by: Option<UserId>) -> DomainResult<()> {
+        self.write(Op::ReviewFlag(id, state, by)).await.map(|_| ())
+    }
+
+    async fn get_flag(&self, id: MessageId) -> DomainResult<Option<FlaggedMessage>> {
+        self.read(move |c| queries::flag(c, id)).await
+    }
+
+    async fn list_flags(&self, query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>> {
+        self.read(move |c| queries::flags(c, &query)).await
     }
 
     async fn list_settings(&self, namespace: &str) -> DomainResult<Vec<(String, serde_json::Value)>> {

@@ -11,6 +11,7 @@ use crate::rows::{
     self, BOT_COLS, CHANNEL_COLS, CHANNEL_NCOLS, FILE_COLS, MEMBER_COLS, MESSAGE_COLS, USAGE_COLS, USER_COLS,
 };
 use confab_domain::bot::{Bot, UsageRecord};
+use confab_domain::flag::{FlagQuery, FlaggedMessage};
 
 pub fn user(conn: &Connection, id: &UserId) -> rusqlite::Result<Option<User>> {
     conn.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
@@ -152,6 +153,55 @@ pub fn message(conn: &Connection, id: MessageId) -> rusqlite::Result<Option<Mess
     conn.prepare_cached(&format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"))?
         .query_row([id.0], rows::message)
         .optional()
+}
+
+/// A flagged message with its flag, if the message still exists.
+pub fn flag(conn: &Connection, id: MessageId) -> rusqlite::Result<Option<FlaggedMessage>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {} FROM flagged_messages WHERE message_id = ?1",
+            rows::FLAG_COLUMNS
+        ))?
+        .query_row([id.0], rows::flag_row)
+        .optional()?;
+    row.map(|r| with_message(conn, r)).transpose().map(Option::flatten)
+}
+
+pub fn flags(conn: &Connection, q: &FlagQuery) -> rusqlite::Result<Vec<FlaggedMessage>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM flagged_messages WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR channel_id = ?2) \
+         AND message_id > ?3 ORDER BY message_id LIMIT ?4",
+        rows::FLAG_COLUMNS
+    ))?;
+    let found = stmt
+        .query_map(
+            params![
+                q.state.map(|s| s.as_str()),
+                q.channel_id.as_ref().map(|c| c.as_str()),
+                q.after.map_or(0, |a| a.0),
+                q.limit
+            ],
+            rows::flag_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(found.len());
+    for r in found {
+        if let Some(f) = with_message(conn, r)? {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+fn with_message(conn: &Connection, r: rows::FlagRow) -> rusqlite::Result<Option<FlaggedMessage>> {
+    Ok(message(conn, r.message_id)?.map(|message| FlaggedMessage {
+        message,
+        rules: r.rules,
+        state: r.state,
+        flagged_at: r.flagged_at,
+        reviewed_at: r.reviewed_at,
+        reviewed_by: r.reviewed_by,
+    }))
 }
 
 pub fn message_by_client_id(

@@ -209,3 +209,28 @@ pub fn dead_letter(row: &Row<'_>) -> rusqlite::Result<confab_domain::outbox::Dea
         failed_at: row.get(8)?,
     })
 }
+
+pub const FLAG_COLUMNS: &str = "message_id, rules, state, flagged_at, reviewed_at, reviewed_by";
+
+/// A row of `flagged_messages`, before its message is joined.
+pub struct FlagRow {
+    pub message_id: MessageId,
+    pub rules: Vec<String>,
+    pub state: confab_domain::flag::FlagState,
+    pub flagged_at: confab_domain::Millis,
+    pub reviewed_at: Option<confab_domain::Millis>,
+    pub reviewed_by: Option<UserId>,
+}
+
+pub fn flag_row(row: &Row<'_>) -> rusqlite::Result<FlagRow> {
+    let rules: String = row.get(1)?;
+    let state: String = row.get(2)?;
+    Ok(FlagRow {
+        message_id: MessageId(row.get(0)?),
+        rules: serde_json::from_str(&rules).map_err(|e| conv_err(1, e))?,
+        state: confab_domain::flag::FlagState::parse(&state).ok_or_else(|| conv_err(2, UnknownValue(state)))?,
+        flagged_at: row.get(3)?,
+        reviewed_at: row.get(4)?,
+        reviewed_by: opt_user_id(row, 5)?,
+    })
+}

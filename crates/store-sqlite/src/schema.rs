@@ -153,6 +153,19 @@ CREATE TABLE webhook_dead_letters (
     PRIMARY KEY (endpoint_id, event_id)
 ) WITHOUT ROWID;
 "#,
+    // Messages a moderation flag rule matched, for review.
+    r#"
+CREATE TABLE flagged_messages (
+    message_id  INTEGER PRIMARY KEY,
+    channel_id  TEXT NOT NULL,
+    rules       TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending',
+    flagged_at  INTEGER NOT NULL,
+    reviewed_at INTEGER,
+    reviewed_by TEXT
+);
+CREATE INDEX flagged_by_state ON flagged_messages(state, message_id);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
+use confab_domain::flag::FlagState;
 use confab_domain::model::{
     Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch, NewChannel, NewMessage,
     NewUser, User, UserPatch,
@@ -50,6 +51,10 @@ pub enum Op {
     PutSetting(String, String, String),
     DeleteSetting(String, String),
     PruneOutbox(u64),
+    /// Flags a stored message (a bot reply, flagged once complete) for review.
+    Flag(MessageId, Vec<String>),
+    /// Approves a flag, or removes the message (deleted, as by its sender) and settles the flag.
+    ReviewFlag(MessageId, FlagState, Option<UserId>),
     PutDeadLetter(DeadLetter),
     DeleteDeadLetters(String, Option<u64>),
 }
@@ -289,6 +294,21 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                 )?;
             }
             Ok(Outcome::Count(ids.len() as u64))
+        }
+        Op::Flag(id, rules) => {
+            let m = load_message(conn, id)?;
+            insert_flag(conn, id, &m.channel_id, &rules, now)?;
+            Ok(Outcome::Unit)
+        }
+        Op::ReviewFlag(id, state, by) => {
+            review_flag(conn, id, state, by.as_ref(), now)?;
+            if state == FlagState::Removed {
+                let m = load_message(conn, id)?;
+                if !m.deleted {
+                    delete_message(conn, id, now, events)?;
+                }
+            }
+            Ok(Outcome::Unit)
         }
         Op::PruneOutbox(through) => {
             let n = conn
@@ -901,7 +921,6 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
                     file_json,
                     now,
                     m.reply.as_ref().map(|r| r.state.as_str()),
-                    // 0: a streamed bot message answering no particular message (no uniqueness).
                     m.reply.as_ref().and_then(|r| r.trigger_id).map(|t| t.0),
                     m.reply.as_ref().and_then(|r| r.reason.clone())
                 ],
@@ -909,6 +928,9 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
             )
         })
         .map_err(db_err)?;
+    if !m.flags.is_empty() {
+        insert_flag(conn, MessageId(id), &m.channel_id, &m.flags, now)?;
+    }
     if let Some(sender) = &m.sender_id {
         // The sender has read its own message.
         conn.prepare_cached("UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2")
@@ -949,6 +971,65 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
         message,
         duplicate: false,
     })
+}
+
+/// Records a message for review; flagging it again adds the new rules.
+fn insert_flag(
+    conn: &Connection,
+    id: MessageId,
+    channel: &ChannelId,
+    rules: &[String],
+    now: Millis,
+) -> DomainResult<()> {
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT rules FROM flagged_messages WHERE message_id = ?1")
+        .and_then(|mut s| s.query_row([id.0], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    let mut all: Vec<String> = existing.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default();
+    for r in rules {
+        if !all.contains(r) {
+            all.push(r.clone());
+        }
+    }
+    let rules = serde_json::to_string(&all).map_err(|e| DomainError::Internal(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO flagged_messages (message_id, channel_id, rules, flagged_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (message_id) DO UPDATE SET rules = excluded.rules",
+    )
+    .and_then(|mut s| s.execute(params![id.0, channel.as_str(), rules, now]))
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Settles a pending flag; the same decision again is a no-op, a different one a conflict.
+fn review_flag(
+    conn: &Connection,
+    id: MessageId,
+    state: FlagState,
+    by: Option<&UserId>,
+    now: Millis,
+) -> DomainResult<()> {
+    let current: Option<String> = conn
+        .prepare_cached("SELECT state FROM flagged_messages WHERE message_id = ?1")
+        .and_then(|mut s| s.query_row([id.0], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    match current.as_deref().and_then(FlagState::parse) {
+        None => return Err(DomainError::not_found("flagged message", id)),
+        Some(FlagState::Pending) => {}
+        Some(s) if s == state => return Ok(()),
+        Some(s) => {
+            return Err(DomainError::already_exists(
+                "review of flagged message",
+                format!("{id} ({})", s.as_str()),
+            ));
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE flagged_messages SET state = ?2, reviewed_at = ?3, reviewed_by = ?4 WHERE message_id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id.0, state.as_str(), now, by.map(|u| u.as_str())]))
+    .map_err(db_err)?;
+    Ok(())
 }
 
 fn load_message(conn: &Connection, id: MessageId) -> DomainResult<confab_domain::model::Message> {

@@ -75,3 +75,126 @@ async fn moderation_rules_apply_to_native_and_sendbird_sends() {
     .await;
     assert_eq!((s, v["message"].as_str()), (200, Some("****")));
 }
+
+fn rules_with_review() -> PolicyConfig {
+    let mut p = rules();
+    p.rules.push(RuleConfig {
+        name: "review".into(),
+        words: vec!["refund".into(), "lawyer".into()],
+        patterns: vec![],
+        action: RuleAction::Flag,
+        reason: String::new(),
+    });
+    p
+}
+
+/// Flag rules store the message as sent and list it for review, whichever surface it came through; a review
+/// approves it or removes it for everyone. Block and mask through the NIM surface too.
+#[tokio::test]
+async fn flagged_messages_are_listed_approved_and_removed() {
+    use crate::nim::{APP_KEY, APP_SECRET, enc, nim};
+    let app = spawn_app_with(|c| {
+        c.moderation = rules_with_review();
+        c.nim.app_key = APP_KEY.into();
+        c.nim.app_secret = APP_SECRET.into();
+    })
+    .await;
+    let alice = app.user("alice").await;
+    app.user("bob").await;
+    app.group("rev", &["alice", "bob"]).await;
+
+    let body = json!({"text": "I want a refund", "client_msg_id": "r1"});
+    let (s, native) = app
+        .call("POST", "/api/v1/channels/rev/messages", &alice, Some(body.clone()))
+        .await;
+    assert_eq!(s, 201, "{native}");
+    assert_eq!(native["text"], "I want a refund", "stored as sent");
+    // A retried send is the same message, flagged once.
+    app.call("POST", "/api/v1/channels/rev/messages", &alice, Some(body))
+        .await;
+    let (s, v) = sb(
+        &app,
+        "POST",
+        "/v3/group_channels/rev/messages",
+        Some(json!({"message_type": "MESG", "user_id": "bob", "message": "my lawyer will call"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let sendbird_id = v["message_id"].as_i64().unwrap();
+    let nim_send = |text: &str| {
+        format!(
+            "from=alice&ope=0&to=bob&type=0&body={}",
+            enc(&json!({ "msg": text }).to_string())
+        )
+    };
+    let v = nim(&app, "/nimserver/msg/sendMsg.action", &nim_send("refund please")).await;
+    assert_eq!(v["code"], 200, "{v}");
+    let v = nim(&app, "/nimserver/msg/sendMsg.action", &nim_send("buy now!")).await;
+    assert_eq!(
+        (v["code"].as_i64(), v["desc"].as_str()),
+        (Some(403), Some("No advertising here."))
+    );
+    let v = nim(&app, "/nimserver/msg/sendMsg.action", &nim_send("darn it")).await;
+    let masked = v["data"]["msgid"].as_i64().unwrap();
+    let (_, m) = app.admin("GET", &format!("/api/v1/messages/{masked}"), None).await;
+    assert_eq!(m["text"], "**** it", "{m}");
+
+    let (s, v) = app.admin("GET", "/api/v1/moderation/flags", None).await;
+    assert_eq!(s, 200, "{v}");
+    let flagged = v["flagged"].as_array().unwrap();
+    let texts: Vec<&str> = flagged.iter().map(|f| f["message"]["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["I want a refund", "my lawyer will call", "refund please"]);
+    assert!(
+        flagged
+            .iter()
+            .all(|f| f["rules"] == json!(["review"]) && f["state"] == "pending")
+    );
+
+    let native_id = native["id"].as_i64().unwrap();
+    let approve = format!("/api/v1/moderation/flags/{native_id}/approve");
+    let (s, v) = app.admin("POST", &approve, None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("approved")), "{v}");
+    assert_eq!(
+        app.admin("POST", &approve, None).await.0,
+        200,
+        "approving twice is harmless"
+    );
+    let (s, v) = app
+        .admin("POST", &format!("/api/v1/moderation/flags/{native_id}/remove"), None)
+        .await;
+    assert_eq!(s, 409, "{v}");
+
+    let mut ws = app.ws(&alice, json!({})).await;
+    let (s, v) = app
+        .admin("POST", &format!("/api/v1/moderation/flags/{sendbird_id}/remove"), None)
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("removed")), "{v}");
+    assert_eq!(v["message"]["deleted"], true, "{v}");
+    let deleted = next_of_type(&mut ws, "message.deleted").await;
+    assert_eq!(deleted["message_id"], sendbird_id, "{deleted}");
+    let (_, h) = app.call("GET", "/api/v1/channels/rev/messages", &alice, None).await;
+    let gone = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == sendbird_id)
+        .unwrap();
+    assert_eq!(
+        (gone["deleted"].as_bool(), gone["text"].as_str()),
+        (Some(true), Some(""))
+    );
+
+    let (_, v) = app.admin("GET", "/api/v1/moderation/flags?state=pending", None).await;
+    assert_eq!(v["flagged"].as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = app
+        .admin("GET", "/api/v1/moderation/flags?state=all&limit=2", None)
+        .await;
+    assert_eq!(v["flagged"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["next"].is_i64(), "{v}");
+    let (s, _) = app.admin("GET", "/api/v1/moderation/flags?state=maybe", None).await;
+    assert_eq!(s, 400);
+    let (s, _) = app.call("GET", "/api/v1/moderation/flags", &alice, None).await;
+    assert_eq!(s, 403);
+    let (s, _) = app.admin("POST", "/api/v1/moderation/flags/999999/approve", None).await;
+    assert_eq!(s, 404);
+}

@@ -10,8 +10,8 @@ use sha1::{Digest, Sha1};
 
 use crate::helpers::*;
 
-const APP_KEY: &str = "go9dnk4test0803mgq3";
-const APP_SECRET: &str = "a-test-app-secret-0123456789";
+pub(crate) const APP_KEY: &str = "go9dnk4test0803mgq3";
+pub(crate) const APP_SECRET: &str = "a-test-app-secret-0123456789";
 const ROBOT_TEXT: &str = "Hello from the robot.";
 
 fn now_secs() -> i64 {
@@ -71,13 +71,13 @@ fn rand_u64() -> u64 {
 }
 
 /// A correctly signed request; asserts HTTP 200 and returns the body.
-async fn nim(app: &TestApp, path: &str, form: &str) -> Value {
+pub(crate) async fn nim(app: &TestApp, path: &str, form: &str) -> Value {
     let (s, v) = nim_signed(app, path, form, &fresh_nonce(), now_secs(), APP_SECRET).await;
     assert_eq!(s, 200, "{v}");
     v
 }
 
-fn enc(v: &str) -> String {
+pub(crate) fn enc(v: &str) -> String {
     // Form encoding of a value (JSON arrays and bodies).
     let mut out = String::new();
     for b in v.bytes() {
