@@ -254,6 +254,31 @@ fn char_to_byte(text: &str, chars: usize) -> usize {
     text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i)
 }
 
+impl Confab {
+    /// Flagged messages, oldest first (the application only).
+    pub async fn list_flags(&self, actor: &Actor, mut query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>> {
+        require_admin(actor)?;
+        query.limit = self.page(query.limit);
+        self.store.list_flags(query).await
+    }
+
+    /// Approves a flagged message, or removes it (deleted for everyone); returns the flag as it ends up.
+    pub async fn review_flag(&self, actor: &Actor, id: MessageId, state: FlagState) -> DomainResult<FlaggedMessage> {
+        require_admin(actor)?;
+        if state == FlagState::Pending {
+            return Err(confab_domain::DomainError::invalid(
+                "state",
+                "a review approves or removes",
+            ));
+        }
+        self.store.review_flag(id, state, actor.user().cloned()).await?;
+        self.store
+            .get_flag(id)
+            .await?
+            .ok_or_else(|| confab_domain::DomainError::not_found("flagged message", id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -405,30 +430,5 @@ mod tests {
         assert_eq!(g.push("fine ").unwrap(), "fine ");
         assert!(g.push("bad ").is_err());
         assert_eq!(g.finish().text, "");
-    }
-}
-
-impl Confab {
-    /// Flagged messages, oldest first (the application only).
-    pub async fn list_flags(&self, actor: &Actor, mut query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>> {
-        require_admin(actor)?;
-        query.limit = self.page(query.limit);
-        self.store.list_flags(query).await
-    }
-
-    /// Approves a flagged message, or removes it (deleted for everyone); returns the flag as it ends up.
-    pub async fn review_flag(&self, actor: &Actor, id: MessageId, state: FlagState) -> DomainResult<FlaggedMessage> {
-        require_admin(actor)?;
-        if state == FlagState::Pending {
-            return Err(confab_domain::DomainError::invalid(
-                "state",
-                "a review approves or removes",
-            ));
-        }
-        self.store.review_flag(id, state, actor.user().cloned()).await?;
-        self.store
-            .get_flag(id)
-            .await?
-            .ok_or_else(|| confab_domain::DomainError::not_found("flagged message", id))
     }
 }
