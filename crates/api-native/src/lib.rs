@@ -141,6 +141,16 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             get(providers::list_providers).post(providers::add_provider),
         )
         .route("/providers/{name}", axum::routing::delete(providers::delete_provider))
+        .route(
+            "/moderation/rules",
+            get(moderation::get_rules).put(moderation::put_rules),
+        )
+        .route(
+            "/channels/{channel_id}/moderation/rules",
+            get(moderation::get_channel_rules)
+                .put(moderation::put_channel_rules)
+                .delete(moderation::delete_channel_rules),
+        )
         .route("/moderation/flags", get(moderation::list_flags))
         .route("/moderation/flags/{message_id}/approve", post(moderation::approve))
         .route("/moderation/flags/{message_id}/remove", post(moderation::remove))
@@ -201,6 +211,8 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::get_endpoint, webhooks::update_endpoint,
         webhooks::delete_endpoint, webhooks::rotate_secret, webhooks::list_attempts, webhooks::list_dead_letters,
         webhooks::redeliver, moderation::list_flags, moderation::approve, moderation::remove,
+        moderation::get_rules, moderation::put_rules, moderation::get_channel_rules, moderation::put_channel_rules,
+        moderation::delete_channel_rules,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::channels::parse_channel_id;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiQuery, Auth};
 
 #[derive(Serialize, ToSchema)]
 pub struct FlaggedDto<'a> {
@@ -122,4 +122,87 @@ pub async fn remove(
     Path(id): Path<i64>,
 ) -> ApiResult<axum::response::Response> {
     review(st, actor, id, FlagState::Removed).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RulesDto {
+    /// The configuration file's `[moderation]` rules (read-only here).
+    #[schema(value_type = Object)]
+    pub file: serde_json::Value,
+    /// The rules added through this API (`{rules: [...], max_links}`), applied besides the file's.
+    #[schema(value_type = Object)]
+    pub app: serde_json::Value,
+}
+
+#[utoipa::path(get, path = "/api/v1/moderation/rules", tag = "moderation", responses((status = 200, body = RulesDto)))]
+pub async fn get_rules(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<axum::response::Response> {
+    let v = st.service.moderation_rules(&actor)?;
+    Ok(Json(RulesDto {
+        file: v.file,
+        app: v.app,
+    })
+    .into_response())
+}
+
+/// Replaces the application's rules (each `{name, words, patterns, action: block|mask|flag, reason}`, plus
+/// `max_links`). A rule that does not compile is refused with its name and nothing changes.
+#[utoipa::path(put, path = "/api/v1/moderation/rules", tag = "moderation", request_body(content = Object),
+    responses((status = 200, body = RulesDto), (status = 400, body = ProblemBody)))]
+pub async fn put_rules(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<axum::response::Response> {
+    st.service.set_moderation_rules(&actor, body).await?;
+    get_rules(State(st), Auth(actor)).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChannelRulesDto {
+    /// The channel's own rules, applied besides the application's; `null` when it has none.
+    #[schema(value_type = Object)]
+    pub rules: Option<serde_json::Value>,
+}
+
+#[utoipa::path(get, path = "/api/v1/channels/{channel_id}/moderation/rules", tag = "moderation",
+    responses((status = 200, body = ChannelRulesDto), (status = 404, body = ProblemBody)))]
+pub async fn get_channel_rules(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(channel): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    let rules = st
+        .service
+        .channel_moderation_rules(&actor, &parse_channel_id(&channel)?)
+        .await?;
+    Ok(Json(ChannelRulesDto { rules }).into_response())
+}
+
+#[utoipa::path(put, path = "/api/v1/channels/{channel_id}/moderation/rules", tag = "moderation",
+    request_body(content = Object),
+    responses((status = 200, body = ChannelRulesDto), (status = 400, body = ProblemBody), (status = 404, body = ProblemBody)))]
+pub async fn put_channel_rules(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(channel): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<axum::response::Response> {
+    let rules = st
+        .service
+        .set_channel_moderation_rules(&actor, &parse_channel_id(&channel)?, Some(body))
+        .await?;
+    Ok(Json(ChannelRulesDto { rules }).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/channels/{channel_id}/moderation/rules", tag = "moderation",
+    responses((status = 204), (status = 404, body = ProblemBody)))]
+pub async fn delete_channel_rules(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(channel): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    st.service
+        .set_channel_moderation_rules(&actor, &parse_channel_id(&channel)?, None)
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -9,6 +9,9 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+mod rulebook;
+pub use rulebook::RuleBook;
+
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 

@@ -91,6 +91,7 @@ pub struct Confab {
     answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
     guard: std::sync::RwLock<Option<Arc<dyn moderation::ContentGuard>>>,
     webhook_endpoints: std::sync::RwLock<Option<Arc<dyn webhooks::WebhookEndpoints>>>,
+    rule_admin: std::sync::RwLock<Option<Arc<dyn moderation::RuleAdmin>>>,
 }
 
 impl Confab {
@@ -109,6 +110,7 @@ impl Confab {
             answerer: Default::default(),
             guard: Default::default(),
             webhook_endpoints: Default::default(),
+            rule_admin: Default::default(),
             cfg,
         })
     }
@@ -563,7 +565,7 @@ impl Confab {
     fn review(&self, msg: &mut NewMessage) -> DomainResult<()> {
         let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(guard) = guard else { return Ok(()) };
-        if msg.text.is_empty() {
+        if msg.text.is_empty() || !guard.is_active(&msg.channel_id) {
             return Ok(());
         }
         match guard.review(&msg.channel_id, &msg.text) {

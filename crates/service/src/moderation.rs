@@ -3,7 +3,8 @@
 //! send with the rule's reason, a rewrite (masking) replaces the text that is stored and delivered.
 
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
-use confab_domain::{ChannelId, DomainResult, MessageId};
+use confab_domain::{ChannelId, DomainError, DomainResult, MessageId};
+use serde_json::Value;
 
 use crate::{Actor, Confab, require_admin};
 
@@ -24,6 +25,11 @@ pub enum Review {
 
 pub trait ContentGuard: Send + Sync {
     fn review(&self, channel: &ChannelId, text: &str) -> Review;
+
+    /// Whether any rule applies in the channel: without one, sends and replies skip the review.
+    fn is_active(&self, _channel: &ChannelId) -> bool {
+        true
+    }
 
     /// Reviews a bot reply's text (as it streams, and when complete), saying where a rejection starts. The
     /// default cannot say, so a rejection cuts the whole reply.
@@ -78,7 +84,7 @@ impl ReplyBlocked {
 
 impl From<ReplyBlocked> for confab_domain::DomainError {
     fn from(b: ReplyBlocked) -> Self {
-        confab_domain::DomainError::Rejected {
+        DomainError::Rejected {
             rule: b.rule,
             reason: b.reason,
         }
@@ -254,7 +260,107 @@ fn char_to_byte(text: &str, chars: usize) -> usize {
     text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i)
 }
 
+/// The rules in force as the admin API manages them, as JSON in the shape of the configuration's
+/// `[moderation]` section (`{rules: [...], max_links}`). Implemented by the server's guard; the service
+/// checks the caller and the channel, installs, and stores (settings namespace `moderation`).
+pub trait RuleAdmin: Send + Sync {
+    /// The configuration file's rules (read-only at run time).
+    fn file_rules(&self) -> Value;
+    fn app_rules(&self) -> Value;
+    fn channel_rules(&self, channel: &ChannelId) -> Option<Value>;
+    /// Compiles and installs; on error (naming the rule) nothing changes.
+    fn set_app_rules(&self, rules: Value) -> Result<(), String>;
+    fn set_channel_rules(&self, channel: &ChannelId, rules: Option<Value>) -> Result<(), String>;
+}
+
+/// Where the rules set through the admin API are kept.
+pub const RULES_NAMESPACE: &str = "moderation";
+pub const APP_RULES_KEY: &str = "app";
+
+/// The settings key of a channel's rules.
+pub fn channel_rules_key(channel: &ChannelId) -> String {
+    format!("channel:{channel}")
+}
+
+/// The application's rules and a channel's rules, as the admin API shows them.
+pub struct RulesView {
+    pub file: Value,
+    pub app: Value,
+}
+
 impl Confab {
+    pub fn set_rule_admin(&self, admin: std::sync::Arc<dyn RuleAdmin>) {
+        *self.rule_admin.write().unwrap_or_else(|e| e.into_inner()) = Some(admin);
+    }
+
+    fn rule_admin(&self, actor: &Actor) -> DomainResult<std::sync::Arc<dyn RuleAdmin>> {
+        require_admin(actor)?;
+        self.rule_admin
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| DomainError::Unavailable("moderation rules are not managed on this server".into()))
+    }
+
+    pub fn moderation_rules(&self, actor: &Actor) -> DomainResult<RulesView> {
+        let admin = self.rule_admin(actor)?;
+        Ok(RulesView {
+            file: admin.file_rules(),
+            app: admin.app_rules(),
+        })
+    }
+
+    /// Replaces the application's rules added through the API (the configuration file's stay).
+    pub async fn set_moderation_rules(&self, actor: &Actor, rules: Value) -> DomainResult<Value> {
+        let admin = self.rule_admin(actor)?;
+        let before = admin.app_rules();
+        admin
+            .set_app_rules(rules)
+            .map_err(|e| DomainError::invalid("rules", e))?;
+        let installed = admin.app_rules();
+        if let Err(e) = self
+            .store
+            .put_setting(RULES_NAMESPACE, APP_RULES_KEY, installed.clone())
+            .await
+        {
+            let _ = admin.set_app_rules(before);
+            return Err(e);
+        }
+        Ok(installed)
+    }
+
+    pub async fn channel_moderation_rules(&self, actor: &Actor, channel: &ChannelId) -> DomainResult<Option<Value>> {
+        let admin = self.rule_admin(actor)?;
+        self.get_channel(actor, channel).await?;
+        Ok(admin.channel_rules(channel))
+    }
+
+    /// Replaces (or, with `None`, removes) a channel's own rules, applied besides the application's.
+    pub async fn set_channel_moderation_rules(
+        &self,
+        actor: &Actor,
+        channel: &ChannelId,
+        rules: Option<Value>,
+    ) -> DomainResult<Option<Value>> {
+        let admin = self.rule_admin(actor)?;
+        self.get_channel(actor, channel).await?;
+        let before = admin.channel_rules(channel);
+        admin
+            .set_channel_rules(channel, rules)
+            .map_err(|e| DomainError::invalid("rules", e))?;
+        let installed = admin.channel_rules(channel);
+        let key = channel_rules_key(channel);
+        let stored = match &installed {
+            Some(v) => self.store.put_setting(RULES_NAMESPACE, &key, v.clone()).await,
+            None => self.store.delete_setting(RULES_NAMESPACE, &key).await.map(drop),
+        };
+        if let Err(e) = stored {
+            let _ = admin.set_channel_rules(channel, before);
+            return Err(e);
+        }
+        Ok(installed)
+    }
+
     /// Flagged messages, oldest first (the application only).
     pub async fn list_flags(&self, actor: &Actor, mut query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>> {
         require_admin(actor)?;
@@ -266,16 +372,13 @@ impl Confab {
     pub async fn review_flag(&self, actor: &Actor, id: MessageId, state: FlagState) -> DomainResult<FlaggedMessage> {
         require_admin(actor)?;
         if state == FlagState::Pending {
-            return Err(confab_domain::DomainError::invalid(
-                "state",
-                "a review approves or removes",
-            ));
+            return Err(DomainError::invalid("state", "a review approves or removes"));
         }
         self.store.review_flag(id, state, actor.user().cloned()).await?;
         self.store
             .get_flag(id)
             .await?
-            .ok_or_else(|| confab_domain::DomainError::not_found("flagged message", id))
+            .ok_or_else(|| DomainError::not_found("flagged message", id))
     }
 }
 

@@ -198,3 +198,151 @@ async fn flagged_messages_are_listed_approved_and_removed() {
     let (s, _) = app.admin("POST", "/api/v1/moderation/flags/999999/approve", None).await;
     assert_eq!(s, 404);
 }
+
+/// Rules added through the admin API apply at once, a channel's own rules only in that channel, and a rule
+/// that does not compile is refused with its name.
+#[tokio::test]
+async fn rules_managed_through_the_admin_api_per_application_and_per_channel() {
+    let app = spawn_app_with(|c| c.moderation = rules()).await;
+    let alice = app.user("alice").await;
+    app.group("kids", &["alice"]).await;
+    app.group("adults", &["alice"]).await;
+    let send = |ch: &'static str, text: &'static str| {
+        let (app, alice) = (&app, alice.clone());
+        async move {
+            app.call(
+                "POST",
+                &format!("/api/v1/channels/{ch}/messages"),
+                &alice,
+                Some(json!({ "text": text })),
+            )
+            .await
+        }
+    };
+    assert_eq!(send("adults", "that movie was scary").await.0, 201);
+
+    let (s, v) = app.admin("GET", "/api/v1/moderation/rules", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["file"]["rules"][0]["name"], "spam");
+    assert_eq!(v["app"]["rules"], json!([]));
+    let app_rules = json!({"rules": [{"name": "weather", "words": ["hail"], "action": "block",
+        "reason": "No weather talk."}]});
+    let (s, v) = app.admin("PUT", "/api/v1/moderation/rules", Some(app_rules)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["app"]["rules"][0]["name"], "weather");
+    let (s, v) = send("adults", "hail is coming").await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("No weather talk."), "{v}");
+    // The file's rules still apply beside the application's.
+    assert_eq!(send("adults", "buy now").await.0, 422);
+
+    let kids = json!({"rules": [{"name": "scary", "patterns": ["(?i)scar(y|ed)"], "action": "mask"}]});
+    let (s, v) = app
+        .admin("PUT", "/api/v1/channels/kids/moderation/rules", Some(kids))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rules"]["rules"][0]["name"], "scary");
+    let (s, v) = send("kids", "that movie was scary").await;
+    assert_eq!((s, v["text"].as_str()), (201, Some("that movie was *****")), "{v}");
+    let (s, v) = send("adults", "that movie was scary").await;
+    assert_eq!((s, v["text"].as_str()), (201, Some("that movie was scary")), "{v}");
+
+    let bad = json!({"rules": [{"name": "broken", "patterns": ["(unclosed"], "action": "block"}]});
+    let (s, v) = app.admin("PUT", "/api/v1/moderation/rules", Some(bad.clone())).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("broken"), "{v}");
+    assert_eq!(
+        send("adults", "hail is coming").await.0,
+        422,
+        "a refused update changes nothing"
+    );
+    let (s, _) = app
+        .admin("PUT", "/api/v1/channels/kids/moderation/rules", Some(bad))
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = app
+        .admin(
+            "PUT",
+            "/api/v1/channels/nowhere/moderation/rules",
+            Some(json!({"rules": []})),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    let (s, _) = app
+        .admin("DELETE", "/api/v1/channels/kids/moderation/rules", None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, v) = app.admin("GET", "/api/v1/channels/kids/moderation/rules", None).await;
+    assert_eq!(v["rules"], serde_json::Value::Null);
+    assert_eq!(
+        send("kids", "that movie was scary").await.1["text"],
+        "that movie was scary"
+    );
+    let (s, _) = app.call("GET", "/api/v1/moderation/rules", &alice, None).await;
+    assert_eq!(s, 403);
+}
+
+/// Rules set through the admin API are stored: the server applies them again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_set_through_the_api_survive_a_restart() {
+    use crate::durability::{call, start_with, wait_ready};
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = start_with(dir.path(), &[]);
+    wait_ready(&http, server.addr).await;
+    let a = server.addr;
+    call(&http, a, "POST", "/api/v1/users", json!({"id": "alice"}))
+        .await
+        .unwrap();
+    for ch in ["g", "h"] {
+        let (s, v) = call(
+            &http,
+            a,
+            "POST",
+            "/api/v1/channels",
+            json!({"kind": "group", "id": ch, "user_ids": ["alice"]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        &http,
+        a,
+        "PUT",
+        "/api/v1/moderation/rules",
+        json!({"rules": [{"name": "w", "words": ["hail"], "action": "block"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &http,
+        a,
+        "PUT",
+        "/api/v1/channels/h/moderation/rules",
+        json!({"rules": [{"name": "m", "words": ["snow"], "action": "mask"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let mut server = start_with(dir.path(), &[]);
+    wait_ready(&http, server.addr).await;
+    let a = server.addr;
+    let send = |ch: &'static str, text: &'static str| {
+        let http = http.clone();
+        async move {
+            let path = format!("/api/v1/channels/{ch}/messages");
+            call(&http, a, "POST", &path, json!({"sender_id": "alice", "text": text})).await
+        }
+    };
+    assert_eq!(send("g", "hail").await.unwrap().0, 422);
+    assert_eq!(send("h", "snow").await.unwrap().1["text"], "****");
+    assert_eq!(send("g", "snow").await.unwrap().1["text"], "snow");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
