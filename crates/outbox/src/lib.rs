@@ -10,10 +10,12 @@
 //! so receivers deduplicate on it.
 
 mod endpoint;
+mod presend;
 mod recorder;
 mod relay;
 pub mod signature;
 
 pub use endpoint::{EVENT_TYPES, EventFilter};
+pub use presend::{PreSendConfig, PreSendHook};
 pub use recorder::EventRecorder;
 pub use relay::{Relay, RelayConfig};

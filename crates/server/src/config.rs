@@ -38,6 +38,67 @@ pub struct Config {
     pub nim: NimConfig,
     /// Content rules every message goes through (`[moderation]`, `[[moderation.rules]]`).
     pub moderation: confab_moderation::PolicyConfig,
+    /// The application's check of every message before it is stored (`[pre_send_webhook]`).
+    pub pre_send_webhook: PreSendWebhookConfig,
+}
+
+/// The pre-send webhook: off while `url` is empty.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreSendWebhookConfig {
+    pub url: String,
+    /// The `whsec_` signing secret; or name an environment variable holding it with `secret_env`.
+    pub secret: String,
+    pub secret_env: String,
+    /// Budget for the whole exchange, in milliseconds.
+    pub timeout_ms: u64,
+    /// On timeout or error: allow the message (true) or refuse it (false).
+    pub fail_open: bool,
+}
+
+impl Default for PreSendWebhookConfig {
+    fn default() -> Self {
+        PreSendWebhookConfig {
+            url: String::new(),
+            secret: String::new(),
+            secret_env: String::new(),
+            timeout_ms: 1500,
+            fail_open: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for PreSendWebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreSendWebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("secret_env", &self.secret_env)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("fail_open", &self.fail_open)
+            .finish()
+    }
+}
+
+impl PreSendWebhookConfig {
+    /// The hook's settings, `None` when it is off.
+    pub fn hook(&self) -> anyhow::Result<Option<confab_outbox::PreSendConfig>> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        let secret = match (self.secret.is_empty(), self.secret_env.is_empty()) {
+            (false, _) => self.secret.clone(),
+            (true, false) => std::env::var(&self.secret_env)
+                .map_err(|_| anyhow::anyhow!("pre_send_webhook.secret_env: {} is not set", self.secret_env))?,
+            (true, true) => anyhow::bail!("pre_send_webhook: a url needs a secret or secret_env"),
+        };
+        Ok(Some(confab_outbox::PreSendConfig {
+            url: self.url.clone(),
+            secret,
+            budget: Duration::from_millis(self.timeout_ms.max(1)),
+            fail_open: self.fail_open,
+        }))
+    }
 }
 
 /// NIM's application credentials. Empty: `CONFAB_NIM_APP_KEY` / `CONFAB_NIM_APP_SECRET`, else the pair stored
@@ -328,6 +389,7 @@ impl Default for Config {
             sendbird: SendbirdConfig::default(),
             nim: NimConfig::default(),
             moderation: confab_moderation::PolicyConfig::default(),
+            pre_send_webhook: PreSendWebhookConfig::default(),
         }
     }
 }

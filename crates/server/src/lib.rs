@@ -152,6 +152,10 @@ impl App {
         let guard = Arc::new(PolicyGuard::load(&config.moderation, service.store()).await?);
         service.set_content_guard(guard.clone());
         service.set_rule_admin(guard);
+        if let Some(hook) = config.pre_send_webhook.hook()? {
+            let hook = confab_outbox::PreSendHook::new(hook, &egress).map_err(|e| anyhow::anyhow!("{e}"))?;
+            service.set_send_hook(Arc::new(hook));
+        }
         let upkeep = Arc::downgrade(&service);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));

@@ -92,6 +92,7 @@ pub struct Confab {
     guard: std::sync::RwLock<Option<Arc<dyn moderation::ContentGuard>>>,
     webhook_endpoints: std::sync::RwLock<Option<Arc<dyn webhooks::WebhookEndpoints>>>,
     rule_admin: std::sync::RwLock<Option<Arc<dyn moderation::RuleAdmin>>>,
+    send_hook: std::sync::RwLock<Option<Arc<dyn moderation::SendHook>>>,
 }
 
 impl Confab {
@@ -111,6 +112,7 @@ impl Confab {
             guard: Default::default(),
             webhook_endpoints: Default::default(),
             rule_admin: Default::default(),
+            send_hook: Default::default(),
             cfg,
         })
     }
@@ -548,6 +550,7 @@ impl Confab {
         }
         msg.validate(&self.cfg.limits)?;
         self.review(&mut msg)?;
+        self.pre_send(&mut msg).await?;
         let ticket = self.send_observer().and_then(|o| o.sending(&msg));
         let res = self.store.append_message(msg).await;
         if let Some(t) = ticket {
@@ -559,6 +562,37 @@ impl Confab {
     /// Installs the content policy every send goes through.
     pub fn set_content_guard(&self, guard: Arc<dyn moderation::ContentGuard>) {
         *self.guard.write().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+    }
+
+    /// Installs the application's pre-send check.
+    pub fn set_send_hook(&self, hook: Arc<dyn moderation::SendHook>) {
+        *self.send_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// The application's pre-send check, for messages of users and the application (not bot replies, which
+    /// the content rules check as they stream).
+    async fn pre_send(&self, msg: &mut NewMessage) -> DomainResult<()> {
+        let hook = self.send_hook.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(hook) = hook else { return Ok(()) };
+        if msg.reply.is_some() {
+            return Ok(());
+        }
+        match hook.check(msg).await {
+            moderation::HookVerdict::Allow => Ok(()),
+            moderation::HookVerdict::Reject { rule, reason } => {
+                tracing::info!(channel = %msg.channel_id, rule, "message rejected by the pre-send hook");
+                Err(DomainError::Rejected { rule, reason })
+            }
+            moderation::HookVerdict::Modify { text, data } => {
+                if let Some(t) = text {
+                    msg.text = t;
+                }
+                if let Some(d) = data {
+                    msg.data = (!d.is_null()).then_some(d);
+                }
+                msg.validate(&self.cfg.limits)
+            }
+        }
     }
 
     /// Applies the content policy to a message about to be stored (before any bot sees it).

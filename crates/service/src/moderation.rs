@@ -260,6 +260,30 @@ fn char_to_byte(text: &str, chars: usize) -> usize {
     text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i)
 }
 
+/// What the application's pre-send check says of a message about to be stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HookVerdict {
+    Allow,
+    /// Refused; `rule` names who refused (the application's code, or the hook itself), `reason` is for the
+    /// sender.
+    Reject {
+        rule: String,
+        reason: String,
+    },
+    /// Allowed with new content (validated again against the limits).
+    Modify {
+        text: Option<String>,
+        data: Option<Value>,
+    },
+}
+
+/// A check of every user message before it is stored, after the content rules: the application's pre-send
+/// webhook. Answers within its own budget (a timeout is a verdict too: allow or reject as configured).
+#[async_trait::async_trait]
+pub trait SendHook: Send + Sync {
+    async fn check(&self, msg: &confab_domain::model::NewMessage) -> HookVerdict;
+}
+
 /// The rules in force as the admin API manages them, as JSON in the shape of the configuration's
 /// `[moderation]` section (`{rules: [...], max_links}`). Implemented by the server's guard; the service
 /// checks the caller and the channel, installs, and stores (settings namespace `moderation`).

@@ -8,6 +8,7 @@ mod helpers;
 mod limits;
 mod llama;
 mod moderation;
+mod moderation_hooks;
 mod moderation_replies;
 mod nim;
 mod provider_egress;

@@ -81,7 +81,7 @@ async fn receiver(script: Script) -> (String, Arc<std::sync::Mutex<String>>, mps
 }
 
 /// The Standard Webhooks verification, from the specification.
-fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8]) -> bool {
+pub(crate) fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8]) -> bool {
     let Ok(ts) = timestamp.parse::<i64>() else { return false };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
