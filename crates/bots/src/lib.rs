@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod context;
+pub mod moderator;
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;

@@ -1,5 +1,6 @@
 //! The pre-send webhook: the application's endpoint sees each message before it is stored and answers
-//! allow, reject (with a code and a reason) or modify (new text and/or data), within a budget. A timeout, an
+//! allow, flag (stored and listed for review), reject (with a code and a reason) or modify (new text and/or
+//! data), within a budget. A timeout, an
 //! error status or an unreadable answer is decided by `fail_open`: allowed, or refused with a reason the
 //! sender can act on. Requests are signed with the Standard Webhooks headers, like every other delivery.
 
@@ -111,6 +112,7 @@ impl PreSendHook {
             .map_err(|e| format!("unreadable answer: {e}"))?;
         match answer.action.as_str() {
             "allow" => Ok(HookVerdict::Allow),
+            "flag" => Ok(HookVerdict::Flag { rule: RULE.into() }),
             "reject" => Ok(HookVerdict::Reject {
                 rule: match answer.code {
                     Some(Value::String(c)) if !c.is_empty() => format!("{RULE}:{c}"),
@@ -148,6 +150,7 @@ impl SendHook for PreSendHook {
                     HookVerdict::Allow => "allow",
                     HookVerdict::Reject { .. } => "reject",
                     HookVerdict::Modify { .. } => "modify",
+                    HookVerdict::Flag { .. } => "flag",
                 };
                 (v, outcome)
             }

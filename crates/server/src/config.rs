@@ -40,6 +40,51 @@ pub struct Config {
     pub moderation: confab_moderation::PolicyConfig,
     /// The application's check of every message before it is stored (`[pre_send_webhook]`).
     pub pre_send_webhook: PreSendWebhookConfig,
+    /// An LLM's check of every message before it is stored (`[moderation_llm]`).
+    pub moderation_llm: ModerationLlmConfig,
+}
+
+/// The optional LLM moderation check: off while `provider` is empty.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModerationLlmConfig {
+    /// A provider name (`[[providers]]`, or `builtin`).
+    pub provider: String,
+    /// Empty: the provider's own model.
+    pub model: String,
+    pub timeout_ms: u64,
+    /// On timeout or error: allow the message (true) or refuse it (false).
+    pub fail_open: bool,
+    /// Empty: the built-in moderation instructions.
+    pub instructions: String,
+}
+
+impl Default for ModerationLlmConfig {
+    fn default() -> Self {
+        ModerationLlmConfig {
+            provider: String::new(),
+            model: String::new(),
+            timeout_ms: 2000,
+            fail_open: true,
+            instructions: String::new(),
+        }
+    }
+}
+
+impl ModerationLlmConfig {
+    pub fn check(&self) -> Option<confab_bots::moderator::LlmCheckConfig> {
+        (!self.provider.is_empty()).then(|| confab_bots::moderator::LlmCheckConfig {
+            provider: self.provider.clone(),
+            model: (!self.model.is_empty()).then(|| self.model.clone()),
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            fail_open: self.fail_open,
+            instructions: if self.instructions.trim().is_empty() {
+                confab_bots::moderator::DEFAULT_INSTRUCTIONS.to_string()
+            } else {
+                self.instructions.clone()
+            },
+        })
+    }
 }
 
 /// The pre-send webhook: off while `url` is empty.
@@ -390,6 +435,7 @@ impl Default for Config {
             nim: NimConfig::default(),
             moderation: confab_moderation::PolicyConfig::default(),
             pre_send_webhook: PreSendWebhookConfig::default(),
+            moderation_llm: ModerationLlmConfig::default(),
         }
     }
 }

@@ -152,10 +152,10 @@ impl App {
         let guard = Arc::new(PolicyGuard::load(&config.moderation, service.store()).await?);
         service.set_content_guard(guard.clone());
         service.set_rule_admin(guard);
-        if let Some(hook) = config.pre_send_webhook.hook()? {
-            let hook = confab_outbox::PreSendHook::new(hook, &egress).map_err(|e| anyhow::anyhow!("{e}"))?;
-            service.set_send_hook(Arc::new(hook));
-        }
+        let pre_send = match config.pre_send_webhook.hook()? {
+            Some(hook) => Some(confab_outbox::PreSendHook::new(hook, &egress).map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
         let upkeep = Arc::downgrade(&service);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -185,6 +185,19 @@ impl App {
         );
         let catalog = Arc::new(catalog);
         service.set_provider_catalog(catalog.clone());
+        // After the content rules: the LLM check, then the application's pre-send webhook (the last word).
+        if let Some(check) = config.moderation_llm.check() {
+            if catalog.get(&check.provider).is_none() {
+                anyhow::bail!("moderation_llm.provider: no provider {:?}", check.provider);
+            }
+            service.add_send_hook(Arc::new(confab_bots::moderator::LlmModerator::new(
+                catalog.clone(),
+                check,
+            )));
+        }
+        if let Some(hook) = pre_send {
+            service.add_send_hook(Arc::new(hook));
+        }
         declare_bots(&service, &bot_decls).await?;
         let bots = confab_bots::BotRuntime::start(service.clone(), catalog, config.bot_runtime.runtime())
             .await

@@ -92,7 +92,7 @@ pub struct Confab {
     guard: std::sync::RwLock<Option<Arc<dyn moderation::ContentGuard>>>,
     webhook_endpoints: std::sync::RwLock<Option<Arc<dyn webhooks::WebhookEndpoints>>>,
     rule_admin: std::sync::RwLock<Option<Arc<dyn moderation::RuleAdmin>>>,
-    send_hook: std::sync::RwLock<Option<Arc<dyn moderation::SendHook>>>,
+    send_hooks: std::sync::RwLock<Vec<Arc<dyn moderation::SendHook>>>,
 }
 
 impl Confab {
@@ -112,7 +112,7 @@ impl Confab {
             guard: Default::default(),
             webhook_endpoints: Default::default(),
             rule_admin: Default::default(),
-            send_hook: Default::default(),
+            send_hooks: Default::default(),
             cfg,
         })
     }
@@ -564,35 +564,44 @@ impl Confab {
         *self.guard.write().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     }
 
-    /// Installs the application's pre-send check.
-    pub fn set_send_hook(&self, hook: Arc<dyn moderation::SendHook>) {
-        *self.send_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    /// Adds a check every message goes through after the content rules, in the order added (the LLM check,
+    /// then the application's pre-send webhook, which has the last word).
+    pub fn add_send_hook(&self, hook: Arc<dyn moderation::SendHook>) {
+        self.send_hooks.write().unwrap_or_else(|e| e.into_inner()).push(hook);
     }
 
-    /// The application's pre-send check, for messages of users and the application (not bot replies, which
-    /// the content rules check as they stream).
+    /// The checks after the content rules, for messages of users and the application (not bot replies, which
+    /// the content rules check as they stream). A rejection stops the send; a modification is what the next
+    /// check sees.
     async fn pre_send(&self, msg: &mut NewMessage) -> DomainResult<()> {
-        let hook = self.send_hook.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(hook) = hook else { return Ok(()) };
-        if msg.reply.is_some() {
+        let hooks = self.send_hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if hooks.is_empty() || msg.reply.is_some() {
             return Ok(());
         }
-        match hook.check(msg).await {
-            moderation::HookVerdict::Allow => Ok(()),
-            moderation::HookVerdict::Reject { rule, reason } => {
-                tracing::info!(channel = %msg.channel_id, rule, "message rejected by the pre-send hook");
-                Err(DomainError::Rejected { rule, reason })
-            }
-            moderation::HookVerdict::Modify { text, data } => {
-                if let Some(t) = text {
-                    msg.text = t;
+        for hook in hooks {
+            match hook.check(msg).await {
+                moderation::HookVerdict::Allow => {}
+                moderation::HookVerdict::Flag { rule } => {
+                    if !msg.flags.contains(&rule) {
+                        msg.flags.push(rule);
+                    }
                 }
-                if let Some(d) = data {
-                    msg.data = (!d.is_null()).then_some(d);
+                moderation::HookVerdict::Reject { rule, reason } => {
+                    tracing::info!(channel = %msg.channel_id, rule, "message rejected before it was stored");
+                    return Err(DomainError::Rejected { rule, reason });
                 }
-                msg.validate(&self.cfg.limits)
+                moderation::HookVerdict::Modify { text, data } => {
+                    if let Some(t) = text {
+                        msg.text = t;
+                    }
+                    if let Some(d) = data {
+                        msg.data = (!d.is_null()).then_some(d);
+                    }
+                    msg.validate(&self.cfg.limits)?;
+                }
             }
         }
+        Ok(())
     }
 
     /// Applies the content policy to a message about to be stored (before any bot sees it).

@@ -270,6 +270,10 @@ pub enum HookVerdict {
         rule: String,
         reason: String,
     },
+    /// Allowed, and listed for review as flagged by `rule`.
+    Flag {
+        rule: String,
+    },
     /// Allowed with new content (validated again against the limits).
     Modify {
         text: Option<String>,

@@ -164,3 +164,71 @@ async fn a_pre_send_webhook_on_a_private_address_is_refused_at_start() {
     let err = confab::App::build(config, MASTER).await.err().expect("refused");
     assert!(err.to_string().contains("pre_send_webhook.url"), "{err}");
 }
+
+async fn app_with_llm_check(fake: &confab_llm::fake::FakeProvider, fail_open: bool) -> TestApp {
+    let mut p = confab_llm::ProviderConfig::new("judge", confab_llm::ProviderKind::OpenAiCompatible);
+    p.base_url = Some(fake.openai_base_url());
+    p.model = Some("judge-model".into());
+    spawn_app_with(move |c| {
+        c.providers = vec![p];
+        c.moderation_llm.provider = "judge".into();
+        c.moderation_llm.timeout_ms = 500;
+        c.moderation_llm.fail_open = fail_open;
+    })
+    .await
+}
+
+/// The LLM check: the provider's one-line verdict allows, flags or blocks; the message reaches the provider
+/// as a user turn, not in the instructions; a provider that stalls past the budget allows or refuses as
+/// configured.
+#[tokio::test]
+async fn the_llm_check_allows_flags_and_blocks() {
+    use confab_llm::fake::{Behaviour, FakeProvider};
+    let fake = FakeProvider::start().await;
+    fake.script(vec![
+        Behaviour::success("ALLOW"),
+        Behaviour::success("FLAG: unkind tone"),
+        Behaviour::success("BLOCK: spam."),
+        Behaviour::hang(Duration::from_secs(5)),
+        Behaviour::success("Sure! Here is a poem."),
+    ]);
+    let app = app_with_llm_check(&fake, true).await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice"]).await;
+
+    let (s, v) = send(&app, &alice, "good morning").await;
+    assert_eq!(s, 201, "{v}");
+    let (s, flagged) = send(&app, &alice, "you again").await;
+    assert_eq!(s, 201, "{flagged}");
+    let (s, v) = send(&app, &alice, "cheap pills here").await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("This message was not posted: spam."), "{v}");
+    let (s, v) = send(&app, &alice, "stalled judge").await;
+    assert_eq!(s, 201, "fail-open: {v}");
+    let (s, v) = send(&app, &alice, "rambling judge").await;
+    assert_eq!(s, 201, "an unreadable verdict fails open too: {v}");
+
+    let asked = &fake.requests()[0];
+    let turns = asked.messages();
+    assert_eq!(turns.last().unwrap(), &("user".to_string(), "good morning".to_string()));
+    assert!(
+        turns
+            .iter()
+            .filter(|(role, _)| role == "system")
+            .all(|(_, t)| !t.contains("good morning"))
+    );
+
+    let (_, v) = app.admin("GET", "/api/v1/moderation/flags", None).await;
+    let flags = v["flagged"].as_array().unwrap();
+    assert_eq!(flags.len(), 1, "{v}");
+    assert_eq!(flags[0]["message"]["id"], flagged["id"]);
+    assert_eq!(flags[0]["rules"], json!(["llm"]));
+
+    let closed = FakeProvider::start().await;
+    closed.set_default(Behaviour::hang(Duration::from_secs(5)));
+    let app = app_with_llm_check(&closed, false).await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice"]).await;
+    let (s, v) = send(&app, &alice, "anyone judging?").await;
+    assert_eq!(s, 422, "fail-closed: {v}");
+}
