@@ -42,7 +42,7 @@ pub struct UpdateEndpointBody {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
     pub description: Option<String>,
-    /// A disabled endpoint keeps its place: events wait for it (within the retry period).
+    /// A disabled endpoint receives nothing: events recorded while it is disabled are not delivered to it.
     pub enabled: Option<bool>,
 }
 

@@ -396,9 +396,14 @@ impl Lanes {
     async fn run(mut self) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut last_save = Instant::now();
+        // Something may have been recorded since the last read: at start, after the doorbell or a poll tick,
+        // and while the last read came back full. A settled delivery alone reads nothing.
+        let mut unread = true;
         loop {
-            let more = if self.outstanding.len() < self.relay.cfg.buffer {
-                self.fetch().await
+            let more = if unread && self.outstanding.len() < self.relay.cfg.buffer {
+                let more = self.fetch().await;
+                unread = more;
+                more
             } else {
                 false
             };
@@ -442,8 +447,8 @@ impl Lanes {
                         self.settle(done).await;
                     }
                 }
-                _ = self.shared.doorbell.notified() => {}
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.shared.doorbell.notified() => unread = true,
+                _ = tokio::time::sleep_until(wake) => unread = true,
             }
             let now = Instant::now();
             while let Some(Reverse((at, _))) = self.timers.peek() {
@@ -468,16 +473,14 @@ impl Lanes {
             }
         };
         let full = entries.len() == FETCH as usize;
-        let filter = self
-            .shared
-            .endpoint
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .events
-            .clone();
+        let (filter, enabled) = {
+            let e = self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
+            (e.events.clone(), e.enabled)
+        };
         for entry in entries {
             self.fetched = entry.id;
-            if !filter.matches(&entry.event_type) {
+            // A disabled endpoint is passed by what is recorded meanwhile (the outbox does not grow for it).
+            if !enabled || !filter.matches(&entry.event_type) {
                 continue;
             }
             self.outstanding.insert(entry.id);

@@ -526,3 +526,20 @@ async fn a_stalled_endpoint_never_holds_up_sending() {
     }
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
 }
+
+#[tokio::test]
+async fn a_disabled_endpoint_receives_nothing_of_what_happens_meanwhile() {
+    let app = spawn_app_with(loopback).await;
+    let (url, secret, mut rx) = receiver(Script::default()).await;
+    let id = add_endpoint(&app, &url, json!(["user.created"]), &secret).await;
+    let path = format!("/api/v1/webhooks/endpoints/{id}");
+    let (s, v) = app.admin("PATCH", &path, Some(json!({"enabled": false}))).await;
+    assert_eq!((s, v["enabled"].as_bool()), (200, Some(false)), "{v}");
+    app.user("quiet").await;
+    let (s, _) = app.admin("PATCH", &path, Some(json!({"enabled": true}))).await;
+    assert_eq!(s, 200);
+    app.user("loud").await;
+    let h = next_hook(&mut rx).await;
+    assert_eq!(h.body["data"]["user"]["id"], "loud");
+    assert!(rx.try_recv().is_err());
+}
