@@ -81,6 +81,8 @@ struct Shared {
     doorbell: Notify,
     /// Every event at or below it is delivered or dead-lettered.
     cursor: AtomicU64,
+    /// Events at or below it were recorded while the endpoint was disabled: never delivered to it.
+    skip_through: AtomicU64,
     stats: Mutex<Stats>,
 }
 
@@ -265,6 +267,7 @@ impl Relay {
             endpoint: RwLock::new(endpoint),
             doorbell: Notify::new(),
             cursor: AtomicU64::new(cursor),
+            skip_through: AtomicU64::new(0),
             stats: Default::default(),
         });
         let stop = self.shutdown.child_token();
@@ -477,10 +480,11 @@ impl Lanes {
             let e = self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
             (e.events.clone(), e.enabled)
         };
+        let skip_through = self.shared.skip_through.load(Ordering::Acquire);
         for entry in entries {
             self.fetched = entry.id;
             // A disabled endpoint is passed by what is recorded meanwhile (the outbox does not grow for it).
-            if !enabled || !filter.matches(&entry.event_type) {
+            if !enabled || entry.id <= skip_through || !filter.matches(&entry.event_type) {
                 continue;
             }
             self.outstanding.insert(entry.id);
@@ -729,8 +733,14 @@ impl Relay {
             .get(id)
             .ok_or_else(|| DomainError::not_found("webhook endpoint", id))?;
         let mut updated = w.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let was_enabled = updated.enabled;
         change(&mut updated);
         updated.updated_at = now_millis();
+        if updated.enabled && !was_enabled {
+            // What was recorded while it was disabled stays undelivered, however far the worker has read.
+            let head = self.store.outbox_head().await?;
+            w.shared.skip_through.store(head, Ordering::Release);
+        }
         self.store
             .put_setting(ENDPOINT_NAMESPACE, id, to_json(&updated)?)
             .await?;
