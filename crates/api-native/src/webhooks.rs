@@ -53,6 +53,9 @@ pub struct EndpointDto {
     pub events: Vec<String>,
     pub description: String,
     pub enabled: bool,
+    /// `standard`; `sendbird` or `nim` for the endpoint a compatibility surface keeps from its own webhook
+    /// settings (shown here with its deliveries; changed only through those settings, apart from its secret).
+    pub format: String,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Events waiting for delivery (read from the outbox and not yet delivered or dead-lettered).
@@ -71,6 +74,7 @@ impl From<EndpointView> for EndpointDto {
             events: v.events,
             description: v.description,
             enabled: v.enabled,
+            format: v.format,
             created_at: v.created_at,
             updated_at: v.updated_at,
             pending: v.pending,

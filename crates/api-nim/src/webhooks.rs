@@ -1,21 +1,28 @@
 //! NIM-format message copies ("data sync", 消息抄送): every message, and every bot reply once final, is
 //! POSTed to `[nim] webhook_url` as NIM's `eventType: "1"` JSON (all values strings), with headers
 //! `AppKey`, `CurTime` (ms), `MD5` (hex MD5 of the body) and `CheckSum` = `sha1(AppSecret + MD5 + CurTime)`.
-//! Delivery (timeout, retries, egress policy) is the shared dispatcher's.
+//!
+//! The URL keeps one endpoint of the durable outbox (id and format `nim`): copies are recorded in the
+//! transaction of the message, delivered in order per conversation, retried and dead-lettered like every
+//! webhook; this module renders them ([`NimFormat`]).
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use confab_domain::model::{ChannelKind, Message};
-use confab_domain::ports::Subscription;
-use confab_domain::{DomainResult, Event, now_millis};
+use confab_domain::outbox::{RecordedChange, RecordedEvent};
+use confab_domain::{DomainResult, now_millis};
 use confab_service::Confab;
-use confab_webhooks::{Delivery, Dispatcher};
+use confab_service::webhooks::{ManagedEndpoint, WebhookEndpoints, WebhookFormat};
 use md5::{Digest, Md5};
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
 
 use crate::auth::Authenticator;
 use crate::messages::nim_view;
+
+/// The name of the format, and the id of the outbox endpoint `[nim] webhook_url` keeps.
+pub const FORMAT: &str = "nim";
 
 /// NIM's message type names in copies.
 fn type_name(nim_type: i64) -> &'static str {
@@ -31,70 +38,65 @@ fn type_name(nim_type: i64) -> &'static str {
     }
 }
 
-pub struct NimWebhooks {
+/// Registers the NIM format with the outbox relay and keeps its endpoint at `url` (none when empty).
+pub async fn start(
     service: Arc<Confab>,
-    dispatcher: Arc<Dispatcher>,
+    endpoints: Arc<dyn WebhookEndpoints>,
     auth: Arc<Authenticator>,
     url: String,
+) -> DomainResult<()> {
+    endpoints.register_format(Arc::new(NimFormat { service, auth }));
+    if url.is_empty() {
+        return endpoints.remove_managed(FORMAT).await;
+    }
+    endpoints
+        .put_managed(ManagedEndpoint {
+            format: FORMAT,
+            url,
+            // Messages, and bot replies once final, whatever their end.
+            events: vec!["message.sent".into(), "bot_reply.*".into()],
+            enabled: true,
+        })
+        .await
 }
 
-impl NimWebhooks {
-    /// Follows the event stream until `shutdown`; nothing runs when `url` is empty.
-    pub fn start(
-        service: Arc<Confab>,
-        dispatcher: Arc<Dispatcher>,
-        auth: Arc<Authenticator>,
-        url: String,
-        shutdown: CancellationToken,
-    ) {
-        if url.is_empty() {
-            return;
-        }
-        let mut stream = service
-            .bus()
-            .subscribe_with(Subscription {
-                interest: |e| matches!(e, Event::MessageCreated(_) | Event::MessageUpdated(_)),
-                partitions: 1,
-            })
-            .pop()
-            .expect("one partition");
-        let this = Arc::new(NimWebhooks {
-            service,
-            dispatcher,
-            auth,
-            url,
-        });
-        tokio::spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    ev = stream.next() => ev,
-                };
-                let m = match ev {
-                    // A bot's reply is copied once, final and whole.
-                    Some(Event::MessageCreated(m)) if m.reply.is_none() && !m.deleted => m,
-                    Some(Event::MessageUpdated(m))
-                        if m.reply.as_ref().is_some_and(|r| r.state.is_final()) && !m.edited =>
-                    {
-                        m
-                    }
-                    Some(_) => continue,
-                    None => break,
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.copy(&m).await {
-                        tracing::warn!(error = %e, "cannot build a NIM message copy");
-                    }
-                });
-            }
-        });
+pub struct NimFormat {
+    service: Arc<Confab>,
+    auth: Arc<Authenticator>,
+}
+
+#[async_trait]
+impl WebhookFormat for NimFormat {
+    fn name(&self) -> &'static str {
+        FORMAT
     }
 
-    async fn copy(&self, m: &Message) -> DomainResult<()> {
+    async fn render(&self, event: &RecordedEvent) -> DomainResult<Option<Bytes>> {
+        match &event.change {
+            RecordedChange::Message { message } => self.copy(message).await,
+            _ => Ok(None),
+        }
+    }
+
+    fn sign(&self, body: &[u8]) -> Vec<(&'static str, String)> {
+        let md5 = hex::encode(Md5::digest(body));
+        let cur_time = now_millis().to_string();
+        let checksum = self.auth.credentials().checksum(&md5, &cur_time);
+        vec![
+            ("appkey", self.auth.credentials().app_key.clone()),
+            ("curtime", cur_time),
+            ("md5", md5),
+            ("checksum", checksum),
+        ]
+    }
+}
+
+impl NimFormat {
+    async fn copy(&self, m: &Message) -> DomainResult<Option<Bytes>> {
         let store = self.service.store();
         let Some(channel) = store.get_channel(&m.channel_id).await? else {
-            return Ok(());
+            // A conversation deleted since: NIM's copy names its peer, which can no longer be found.
+            return Ok(None);
         };
         let sender = m.sender_id.clone();
         let nick = match &sender {
@@ -130,25 +132,6 @@ impl NimWebhooks {
             "msgidServer": m.id.0.to_string(),
             "resendFlag": "0",
         });
-        self.post(&payload);
-        Ok(())
-    }
-
-    fn post(&self, payload: &Value) {
-        let body = bytes::Bytes::from(payload.to_string());
-        let md5 = hex::encode(Md5::digest(&body));
-        let cur_time = now_millis().to_string();
-        let checksum = self.auth.credentials().checksum(&md5, &cur_time);
-        match Delivery::json("nim.copy", self.dispatcher.policy(), &self.url, body) {
-            Ok(d) => {
-                let d = d
-                    .header("appkey", &self.auth.credentials().app_key)
-                    .header("curtime", &cur_time)
-                    .header("md5", &md5)
-                    .header("checksum", &checksum);
-                let _ = self.dispatcher.enqueue(d); // a full queue is counted and logged by the dispatcher
-            }
-            Err(e) => tracing::warn!(error = %e, "the NIM webhook URL is refused"),
-        }
+        Ok(Some(Bytes::from(payload.to_string())))
     }
 }

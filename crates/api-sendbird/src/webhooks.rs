@@ -1,27 +1,31 @@
 //! Sendbird webhooks: the settings at `/v3/applications/settings/webhook`, and the events POSTed to the
 //! application's URL in Sendbird's payload format, signed with `x-sendbird-signature` (lowercase hex
-//! HMAC-SHA256 of the raw body keyed with the master API token). Delivery (timeout, retries, egress policy)
-//! is the shared [`Dispatcher`]'s.
+//! HMAC-SHA256 of the raw body keyed with the master API token).
+//!
+//! The settings keep one endpoint of the durable outbox (id and format `sendbird`): events are recorded in
+//! the transaction of the change, delivered in order per channel, retried and dead-lettered like every
+//! webhook (and visible in the admin API); this module renders them as Sendbird does ([`SendbirdFormat`]).
 //!
 //! Events sent: `group_channel:create`, `group_channel:invite`, `group_channel:leave`,
 //! `group_channel:remove`, `group_channel:message_send`, `group_channel:message_update`,
 //! `group_channel:message_delete`. A bot's streamed reply is sent as `message_send` once, when it reaches
 //! its final state (with its whole text), not when it starts empty.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
+use async_trait::async_trait;
 use axum::extract::State;
+use bytes::Bytes;
 use confab_domain::model::{Channel, Message, User};
-use confab_domain::ports::Subscription;
-use confab_domain::{DomainError, DomainResult, Event, UserId};
+use confab_domain::outbox::{RecordedChange, RecordedEvent};
+use confab_domain::{ChannelId, DomainError, DomainResult, UserId};
 use confab_service::Confab;
+use confab_service::webhooks::{ManagedEndpoint, WebhookEndpoints, WebhookFormat};
 use confab_webhooks::{Delivery, Dispatcher};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::SendbirdState;
 use crate::dto;
@@ -30,6 +34,20 @@ use crate::extract::{ApiToken, JsonBody, QueryParams, lenient_bool};
 
 const SETTINGS_NAMESPACE: &str = "sendbird";
 const SETTINGS_KEY: &str = "webhook";
+/// The name of the format, and the id of the outbox endpoint the settings keep.
+pub const FORMAT: &str = "sendbird";
+
+/// The categories this server emits, with the outbox event types each is made of.
+const CATEGORY_EVENTS: &[(&str, &[&str])] = &[
+    ("group_channel:create", &["channel.created"]),
+    ("group_channel:invite", &["member.joined"]),
+    ("group_channel:leave", &["member.left"]),
+    ("group_channel:remove", &["channel.deleted"]),
+    // A bot's reply is announced once, final and complete.
+    ("group_channel:message_send", &["message.sent", "bot_reply.*"]),
+    ("group_channel:message_update", &["message.edited"]),
+    ("group_channel:message_delete", &["message.deleted"]),
+];
 
 /// The categories this server emits.
 pub const CATEGORIES: &[&str] = &[
@@ -41,10 +59,6 @@ pub const CATEGORIES: &[&str] = &[
     "group_channel:message_update",
     "group_channel:message_delete",
 ];
-
-/// Payloads being built at once (each reads a few rows); beyond that events are dropped and counted rather
-/// than slowing the bus, which would slow message sending.
-const MAX_BUILDING: usize = 256;
 
 /// `include_members` lists members only for channels up to this size (each member is a read).
 const MAX_MEMBERS_IN_PAYLOAD: usize = 100;
@@ -61,28 +75,39 @@ pub struct WebhookSettings {
 
 impl WebhookSettings {
     fn wants(&self, category: &str) -> bool {
-        self.enabled && !self.url.is_empty() && self.enabled_events.iter().any(|e| e == "*" || e == category)
+        self.enabled_events.iter().any(|e| e == "*" || e == category)
+    }
+
+    /// The outbox event types the subscribed categories are made of.
+    fn outbox_events(&self) -> Vec<String> {
+        CATEGORY_EVENTS
+            .iter()
+            .filter(|(c, _)| self.wants(c))
+            .flat_map(|(_, types)| types.iter().map(|t| t.to_string()))
+            .collect()
     }
 }
 
 pub struct SendbirdWebhooks {
     service: Arc<Confab>,
+    /// Bot callbacks (not webhooks: a bot's trigger, posted as it happens).
     dispatcher: Arc<Dispatcher>,
+    endpoints: Arc<dyn WebhookEndpoints>,
     /// The master API token, Sendbird's signing key. Never logged (no `Debug`).
     key: Vec<u8>,
     app_id: String,
     settings: RwLock<Arc<WebhookSettings>>,
-    building: Arc<Semaphore>,
 }
 
 impl SendbirdWebhooks {
-    /// Loads the stored settings and starts following the event stream until `shutdown`.
+    /// Loads the stored settings, registers the Sendbird format with the outbox relay and brings the
+    /// settings' endpoint in line with them.
     pub async fn start(
         service: Arc<Confab>,
         dispatcher: Arc<Dispatcher>,
+        endpoints: Arc<dyn WebhookEndpoints>,
         master_token: &str,
         app_id: String,
-        shutdown: CancellationToken,
     ) -> DomainResult<Arc<SendbirdWebhooks>> {
         let settings = match service.store().get_setting(SETTINGS_NAMESPACE, SETTINGS_KEY).await? {
             Some(v) => {
@@ -91,45 +116,16 @@ impl SendbirdWebhooks {
             None => WebhookSettings::default(),
         };
         let this = Arc::new(SendbirdWebhooks {
-            service: service.clone(),
+            service,
             dispatcher,
+            endpoints,
             key: master_token.as_bytes().to_vec(),
             app_id,
-            settings: RwLock::new(Arc::new(settings)),
-            building: Arc::new(Semaphore::new(MAX_BUILDING)),
+            settings: RwLock::new(Arc::new(settings.clone())),
         });
-        let mut stream = service
-            .bus()
-            .subscribe_with(Subscription {
-                interest: |e| {
-                    matches!(
-                        e,
-                        Event::MessageCreated(_)
-                            | Event::MessageUpdated(_)
-                            | Event::MessageDeleted { .. }
-                            | Event::ChannelCreated { .. }
-                            | Event::ChannelDeleted { .. }
-                            | Event::MembersJoined { .. }
-                            | Event::MemberLeft { .. }
-                    )
-                },
-                partitions: 1,
-            })
-            .pop()
-            .expect("one partition");
-        let weak = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    ev = stream.next() => ev,
-                };
-                let (Some(ev), Some(this)) = (ev, weak.upgrade()) else {
-                    break;
-                };
-                this.on_event(ev);
-            }
-        });
+        this.endpoints
+            .register_format(Arc::new(SendbirdFormat(Arc::downgrade(&this))));
+        this.keep_endpoint(&settings).await?;
         Ok(this)
     }
 
@@ -145,7 +141,7 @@ impl SendbirdWebhooks {
         &self.app_id
     }
 
-    /// Signs and queues one POST of a Sendbird payload (webhook or bot callback) to `url`.
+    /// Signs and queues one POST of a Sendbird payload (a bot callback) to `url`.
     pub fn post(&self, kind: &'static str, url: &str, payload: &Value) {
         let body = bytes::Bytes::from(payload.to_string());
         let signature = self.sign(&body);
@@ -166,6 +162,7 @@ impl SendbirdWebhooks {
 
     async fn put_settings(&self, s: WebhookSettings) -> DomainResult<()> {
         let value = serde_json::to_value(&s).map_err(|e| DomainError::Internal(e.to_string()))?;
+        self.keep_endpoint(&s).await?;
         self.service
             .store()
             .put_setting(SETTINGS_NAMESPACE, SETTINGS_KEY, value)
@@ -174,42 +171,40 @@ impl SendbirdWebhooks {
         Ok(())
     }
 
+    /// The outbox endpoint as the settings describe it: none without a URL, disabled when the settings are
+    /// or when no category this server emits is subscribed.
+    async fn keep_endpoint(&self, s: &WebhookSettings) -> DomainResult<()> {
+        if s.url.is_empty() {
+            return self.endpoints.remove_managed(FORMAT).await;
+        }
+        let events = s.outbox_events();
+        self.endpoints
+            .put_managed(ManagedEndpoint {
+                format: FORMAT,
+                url: s.url.clone(),
+                enabled: s.enabled && !events.is_empty(),
+                events,
+            })
+            .await
+    }
+
     /// Lowercase hex HMAC-SHA256 of `body` keyed with the master token.
     pub fn sign(&self, body: &[u8]) -> String {
         signature(&self.key, body)
     }
 
-    fn on_event(self: &Arc<Self>, ev: Event) {
-        // Most events (deltas' neighbours, generating replies) have no category: no lock for those.
-        let Some(category) = category_of(&ev) else { return };
-        let settings = self.settings();
-        if !settings.wants(category) {
-            return;
-        }
-        let Ok(permit) = self.building.clone().try_acquire_owned() else {
-            metrics::counter!("confab_webhook_deliveries_total", "kind" => "sendbird.webhook", "outcome" => "dropped")
-                .increment(1);
-            tracing::warn!(category, "sendbird webhook dropped: too many payloads in preparation");
-            return;
+    /// A recorded event as Sendbird's webhook payload; `None` for events of no subscribed category.
+    async fn payload(&self, event: &RecordedEvent) -> DomainResult<Option<Value>> {
+        let Some(category) = category_of(event) else {
+            return Ok(None);
         };
-        let this = self.clone();
-        tokio::spawn(async move {
-            match this.payload(category, &ev, &settings).await {
-                Ok(Some(payload)) => this.post("sendbird.webhook", &settings.url, &payload),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(category, error = %e, "cannot build a sendbird webhook payload"),
-            }
-            drop(permit);
-        });
-    }
-
-    async fn payload(&self, category: &'static str, ev: &Event, s: &WebhookSettings) -> DomainResult<Option<Value>> {
+        let s = self.settings();
+        if !s.wants(category) {
+            return Ok(None);
+        }
         let store = self.service.store();
-        let mut p = match ev {
-            Event::MessageCreated(m) | Event::MessageUpdated(m) => {
-                let Some(ch) = store.get_channel(&m.channel_id).await? else {
-                    return Ok(None);
-                };
+        let mut p = match &event.change {
+            RecordedChange::Message { message: m } => {
                 let (sender, mentioned) = people_of(&self.service, m).await?;
                 json!({
                     "sender": sender,
@@ -220,25 +215,20 @@ impl SendbirdWebhooks {
                     "mentioned_users": mentioned,
                     "type": dto::message_type(m.kind),
                     "payload": message_payload(m),
-                    "channel": channel_json(&ch),
+                    "channel": self.channel_now(&m.channel_id).await?,
                 })
             }
-            Event::MessageDeleted {
+            RecordedChange::MessageDeleted {
                 channel_id, message_id, ..
-            } => {
-                let Some(ch) = store.get_channel(channel_id).await? else {
-                    return Ok(None);
-                };
-                json!({"payload": {"message_id": message_id.0}, "channel": channel_json(&ch)})
-            }
-            Event::ChannelCreated { channel, .. } => {
+            } => json!({"payload": {"message_id": message_id.0}, "channel": self.channel_now(channel_id).await?}),
+            RecordedChange::ChannelCreated { channel, .. } => {
                 let creator = match &channel.created_by {
                     Some(id) => store.get_user(id).await?.map(|u| user_json(&u)),
                     None => None,
                 };
                 json!({"channel": channel_json(channel), "inviter": creator.unwrap_or(Value::Null), "created_at": channel.created_at})
             }
-            Event::MembersJoined { channel, user_ids, by } => {
+            RecordedChange::MembersJoined { channel, user_ids, by } => {
                 let inviter = match by {
                     Some(id) => store.get_user(id).await?.map(|u| user_json(&u)),
                     None => None,
@@ -250,18 +240,16 @@ impl SendbirdWebhooks {
                     "invited_at": channel.updated_at,
                 })
             }
-            Event::MemberLeft { channel, user_id, .. } => json!({
+            RecordedChange::MemberLeft { channel, user_id, .. } => json!({
                 "channel": channel_json(channel),
                 "users": self.users_json(std::slice::from_ref(user_id)).await?,
             }),
-            Event::ChannelDeleted { channel_id, .. } => json!({
-                "channel": {"channel_url": channel_id.as_str(), "name": "", "custom_type": "", "data": ""},
-            }),
+            RecordedChange::ChannelDeleted { channel_id, .. } => json!({"channel": bare_channel_json(channel_id)}),
             _ => return Ok(None),
         };
         if s.include_members
-            && let Some(channel_id) = ev.channel_id()
-            && !matches!(ev, Event::ChannelDeleted { .. })
+            && let Some(channel_id) = event.change.channel_id()
+            && !matches!(event.change, RecordedChange::ChannelDeleted { .. })
         {
             let ids = store.member_ids(channel_id).await?;
             // Like Sendbird's supergroups: a large channel's payloads carry no member list.
@@ -273,6 +261,14 @@ impl SendbirdWebhooks {
         p["sdk"] = json!("API");
         p["app_id"] = json!(self.app_id);
         Ok(Some(p))
+    }
+
+    /// A message's channel as it is now; a channel deleted since is shown by its URL alone.
+    async fn channel_now(&self, id: &ChannelId) -> DomainResult<Value> {
+        Ok(match self.service.store().get_channel(id).await? {
+            Some(ch) => channel_json(&ch),
+            None => bare_channel_json(id),
+        })
     }
 
     pub(crate) async fn users_json(&self, ids: &[UserId]) -> DomainResult<Value> {
@@ -288,6 +284,33 @@ impl SendbirdWebhooks {
             }
         }
         Ok(Value::Array(out))
+    }
+}
+
+/// Sendbird's format for the outbox relay. Holds the surface weakly: the relay outlives nothing it serves.
+struct SendbirdFormat(Weak<SendbirdWebhooks>);
+
+#[async_trait]
+impl WebhookFormat for SendbirdFormat {
+    fn name(&self) -> &'static str {
+        FORMAT
+    }
+
+    async fn render(&self, event: &RecordedEvent) -> DomainResult<Option<Bytes>> {
+        let Some(hooks) = self.0.upgrade() else {
+            return Err(DomainError::Unavailable("the Sendbird surface has stopped".into()));
+        };
+        Ok(hooks.payload(event).await?.map(|p| Bytes::from(p.to_string())))
+    }
+
+    fn sign(&self, body: &[u8]) -> Vec<(&'static str, String)> {
+        match self.0.upgrade() {
+            Some(hooks) => vec![
+                ("user-agent", "SendBird".to_string()),
+                ("x-sendbird-signature", hooks.sign(body)),
+            ],
+            None => Vec::new(),
+        }
     }
 }
 
@@ -308,24 +331,16 @@ pub(crate) async fn people_of(service: &Confab, m: &Message) -> DomainResult<(Va
     Ok((sender, mentioned))
 }
 
-fn category_of(ev: &Event) -> Option<&'static str> {
-    Some(match ev {
-        Event::MessageCreated(m) if m.reply.is_none() && !m.deleted => "group_channel:message_send",
-        // A bot reply is announced once, final and complete; its later edits are ordinary updates.
-        Event::MessageUpdated(m) => match &m.reply {
-            Some(r) if !r.state.is_final() => return None,
-            Some(_) if !m.edited => "group_channel:message_send",
-            // Other updates (a thread's reply count) are not edits and are not announced.
-            _ if m.edited => "group_channel:message_update",
-            _ => return None,
-        },
-        Event::MessageDeleted { .. } => "group_channel:message_delete",
-        Event::ChannelCreated { .. } => "group_channel:create",
-        Event::MembersJoined { .. } => "group_channel:invite",
-        Event::MemberLeft { .. } => "group_channel:leave",
-        Event::ChannelDeleted { .. } => "group_channel:remove",
-        _ => return None,
-    })
+fn category_of(event: &RecordedEvent) -> Option<&'static str> {
+    let t = event.event_type.as_str();
+    CATEGORY_EVENTS
+        .iter()
+        .find(|(_, types)| {
+            types
+                .iter()
+                .any(|p| *p == t || p.strip_suffix('*').is_some_and(|prefix| t.starts_with(prefix)))
+        })
+        .map(|(c, _)| *c)
 }
 
 pub fn signature(key: &[u8], body: &[u8]) -> String {
@@ -350,6 +365,11 @@ pub(crate) fn message_payload(m: &Message) -> Value {
 
 pub(crate) fn user_json(u: &User) -> Value {
     json!({"user_id": u.id.as_str(), "nickname": u.nickname, "profile_url": u.profile_url, "metadata": u.metadata})
+}
+
+/// A channel known by its URL alone (deleted).
+fn bare_channel_json(id: &ChannelId) -> Value {
+    json!({"channel_url": id.as_str(), "name": "", "custom_type": "", "data": ""})
 }
 
 pub(crate) fn channel_json(c: &Channel) -> Value {
@@ -438,7 +458,6 @@ pub async fn update_settings(
     }
     if !s.url.is_empty() {
         st.webhooks
-            .dispatcher
             .policy()
             .check_url(&s.url)
             .map_err(|e| SendbirdError::invalid("url", e))?;
@@ -494,7 +513,33 @@ mod tests {
             ..s.clone()
         };
         assert!(all.wants("group_channel:create"));
-        let off = WebhookSettings { enabled: false, ..all };
-        assert!(!off.wants("group_channel:create"));
+        // What the settings' outbox endpoint subscribes to.
+        assert_eq!(s.outbox_events(), ["message.sent", "bot_reply.*"]);
+        assert_eq!(all.outbox_events().len(), 8);
+        let unknown = WebhookSettings {
+            enabled_events: vec!["open_channel:message_send".into()],
+            ..s
+        };
+        assert!(unknown.outbox_events().is_empty());
+    }
+
+    #[test]
+    fn outbox_events_map_to_categories() {
+        let category = |t: &str| {
+            category_of(&RecordedEvent {
+                event_type: t.into(),
+                timestamp: 0,
+                change: RecordedChange::UserDeleted {
+                    user_id: UserId::parse("u").unwrap(),
+                },
+            })
+        };
+        assert_eq!(category("message.sent"), Some("group_channel:message_send"));
+        assert_eq!(category("bot_reply.stopped"), Some("group_channel:message_send"));
+        assert_eq!(category("message.edited"), Some("group_channel:message_update"));
+        assert_eq!(category("member.left"), Some("group_channel:leave"));
+        assert_eq!(category("channel.deleted"), Some("group_channel:remove"));
+        assert_eq!(category("user.created"), None);
+        assert_eq!(category("channel.updated"), None);
     }
 }

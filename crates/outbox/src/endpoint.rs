@@ -2,6 +2,7 @@
 //! filters.
 
 use confab_domain::{DomainError, DomainResult, Millis};
+use confab_service::webhooks::STANDARD_FORMAT;
 use serde::{Deserialize, Serialize};
 
 /// Every event type the outbox records.
@@ -70,8 +71,22 @@ pub struct Endpoint {
     #[serde(default)]
     pub description: String,
     pub enabled: bool,
+    /// `standard`, or the compatibility surface that manages the endpoint and renders its bodies.
+    #[serde(default = "standard_format")]
+    pub format: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+fn standard_format() -> String {
+    STANDARD_FORMAT.to_string()
+}
+
+impl Endpoint {
+    /// Kept by a compatibility surface's settings rather than through the admin API.
+    pub fn is_managed(&self) -> bool {
+        self.format != STANDARD_FORMAT
+    }
 }
 
 pub const ENDPOINT_NAMESPACE: &str = "webhooks.endpoint";

@@ -14,6 +14,7 @@ mod presend;
 mod recorder;
 mod relay;
 pub mod signature;
+pub mod standard;
 
 pub use endpoint::{EVENT_TYPES, EventFilter};
 pub use presend::{PreSendConfig, PreSendHook};

@@ -1,5 +1,5 @@
-//! What the store records: application events named and rendered for webhooks, only while some endpoint
-//! subscribes to their type (so a server without endpoints writes nothing extra).
+//! What the store records: application events as domain snapshots ([`RecordedEvent`]), only while some
+//! endpoint subscribes to their type (so a server without endpoints writes nothing extra).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -7,10 +7,7 @@ use confab_domain::Event;
 use confab_domain::bot::ReplyState;
 use confab_domain::model::Message;
 use confab_domain::now_millis;
-use confab_domain::outbox::{ChangeCause, ChangeRecorder, OutboxRecord};
-use confab_gateway::wire::{ChannelDto, MessageDto, UserDto};
-use serde::Serialize;
-use serde_json::json;
+use confab_domain::outbox::{ChangeCause, ChangeRecorder, OutboxRecord, RecordedChange, RecordedEvent};
 
 use crate::endpoint::{EVENT_TYPES, EventFilter};
 
@@ -51,27 +48,20 @@ impl ChangeRecorder for EventRecorder {
         if !self.wants(event_type) {
             return None;
         }
-        let data = data_of(event)?;
-        let payload = serde_json::to_vec(&Envelope {
-            r#type: event_type,
+        let change = RecordedChange::of(event)?;
+        let channel_id = change.channel_id().cloned();
+        let payload = serde_json::to_vec(&RecordedEvent {
+            event_type: event_type.to_string(),
             timestamp: now_millis(),
-            data,
+            change,
         })
         .ok()?;
         Some(OutboxRecord {
             event_type,
-            channel_id: event.channel_id().cloned(),
+            channel_id,
             payload,
         })
     }
-}
-
-/// The body of every delivery: `{"type", "timestamp" (ms), "data"}`, as the Standard Webhooks spec suggests.
-#[derive(Serialize)]
-struct Envelope {
-    r#type: &'static str,
-    timestamp: i64,
-    data: serde_json::Value,
 }
 
 /// The webhook type of an event, or `None` for events not announced (deltas, typing, a generating reply's
@@ -103,33 +93,6 @@ fn reply_type(m: &Message) -> Option<&'static str> {
         ReplyState::Interrupted => "bot_reply.interrupted",
         ReplyState::Generating => return None,
     })
-}
-
-/// The event's data in the native API's shapes.
-fn data_of(event: &Event) -> Option<serde_json::Value> {
-    let v = match event {
-        Event::MessageCreated(m) | Event::MessageUpdated(m) => json!({ "message": MessageDto::from(m.as_ref()) }),
-        Event::MessageDeleted {
-            channel_id,
-            message_id,
-            seq,
-        } => json!({ "channel_id": channel_id, "message_id": message_id.0, "seq": seq.0 }),
-        Event::ChannelCreated { channel, members } => {
-            json!({ "channel": ChannelDto::new(channel), "members": members })
-        }
-        Event::ChannelUpdated(c) => json!({ "channel": ChannelDto::new(c) }),
-        Event::ChannelDeleted { channel_id, members } => json!({ "channel_id": channel_id, "members": members }),
-        Event::MembersJoined { channel, user_ids, by } => {
-            json!({ "channel": ChannelDto::new(channel), "user_ids": user_ids, "by": by })
-        }
-        Event::MemberLeft { channel, user_id, by } => {
-            json!({ "channel": ChannelDto::new(channel), "user_id": user_id, "by": by })
-        }
-        Event::UserCreated(u) | Event::UserUpdated(u) => json!({ "user": UserDto::new(u, false) }),
-        Event::UserDeleted(id) => json!({ "user_id": id }),
-        _ => return None,
-    };
-    Some(v)
 }
 
 #[cfg(test)]
@@ -188,6 +151,13 @@ mod tests {
         assert_eq!(event_type(ChangeCause::Edit, &edited), Some("message.edited"));
     }
 
+    fn message_of(ev: &Event) -> &Arc<Message> {
+        match ev {
+            Event::MessageCreated(m) | Event::MessageUpdated(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn records_only_what_some_endpoint_takes() {
         let r = EventRecorder::default();
@@ -199,9 +169,11 @@ mod tests {
         let rec = r.record(ChangeCause::Send, &ev).unwrap();
         assert_eq!(rec.event_type, "message.sent");
         assert_eq!(rec.channel_id.unwrap().as_str(), "c1");
-        let body: serde_json::Value = serde_json::from_slice(&rec.payload).unwrap();
-        assert_eq!(body["type"], "message.sent");
-        assert_eq!(body["data"]["message"]["text"], "hi");
-        assert_eq!(body["data"]["message"]["seq"], 3);
+        let recorded: RecordedEvent = serde_json::from_slice(&rec.payload).unwrap();
+        assert_eq!(recorded.event_type, "message.sent");
+        let RecordedChange::Message { message } = &recorded.change else {
+            panic!("{recorded:?}")
+        };
+        assert_eq!(**message, **message_of(&ev), "the whole message, as committed");
     }
 }

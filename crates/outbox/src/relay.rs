@@ -13,7 +13,10 @@ use confab_domain::outbox::{DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, DynStore, Subscription};
 use confab_domain::{DomainError, DomainResult, Event, now_millis};
 use confab_egress::EgressPolicy;
-use confab_service::webhooks::{Attempt, EndpointPatch, EndpointSpec, EndpointView, WebhookEndpoints};
+use confab_service::webhooks::{
+    Attempt, EndpointPatch, EndpointSpec, EndpointView, ManagedEndpoint, STANDARD_FORMAT, WebhookEndpoints,
+    WebhookFormat,
+};
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -21,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{CURSOR_NAMESPACE, ENDPOINT_NAMESPACE, Endpoint, EventFilter};
 use crate::recorder::EventRecorder;
-use crate::signature;
+use crate::{signature, standard};
 
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -62,6 +65,8 @@ pub struct Relay {
     client: reqwest::Client,
     cfg: RelayConfig,
     recorder: Arc<EventRecorder>,
+    /// The compatibility surfaces' formats, by name (the native one is built in).
+    formats: RwLock<HashMap<String, Arc<dyn WebhookFormat>>>,
     /// Serialises endpoint changes (create, update, delete) with each other.
     workers: tokio::sync::Mutex<HashMap<String, Worker>>,
     shutdown: CancellationToken,
@@ -105,6 +110,7 @@ impl Shared {
             events: e.events.entries().to_vec(),
             description: e.description,
             enabled: e.enabled,
+            format: e.format,
             created_at: e.created_at,
             updated_at: e.updated_at,
             pending: s.pending,
@@ -149,6 +155,7 @@ impl Relay {
             client,
             cfg,
             recorder: recorder.clone(),
+            formats: Default::default(),
             workers: Default::default(),
             shutdown: shutdown.clone(),
             me: me.clone(),
@@ -247,16 +254,14 @@ impl Relay {
         Ok(())
     }
 
+    /// Tells the recorder which types enabled endpoints take (a disabled endpoint never receives what is
+    /// recorded meanwhile, so nothing is recorded for it).
     fn refresh_interest(&self, workers: &HashMap<String, Worker>) {
         let filters: Vec<EventFilter> = workers
             .values()
-            .map(|w| {
-                w.shared
-                    .endpoint
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .events
-                    .clone()
+            .filter_map(|w| {
+                let e = w.shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
+                e.enabled.then(|| e.events.clone())
             })
             .collect();
         self.recorder.set_interest(&filters);
@@ -299,46 +304,90 @@ impl Relay {
             .map_err(|e| DomainError::invalid("url", e.to_string()))
     }
 
-    /// One signed POST of an event.
-    async fn post(&self, url: &str, secret: &str, entry: &OutboxEntry) -> Attempt {
+    /// The format an endpoint delivers in, once its surface has registered it; `None` for the native one.
+    fn format_of(&self, e: &Endpoint) -> Result<Option<Arc<dyn WebhookFormat>>, ()> {
+        if !e.is_managed() {
+            return Ok(None);
+        }
+        let formats = self.formats.read().unwrap_or_else(|e| e.into_inner());
+        formats.get(&e.format).cloned().map(Some).ok_or(())
+    }
+
+    /// The body of an event in the endpoint's format: `Ok(None)` when the format has no such event.
+    async fn render(&self, e: &Endpoint, entry: &OutboxEntry) -> Result<Option<Bytes>, String> {
+        let Some(format) = self
+            .format_of(e)
+            .map_err(|()| format!("format {} is not available", e.format))?
+        else {
+            return Ok(Some(standard::render_stored(&entry.payload)));
+        };
+        // Rows recorded before events were kept as snapshots have nothing a format could render.
+        let Ok(event) = serde_json::from_slice(&entry.payload) else {
+            return Ok(None);
+        };
+        format.render(&event).await.map_err(|err| format!("rendering: {err}"))
+    }
+
+    /// One attempt of an event: rendered (unless `body` holds its rendering from an earlier attempt), then
+    /// POSTed with the Standard Webhooks headers and the format's own.
+    async fn post(&self, e: &Endpoint, entry: &OutboxEntry, body: Option<Bytes>) -> Outcome {
         let started = Instant::now();
-        let id = webhook_id(entry.id);
-        let timestamp = now_millis() / 1000;
-        let result = match signature::secret_key(secret) {
-            None => Err("the endpoint's secret is unreadable".to_string()),
-            Some(key) => {
-                let body = Bytes::from(entry.payload.clone());
-                self.client
-                    .post(url)
+        let rendered = match body {
+            Some(b) => Ok(b),
+            None => match self.render(e, entry).await {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => return Outcome::Skipped,
+                Err(err) => Err(err),
+            },
+        };
+        let result = match (&rendered, signature::secret_key(&e.secret)) {
+            (Err(err), _) => Err(err.clone()),
+            (_, None) => Err("the endpoint's secret is unreadable".to_string()),
+            (Ok(body), Some(key)) => {
+                let id = webhook_id(entry.id);
+                let timestamp = now_millis() / 1000;
+                let mut request = self
+                    .client
+                    .post(&e.url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header("webhook-id", &id)
                     .header("webhook-timestamp", timestamp.to_string())
-                    .header("webhook-signature", signature::sign(&key, &id, timestamp, &body))
-                    .body(body)
+                    .header("webhook-signature", signature::sign(&key, &id, timestamp, body));
+                if let Ok(Some(format)) = self.format_of(e) {
+                    for (name, value) in format.sign(body) {
+                        request = request.header(name, value);
+                    }
+                }
+                request
+                    .body(body.clone())
                     .send()
                     .await
                     .map_err(|e| confab_webhooks::short_error(&e))
             }
         };
         let elapsed = started.elapsed();
-        metrics::histogram!("confab_webhook_attempt_seconds", "kind" => "outbox").record(elapsed.as_secs_f64());
+        let kind = if e.is_managed() { "outbox.compat" } else { "outbox" };
+        metrics::histogram!("confab_webhook_attempt_seconds", "kind" => kind).record(elapsed.as_secs_f64());
         let (status, error) = match result {
             Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
             Ok(r) => (Some(r.status().as_u16()), Some(format!("HTTP {}", r.status().as_u16()))),
             Err(e) => (None, Some(e)),
         };
         let delivered = error.is_none();
-        metrics::counter!("confab_webhook_deliveries_total", "kind" => "outbox",
+        metrics::counter!("confab_webhook_deliveries_total", "kind" => kind,
             "outcome" => if delivered { "delivered" } else { "failed" })
         .increment(1);
-        Attempt {
-            event_id: entry.id,
-            event_type: entry.event_type.clone(),
-            at: now_millis(),
-            duration_ms: elapsed.as_millis() as u64,
-            status,
-            error,
-            delivered,
+        Outcome::Tried {
+            attempt: Attempt {
+                event_id: entry.id,
+                event_type: entry.event_type.clone(),
+                at: now_millis(),
+                duration_ms: elapsed.as_millis() as u64,
+                status,
+                error,
+                delivered,
+            },
+            body: rendered.ok(),
         }
     }
 
@@ -357,10 +406,20 @@ fn webhook_id(event_id: u64) -> String {
     format!("evt_{event_id}")
 }
 
+/// How an attempt of an event ended.
+enum Outcome {
+    /// The endpoint's format has no such event: passed by, as if delivered.
+    Skipped,
+    /// `body` is the rendering, kept so that retries send the same bytes.
+    Tried { attempt: Attempt, body: Option<Bytes> },
+}
+
 /// An event waiting for its turn in a lane.
 struct Pending {
     entry: Arc<OutboxEntry>,
     attempts: u32,
+    /// Rendered at the first attempt.
+    body: Option<Bytes>,
 }
 
 #[derive(Default)]
@@ -392,7 +451,7 @@ struct Lanes {
 /// How an attempt of a lane's head ended.
 struct Done {
     lane: String,
-    attempt: Attempt,
+    outcome: Outcome,
 }
 
 impl Lanes {
@@ -410,24 +469,22 @@ impl Lanes {
             } else {
                 false
             };
-            let enabled = self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).enabled;
-            while enabled && self.in_flight < self.relay.cfg.per_endpoint.max(1) {
+            let endpoint = Arc::new(self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone());
+            // An endpoint whose surface has not registered its format yet waits (registering rings it).
+            let sending = endpoint.enabled && self.relay.format_of(&endpoint).is_ok();
+            while sending && self.in_flight < self.relay.cfg.per_endpoint.max(1) {
                 let Some(lane) = self.ready.pop_front() else { break };
-                let Some(head) = self.lanes.get_mut(&lane).and_then(|l| {
+                let Some((head, body)) = self.lanes.get_mut(&lane).and_then(|l| {
                     l.busy = true;
-                    l.queue.front().map(|p| p.entry.clone())
+                    l.queue.front().map(|p| (p.entry.clone(), p.body.clone()))
                 }) else {
                     continue;
                 };
                 self.in_flight += 1;
-                let (relay, shared, tx) = (self.relay.clone(), self.shared.clone(), done_tx.clone());
+                let (relay, endpoint, tx) = (self.relay.clone(), endpoint.clone(), done_tx.clone());
                 tokio::spawn(async move {
-                    let (url, secret) = {
-                        let e = shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
-                        (e.url.clone(), e.secret.clone())
-                    };
-                    let attempt = relay.post(&url, &secret, &head).await;
-                    let _ = tx.send(Done { lane, attempt });
+                    let outcome = relay.post(&endpoint, &head, body).await;
+                    let _ = tx.send(Done { lane, outcome });
                 });
             }
             if self.advance_cursor(last_save.elapsed() >= Duration::from_secs(1)).await {
@@ -500,22 +557,32 @@ impl Lanes {
             lane.queue.push_back(Pending {
                 entry: Arc::new(entry),
                 attempts: 0,
+                body: None,
             });
         }
         full
     }
 
-    async fn settle(&mut self, Done { lane: key, attempt }: Done) {
-        let delivered = attempt.delivered;
-        if !delivered {
-            tracing::warn!(endpoint = %self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).id,
-                event = attempt.event_id, error = ?attempt.error, "webhook attempt failed");
-        }
-        let error = attempt.error.clone().unwrap_or_default();
-        self.shared.note(attempt);
+    async fn settle(&mut self, Done { lane: key, outcome }: Done) {
+        let (delivered, error, body) = match outcome {
+            Outcome::Skipped => (true, String::new(), None),
+            Outcome::Tried { attempt, body } => {
+                if !attempt.delivered {
+                    tracing::warn!(endpoint = %self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).id,
+                        event = attempt.event_id, error = ?attempt.error, "webhook attempt failed");
+                }
+                let error = attempt.error.clone().unwrap_or_default();
+                let delivered = attempt.delivered;
+                self.shared.note(attempt);
+                (delivered, error, body)
+            }
+        };
         let Some(lane) = self.lanes.get_mut(&key) else { return };
         let Some(head) = lane.queue.front_mut() else { return };
         head.attempts += 1;
+        if head.body.is_none() {
+            head.body = body;
+        }
         let expired = now_millis() - head.entry.created_at >= self.relay.cfg.retry_period.as_millis() as i64;
         if !delivered && !expired {
             let wait = backoff(&self.relay.cfg, head.attempts);
@@ -613,24 +680,12 @@ impl WebhookEndpoints for Relay {
             events,
             description: spec.description,
             enabled: spec.enabled,
+            format: STANDARD_FORMAT.to_string(),
             created_at: now,
             updated_at: now,
         };
         let secret = endpoint.secret.clone();
-        let mut workers = self.workers.lock().await;
-        // Events from now on: the cursor starts at the newest recorded event.
-        let cursor = self.store.outbox_head().await?;
-        self.store
-            .put_setting(CURSOR_NAMESPACE, &endpoint.id, cursor.into())
-            .await?;
-        self.store
-            .put_setting(ENDPOINT_NAMESPACE, &endpoint.id, to_json(&endpoint)?)
-            .await?;
-        let id = endpoint.id.clone();
-        let relay = self.self_arc()?;
-        workers.insert(id.clone(), relay.spawn(endpoint, cursor));
-        self.refresh_interest(&workers);
-        Ok((workers[&id].shared.view(), secret))
+        Ok((self.add(endpoint).await?, secret))
     }
 
     async fn list(&self) -> DomainResult<Vec<EndpointView>> {
@@ -649,6 +704,7 @@ impl WebhookEndpoints for Relay {
             self.check_url(url)?;
         }
         let events = patch.events.map(EventFilter::parse).transpose()?;
+        self.refuse_managed(id).await?;
         self.modify(id, |e| {
             if let Some(url) = patch.url {
                 e.url = url;
@@ -674,16 +730,8 @@ impl WebhookEndpoints for Relay {
     }
 
     async fn delete(&self, id: &str) -> DomainResult<()> {
-        let mut workers = self.workers.lock().await;
-        let w = workers
-            .remove(id)
-            .ok_or_else(|| DomainError::not_found("webhook endpoint", id))?;
-        self.refresh_interest(&workers);
-        self.stop_worker(w).await;
-        self.store.delete_setting(ENDPOINT_NAMESPACE, id).await?;
-        self.store.delete_setting(CURSOR_NAMESPACE, id).await?;
-        self.store.delete_dead_letters(id, None).await?;
-        Ok(())
+        self.refuse_managed(id).await?;
+        self.remove(id).await
     }
 
     async fn attempts(&self, id: &str) -> DomainResult<Vec<Attempt>> {
@@ -694,7 +742,12 @@ impl WebhookEndpoints for Relay {
 
     async fn dead_letters(&self, id: &str, after: u64, limit: u32) -> DomainResult<Vec<DeadLetter>> {
         self.shared(id).await?;
-        self.store.list_dead_letters(id, after, limit).await
+        let mut letters = self.store.list_dead_letters(id, after, limit).await?;
+        // Shown as the native envelope, whatever the endpoint's format.
+        for l in &mut letters {
+            l.event.payload = standard::render_stored(&l.event.payload).to_vec();
+        }
+        Ok(letters)
     }
 
     async fn redeliver(&self, id: &str, event_id: u64) -> DomainResult<Attempt> {
@@ -704,11 +757,20 @@ impl WebhookEndpoints for Relay {
             .get_dead_letter(id, event_id)
             .await?
             .ok_or_else(|| DomainError::not_found("dead letter", event_id))?;
-        let (url, secret) = {
-            let e = shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
-            (e.url.clone(), e.secret.clone())
+        let endpoint = shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let attempt = match self.post(&endpoint, &letter.event, None).await {
+            Outcome::Tried { attempt, .. } => attempt,
+            // The format no longer has such an event: nothing to send, the letter is settled.
+            Outcome::Skipped => Attempt {
+                event_id,
+                event_type: letter.event.event_type.clone(),
+                at: now_millis(),
+                duration_ms: 0,
+                status: None,
+                error: None,
+                delivered: true,
+            },
         };
-        let attempt = self.post(&url, &secret, &letter.event).await;
         shared.note(attempt.clone());
         if attempt.delivered {
             self.store.delete_dead_letters(id, Some(event_id)).await?;
@@ -722,9 +784,107 @@ impl WebhookEndpoints for Relay {
         }
         Ok(attempt)
     }
+
+    fn register_format(&self, format: Arc<dyn WebhookFormat>) {
+        let name = format.name();
+        self.formats
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), format);
+        // Its endpoint may be waiting for it.
+        if let Ok(workers) = self.workers.try_lock() {
+            for w in workers.values() {
+                w.shared.doorbell.notify_one();
+            }
+        }
+    }
+
+    async fn put_managed(&self, m: ManagedEndpoint) -> DomainResult<()> {
+        self.check_url(&m.url)?;
+        let events = EventFilter::parse(m.events)?;
+        let exists = self.workers.lock().await.contains_key(m.format);
+        if exists {
+            self.modify(m.format, |e| {
+                e.url = m.url;
+                e.events = events;
+                e.enabled = m.enabled;
+            })
+            .await?;
+            return Ok(());
+        }
+        let now = now_millis();
+        let endpoint = Endpoint {
+            id: m.format.to_string(),
+            url: m.url,
+            secret: signature::generate_secret(),
+            events,
+            description: format!("kept by the {} webhook settings", m.format),
+            enabled: m.enabled,
+            format: m.format.to_string(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.add(endpoint).await?;
+        Ok(())
+    }
+
+    async fn remove_managed(&self, format: &str) -> DomainResult<()> {
+        match self.remove(format).await {
+            Err(DomainError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
 }
 
 impl Relay {
+    async fn refuse_managed(&self, id: &str) -> DomainResult<()> {
+        let shared = self.shared(id).await?;
+        let e = shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
+        if e.is_managed() {
+            return Err(DomainError::Forbidden(
+                format!("endpoint {id} is kept by the {} surface's webhook settings", e.format).into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores a new endpoint and starts its worker, from the newest recorded event on.
+    async fn add(&self, endpoint: Endpoint) -> DomainResult<EndpointView> {
+        let mut workers = self.workers.lock().await;
+        if workers.contains_key(&endpoint.id) {
+            return Err(DomainError::AlreadyExists {
+                entity: "webhook endpoint",
+                id: endpoint.id,
+            });
+        }
+        let cursor = self.store.outbox_head().await?;
+        self.store
+            .put_setting(CURSOR_NAMESPACE, &endpoint.id, cursor.into())
+            .await?;
+        self.store
+            .put_setting(ENDPOINT_NAMESPACE, &endpoint.id, to_json(&endpoint)?)
+            .await?;
+        let id = endpoint.id.clone();
+        let relay = self.self_arc()?;
+        workers.insert(id.clone(), relay.spawn(endpoint, cursor));
+        self.refresh_interest(&workers);
+        Ok(workers[&id].shared.view())
+    }
+
+    /// Stops an endpoint's worker and forgets it, its cursor and its dead letters.
+    async fn remove(&self, id: &str) -> DomainResult<()> {
+        let mut workers = self.workers.lock().await;
+        let w = workers
+            .remove(id)
+            .ok_or_else(|| DomainError::not_found("webhook endpoint", id))?;
+        self.refresh_interest(&workers);
+        self.stop_worker(w).await;
+        self.store.delete_setting(ENDPOINT_NAMESPACE, id).await?;
+        self.store.delete_setting(CURSOR_NAMESPACE, id).await?;
+        self.store.delete_dead_letters(id, None).await?;
+        Ok(())
+    }
+
     /// Changes an endpoint's settings: stored first, then seen by its worker (woken, in case it was
     /// enabled) and by the recorder's interest.
     async fn modify(&self, id: &str, change: impl FnOnce(&mut Endpoint)) -> DomainResult<Arc<Shared>> {

@@ -181,12 +181,12 @@ impl std::fmt::Debug for NimConfig {
     }
 }
 
-/// Delivery of webhooks and bot callbacks (every surface's).
+/// Delivery of webhooks (the outbox relay) and bot callbacks (the dispatcher).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
     pub timeout_secs: u64,
-    /// Attempts per delivery, the first included.
+    /// Attempts per bot callback (the outbox retries webhooks until `retry_period_secs`), the first included.
     pub max_attempts: u32,
     /// Wait before the second attempt in milliseconds; doubled for each further one.
     pub backoff_ms: u64,

@@ -202,7 +202,7 @@ impl App {
         let bots = confab_bots::BotRuntime::start(service.clone(), catalog, config.bot_runtime.runtime())
             .await
             .map_err(|e| anyhow::anyhow!("starting the bot runtime: {e}"))?;
-        service.set_webhook_endpoints(relay);
+        service.set_webhook_endpoints(relay.clone());
         let gateway = config.gateway();
         let hub = Hub::start(service.clone(), gateway.clone());
         let state = AppState {
@@ -224,12 +224,13 @@ impl App {
             });
         let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), egress, shutdown.clone())
             .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
+        let endpoints: Arc<dyn confab_service::webhooks::WebhookEndpoints> = relay.clone();
         let sendbird_hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
             service.clone(),
             dispatcher.clone(),
+            endpoints.clone(),
             master_token,
             config.sendbird.app_id.clone(),
-            shutdown.clone(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("sendbird webhooks: {e}"))?;
@@ -252,19 +253,14 @@ impl App {
         let nim_auth = Arc::new(confab_api_nim::auth::Authenticator::new(
             confab_api_nim::auth::AppCredentials::new(nim_key, nim_secret),
         ));
-        if !config.nim.webhook_url.is_empty() {
-            dispatcher
-                .policy()
-                .check_url(&config.nim.webhook_url)
-                .map_err(|e| anyhow::anyhow!("nim.webhook_url: {e}"))?;
-        }
-        confab_api_nim::webhooks::NimWebhooks::start(
+        confab_api_nim::webhooks::start(
             service.clone(),
-            dispatcher.clone(),
+            endpoints,
             nim_auth.clone(),
             config.nim.webhook_url.clone(),
-            shutdown.clone(),
-        );
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("nim.webhook_url: {e}"))?;
         let nim = confab_api_nim::router(
             service.clone(),
             nim_auth,

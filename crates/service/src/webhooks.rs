@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use confab_domain::outbox::DeadLetter;
+use bytes::Bytes;
+use confab_domain::outbox::{DeadLetter, RecordedEvent};
 use confab_domain::{DomainError, DomainResult, Millis};
 
 use crate::{Actor, Confab, require_admin};
@@ -36,6 +37,8 @@ pub struct EndpointView {
     pub events: Vec<String>,
     pub description: String,
     pub enabled: bool,
+    /// `standard`, or the compatibility surface whose settings manage the endpoint (`sendbird`, `nim`).
+    pub format: String,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Events recorded for the endpoint and not yet delivered or dead-lettered (this node's view).
@@ -58,6 +61,35 @@ pub struct Attempt {
     pub delivered: bool,
 }
 
+/// The name of the native format: the Standard Webhooks envelope `{"type", "timestamp", "data"}`.
+pub const STANDARD_FORMAT: &str = "standard";
+
+/// A compatibility surface's webhook format. The relay delivers its endpoint from the outbox like any other
+/// (order per channel, retries, dead letters, the Standard Webhooks headers) and asks the format for the body
+/// and for its own signature headers.
+#[async_trait]
+pub trait WebhookFormat: Send + Sync {
+    /// Also the id of the one endpoint the surface manages.
+    fn name(&self) -> &'static str;
+    /// The body for an event, once per event (retries send the same bytes); `None` when the format has no
+    /// such event (the endpoint passes it by).
+    async fn render(&self, event: &RecordedEvent) -> DomainResult<Option<Bytes>>;
+    /// The format's own headers for one attempt (its signature, which may cover the attempt's time).
+    fn sign(&self, body: &[u8]) -> Vec<(&'static str, String)>;
+}
+
+/// The endpoint a compatibility surface keeps from its settings (Sendbird's webhook settings, NIM's
+/// configured URL).
+#[derive(Clone, Debug)]
+pub struct ManagedEndpoint {
+    /// The [`WebhookFormat::name`] it delivers in.
+    pub format: &'static str,
+    pub url: String,
+    /// Event types or patterns of the outbox (see [`EndpointSpec::events`]).
+    pub events: Vec<String>,
+    pub enabled: bool,
+}
+
 #[async_trait]
 pub trait WebhookEndpoints: Send + Sync {
     /// Adds an endpoint; returns it with its signing secret (`whsec_…`), shown only here.
@@ -73,6 +105,14 @@ pub trait WebhookEndpoints: Send + Sync {
     async fn dead_letters(&self, id: &str, after: u64, limit: u32) -> DomainResult<Vec<DeadLetter>>;
     /// Sends a dead letter again now; when it is accepted the dead letter is gone.
     async fn redeliver(&self, id: &str, event_id: u64) -> DomainResult<Attempt>;
+    /// Makes a format available to the endpoints that deliver in it (they wait until it is).
+    fn register_format(&self, format: Arc<dyn WebhookFormat>);
+    /// Creates or changes the endpoint a surface manages (id = its format's name); its secret, cursor and
+    /// dead letters are kept across changes. Only the surface changes it: the admin API shows it, its
+    /// attempts and dead letters, and redelivers.
+    async fn put_managed(&self, endpoint: ManagedEndpoint) -> DomainResult<()>;
+    /// Removes a surface's endpoint, if there is one.
+    async fn remove_managed(&self, format: &str) -> DomainResult<()>;
 }
 
 impl Confab {

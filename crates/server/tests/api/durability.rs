@@ -102,28 +102,52 @@ async fn full_history(http: &reqwest::Client, addr: SocketAddr) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let mut server = start(dir.path());
-    wait_ready(&http, server.addr).await;
+/// Users `alice` and `bob` and their group channel `g`, through the admin API of a started binary.
+pub(crate) async fn seed_group(http: &reqwest::Client, addr: SocketAddr) {
     for u in ["alice", "bob"] {
-        let (s, _) = call(&http, server.addr, "POST", "/api/v1/users", json!({"id": u}))
+        let (s, v) = call(http, addr, "POST", "/api/v1/users", json!({"id": u}))
             .await
             .unwrap();
-        assert_eq!(s, 201);
+        assert_eq!(s, 201, "{v}");
     }
-    let (s, _) = call(
-        &http,
-        server.addr,
+    let (s, v) = call(
+        http,
+        addr,
         "POST",
         "/api/v1/channels",
         json!({"kind": "group", "id": "g", "user_ids": ["alice", "bob"]}),
     )
     .await
     .unwrap();
-    assert_eq!(s, 201);
+    assert_eq!(s, 201, "{v}");
+}
+
+/// Sends `n` texts `m0`, `m1`... from `alice` to `g`; returns their sequence numbers.
+pub(crate) async fn send_texts(http: &reqwest::Client, addr: SocketAddr, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        let (s, v) = call(
+            http,
+            addr,
+            "POST",
+            "/api/v1/channels/g/messages",
+            json!({"sender_id": "alice", "text": format!("m{i}")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 201, "{v}");
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = start(dir.path());
+    wait_ready(&http, server.addr).await;
+    seed_group(&http, server.addr).await;
 
     // client_msg_id -> (id, seq) for every acknowledged send; and the sends whose fate is unknown.
     let acked: Arc<Mutex<HashMap<String, (i64, u64)>>> = Arc::default();

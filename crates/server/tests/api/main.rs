@@ -2,6 +2,7 @@
 
 mod bots;
 mod builtin;
+mod compat_webhooks;
 mod durability;
 mod files;
 mod helpers;

@@ -387,7 +387,7 @@ async fn private_destinations_are_refused_unless_allowed() {
 /// SIGKILL and started again: they were recorded in the same transaction as the messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_delivery_survives_kill_9() {
-    use crate::durability::{call, start_with, wait_ready};
+    use crate::durability::{call, seed_group, send_texts, start_with, wait_ready};
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("confab.toml");
@@ -415,34 +415,8 @@ async fn outbox_delivery_survives_kill_9() {
     .unwrap();
     assert_eq!(s, 201, "{v}");
     *secret.lock().unwrap() = v["secret"].as_str().unwrap().to_string();
-    for u in ["alice", "bob"] {
-        call(&http, server.addr, "POST", "/api/v1/users", json!({"id": u}))
-            .await
-            .unwrap();
-    }
-    call(
-        &http,
-        server.addr,
-        "POST",
-        "/api/v1/channels",
-        json!({"kind": "group", "id": "g", "user_ids": ["alice", "bob"]}),
-    )
-    .await
-    .unwrap();
-    let mut acked = HashSet::new();
-    for i in 0..40 {
-        let (s, v) = call(
-            &http,
-            server.addr,
-            "POST",
-            "/api/v1/channels/g/messages",
-            json!({"sender_id": "alice", "text": format!("m{i}")}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(s, 201, "{v}");
-        acked.insert(v["seq"].as_u64().unwrap());
-    }
+    seed_group(&http, server.addr).await;
+    let acked: HashSet<u64> = send_texts(&http, server.addr, 40).await.into_iter().collect();
     // The endpoint has seen (and refused) at least the first event: delivery is under way.
     next_hook(&mut rx).await;
     server.child.kill().unwrap(); // SIGKILL

@@ -1,0 +1,251 @@
+//! The Sendbird and NIM webhook formats come from the durable outbox like native webhooks: kept as managed
+//! endpoints by their surfaces' settings, delivered after a `kill -9`, shown (not changed) by the admin API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use hmac::{Hmac, KeyInit, Mac};
+use md5::Digest;
+use serde_json::{Value, json};
+use sha1::Sha1;
+use tokio::sync::mpsc;
+
+use crate::helpers::*;
+use crate::nim::{APP_KEY, APP_SECRET};
+use crate::sendbird::sb;
+
+struct Hit {
+    path: String,
+    headers: HeaderMap,
+    raw: Bytes,
+    body: Value,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One receiver for both formats (`/sb` and `/nim`), answering 503 while `down` is set.
+async fn receiver(down: Arc<AtomicBool>) -> (String, mpsc::UnboundedReceiver<Hit>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, raw: Bytes| {
+        let (tx, down) = (tx.clone(), down.clone());
+        async move {
+            let body = serde_json::from_slice(&raw).expect("webhook bodies are JSON");
+            let _ = tx.send(Hit {
+                path: uri.path().to_string(),
+                headers,
+                raw,
+                body,
+            });
+            if down.load(Ordering::SeqCst) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), rx)
+}
+
+/// Sendbird's documented check: hex HMAC-SHA256 of the raw body keyed with the master API token.
+fn verify_sendbird(h: &Hit) {
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(MASTER.as_bytes()).unwrap();
+    mac.update(&h.raw);
+    assert_eq!(
+        h.header("x-sendbird-signature"),
+        hex::encode(mac.finalize().into_bytes())
+    );
+}
+
+/// NIM's documented check: MD5 of the body, and CheckSum = sha1(AppSecret + MD5 + CurTime).
+fn verify_nim(h: &Hit) {
+    let md5 = hex::encode(md5::Md5::digest(&h.raw));
+    assert_eq!(h.header("md5"), md5);
+    assert_eq!(h.header("appkey"), APP_KEY);
+    let mut sha = Sha1::new();
+    sha.update(format!("{APP_SECRET}{md5}{}", h.header("curtime")));
+    assert_eq!(h.header("checksum"), hex::encode(sha.finalize()));
+}
+
+/// Messages acknowledged while the application's receiver is down reach it in both formats after the
+/// server is killed with SIGKILL and started again, each once per format and in the channel's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendbird_and_nim_webhooks_survive_kill_9() {
+    use crate::durability::{seed_group, send_texts, start_with, wait_ready};
+
+    let down = Arc::new(AtomicBool::new(true));
+    let (base, mut rx) = receiver(down.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("confab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[webhooks]\nallow_private = [\"127.0.0.1\"]\nbackoff_ms = 100\nmax_backoff_secs = 1\n\
+             [nim]\napp_key = \"{APP_KEY}\"\napp_secret = \"{APP_SECRET}\"\nwebhook_url = \"{base}/nim\"\n"
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let http = reqwest::Client::new();
+    let mut server = start_with(dir.path(), &args);
+    wait_ready(&http, server.addr).await;
+    let r = http
+        .put(format!("http://{}/v3/applications/settings/webhook", server.addr))
+        .header("Api-Token", MASTER)
+        .json(&json!({"enabled": true, "url": format!("{base}/sb"),
+            "enabled_events": ["group_channel:message_send"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    seed_group(&http, server.addr).await;
+    const SENT: usize = 20;
+    send_texts(&http, server.addr, SENT).await;
+    // Both formats have been tried (and refused): delivery is under way when the server dies.
+    let mut tried = (false, false);
+    while tried != (true, true) {
+        let h = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("both formats tried")
+            .unwrap();
+        match h.path.as_str() {
+            "/sb" => tried.0 = true,
+            "/nim" => tried.1 = true,
+            other => panic!("unexpected path {other}"),
+        }
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    while rx.try_recv().is_ok() {}
+
+    down.store(false, Ordering::SeqCst);
+    let mut server = start_with(dir.path(), &args);
+    wait_ready(&http, server.addr).await;
+    let (mut sendbird, mut nim) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sendbird.len() < SENT || nim.len() < SENT {
+        let h = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} Sendbird and {} NIM deliveries after the restart",
+                    sendbird.len(),
+                    nim.len()
+                )
+            })
+            .unwrap();
+        // The Standard Webhooks headers come with every format.
+        assert!(h.header("webhook-id").starts_with("evt_"), "{:?}", h.headers);
+        if h.path == "/sb" {
+            verify_sendbird(&h);
+            assert_eq!(h.body["category"], "group_channel:message_send", "{}", h.body);
+            assert_eq!(h.body["channel"]["channel_url"], "g");
+            sendbird.push(h.body["payload"]["message"].as_str().unwrap().to_string());
+        } else {
+            verify_nim(&h);
+            assert_eq!(h.body["convType"], "TEAM", "{}", h.body);
+            nim.push(h.body["body"].as_str().unwrap().to_string());
+        }
+    }
+    let expected: Vec<String> = (0..SENT).map(|i| format!("m{i}")).collect();
+    assert_eq!(sendbird, expected, "once each, in the channel's order");
+    assert_eq!(nim, expected, "once each, in the channel's order");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// The Sendbird settings keep an endpoint the admin API shows with its format and counters but does not
+/// change; the settings change or remove it.
+#[tokio::test]
+async fn managed_endpoints_follow_their_surface_settings() {
+    let app = spawn_app_with(|c| {
+        c.webhooks.allow_private = vec!["127.0.0.1".into()];
+        c.webhooks.backoff_ms = 50;
+    })
+    .await;
+    let (base, mut rx) = receiver(Arc::new(AtomicBool::new(false))).await;
+    let (s, v) = sb(
+        &app,
+        "PUT",
+        "/v3/applications/settings/webhook",
+        Some(json!({"enabled": true, "url": format!("{base}/sb"), "enabled_events": ["group_channel:create"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = app.admin("GET", "/api/v1/webhooks/endpoints/sendbird", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["format"], "sendbird");
+    assert_eq!(v["events"], json!(["channel.created"]));
+    assert_eq!(v["enabled"], true);
+
+    app.user("ma").await;
+    app.group("managed", &["ma"]).await;
+    let h = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    verify_sendbird(&h);
+    assert_eq!(h.body["category"], "group_channel:create");
+    assert_eq!(h.body["channel"]["channel_url"], "managed");
+    // Counted like any endpoint's deliveries.
+    let mut delivered = 0;
+    for _ in 0..50 {
+        delivered = app.admin("GET", "/api/v1/webhooks/endpoints/sendbird", None).await.1["delivered"]
+            .as_u64()
+            .unwrap();
+        if delivered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered, 1);
+
+    // Only the surface's settings change it.
+    let (s, v) = app
+        .admin(
+            "PATCH",
+            "/api/v1/webhooks/endpoints/sendbird",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = app.admin("DELETE", "/api/v1/webhooks/endpoints/sendbird", None).await;
+    assert_eq!(s, 403, "{v}");
+
+    let (s, v) = sb(
+        &app,
+        "PUT",
+        "/v3/applications/settings/webhook",
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = app.admin("GET", "/api/v1/webhooks/endpoints/sendbird", None).await;
+    assert_eq!(v["enabled"], false, "{v}");
+    app.group("unheard", &["ma"]).await;
+
+    let (s, v) = sb(
+        &app,
+        "PUT",
+        "/v3/applications/settings/webhook",
+        Some(json!({"enabled": false, "url": ""})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = app.admin("GET", "/api/v1/webhooks/endpoints/sendbird", None).await;
+    assert_eq!(s, 404);
+    assert!(rx.try_recv().is_err(), "nothing delivered while disabled");
+}
