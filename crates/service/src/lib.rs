@@ -450,7 +450,8 @@ impl Confab {
 
     pub async fn delete_channel(&self, actor: &Actor, id: &ChannelId) -> DomainResult<()> {
         self.require_operator(actor, id).await?;
-        self.store.delete_channel(id).await
+        self.store.delete_channel(id).await?;
+        self.forget_channel_rules(id).await
     }
 
     pub async fn invite(&self, actor: &Actor, id: &ChannelId, users: Vec<UserId>) -> DomainResult<Channel> {

@@ -330,6 +330,20 @@ impl Confab {
             .ok_or_else(|| DomainError::Unavailable("moderation rules are not managed on this server".into()))
     }
 
+    /// Drops a deleted channel's own rules, so a channel created later under the same id starts without them.
+    pub(crate) async fn forget_channel_rules(&self, channel: &ChannelId) -> DomainResult<()> {
+        let admin = self.rule_admin.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(admin) = admin else { return Ok(()) };
+        if admin.channel_rules(channel).is_none() {
+            return Ok(());
+        }
+        self.store
+            .delete_setting(RULES_NAMESPACE, &channel_rules_key(channel))
+            .await?;
+        let _ = admin.set_channel_rules(channel, None);
+        Ok(())
+    }
+
     pub fn moderation_rules(&self, actor: &Actor) -> DomainResult<RulesView> {
         let admin = self.rule_admin(actor)?;
         Ok(RulesView {

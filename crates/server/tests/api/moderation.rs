@@ -281,6 +281,20 @@ async fn rules_managed_through_the_admin_api_per_application_and_per_channel() {
     );
     let (s, _) = app.call("GET", "/api/v1/moderation/rules", &alice, None).await;
     assert_eq!(s, 403);
+
+    // A deleted channel's rules go with it: a channel created later under its id starts without them.
+    let kids = json!({"rules": [{"name": "scary", "words": ["scary"], "action": "block"}]});
+    let (s, _) = app
+        .admin("PUT", "/api/v1/channels/kids/moderation/rules", Some(kids))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(send("kids", "scary").await.0, 422);
+    let (s, v) = app.admin("DELETE", "/api/v1/channels/kids", None).await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    app.group("kids", &["alice"]).await;
+    let (_, v) = app.admin("GET", "/api/v1/channels/kids/moderation/rules", None).await;
+    assert_eq!(v["rules"], serde_json::Value::Null, "{v}");
+    assert_eq!(send("kids", "scary").await.0, 201);
 }
 
 /// Rules set through the admin API are stored: the server applies them again after a restart.
