@@ -141,7 +141,7 @@ pub struct DeadLetterDto {
     pub event_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel_id: Option<String>,
-    /// The body every attempt sent.
+    /// The event as the native format renders it (`type`, `timestamp`, `data`), whatever the endpoint's format.
     #[schema(value_type = Object)]
     pub payload: Value,
     pub created_at: Millis,
