@@ -992,13 +992,17 @@ impl BotAnswerer for BotRuntime {
         bot_id: &UserId,
         turns: Vec<(TurnRole, String)>,
     ) -> Result<mpsc::Receiver<AnswerEvent>, DomainError> {
-        let bot = self
-            .bots
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(bot_id)
-            .cloned()
-            .ok_or_else(|| DomainError::not_found("bot", bot_id))?;
+        let known = self.bots.read().unwrap_or_else(|e| e.into_inner()).get(bot_id).cloned();
+        let bot = match known {
+            Some(bot) => bot,
+            // Created a moment ago: the event that adds it here may not have been handled yet.
+            None => self
+                .service
+                .store()
+                .get_bot(bot_id)
+                .await?
+                .ok_or_else(|| DomainError::not_found("bot", bot_id))?,
+        };
         if !bot.settings.answers_with_llm() {
             return Err(DomainError::invalid(
                 "bot",
