@@ -6,6 +6,7 @@ use confab_domain::bot::{BotSettings, UsageRecord, utc_day};
 use confab_domain::model::{NewUser, UserPatch};
 use confab_domain::{MessageId, now_millis};
 use confab_gateway::wire::UserDto;
+use confab_service::Actor;
 use confab_service::bots::BotView;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -44,15 +45,18 @@ pub struct UpdateBotBody {
 pub struct BotDto<'a> {
     #[serde(flatten)]
     pub user: UserDto<'a>,
+    /// For the application only: a user's client sees the bot's profile, never its instructions, provider
+    /// or callback.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
-    pub settings: &'a BotSettings,
+    pub settings: Option<&'a BotSettings>,
 }
 
-impl<'a> From<&'a BotView> for BotDto<'a> {
-    fn from(b: &'a BotView) -> Self {
+impl<'a> BotDto<'a> {
+    pub fn new(b: &'a BotView, actor: &Actor) -> Self {
         BotDto {
             user: UserDto::new(&b.user.user, true),
-            settings: &b.bot.settings,
+            settings: actor.is_admin().then_some(&b.bot.settings),
         }
     }
 }
@@ -81,14 +85,14 @@ pub async fn create_bot(
         is_bot: true,
     };
     let view = st.service.create_bot(&actor, user, body.settings).await?;
-    Ok((StatusCode::CREATED, Json(BotDto::from(&view))).into_response())
+    Ok((StatusCode::CREATED, Json(BotDto::new(&view, &actor))).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/bots", tag = "bots", responses((status = 200, body = BotList)))]
 pub async fn list_bots(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
     let bots = st.service.list_bots(&actor).await?;
     Ok(Json(BotList {
-        bots: bots.iter().map(BotDto::from).collect(),
+        bots: bots.iter().map(|b| BotDto::new(b, &actor)).collect(),
     })
     .into_response())
 }
@@ -101,7 +105,7 @@ pub async fn get_bot(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let view = st.service.get_bot(&actor, &parse_user_id(&id)?).await?;
-    Ok(Json(BotDto::from(&view)).into_response())
+    Ok(Json(BotDto::new(&view, &actor)).into_response())
 }
 
 #[utoipa::path(patch, path = "/api/v1/bots/{bot_id}", request_body = UpdateBotBody, tag = "bots",
@@ -122,7 +126,7 @@ pub async fn update_bot(
         .service
         .update_bot(&actor, &parse_user_id(&id)?, body.settings, profile)
         .await?;
-    Ok(Json(BotDto::from(&view)).into_response())
+    Ok(Json(BotDto::new(&view, &actor)).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/bots/{bot_id}", tag = "bots", responses((status = 204)))]

@@ -3,6 +3,7 @@
 
 pub mod bots;
 pub mod channels;
+pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub gateway: GatewayConfig,
     pub shutdown: CancellationToken,
+    /// Lets `POST /api/v1/dev/login` sign in as any user (development only).
+    pub dev_login: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +104,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             post(users::issue_session).delete(users::revoke_sessions),
         )
         .route("/me", get(users::me))
+        .route("/dev/login", get(dev::status).post(dev::login))
         .route("/channels", post(channels::create_channel).get(channels::list_channels))
         .route(
             "/channels/{channel_id}",
@@ -199,7 +203,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         token for application calls, a session token for a user's client."),
     paths(
         users::create_user, users::list_users, users::get_user, users::me, users::update_user, users::delete_user,
-        users::issue_session, users::revoke_sessions,
+        users::issue_session, users::revoke_sessions, dev::status, dev::login,
         channels::create_channel, channels::list_channels, channels::get_channel, channels::update_channel,
         channels::delete_channel, channels::invite, channels::list_members, channels::remove_member,
         channels::leave, channels::mark_read,

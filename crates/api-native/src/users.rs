@@ -67,6 +67,16 @@ pub struct SessionToken {
     pub expires_at: Option<i64>,
 }
 
+impl From<confab_service::IssuedSession> for SessionToken {
+    fn from(s: confab_service::IssuedSession) -> Self {
+        SessionToken {
+            token: s.token,
+            user_id: s.user_id.to_string(),
+            expires_at: s.expires_at,
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/users", request_body = CreateUserBody, tag = "users",
     responses((status = 201, body = UserDto), (status = 409, body = ProblemBody), (status = 400, body = ProblemBody)))]
 pub async fn create_user(
@@ -174,14 +184,7 @@ pub async fn issue_session(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let s = st.service.issue_session(&actor, &parse_user_id(&id)?).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SessionToken {
-            token: s.token,
-            user_id: s.user_id.to_string(),
-            expires_at: s.expires_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(SessionToken::from(s))))
 }
 
 /// Revokes every session token of the user.

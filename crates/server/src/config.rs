@@ -42,6 +42,27 @@ pub struct Config {
     pub pre_send_webhook: PreSendWebhookConfig,
     /// An LLM's check of every message before it is stored (`[moderation_llm]`).
     pub moderation_llm: ModerationLlmConfig,
+    /// The web chat and admin console served at `/` and `/admin`.
+    pub web: WebConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the web app (`/`, `/admin`, `/assets/*`).
+    pub enabled: bool,
+    /// Development only: anyone reaching the server may sign in as any user, created on the spot
+    /// (`POST /api/v1/dev/login`). Also `serve --dev-login`.
+    pub dev_login: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            dev_login: false,
+        }
+    }
 }
 
 /// The optional LLM moderation check: off while `provider` is empty.
@@ -436,6 +457,7 @@ impl Default for Config {
             moderation: confab_moderation::PolicyConfig::default(),
             pre_send_webhook: PreSendWebhookConfig::default(),
             moderation_llm: ModerationLlmConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }

@@ -210,7 +210,11 @@ impl App {
             hub: hub.clone(),
             gateway,
             shutdown: shutdown.clone(),
+            dev_login: config.web.dev_login,
         };
+        if config.web.dev_login {
+            tracing::warn!("development login on: anyone reaching this server can sign in as any user");
+        }
         let limits = HttpLimits {
             max_body_bytes: config.http.max_body_bytes,
             max_upload_request_bytes: (config.http.max_upload_bytes as usize).saturating_add(64 * 1024),
@@ -297,13 +301,13 @@ impl App {
             shutdown.clone(),
         );
         // Method and path only: query strings may carry tokens and are never logged.
-        let router = native
-            .merge(sendbird)
-            .merge(nim)
-            .merge(health)
-            .layer(TraceLayer::new_for_http().make_span_with(
-                |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
-            ));
+        let mut router = native.merge(sendbird).merge(nim).merge(health);
+        if config.web.enabled {
+            router = router.merge(confab_webui::router());
+        }
+        let router = router.layer(TraceLayer::new_for_http().make_span_with(
+            |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
+        ));
         Ok(App {
             config,
             service,

@@ -38,6 +38,9 @@ struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "CONFAB_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Development only: the web app's sign-in takes any user id, creating the user, with no credential.
+    #[arg(long)]
+    dev_login: bool,
 }
 
 fn init_logging(format: &str) {
@@ -70,6 +73,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
+    config.web.dev_login |= args.dev_login;
     let (token, source) = master_token::resolve(std::env::var("CONFAB_API_TOKEN").ok(), &config.data_dir)?;
     if let Source::Generated = source {
         // Printed once, on the first start; afterwards it is read from the data dir.

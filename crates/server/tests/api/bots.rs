@@ -519,3 +519,32 @@ async fn early_started_replies_follow_their_trigger_and_retries_call_no_provider
         .await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
 }
+
+/// A user's client lists bots (to mention them) by their profiles; only the application sees their settings.
+#[tokio::test]
+async fn users_see_bot_profiles_without_their_settings() {
+    let fake = FakeProvider::start().await;
+    let app = app_with(vec![provider("fake", ProviderKind::OpenAiCompatible, &fake)]).await;
+    create_bot(
+        &app,
+        "helper",
+        json!({"provider": "fake", "system_prompt": "secret instructions"}),
+    )
+    .await;
+    let alice = app.user("alice").await;
+    let (s, v) = app.call("GET", "/api/v1/bots", &alice, None).await;
+    assert_eq!(s, 200, "{v}");
+    let listed = v["bots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "helper")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["nickname"], "Helper");
+    assert!(listed.get("settings").is_none(), "{listed}");
+    let (_, v) = app.call("GET", "/api/v1/bots/helper", &alice, None).await;
+    assert!(!v.to_string().contains("secret instructions"), "{v}");
+    let (_, v) = app.admin("GET", "/api/v1/bots/helper", None).await;
+    assert_eq!(v["settings"]["system_prompt"], "secret instructions");
+}

@@ -20,4 +20,5 @@ mod sendbird_bots;
 mod sendbird_channels;
 mod sendbird_sdk;
 mod sendbird_webhooks;
+mod web;
 mod webhook_outbox;
