@@ -140,6 +140,28 @@ try {
   assert.ok(stoppedText.length > 10, "the partial text is kept");
   await shot(alice, "04-alice-sees-stopped");
 
+  if (process.env.CONFAB_EXPECT_FAILURE === "1") {
+    step("a reply that fails shows its reason to both");
+    await box.pressSequentially(`@${bot} once more`);
+    await box.press("Enter");
+    for (const page of [alice, bob]) {
+      await page.locator(".message.bot[data-state='failed'] .reply-state.failed", { hasText: "Failed" }).waitFor();
+    }
+    await shot(bob, "04b-bob-sees-failed");
+  }
+
+  step("an image is sent and shown to both");
+  const png = Buffer.from(
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAJElEQVR4nGNgYPj/n4GBgYGJgYGBgRGbAIiBSaHXwCiAQwMAFVoFBdwK5AsAAAAASUVORK5CYII=",
+    "base64",
+  );
+  await alice.locator("input[type=file]").setInputFiles({ name: "dot.png", mimeType: "image/png", buffer: png });
+  for (const page of [alice, bob]) {
+    const img = page.getByRole("img", { name: "dot.png" });
+    await img.waitFor();
+    await page.waitForFunction((el) => el.complete && el.naturalWidth === 16, await img.elementHandle());
+  }
+
   step("typing indicator and read receipt");
   await bob.getByRole("textbox", { name: "Message" }).pressSequentially("thanks");
   await alice.getByText("Bob is typing…").waitFor();
@@ -152,8 +174,30 @@ try {
   await alice.getByRole("heading", { name: "Team" }).waitFor();
   await alice.locator(".message.mine", { hasText: "please tell us a long story" }).waitFor();
   await alice.locator(".message.bot[data-state='stopped']").waitFor();
-  assert.equal(await botReply(alice).locator(".text").textContent(), stoppedText);
+  assert.equal(await alice.locator(".message.bot[data-state='stopped'] .text").textContent(), stoppedText);
   await shot(alice, "05-alice-after-reload");
+
+  step("older history loads as the user scrolls up");
+  const long = `history-${run}`;
+  await api("POST", "/channels", { kind: "group", id: long, name: "Long history", user_ids: ["alice", "bob"] });
+  for (let i = 0; i < 75; i++) {
+    await api("POST", `/channels/${long}/messages`, { sender_id: i % 2 ? "alice" : "bob", text: `old message ${i}` });
+  }
+  await alice.getByRole("button", { name: /Long history/ }).click();
+  await alice.getByRole("heading", { name: "Long history" }).waitFor();
+  await alice.getByText("old message 74").waitFor();
+  assert.equal(await alice.getByText("old message 0", { exact: true }).count(), 0, "the first page is the newest");
+  const log = alice.getByRole("log");
+  for (let i = 0; i < 10 && (await alice.getByText("Start of the conversation").count()) === 0; i++) {
+    await log.evaluate((el) => (el.scrollTop = 0));
+    await alice.waitForTimeout(300);
+  }
+  await alice.getByText("old message 0", { exact: true }).waitFor();
+  await alice.getByText("Start of the conversation").waitFor();
+  const seqs = await alice.locator(".messages .message").evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+  assert.deepEqual(seqs, Array.from({ length: 75 }, (_, i) => i + 1), "every message once, in order");
+  await alice.getByRole("button", { name: "Team" }).click();
+  await alice.getByRole("heading", { name: "Team" }).waitFor();
 
   step("the admin creates a bot; it appears in the mention list");
   const adminContext = await browser.newContext({ viewport: { width: 1200, height: 900 } });
@@ -193,6 +237,11 @@ try {
   await admin.getByRole("tab", { name: "Providers" }).click();
   const providersText = await admin.locator(".panel").textContent();
   assert.ok(!/sk-|secret/i.test(providersText), "no key is ever shown");
+
+  step("a narrow screen");
+  await alice.setViewportSize({ width: 390, height: 800 });
+  await alice.getByRole("heading", { name: "Team" }).waitFor();
+  await shot(alice, "09-narrow-screen");
   console.log("e2e: passed");
 } catch (e) {
   for (const [i, ctx] of browser.contexts().entries()) {

@@ -81,6 +81,7 @@ export class ChatApp {
   // ---- layout ----
 
   private layout(): void {
+    document.body.classList.add("chat-page");
     render(
       this.root,
       h(
@@ -270,8 +271,8 @@ export class ChatApp {
     this.renderChannels();
     const newest = await this.api.history(channelId, { limit: PAGE });
     if (this.view?.channel.id !== channelId) return;
+    this.view.complete = newest.length < PAGE || newest[0]?.seq === 1;
     this.addMessages(newest);
-    this.view.complete = newest.length < PAGE;
     const last = newest.at(-1)?.seq ?? 0;
     this.socket.track(channelId, last);
     for (const m of newest) if (m.reply?.state === "generating") this.socket.seedReply(m);
@@ -336,8 +337,8 @@ export class ChatApp {
       if (this.view !== v) return;
       const el = this.messagesEl!;
       const fromBottom = el.scrollHeight - el.scrollTop;
+      v.complete = page.length < PAGE || page[0]?.seq === 1;
       this.addMessages(page);
-      v.complete = page.length < PAGE;
       el.scrollTop = el.scrollHeight - fromBottom;
     } catch (e) {
       announce(this.els.status, `Cannot load older messages: ${errorText(e)}`, "error");

@@ -42,11 +42,16 @@ async fn chat_end_to_end_in_chromium() {
     let story = "Once upon a time, in a server far away, a small bot learned to stream its words one by one, \
                  so that every reader could follow along as the story unfolded, sentence after sentence, \
                  until somebody pressed the button that asked it to stop.";
-    fake.set_default(Behaviour::Success(
-        Reply::new(story.repeat(2))
-            .chunk_chars(3)
-            .delay(Duration::from_millis(120)),
-    ));
+    // The first reply streams slowly and is stopped; the second fails (a refusal no retry mends).
+    fake.script(vec![
+        Behaviour::Success(
+            Reply::new(story.repeat(2))
+                .chunk_chars(3)
+                .delay(Duration::from_millis(120)),
+        ),
+        Behaviour::status(400),
+    ]);
+    fake.set_default(Behaviour::success("Fine."));
     let mut p = ProviderConfig::new("fake", ProviderKind::OpenAiCompatible);
     p.base_url = Some(fake.openai_base_url());
     p.model = Some("fake-model".into());
@@ -76,6 +81,7 @@ async fn chat_end_to_end_in_chromium() {
         .env("CONFAB_MASTER", MASTER)
         .env("CONFAB_ARTIFACTS", &artifacts)
         .env("CHROMIUM", &browser)
+        .env("CONFAB_EXPECT_FAILURE", "1")
         .kill_on_drop(true)
         .status();
     let status = tokio::time::timeout(Duration::from_secs(240), status)
