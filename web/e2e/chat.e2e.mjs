@@ -15,10 +15,13 @@
 // history; the admin creates a bot in the console and it appears in the mention list.
 
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 
 import { chromium } from "playwright-core";
+
+const require = createRequire(import.meta.url);
 
 const base = process.env.CONFAB_URL;
 const master = process.env.CONFAB_MASTER;
@@ -44,6 +47,19 @@ async function api(method, path, body, { exists = false } = {}) {
 }
 
 const step = (name) => console.log(`e2e: ${name}`);
+
+/** axe-core's audit of the page as it is; serious and critical findings fail the test. */
+async function accessible(page, what) {
+  // Evaluated over the DevTools protocol: the page's CSP (rightly) refuses injected script tags.
+  await page.evaluate(readFileSync(require.resolve("axe-core/axe.min.js"), "utf8"));
+  const result = await page.evaluate(() => globalThis.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  assert.deepEqual(
+    bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`),
+    [],
+    `${what}: accessibility violations`,
+  );
+}
 
 // ---- the people and the group ----
 for (const [id, nickname] of [
@@ -162,6 +178,9 @@ try {
     await page.waitForFunction((el) => el.complete && el.naturalWidth === 16, await img.elementHandle());
   }
 
+  step("the conversation passes an accessibility audit");
+  await accessible(alice, "the chat");
+
   step("typing indicator and read receipt");
   await bob.getByRole("textbox", { name: "Message" }).pressSequentially("thanks");
   await alice.getByText("Bob is typing…").waitFor();
@@ -196,8 +215,16 @@ try {
   await alice.getByText("Start of the conversation").waitFor();
   const seqs = await alice.locator(".messages .message").evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
   assert.deepEqual(seqs, Array.from({ length: 75 }, (_, i) => i + 1), "every message once, in order");
+
+  step("a message in another channel counts as unread there");
+  await api("POST", `/channels/${long}/messages`, { sender_id: "bob", text: "one more" });
+  await alice.getByText("one more").waitFor();
   await alice.getByRole("button", { name: "Team" }).click();
   await alice.getByRole("heading", { name: "Team" }).waitFor();
+  await api("POST", `/channels/${long}/messages`, { sender_id: "bob", text: "unread one" });
+  await api("POST", `/channels/${long}/messages`, { sender_id: "bob", text: "unread two" });
+  await alice.getByRole("button", { name: /Long history/ }).getByLabel("2 unread").waitFor();
+  await shot(alice, "05b-unread-badge");
 
   step("the admin creates a bot; it appears in the mention list");
   const adminContext = await browser.newContext({ viewport: { width: 1200, height: 900 } });
@@ -232,6 +259,7 @@ try {
   }
   await admin.getByRole("tab", { name: "Usage" }).click();
   await admin.getByRole("img", { name: /Tokens per day/ }).waitFor();
+  await accessible(admin, "the admin console");
   await admin.getByRole("cell", { name: bot, exact: true }).first().waitFor();
   await shot(admin, "08-admin-usage");
   await admin.getByRole("tab", { name: "Providers" }).click();

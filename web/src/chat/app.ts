@@ -45,7 +45,11 @@ export class ChatApp {
     state: h("span", { class: "conn", role: "status", "aria-live": "polite" }),
     status: h("p", { class: "status", role: "status", "aria-live": "polite" }),
   };
-  private messagesEl: HTMLOListElement | null = null;
+  /** The scrolling log, and the list of messages in it. */
+  private messagesEl: HTMLDivElement | null = null;
+  private listEl: HTMLOListElement | null = null;
+  /** Rendered message items by sequence, with what they were rendered from. */
+  private items = new Map<number, { key: string; el: HTMLElement }>();
   private typingEl: HTMLElement | null = null;
   private composer: Composer | null = null;
 
@@ -283,15 +287,21 @@ export class ChatApp {
 
   private renderConversation(): void {
     const v = this.view!;
-    this.messagesEl = h("ol", {
-      class: "messages",
-      role: "log",
-      "aria-label": `Messages in ${this.channelTitle(v.channel)}`,
-      tabindex: "0",
-      onscroll: () => {
-        if (this.messagesEl && this.messagesEl.scrollTop < 60) void this.loadOlder();
+    this.items = new Map();
+    this.listEl = h("ol", { class: "message-list" });
+    this.messagesEl = h(
+      "div",
+      {
+        class: "messages",
+        role: "log",
+        "aria-label": `Messages in ${this.channelTitle(v.channel)}`,
+        tabindex: "0",
+        onscroll: () => {
+          if (this.messagesEl && this.messagesEl.scrollTop < 60) void this.loadOlder();
+        },
       },
-    });
+      this.listEl,
+    );
     this.typingEl = h("p", { class: "typing", "aria-live": "polite" });
     this.composer = new Composer({
       api: this.api,
@@ -356,14 +366,28 @@ export class ChatApp {
     this.renderMessages();
   }
 
+  /**
+   * Puts the held messages in order. An item is rebuilt only when its message (or its receipts) changed;
+   * the others are the same nodes moved, so a new message or a read receipt costs one item, not the list.
+   */
   private renderMessages(): void {
     const v = this.view!;
     const seqs = [...v.messages.keys()].sort((a, b) => a - b);
     const mineLast = [...seqs].reverse().find((s) => v.messages.get(s)!.sender_id === this.me.id);
+    const items = seqs.map((seq) => {
+      const m = v.messages.get(seq)!;
+      const receipts = seq === mineLast ? this.readers(m).join(", ") : "";
+      const key = `${m.id}|${m.updated_at}|${m.reply?.state ?? ""}|${m.deleted}|${m.text.length}|${receipts}`;
+      const cached = this.items.get(seq);
+      if (cached && cached.key === key) return cached.el;
+      const el = this.messageItem(m, seq === mineLast);
+      this.items.set(seq, { key, el });
+      return el;
+    });
     render(
-      this.messagesEl!,
+      this.listEl!,
       v.complete && seqs.length > 0 ? h("li", { class: "start" }, "Start of the conversation") : null,
-      seqs.map((s) => this.messageItem(v.messages.get(s)!, s === mineLast)),
+      items,
     );
   }
 
@@ -462,15 +486,16 @@ export class ChatApp {
     );
   }
 
+  /** The other people who have read up to `m`. */
+  private readers(m: Message): string[] {
+    return [...this.view!.members.values()]
+      .filter((x) => x.id !== this.me.id && !x.is_bot && x.read_seq >= m.seq)
+      .map((r) => r.nickname || r.id);
+  }
+
   private receipts(m: Message): HTMLElement | null {
-    const v = this.view!;
-    const readers = [...v.members.values()].filter((x) => x.id !== this.me.id && !x.is_bot && x.read_seq >= m.seq);
-    if (readers.length === 0) return null;
-    return h(
-      "p",
-      { class: "receipts" },
-      `Seen by ${readers.map((r) => r.nickname || r.id).join(", ")}`,
-    );
+    const readers = this.readers(m);
+    return readers.length === 0 ? null : h("p", { class: "receipts" }, `Seen by ${readers.join(", ")}`);
   }
 
   /** Text with `@id` mentions set apart. */

@@ -42,7 +42,6 @@ export class Composer {
       placeholder: "Write a message — @ to mention a bot",
       "aria-autocomplete": "list",
       "aria-controls": `mentions-${n}`,
-      "aria-expanded": "false",
       oninput: () => {
         this.onTyping();
         this.updateMentions();
@@ -190,7 +189,6 @@ export class Composer {
       ),
     );
     this.list.hidden = false;
-    this.input.setAttribute("aria-expanded", "true");
     this.input.setAttribute("aria-activedescendant", `${id}-${this.active}`);
   }
 
@@ -198,7 +196,6 @@ export class Composer {
     this.matches = [];
     this.active = 0;
     this.list.hidden = true;
-    this.input.setAttribute("aria-expanded", "false");
     this.input.removeAttribute("aria-activedescendant");
   }
 
