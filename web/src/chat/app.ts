@@ -76,7 +76,8 @@ export class ChatApp {
     this.layout();
     this.listen();
     await Promise.all([this.loadChannels(), this.loadBots()]);
-    await this.socket.connect();
+    // History comes over HTTP: the conversation opens even while the socket is still (re)connecting.
+    this.socket.connect().catch(() => {});
     const wanted = new URLSearchParams(location.hash.slice(1)).get("c");
     const first = (wanted && this.channels.get(wanted)) || this.sortedChannels()[0];
     if (first) await this.open(first.id);
