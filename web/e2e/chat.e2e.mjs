@@ -266,6 +266,18 @@ try {
   const providersText = await admin.locator(".panel").textContent();
   assert.ok(!/sk-|secret/i.test(providersText), "no key is ever shown");
 
+  if (process.env.CONFAB_EXPECT_DEV_LOGIN === "1") {
+    step("the development login signs a new user in");
+    const fresh = await (await browser.newContext()).newPage();
+    await fresh.goto(base);
+    await fresh.getByLabel("User id").fill(`carol-${run}`);
+    await fresh.getByLabel("Nickname (optional)").fill("Carol");
+    await fresh.getByRole("button", { name: "Sign in", exact: true }).click();
+    await fresh.getByText("Signed in as").waitFor();
+    await fresh.getByText("Carol", { exact: true }).waitFor();
+    await accessible(fresh, "the chat with no conversation");
+  }
+
   step("a narrow screen");
   await alice.setViewportSize({ width: 390, height: 800 });
   await alice.getByRole("heading", { name: "Team" }).waitFor();

@@ -79,7 +79,7 @@ export async function signIn(root: HTMLElement, onDone: (s: Session) => void): P
     ),
     h("label", { for: "signin-token" }, "Session token"),
     tokenInput,
-    h("button", { type: "submit" }, "Sign in"),
+    h("button", { type: "submit" }, "Sign in with the token"),
   );
 
   render(

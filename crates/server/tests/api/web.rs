@@ -59,6 +59,7 @@ async fn chat_end_to_end_in_chromium() {
         c.providers = vec![p];
         c.limits.user_send_burst = 100;
         c.bot_runtime.save_interval_ms = 50;
+        c.web.dev_login = true;
     })
     .await;
     let (s, v) = app
@@ -82,6 +83,7 @@ async fn chat_end_to_end_in_chromium() {
         .env("CONFAB_ARTIFACTS", &artifacts)
         .env("CHROMIUM", &browser)
         .env("CONFAB_EXPECT_FAILURE", "1")
+        .env("CONFAB_EXPECT_DEV_LOGIN", "1")
         .kill_on_drop(true)
         .status();
     let status = tokio::time::timeout(Duration::from_secs(240), status)
