@@ -125,7 +125,10 @@ impl SendbirdWebhooks {
         });
         this.endpoints
             .register_format(Arc::new(SendbirdFormat(Arc::downgrade(&this))));
-        this.keep_endpoint(&settings).await?;
+        // Stored settings the configuration now refuses (a URL no longer allowed) must not stop the server.
+        if let Err(e) = this.keep_endpoint(&settings).await {
+            tracing::error!(error = %e, "the stored Sendbird webhook settings cannot be applied");
+        }
         Ok(this)
     }
 

@@ -249,3 +249,43 @@ async fn managed_endpoints_follow_their_surface_settings() {
     assert_eq!(s, 404);
     assert!(rx.try_recv().is_err(), "nothing delivered while disabled");
 }
+
+/// Sendbird webhook settings stored while loopback was allowed do not stop a server whose configuration
+/// no longer allows it: it starts, and the settings stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_settings_the_configuration_now_refuses_do_not_stop_the_server() {
+    use crate::durability::{start_with, wait_ready};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("confab.toml");
+    std::fs::write(&config, "[egress]\nallow_private = [\"127.0.0.1\"]\n").unwrap();
+    let http = reqwest::Client::new();
+    let mut server = start_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    wait_ready(&http, server.addr).await;
+    let settings = |addr| format!("http://{addr}/v3/applications/settings/webhook");
+    let r = http
+        .put(settings(server.addr))
+        .header("Api-Token", MASTER)
+        .json(&json!({"enabled": true, "url": "http://127.0.0.1:9/hook", "enabled_events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let mut server = start_with(dir.path(), &[]);
+    wait_ready(&http, server.addr).await;
+    let v: Value = http
+        .get(settings(server.addr))
+        .header("Api-Token", MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["webhook"]["url"], "http://127.0.0.1:9/hook", "{v}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
