@@ -178,6 +178,20 @@ try {
     await page.waitForFunction((el) => el.complete && el.naturalWidth === 16, await img.elementHandle());
   }
 
+  if (process.env.CONFAB_EXPECT_FAILURE === "1") {
+    step("a 1:1 conversation with the bot, started from the sidebar; it answers without a mention");
+    await alice.getByText("New conversation").click();
+    await alice.getByLabel("With").fill(bot);
+    await alice.getByRole("button", { name: "Start" }).click();
+    const dm = alice.getByRole("textbox", { name: "Message" });
+    await dm.pressSequentially("hello there");
+    await dm.press("Enter");
+    await alice.locator(".message.bot:not([data-state='generating'])", { hasText: "Fine." }).waitFor();
+    await shot(alice, "04c-direct-with-bot");
+    await alice.getByRole("button", { name: "Team" }).click();
+    await alice.getByRole("heading", { name: "Team" }).waitFor();
+  }
+
   step("the conversation passes an accessibility audit");
   await accessible(alice, "the chat");
 
