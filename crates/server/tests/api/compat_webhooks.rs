@@ -289,3 +289,76 @@ async fn stored_settings_the_configuration_now_refuses_do_not_stop_the_server() 
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// A bot's reply reaches both formats once, final and whole: Sendbird as one `message_send` carrying the
+/// reply's state, NIM as one copy from the bot; never the empty placeholder it starts as.
+#[tokio::test]
+async fn a_bot_reply_is_announced_once_when_final_in_both_formats() {
+    use confab_llm::fake::{Behaviour, FakeProvider};
+    use confab_llm::{ProviderConfig, ProviderKind};
+
+    const REPLY: &str = "A complete answer from the bot.";
+    let fake = FakeProvider::start().await;
+    fake.set_default(Behaviour::success(REPLY));
+    let (base, mut rx) = receiver(Arc::new(AtomicBool::new(false))).await;
+    let mut p = ProviderConfig::new("fake", ProviderKind::OpenAiCompatible);
+    p.base_url = Some(fake.openai_base_url());
+    p.model = Some("fake-model".into());
+    let nim_url = format!("{base}/nim");
+    let app = spawn_app_with(move |c| {
+        c.providers = vec![p];
+        c.webhooks.allow_private = vec!["127.0.0.1".into()];
+        c.nim.app_key = APP_KEY.into();
+        c.nim.app_secret = APP_SECRET.into();
+        c.nim.webhook_url = nim_url;
+    })
+    .await;
+    let (s, v) = sb(
+        &app,
+        "PUT",
+        "/v3/applications/settings/webhook",
+        Some(json!({"enabled": true, "url": format!("{base}/sb"), "enabled_events": ["group_channel:message_send"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = app
+        .admin(
+            "POST",
+            "/api/v1/bots",
+            Some(json!({"id": "answerer", "settings": {"provider": "fake"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let alice = app.user("alice").await;
+    app.group("asking", &["alice", "answerer"]).await;
+    app.send_as(&alice, "asking", "@answerer a question").await;
+
+    let (mut sendbird, mut nim) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while sendbird.len() < 2 || nim.len() < 2 {
+        let h = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} Sendbird and {} NIM deliveries", sendbird.len(), nim.len()))
+            .unwrap();
+        if h.path == "/sb" {
+            verify_sendbird(&h);
+            sendbird.push(h.body);
+        } else {
+            verify_nim(&h);
+            nim.push(h.body);
+        }
+    }
+    assert_eq!(sendbird[0]["payload"]["message"], "@answerer a question");
+    assert_eq!(sendbird[1]["sender"]["user_id"], "answerer", "{}", sendbird[1]);
+    assert_eq!(sendbird[1]["payload"]["message"], REPLY);
+    let data: Value = serde_json::from_str(sendbird[1]["payload"]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (data["stream"].as_bool(), data["reply_state"].as_str()),
+        (Some(false), Some("complete"))
+    );
+    assert_eq!(nim[1]["fromAccount"], "answerer", "{}", nim[1]);
+    assert_eq!(nim[1]["body"], REPLY);
+    // Nothing more: no placeholder, no second announcement.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "one announcement per message");
+}
