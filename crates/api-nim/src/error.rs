@@ -17,6 +17,8 @@ pub mod code {
     /// Parameter errors, and every authentication failure.
     pub const PARAMETER: u16 = 414;
     pub const RATE_LIMITED: u16 = 416;
+    /// A repeated request (the same Nonce, CurTime, CheckSum and body within the clock window).
+    pub const REPEATED: u16 = 431;
     pub const INTERNAL: u16 = 500;
     pub const BUSY: u16 = 503;
     pub const TEAM_MEMBERS_OVER_LIMIT: u16 = 801;

@@ -127,8 +127,10 @@ async fn handle(
     let Some(action) = action.strip_suffix(".action") else {
         return Err(NimError::new(code::NOT_FOUND, "no such API"));
     };
-    st.auth.check(headers, now_secs())?;
+    let now = now_secs();
+    let verified = st.auth.verify(headers, now)?;
     let body = body.map_err(|e| NimError::param(format!("unreadable body: {}", e.body_text())))?;
+    st.auth.remember(verified, &body, now)?;
     let p = Params::parse(&body)?;
     match (module, action) {
         ("health", "liveness") => Ok(Ok200::empty()),

@@ -55,6 +55,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> SendbirdResult<T> {
     } else {
         bytes
     };
+    // Every body is an object: serde would also read a struct from an array (`[null, null]` as all fields
+    // absent), so anything else that is JSON carries none of the parameters.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && (first == Some(&b'[') || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok())
+    {
+        return Err(SendbirdError::request(
+            ErrorCode::MissingParameter,
+            "The request body must be a JSON object.",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let text = e.to_string();
         match e.classify() {
@@ -173,6 +183,9 @@ mod tests {
         assert_eq!(code_of(parse_json::<Body>(br#"{"user_id": 5}"#)), 400111);
         assert_eq!(code_of(parse_json::<Body>(br#"{"user_id": "#)), 400403);
         assert_eq!(code_of(parse_json::<Body>(b"not json")), 400403);
+        for not_an_object in [&b"[null, null]"[..], b" [[[[", b"\"a\"", b"7", b"null"] {
+            assert_eq!(code_of(parse_json::<Body>(not_an_object)), 400105);
+        }
         let b: Body = parse_json(br#"{"user_id": "a", "nickname": null, "unknown": 1}"#).unwrap();
         assert_eq!((b.user_id.as_str(), b.nickname), ("a", None));
     }

@@ -504,6 +504,10 @@ pub async fn view_message(
     PathParams((url, id)): PathParams<(String, i64)>,
 ) -> SendbirdResult<Reply<MessageObject>> {
     let m = message_in(&st, &parse_channel_url(&url)?, id).await?;
+    if m.deleted {
+        // Sendbird keeps no tombstone to show: a deleted message is not found (400201).
+        return Err(confab_domain::DomainError::not_found("message", id).into());
+    }
     Ok(Reply(render_one(&st, &m).await?))
 }
 

@@ -37,12 +37,65 @@ pub type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// feature of the server, so it is handed in rather than depended on).
 pub type BuiltinBuilder = Arc<dyn Fn(&ProviderConfig) -> Result<Arc<dyn LlmProvider>, LlmError> + Send + Sync>;
 
+/// Which environment variables a provider added through the admin API may name as `api_key_env`: the
+/// caller chooses the `base_url` the key is sent to, so only variables the operator set aside for that
+/// (a fixed prefix, or listed one by one) may be named; never the server's own secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEnvRule {
+    /// Names starting with this (and longer than it) are allowed; empty: no prefix is allowed.
+    pub prefix: String,
+    /// Names allowed one by one.
+    pub allow: Vec<String>,
+}
+
+/// The default prefix of the variables providers added through the API may name.
+pub const DEFAULT_KEY_ENV_PREFIX: &str = "CONFAB_PROVIDER_KEY_";
+
+impl Default for KeyEnvRule {
+    fn default() -> Self {
+        KeyEnvRule {
+            prefix: DEFAULT_KEY_ENV_PREFIX.into(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+impl KeyEnvRule {
+    pub fn permits(&self, var: &str) -> bool {
+        let by_prefix = !self.prefix.is_empty() && var.len() > self.prefix.len() && var.starts_with(&self.prefix);
+        by_prefix || self.allow.iter().any(|a| a == var)
+    }
+
+    /// The rule in words, for the error that refuses a name.
+    pub fn describe(&self) -> String {
+        let mut ways = Vec::new();
+        if !self.prefix.is_empty() {
+            ways.push(format!("start with {}", self.prefix));
+        }
+        if !self.allow.is_empty() {
+            ways.push(format!("be one of {}", self.allow.join(", ")));
+        }
+        if ways.is_empty() {
+            return "providers added through the API may not name an environment variable \
+                    ([provider_api] in the configuration file allows none)"
+                .into();
+        }
+        format!(
+            "a provider added through the API may only name an environment variable that the configuration \
+             file allows ([provider_api]): it must {}",
+            ways.join(" or ")
+        )
+    }
+}
+
 pub struct Catalog {
     entries: RwLock<BTreeMap<String, Entry>>,
     env: EnvLookup,
     builtin: Option<BuiltinBuilder>,
     /// What providers added through the API may reach (default: public addresses only).
     egress: EgressPolicy,
+    /// Which key variables providers added through the API may name.
+    key_env: KeyEnvRule,
 }
 
 impl Catalog {
@@ -57,6 +110,7 @@ impl Catalog {
             env,
             builtin,
             egress: EgressPolicy::default(),
+            key_env: KeyEnvRule::default(),
         };
         for cfg in cfgs {
             if catalog.get(&cfg.name).is_some() {
@@ -71,6 +125,12 @@ impl Catalog {
     /// Sets what providers added through the API may reach (before [`Catalog::load_stored`]).
     pub fn with_egress(mut self, policy: EgressPolicy) -> Self {
         self.egress = policy;
+        self
+    }
+
+    /// Sets which key variables providers added through the API may name (before [`Catalog::load_stored`]).
+    pub fn with_key_env_rule(mut self, rule: KeyEnvRule) -> Self {
+        self.key_env = rule;
         self
     }
 
@@ -166,7 +226,10 @@ impl ProviderCatalog for Catalog {
                         Source::AdminApi => "admin_api",
                     };
                     o.insert("source".into(), source.into());
-                    if let Some(var) = &e.config.api_key_env {
+                    // Never says whether a variable outside the allowed set exists.
+                    if let Some(var) = &e.config.api_key_env
+                        && (e.source == Source::ConfigFile || self.key_env.permits(var))
+                    {
                         o.insert("api_key_set".into(), (self.env)(var).is_some().into());
                     }
                     o.insert("available".into(), e.unavailable.is_none().into());
@@ -189,6 +252,18 @@ impl ProviderCatalog for Catalog {
             return Err(DomainError::invalid(
                 "kind",
                 "the built-in model is configured in the configuration file",
+            ));
+        }
+        if let Some(var) = &cfg.api_key_env
+            && !self.key_env.permits(var)
+        {
+            return Err(DomainError::invalid("api_key_env", self.key_env.describe()));
+        }
+        if cfg.model_path.is_some() {
+            // A path on the server's disk: only the operator names those.
+            return Err(DomainError::invalid(
+                "model_path",
+                "model files are configured in the configuration file",
             ));
         }
         if let Some(e) = self.entries.read().unwrap_or_else(|e| e.into_inner()).get(&cfg.name)
@@ -233,5 +308,58 @@ impl LlmProvider for Unavailable {
 
     async fn stream(&self, _req: ChatRequest) -> Result<EventStream, LlmError> {
         Err(LlmError::Config(self.reason.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_variables_need_the_prefix_or_the_allowlist() {
+        let rule = KeyEnvRule::default();
+        assert!(rule.permits("CONFAB_PROVIDER_KEY_OPENAI"));
+        for var in [
+            "CONFAB_PROVIDER_KEY_",
+            "OPENAI_API_KEY",
+            "CONFAB_NIM_APP_SECRET",
+            "confab_provider_key_x",
+        ] {
+            assert!(!rule.permits(var), "{var}");
+        }
+        let rule = KeyEnvRule {
+            prefix: String::new(),
+            allow: vec!["OPENAI_API_KEY".into()],
+        };
+        assert!(rule.permits("OPENAI_API_KEY"));
+        assert!(
+            !rule.permits("CONFAB_PROVIDER_KEY_OPENAI"),
+            "an empty prefix allows nothing"
+        );
+        assert!(rule.describe().contains("OPENAI_API_KEY"));
+    }
+
+    #[test]
+    fn stored_providers_naming_other_variables_are_not_loaded_nor_probed() {
+        let probed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = probed.clone();
+        let env: EnvLookup = Box::new(move |k| {
+            seen.lock().unwrap().push(k.to_string());
+            Some("value".into())
+        });
+        let catalog = Catalog::from_config(&[], env, None).unwrap();
+        let stored = |var: &str| serde_json::json!({"name": var.to_lowercase(), "kind": "openai", "model": "m", "api_key_env": var});
+        catalog.load_stored(vec![
+            ("old".into(), stored("OPENAI_API_KEY")),
+            ("new".into(), stored("CONFAB_PROVIDER_KEY_NEW")),
+        ]);
+        assert_eq!(catalog.names(), ["confab_provider_key_new"]);
+        let described = serde_json::Value::Array(catalog.describe()).to_string();
+        assert!(described.contains("\"api_key_set\":true"), "{described}");
+        let probed = probed.lock().unwrap();
+        assert!(
+            !probed.is_empty() && probed.iter().all(|k| k == "CONFAB_PROVIDER_KEY_NEW"),
+            "{probed:?}"
+        );
     }
 }

@@ -161,18 +161,22 @@ pub struct NewChannel {
     pub distinct_key: Option<String>,
 }
 
+/// Every direct channel's id starts with this, and no other channel's may: otherwise anyone could create a
+/// group under the id two other users' direct channel would get, and their direct messages would fail.
+pub const DIRECT_ID_PREFIX: &str = "dm.";
+
 impl NewChannel {
     /// The id of the distinct 1:1 channel of two users, independent of their order.
     pub fn direct_id(a: &UserId, b: &UserId) -> ChannelId {
         let (x, y) = if a <= b { (a, b) } else { (b, a) };
         // Both ids are at most 80 characters of safe ASCII; a readable id beats a hash here, but it must fit
         // the 100-character channel id, so long pairs fall back to a stable digest.
-        let readable = format!("dm.{}.{}", x, y);
+        let readable = format!("{DIRECT_ID_PREFIX}{x}.{y}");
         if readable.len() <= ChannelId::MAX_LEN && !x.as_str().contains('.') && !y.as_str().contains('.') {
             return ChannelId::parse(&readable).expect("built from valid ids");
         }
         ChannelId::parse(&format!(
-            "dm.{:016x}{:016x}",
+            "{DIRECT_ID_PREFIX}{:016x}{:016x}",
             fnv1a(x.as_str(), 0),
             fnv1a(y.as_str(), 1)
         ))
@@ -180,6 +184,12 @@ impl NewChannel {
     }
 
     pub fn validate(&self, limits: &Limits) -> Result<(), DomainError> {
+        if self.kind != ChannelKind::Direct && self.id.as_str().starts_with(DIRECT_ID_PREFIX) {
+            return Err(DomainError::invalid(
+                "id",
+                "ids starting with \"dm.\" are reserved for direct channels",
+            ));
+        }
         if self.name.chars().count() > 200 {
             return Err(DomainError::invalid("name", "must be at most 200 characters"));
         }
@@ -567,6 +577,34 @@ mod tests {
         let d1 = NewChannel::direct_id(&uid("a.b"), &uid("c"));
         let d2 = NewChannel::direct_id(&uid("a"), &uid("b.c"));
         assert_ne!(d1, d2);
+    }
+
+    #[test]
+    fn only_direct_channels_take_ids_of_the_direct_space() {
+        let limits = Limits::default();
+        let direct = NewChannel::direct_id(&uid("alice"), &uid("bob"));
+        let channel = |id: &str, kind| NewChannel {
+            id: ChannelId::parse(id).unwrap(),
+            kind,
+            name: String::new(),
+            cover_url: String::new(),
+            custom_type: String::new(),
+            data: None,
+            created_by: None,
+            members: Vec::new(),
+            distinct_key: None,
+        };
+        let squat = channel(direct.as_str(), ChannelKind::Group).validate(&limits);
+        assert!(
+            matches!(squat, Err(DomainError::Invalid { field: "id", .. })),
+            "{squat:?}"
+        );
+        assert!(channel(direct.as_str(), ChannelKind::Direct).validate(&limits).is_ok());
+        assert!(channel("dm", ChannelKind::Group).validate(&limits).is_ok());
+        assert!(
+            channel("DM.alice.bob", ChannelKind::Group).validate(&limits).is_ok(),
+            "ids are case-sensitive"
+        );
     }
 
     #[test]

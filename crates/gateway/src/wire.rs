@@ -124,6 +124,8 @@ pub struct UserDto<'a> {
     pub id: &'a str,
     pub nickname: &'a str,
     pub profile_url: &'a str,
+    /// The application's key/value pairs: shown to the user themselves and the application, empty for
+    /// other users.
     #[schema(value_type = Object)]
     pub metadata: &'a serde_json::Map<String, Value>,
     pub is_bot: bool,

@@ -32,6 +32,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Which private ranges outbound requests carrying application data may reach (`[egress]`).
     pub egress: EgressConfig,
+    /// What LLM providers added through the admin API may use (`[provider_api]`).
+    pub provider_api: ProviderApiConfig,
     /// The Sendbird-compatible surface under `/v3`.
     pub sendbird: SendbirdConfig,
     /// The NIM-compatible surface under `/nimserver`.
@@ -178,6 +180,9 @@ pub struct NimConfig {
     pub webhook_url: String,
     /// `sendMsg` and `sendBatchMsg` calls per second for the application (NIM's limit); more get 416.
     pub sends_per_sec: u32,
+    /// Signed requests remembered for the clock window, so a repeat is refused (431); when that many are
+    /// live, new requests get 416 until some expire (nothing is evicted early).
+    pub replay_memory: usize,
 }
 
 impl Default for NimConfig {
@@ -187,6 +192,7 @@ impl Default for NimConfig {
             app_secret: String::new(),
             webhook_url: String::new(),
             sends_per_sec: 100,
+            replay_memory: confab_api_nim::auth::DEFAULT_REPLAY_MEMORY,
         }
     }
 }
@@ -198,6 +204,7 @@ impl std::fmt::Debug for NimConfig {
             .field("app_secret", &"<redacted>")
             .field("webhook_url", &self.webhook_url)
             .field("sends_per_sec", &self.sends_per_sec)
+            .field("replay_memory", &self.replay_memory)
             .finish()
     }
 }
@@ -232,6 +239,35 @@ pub struct EgressConfig {
     /// Private or reserved ranges they may reach (CIDRs or addresses, e.g. `["10.0.0.0/8"]`). Empty: only
     /// public addresses, so neither a webhook nor an API-added provider can reach this host's network.
     pub allow_private: Vec<String>,
+}
+
+/// Providers added through the admin API send their key to a `base_url` the caller chose, so they may only
+/// name environment variables set aside for that. Providers of this file are not restricted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderApiConfig {
+    /// `api_key_env` names starting with this are allowed (empty: none by prefix).
+    pub api_key_env_prefix: String,
+    /// `api_key_env` names allowed one by one.
+    pub api_key_env_allow: Vec<String>,
+}
+
+impl Default for ProviderApiConfig {
+    fn default() -> Self {
+        ProviderApiConfig {
+            api_key_env_prefix: confab_bots::catalog::DEFAULT_KEY_ENV_PREFIX.into(),
+            api_key_env_allow: Vec::new(),
+        }
+    }
+}
+
+impl ProviderApiConfig {
+    pub fn key_env_rule(&self) -> confab_bots::catalog::KeyEnvRule {
+        confab_bots::catalog::KeyEnvRule {
+            prefix: self.api_key_env_prefix.clone(),
+            allow: self.api_key_env_allow.clone(),
+        }
+    }
 }
 
 impl Default for WebhooksConfig {
@@ -452,6 +488,7 @@ impl Default for Config {
             builtin: BuiltinConfig::default(),
             webhooks: WebhooksConfig::default(),
             egress: EgressConfig::default(),
+            provider_api: ProviderApiConfig::default(),
             sendbird: SendbirdConfig::default(),
             nim: NimConfig::default(),
             moderation: confab_moderation::PolicyConfig::default(),

@@ -173,7 +173,8 @@ impl App {
             builtin_builder(),
         )
         .map_err(|e| anyhow::anyhow!("providers: {e}"))?
-        .with_egress(egress.clone());
+        .with_egress(egress.clone())
+        .with_key_env_rule(config.provider_api.key_env_rule());
         let mut bot_decls = config.bots.clone();
         add_builtin(&config, &catalog, &mut bot_decls);
         catalog.load_stored(
@@ -256,6 +257,7 @@ impl App {
         let request_timeout = Duration::from_secs(config.http.request_timeout_secs.max(1));
         let nim_auth = Arc::new(confab_api_nim::auth::Authenticator::new(
             confab_api_nim::auth::AppCredentials::new(nim_key, nim_secret),
+            config.nim.replay_memory,
         ));
         confab_api_nim::webhooks::start(
             service.clone(),

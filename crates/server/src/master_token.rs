@@ -7,6 +7,8 @@ use anyhow::Context;
 
 pub const FILE_NAME: &str = "master_token";
 pub const MIN_LEN: usize = 16;
+/// NIM's own app secrets are 12 hexadecimal characters; a customer keeps the credentials they have.
+pub const NIM_SECRET_MIN_LEN: usize = 12;
 
 pub enum Source {
     Environment,
@@ -48,6 +50,10 @@ pub fn resolve_nim(
     data_dir: &Path,
 ) -> anyhow::Result<(String, String, Source)> {
     if !configured.0.is_empty() && !configured.1.is_empty() {
+        anyhow::ensure!(
+            configured.1.len() >= NIM_SECRET_MIN_LEN,
+            "nim.app_secret must be at least {NIM_SECRET_MIN_LEN} characters"
+        );
         return Ok((configured.0.into(), configured.1.into(), Source::Environment));
     }
     if let (Some(k), Some(s)) = env
@@ -55,8 +61,8 @@ pub fn resolve_nim(
         && !s.is_empty()
     {
         anyhow::ensure!(
-            s.len() >= MIN_LEN,
-            "CONFAB_NIM_APP_SECRET must be at least {MIN_LEN} characters"
+            s.len() >= NIM_SECRET_MIN_LEN,
+            "CONFAB_NIM_APP_SECRET must be at least {NIM_SECRET_MIN_LEN} characters"
         );
         return Ok((k, s, Source::Environment));
     }
@@ -130,7 +136,12 @@ mod tests {
         .unwrap();
         assert_eq!((k.as_str(), s.as_str()), ("k", "a-long-enough-secret"));
         assert!(resolve_nim(("", ""), (Some("k".into()), Some("short".into())), dir.path()).is_err());
-        let (k, _, _) = resolve_nim(("cfg", "cfg-secret"), (None, None), dir.path()).unwrap();
+        // NIM's own secrets: 12 hexadecimal characters, from the environment or the configuration.
+        let (_, s, _) = resolve_nim(("", ""), (Some("k".into()), Some("0123456789ab".into())), dir.path()).unwrap();
+        assert_eq!(s, "0123456789ab");
+        assert!(resolve_nim(("", ""), (Some("k".into()), Some("0123456789a".into())), dir.path()).is_err());
+        let (k, _, _) = resolve_nim(("cfg", "cfg-secret-12"), (None, None), dir.path()).unwrap();
         assert_eq!(k, "cfg");
+        assert!(resolve_nim(("cfg", "cfg-secret"), (None, None), dir.path()).is_err());
     }
 }

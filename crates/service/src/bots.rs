@@ -356,19 +356,23 @@ impl Confab {
         })
     }
 
-    pub async fn get_bot(&self, _actor: &Actor, id: &UserId) -> DomainResult<BotView> {
+    pub async fn get_bot(&self, actor: &Actor, id: &UserId) -> DomainResult<BotView> {
         let bot = self
             .store
             .get_bot(id)
             .await?
             .ok_or_else(|| DomainError::not_found("bot", id))?;
-        self.bot_view(bot).await
+        let mut view = self.bot_view(bot).await?;
+        crate::public_profile_for(actor, &mut view.user.user);
+        Ok(view)
     }
 
-    pub async fn list_bots(&self, _actor: &Actor) -> DomainResult<Vec<BotView>> {
+    pub async fn list_bots(&self, actor: &Actor) -> DomainResult<Vec<BotView>> {
         let mut out = Vec::new();
         for bot in self.store.list_bots().await? {
-            out.push(self.bot_view(bot).await?);
+            let mut view = self.bot_view(bot).await?;
+            crate::public_profile_for(actor, &mut view.user.user);
+            out.push(view);
         }
         Ok(out)
     }

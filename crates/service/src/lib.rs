@@ -78,6 +78,13 @@ pub fn distinct_key(members: &[UserId]) -> String {
     hex::encode(sha256(ids.join("\n").as_bytes()))
 }
 
+/// Leaves a user session only the public profile of another user (see `Confab::view_for`).
+fn public_profile_for(actor: &Actor, user: &mut User) {
+    if actor.user().is_some_and(|me| *me != user.id) {
+        user.metadata.clear();
+    }
+}
+
 pub struct Confab {
     store: DynStore,
     bus: DynBus,
@@ -267,13 +274,13 @@ impl Confab {
         self.store.create_user(user).await
     }
 
-    pub async fn get_user(&self, _actor: &Actor, id: &UserId) -> DomainResult<UserView> {
+    pub async fn get_user(&self, actor: &Actor, id: &UserId) -> DomainResult<UserView> {
         let user = self
             .store
             .get_user(id)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
-        Ok(self.view(user))
+        Ok(self.view_for(actor, user))
     }
 
     fn view(&self, user: User) -> UserView {
@@ -281,9 +288,16 @@ impl Confab {
         UserView { user, online }
     }
 
-    pub async fn list_users(&self, _actor: &Actor, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<UserView>> {
+    /// A user as the actor may see it: the application and the user themselves see everything; another user
+    /// sees the public profile only (the metadata is the application's, e.g. NIM's e-mail, mobile, birth date).
+    fn view_for(&self, actor: &Actor, mut user: User) -> UserView {
+        public_profile_for(actor, &mut user);
+        self.view(user)
+    }
+
+    pub async fn list_users(&self, actor: &Actor, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<UserView>> {
         let users = self.store.list_users(after, self.page(limit)).await?;
-        Ok(users.into_iter().map(|u| self.view(u)).collect())
+        Ok(users.into_iter().map(|u| self.view_for(actor, u)).collect())
     }
 
     pub async fn update_user(&self, actor: &Actor, id: &UserId, patch: UserPatch) -> DomainResult<UserView> {
@@ -424,7 +438,7 @@ impl Confab {
         }
     }
 
-    /// Creator of a group, or the application.
+    /// Creator of a group, or the application (for a direct channel, the application only).
     async fn require_operator(&self, actor: &Actor, id: &ChannelId) -> DomainResult<Channel> {
         let channel = self
             .store
@@ -433,6 +447,12 @@ impl Confab {
             .ok_or_else(|| DomainError::not_found("channel", id))?;
         if let Actor::User(u) = actor {
             self.require_member(u, id).await?;
+            if channel.kind == ChannelKind::Direct {
+                // Whoever opened it is no owner: deleting or changing it for both is the application's.
+                return Err(DomainError::forbidden(
+                    "a direct channel is changed or deleted by the application only",
+                ));
+            }
             if channel.created_by.as_ref() != Some(u) {
                 return Err(DomainError::forbidden(
                     "only the channel's creator or the application may do this",
@@ -504,7 +524,7 @@ impl Confab {
         for m in members {
             // A member whose account was deleted concurrently is skipped rather than failing the page.
             if let Some(u) = self.store.get_user(&m.user_id).await? {
-                out.push((m, self.view(u)));
+                out.push((m, self.view_for(actor, u)));
             }
         }
         Ok(out)

@@ -815,14 +815,6 @@ fn membership_error(conn: &Connection, channel: &ChannelId, user: &UserId) -> Do
 }
 
 fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>) -> DomainResult<Appended> {
-    if let (Some(sender), Some(key)) = (&m.sender_id, &m.client_msg_id)
-        && let Some(original) = queries::message_by_client_id(conn, sender, key).map_err(db_err)?
-    {
-        return Ok(Appended {
-            message: original,
-            duplicate: true,
-        });
-    }
     if let (Some(sender), Some(trigger_id)) = (&m.sender_id, m.reply.as_ref().and_then(|r| r.trigger_id))
         && let Some(original) = queries::reply_to(conn, sender, trigger_id).map_err(db_err)?
     {
@@ -849,6 +841,22 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
             None if invoked_by_trigger(conn, &m, sender)? => {}
             None => return Err(membership_error(conn, &m.channel_id, sender)),
         }
+    }
+    // A retry is answered with the original only after the membership check, so a removed member cannot
+    // read a message's current state by resending; and only in the channel the original is in.
+    if let (Some(sender), Some(key)) = (&m.sender_id, &m.client_msg_id)
+        && let Some(original) = queries::message_by_client_id(conn, sender, key).map_err(db_err)?
+    {
+        if original.channel_id != m.channel_id {
+            return Err(DomainError::invalid(
+                "client_msg_id",
+                "already used for a message of another channel",
+            ));
+        }
+        return Ok(Appended {
+            message: original,
+            duplicate: true,
+        });
     }
     let mut parent_update = None;
     if let Some(parent_id) = m.parent_id {

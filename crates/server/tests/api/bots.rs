@@ -417,9 +417,9 @@ async fn providers_are_managed_through_the_api_without_secrets() {
     fake.set_default(Behaviour::success("Via an API provider."));
     let app = app_with(vec![provider("filed", ProviderKind::OpenAiCompatible, &fake)]).await;
     // SAFETY: set once before use; no other test touches this variable.
-    unsafe { std::env::set_var("CONFAB_TEST_API_PROVIDER_KEY", "sk-secret-value-123") };
+    unsafe { std::env::set_var("CONFAB_PROVIDER_KEY_TEST_API", "sk-secret-value-123") };
     let cfg = json!({"name": "dynamic", "kind": "openai_compatible", "base_url": fake.openai_base_url(),
-                     "model": "m", "api_key_env": "CONFAB_TEST_API_PROVIDER_KEY"});
+                     "model": "m", "api_key_env": "CONFAB_PROVIDER_KEY_TEST_API"});
     let (s, v) = app.admin("POST", "/api/v1/providers", Some(cfg)).await;
     assert_eq!((s, v["name"].as_str()), (201, Some("dynamic")));
     // A raw key is refused (keys live in the environment), and so is replacing a configuration-file provider.

@@ -5,6 +5,7 @@ mod builtin;
 mod compat_webhooks;
 mod durability;
 mod files;
+mod hardening_authz;
 mod helpers;
 mod limits;
 mod llama;
