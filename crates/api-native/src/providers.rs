@@ -32,7 +32,9 @@ pub async fn list_providers(State(st): State<AppState>, Auth(actor): Auth) -> Ap
 }
 
 /// Adds or replaces a provider (master token). The body is a provider configuration as in the `[[providers]]`
-/// section of the configuration file; the API key is named by `api_key_env`, never sent.
+/// section of the configuration file; the API key is named by `api_key_env`, never sent, and only variables
+/// the configuration file allows may be named (`[provider_api]`: by default names starting with
+/// `CONFAB_PROVIDER_KEY_`); any other is a 400.
 #[utoipa::path(post, path = "/api/v1/providers", tag = "bots", request_body(content = Object),
     responses((status = 201, body = ProviderName), (status = 400, body = ProblemBody)))]
 pub async fn add_provider(

@@ -146,6 +146,29 @@ async fn nim_real_secrets_shared_nonces_and_repeated_requests() {
 }
 
 #[tokio::test]
+async fn nim_replay_memory_is_bounded_and_never_forgets_a_live_request() {
+    let app = spawn_app_with(|c| {
+        c.nim.app_key = APP_KEY.into();
+        c.nim.app_secret = NIM_SECRET_12.into();
+        c.nim.replay_memory = 2;
+    })
+    .await;
+    let path = "/nimserver/user/getUinfos.action";
+    let t = now_secs().to_string();
+    let sum = checksum(NIM_SECRET_12, "n", &t);
+    for accids in ["a", "b"] {
+        let form = format!("accids={}", enc(&format!("[\"{accids}\"]")));
+        let (code, desc) = nim_raw(&app, path, &form, "n", &t, &sum).await;
+        assert_eq!(code, 200, "{desc}");
+    }
+    // Full: a new request is refused as rate limited, and the remembered ones are still refused as repeats.
+    let (code, desc) = nim_raw(&app, path, &format!("accids={}", enc("[\"c\"]")), "n", &t, &sum).await;
+    assert_eq!(code, 416, "{desc}");
+    let (code, desc) = nim_raw(&app, path, &format!("accids={}", enc("[\"a\"]")), "n", &t, &sum).await;
+    assert_eq!(code, 431, "{desc}");
+}
+
+#[tokio::test]
 async fn nim_secrets_shorter_than_twelve_characters_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = confab::Config {
