@@ -495,15 +495,18 @@ impl Confab {
         self.store.add_members(id, users, actor.user().cloned()).await
     }
 
-    /// Removes a member: the member themselves (leaving), the group's creator, or the application.
+    /// Removes a member: the member themselves (leaving), the group's creator, or the application. A member
+    /// may leave a direct channel (opening it again brings them back); nobody removes the other.
     pub async fn remove_member(&self, actor: &Actor, id: &ChannelId, user: &UserId) -> DomainResult<Channel> {
         let channel = self
             .store
             .get_channel(id)
             .await?
             .ok_or_else(|| DomainError::not_found("channel", id))?;
-        if channel.kind == ChannelKind::Direct {
-            return Err(DomainError::forbidden("members of a direct channel cannot change"));
+        if channel.kind == ChannelKind::Direct && actor.user() != Some(user) {
+            return Err(DomainError::forbidden(
+                "members of a direct channel cannot change; a member may leave it",
+            ));
         }
         if actor.user() != Some(user) {
             self.require_operator(actor, id).await?;

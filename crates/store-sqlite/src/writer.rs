@@ -553,7 +553,10 @@ fn create_channel(
     }
     if let Some(existing) = queries::channel(conn, &c.id).map_err(db_err)? {
         if c.kind == ChannelKind::Direct && existing.kind == ChannelKind::Direct {
-            return Ok((existing, false));
+            // Opening it again brings back a member who left (history intact).
+            require_users(conn, &c.members)?;
+            let channel = insert_members(conn, existing, &c.members, c.created_by.clone(), now, events)?;
+            return Ok((channel, false));
         }
         return Err(DomainError::already_exists("channel", &c.id));
     }
@@ -688,11 +691,24 @@ fn add_members(
     now: Millis,
     events: &mut Vec<Event>,
 ) -> DomainResult<Channel> {
-    let mut channel = load_channel(conn, id)?;
+    let channel = load_channel(conn, id)?;
     if channel.kind == ChannelKind::Direct {
         return Err(DomainError::forbidden("members of a direct channel cannot change"));
     }
     require_users(conn, users)?;
+    insert_members(conn, channel, users, by, now, events)
+}
+
+/// Adds those of `users` who are not members yet (they exist).
+fn insert_members(
+    conn: &Connection,
+    mut channel: Channel,
+    users: &[UserId],
+    by: Option<UserId>,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> DomainResult<Channel> {
+    let id = channel.id.clone();
     let mut added = Vec::new();
     {
         let mut ins = conn

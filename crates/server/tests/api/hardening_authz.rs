@@ -239,6 +239,25 @@ async fn a_direct_channel_is_deleted_by_the_application_only() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["messages"].as_array().unwrap().len(), 1, "{v}");
+    // A member may leave it instead (nobody removes the other); opening it again brings them back.
+    let (s, v) = app
+        .call("DELETE", &format!("/api/v1/channels/{dm}/members/alice"), &bob, None)
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = app
+        .call("POST", &format!("/api/v1/channels/{dm}/leave"), &alice, None)
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = app
+        .call("GET", &format!("/api/v1/channels/{dm}/messages"), &alice, None)
+        .await;
+    assert_eq!(s, 403, "{v}");
+    app.send_as(&bob, &dm, "still here").await;
+    assert_eq!(app.direct_with(&alice, "bob").await, dm);
+    let (s, v) = app
+        .call("GET", &format!("/api/v1/channels/{dm}/messages"), &alice, None)
+        .await;
+    assert_eq!((s, v["messages"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
     let (s, v) = app.admin("DELETE", &format!("/api/v1/channels/{dm}"), None).await;
     assert_eq!(s, 204, "{v}");
 }
