@@ -21,7 +21,7 @@ use crate::error::{NimError, NimResult, code};
 
 /// How far `CurTime` may be from the server's clock, and so how long a request is remembered.
 pub const WINDOW_SECS: i64 = 300;
-/// Requests remembered at most by default (about 40 bytes each).
+/// Requests remembered at most by default (25 bytes each plus the table's slack: about 26 MB when full).
 pub const DEFAULT_REPLAY_MEMORY: usize = 500_000;
 const MAX_NONCE_LEN: usize = 128;
 /// Expired entries are swept at most this often (and whenever the memory is full).
