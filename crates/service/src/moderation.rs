@@ -281,11 +281,35 @@ pub enum HookVerdict {
     },
 }
 
-/// A check of every user message before it is stored, after the content rules: the application's pre-send
-/// webhook. Answers within its own budget (a timeout is a verdict too: allow or reject as configured).
+/// What a check looks at: a message about to be stored, or the content an edit gives a stored message (an
+/// edit is a send for every check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Draft {
+    Send,
+    Edit {
+        /// The message edited.
+        id: MessageId,
+        /// Whether the edit changes the text (a check of the text alone may skip an edit that does not).
+        text_changed: bool,
+    },
+}
+
+impl Draft {
+    pub fn text_changed(self) -> bool {
+        match self {
+            Draft::Send => true,
+            Draft::Edit { text_changed, .. } => text_changed,
+        }
+    }
+}
+
+/// A check of every user message before it is stored (and of every edit), after the content rules: the LLM
+/// check, the application's pre-send webhook. `msg` is the message as it will be stored (for an edit, the
+/// stored message with the edit applied). Answers within its own budget (a timeout is a verdict too: allow
+/// or reject as configured).
 #[async_trait::async_trait]
 pub trait SendHook: Send + Sync {
-    async fn check(&self, msg: &confab_domain::model::NewMessage) -> HookVerdict;
+    async fn check(&self, msg: &confab_domain::model::NewMessage, draft: Draft) -> HookVerdict;
 }
 
 /// The rules in force as the admin API manages them, as JSON in the shape of the configuration's
