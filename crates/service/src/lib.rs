@@ -540,6 +540,12 @@ impl Confab {
         if let Some(t) = ticket {
             t.settled(stored);
         }
+        if let (Actor::Admin, Some(m)) = (actor, stored)
+            && !m.mentions.is_empty()
+            && let Some(o) = self.send_observer()
+        {
+            o.sent_by_application(m);
+        }
         res
     }
 
