@@ -7,6 +7,7 @@
 //! finished `complete`, `stopped`, `failed` (with a reason) or `interrupted`. Stop requests cancel the upstream
 //! stream (dropping it closes the HTTP connection).
 
+pub mod cap;
 pub mod catalog;
 pub mod context;
 pub mod moderator;
@@ -39,6 +40,8 @@ pub struct RuntimeConfig {
     pub save_interval: Duration,
     /// Triggers a user may cause per minute (all bots together).
     pub user_triggers_per_minute: u32,
+    /// Longest text of one reply or answer in bytes, whatever the provider streams (see [`cap`]).
+    pub max_reply_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -48,6 +51,7 @@ impl Default for RuntimeConfig {
             queue_timeout: Duration::from_secs(30),
             save_interval: Duration::from_millis(250),
             user_triggers_per_minute: 20,
+            max_reply_bytes: 64 * 1024,
         }
     }
 }
@@ -625,6 +629,7 @@ impl BotRuntime {
         let store = self.service.store();
         let (state, reason) = match &outcome.end {
             End::Complete => (ReplyState::Complete, None),
+            End::Truncated => (ReplyState::Complete, Some(cap::LENGTH.to_string())),
             End::Stopped => (ReplyState::Stopped, None),
             End::Failed(r) => (ReplyState::Failed, Some(r.clone())),
             End::Interrupted(r) => (ReplyState::Interrupted, Some(r.clone())),
@@ -716,12 +721,14 @@ impl BotRuntime {
         // The server's own work before the upstream call: trigger handling, context, checks.
         metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
         let called_at = Instant::now();
+        let max_tokens = p.req.max_tokens;
         match Fallback::new(p.providers).stream(p.req).await {
             Ok(stream) => Ok(Opened {
                 stream,
                 _permits: permits,
                 called_at,
                 prompt_estimate: p.prompt_estimate,
+                max_tokens,
             }),
             Err(e) => {
                 metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
@@ -744,8 +751,10 @@ impl BotRuntime {
             _permits,
             called_at,
             prompt_estimate,
+            max_tokens,
         } = opened;
         let mut writer = self.service.reply_writer(reply, self.cfg.save_interval);
+        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
@@ -793,6 +802,7 @@ impl BotRuntime {
                             .record(called_at.elapsed().as_secs_f64());
                     }
                     let received = Instant::now();
+                    let full = cap.take(&mut d);
                     if let Err(blocked) = writer.push(&d).await {
                         drop(stream); // the rest of the generation is not wanted: close the upstream connection
                         out.end = End::Blocked(blocked);
@@ -800,6 +810,11 @@ impl BotRuntime {
                     }
                     // Provider delta received → handed to the fan-out.
                     metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
+                    if full {
+                        drop(stream); // at its length limit, whatever the provider would still send
+                        out.end = End::Truncated;
+                        break;
+                    }
                 }
                 Some(Ok(StreamEvent::Usage {
                     prompt_tokens,
@@ -808,9 +823,18 @@ impl BotRuntime {
                     usage_reported = true;
                     out.prompt_tokens = prompt_tokens;
                     out.completion_tokens = completion_tokens;
+                    if cap.over_reported(completion_tokens) {
+                        drop(stream);
+                        out.end = End::Truncated;
+                        break;
+                    }
                 }
-                Some(Ok(StreamEvent::Done { .. })) => {
-                    out.end = End::Complete;
+                Some(Ok(StreamEvent::Done { finish_reason })) => {
+                    out.end = if cap::is_length(finish_reason.as_deref()) {
+                        End::Truncated
+                    } else {
+                        End::Complete
+                    };
                     break;
                 }
                 Some(Err(e)) => {
@@ -1120,7 +1144,7 @@ impl BotAnswerer for BotRuntime {
                         })
                         .await;
                 }
-                End::Complete | End::Stopped => {}
+                End::Complete | End::Truncated | End::Stopped => {}
             }
             rt.record_answer(&bot, &outcome).await;
         });
@@ -1137,7 +1161,9 @@ impl BotRuntime {
             _permits,
             called_at,
             prompt_estimate,
+            max_tokens,
         } = opened;
+        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
@@ -1154,7 +1180,7 @@ impl BotRuntime {
             .and_then(|c| self.service.reply_guard(&c));
         loop {
             match stream.next().await {
-                Some(Ok(StreamEvent::Delta(d))) => {
+                Some(Ok(StreamEvent::Delta(mut d))) => {
                     if d.is_empty() {
                         continue;
                     }
@@ -1162,6 +1188,9 @@ impl BotRuntime {
                         first_token = false;
                         metrics::histogram!("confab_llm_time_to_first_token_seconds")
                             .record(called_at.elapsed().as_secs_f64());
+                    }
+                    if cap.take(&mut d) {
+                        out.end = End::Truncated; // the answer ends with this piece
                     }
                     out.text.push_str(&d);
                     let released = match &mut guard {
@@ -1179,6 +1208,9 @@ impl BotRuntime {
                         out.end = End::Stopped;
                         break;
                     }
+                    if matches!(out.end, End::Truncated) {
+                        break;
+                    }
                 }
                 Some(Ok(StreamEvent::Usage {
                     prompt_tokens,
@@ -1187,8 +1219,17 @@ impl BotRuntime {
                     usage_reported = true;
                     out.prompt_tokens = prompt_tokens;
                     out.completion_tokens = completion_tokens;
+                    if cap.over_reported(completion_tokens) {
+                        out.end = End::Truncated;
+                        break;
+                    }
                 }
-                Some(Ok(StreamEvent::Done { .. })) => break,
+                Some(Ok(StreamEvent::Done { finish_reason })) => {
+                    if cap::is_length(finish_reason.as_deref()) {
+                        out.end = End::Truncated;
+                    }
+                    break;
+                }
                 Some(Err(e)) => {
                     metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
                     out.end = failure(&e, out.text.is_empty());
@@ -1226,7 +1267,7 @@ impl BotRuntime {
     /// Metrics and usage of an answer outside any channel.
     async fn record_answer(&self, bot: &Bot, outcome: &Outcome) {
         let state = match outcome.end {
-            End::Complete => ReplyState::Complete,
+            End::Complete | End::Truncated => ReplyState::Complete,
             End::Stopped => ReplyState::Stopped,
             End::Failed(_) | End::Blocked(_) => ReplyState::Failed,
             End::Interrupted(_) => ReplyState::Interrupted,
@@ -1330,10 +1371,15 @@ struct Opened<'a> {
     _permits: (SemaphorePermit<'a>, OwnedSemaphorePermit),
     called_at: Instant,
     prompt_estimate: u32,
+    /// The bot's `max_output_tokens`, enforced locally too.
+    max_tokens: u32,
 }
 
 enum End {
     Complete,
+    /// Cut at its length limit (the bot's tokens or the byte cap, locally or by the provider): finished
+    /// `complete` with the reason [`cap::LENGTH`].
+    Truncated,
     Stopped,
     Failed(String),
     Interrupted(String),

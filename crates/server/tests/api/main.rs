@@ -1,5 +1,6 @@
 //! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
 
+mod bot_limits;
 mod bot_triggers;
 mod bots;
 mod builtin;
