@@ -121,6 +121,7 @@ pub async fn edit_message(
         custom_type: body.custom_type,
         data: body.data,
         payload: body.payload,
+        flags: Vec::new(),
     };
     let m = st.service.edit_message(&actor, MessageId(id), patch).await?;
     Ok(Json(MessageDto::from(&m)).into_response())

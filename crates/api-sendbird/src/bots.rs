@@ -5,8 +5,9 @@
 //! A Sendbird bot is a Confab bot. Our own `ai` object (`provider`, `model`, `system_prompt`, `temperature`,
 //! `max_tokens`) makes it an AI bot answered by an LLM; without it, `bot_callback_url` is required and the
 //! application answers (the bot runtime tells it through `bot_message_notification` callbacks, see
-//! [`crate::callbacks`]). `is_privacy_mode: true` means the bot is addressed only by mentions in groups;
-//! `false` (Sendbird's default) by every message of its channels. Attributes only Sendbird knows (`bot_type`,
+//! [`crate::callbacks`]). `is_privacy_mode: true` means the bot is addressed only by mentions and commands
+//! (messages starting with `/`) in groups, as Sendbird documents privacy mode; `false` (Sendbird's default)
+//! by every message of its channels. Attributes only Sendbird knows (`bot_type`,
 //! `bot_token`, `enable_mark_as_read`, `show_member`, `channel_invitation_preference`) are kept in the
 //! settings namespace `sendbird.bot`.
 
@@ -169,7 +170,7 @@ fn render_bot(v: BotView, e: Extras) -> BotObject {
             bot_require_auth_for_profile_image: false,
         },
         bot_callback_url: s.callback_url.clone(),
-        is_privacy_mode: s.trigger == BotTrigger::Mentions,
+        is_privacy_mode: s.trigger != BotTrigger::AllMessages,
         enable_mark_as_read: e.enable_mark_as_read,
         show_member: e.show_member,
         channel_invitation_preference: e.channel_invitation_preference,
@@ -233,7 +234,7 @@ pub async fn create_bot(
         provider: String::new(),
         callback_url: callback,
         trigger: if b.is_privacy_mode.unwrap_or(false) {
-            BotTrigger::Mentions
+            BotTrigger::MentionsAndCommands
         } else {
             BotTrigger::AllMessages
         },
@@ -333,7 +334,7 @@ pub async fn update_bot(
     }
     if let Some(private) = b.is_privacy_mode {
         settings.trigger = if private {
-            BotTrigger::Mentions
+            BotTrigger::MentionsAndCommands
         } else {
             BotTrigger::AllMessages
         };

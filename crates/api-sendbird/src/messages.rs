@@ -542,6 +542,7 @@ pub async fn update_message(
         custom_type: body.custom_type,
         data: body.data.map(|d| (!d.is_empty()).then_some(Value::String(d))),
         payload: None,
+        flags: Vec::new(),
     };
     // Sendbird answers an update that changes nothing with the message as it is.
     let m = if patch.is_empty() {

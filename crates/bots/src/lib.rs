@@ -7,6 +7,7 @@
 //! finished `complete`, `stopped`, `failed` (with a reason) or `interrupted`. Stop requests cancel the upstream
 //! stream (dropping it closes the HTTP connection).
 
+pub mod cap;
 pub mod catalog;
 pub mod context;
 pub mod moderator;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use confab_domain::bot::{Bot, BotTrigger, ReplyInfo, ReplyState, UsageRecord, utc_day};
+use confab_domain::bot::{Bot, BotSettings, BotTrigger, ReplyInfo, ReplyState, UsageRecord, utc_day};
 use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, NewMessage};
 use confab_domain::ports::Subscription;
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
@@ -39,6 +40,8 @@ pub struct RuntimeConfig {
     pub save_interval: Duration,
     /// Triggers a user may cause per minute (all bots together).
     pub user_triggers_per_minute: u32,
+    /// Longest text of one reply or answer in bytes, whatever the provider streams (see [`cap`]).
+    pub max_reply_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -48,6 +51,7 @@ impl Default for RuntimeConfig {
             queue_timeout: Duration::from_secs(30),
             save_interval: Duration::from_millis(250),
             user_triggers_per_minute: 20,
+            max_reply_bytes: 64 * 1024,
         }
     }
 }
@@ -333,18 +337,10 @@ impl BotRuntime {
         }
         let mut ids: Vec<UserId> = {
             let all = self.bots.read().unwrap_or_else(|e| e.into_inner());
-            let mut ids: Vec<UserId> = addressed_bots(ch.kind, &ch.bots, |b| trigger_of(&all, b), &m.mentions, &m.text)
+            addressed_bots(ch.kind, &ch.bots, |b| settings_of(&all, b), &m.mentions, &m.text)
+                .filter(|b| Some(*b) != m.sender_id.as_ref())
                 .cloned()
-                .collect();
-            // A bot the message names explicitly answers even where it is not a member (the sender invoked
-            // it: NIM's `robotAccount` on a private message); the store lets only such replies in.
-            ids.extend(
-                m.mentions
-                    .iter()
-                    .filter(|b| all.contains_key(*b) && !ch.bots.contains(b) && Some(*b) != m.sender_id.as_ref())
-                    .cloned(),
-            );
-            ids
+                .collect()
         };
         if ids.is_empty()
             && ch.kind == ChannelKind::Group
@@ -366,6 +362,45 @@ impl BotRuntime {
         }
         let bots = self.bots.read().unwrap_or_else(|e| e.into_inner());
         ids.iter().filter_map(|id| bots.get(id).cloned()).collect()
+    }
+
+    /// What the application may do beyond the users' rule ([`addressed_bots`]): a message it sends (master
+    /// token, Sendbird's `Api-Token`, NIM's credentials: NIM's `robotAccount`) invokes every bot in its
+    /// mention list, even where the bot is not a member and is not summonable. The bot answers in that
+    /// channel; the store accepts such a reply because the trigger mentions the bot. Bots the users' rule
+    /// already addresses are left to the commit event (one reply per bot and trigger either way).
+    async fn invoked_by_application(self: Arc<Self>, m: Arc<Message>) {
+        let Some(ch) = self.channel_bots(&m.channel_id).await else {
+            return;
+        };
+        let bots: Vec<Bot> = {
+            let all = self.bots.read().unwrap_or_else(|e| e.into_inner());
+            m.mentions
+                .iter()
+                .filter(|b| !ch.bots.contains(b) && Some(*b) != m.sender_id.as_ref())
+                .filter_map(|b| all.get(b))
+                .filter(|b| !b.settings.summonable)
+                .cloned()
+                .collect()
+        };
+        let callbacks: Vec<Event> = bots
+            .iter()
+            .filter(|b| !b.settings.callback_url.is_empty())
+            .map(|b| Event::BotTriggered {
+                bot: b.id.clone(),
+                message: m.clone(),
+            })
+            .collect();
+        if !callbacks.is_empty() {
+            self.service.bus().publish(callbacks).await;
+        }
+        let bots: Vec<Bot> = bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect();
+        if !bots.is_empty() {
+            self.remember_trigger(&m);
+        }
+        for bot in bots {
+            tokio::spawn(self.clone().reply(bot, m.clone()));
+        }
     }
 
     fn bot_semaphore(&self, bot: &Bot) -> Arc<Semaphore> {
@@ -407,9 +442,15 @@ impl BotRuntime {
         }
         let all = self.bots.read().unwrap_or_else(|e| e.into_inner());
         // Only LLM replies start early; callbacks are told after the commit.
-        let bots: Vec<Bot> = addressed_bots(ch.kind, &ch.bots, |b| trigger_of(&all, b), &draft.mentions, &draft.text)
-            .filter_map(|id| all.get(id).filter(|b| b.settings.answers_with_llm()).cloned())
-            .collect();
+        let bots: Vec<Bot> = addressed_bots(
+            ch.kind,
+            &ch.bots,
+            |b| settings_of(&all, b),
+            &draft.mentions,
+            &draft.text,
+        )
+        .filter_map(|id| all.get(id).filter(|b| b.settings.answers_with_llm()).cloned())
+        .collect();
         (!bots.is_empty()).then_some((ch.kind, bots))
     }
 
@@ -588,6 +629,7 @@ impl BotRuntime {
         let store = self.service.store();
         let (state, reason) = match &outcome.end {
             End::Complete => (ReplyState::Complete, None),
+            End::Truncated => (ReplyState::Complete, Some(cap::LENGTH.to_string())),
             End::Stopped => (ReplyState::Stopped, None),
             End::Failed(r) => (ReplyState::Failed, Some(r.clone())),
             End::Interrupted(r) => (ReplyState::Interrupted, Some(r.clone())),
@@ -679,12 +721,14 @@ impl BotRuntime {
         // The server's own work before the upstream call: trigger handling, context, checks.
         metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
         let called_at = Instant::now();
+        let max_tokens = p.req.max_tokens;
         match Fallback::new(p.providers).stream(p.req).await {
             Ok(stream) => Ok(Opened {
                 stream,
                 _permits: permits,
                 called_at,
                 prompt_estimate: p.prompt_estimate,
+                max_tokens,
             }),
             Err(e) => {
                 metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
@@ -707,8 +751,10 @@ impl BotRuntime {
             _permits,
             called_at,
             prompt_estimate,
+            max_tokens,
         } = opened;
         let mut writer = self.service.reply_writer(reply, self.cfg.save_interval);
+        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
@@ -756,6 +802,7 @@ impl BotRuntime {
                             .record(called_at.elapsed().as_secs_f64());
                     }
                     let received = Instant::now();
+                    let full = cap.take(&mut d);
                     if let Err(blocked) = writer.push(&d).await {
                         drop(stream); // the rest of the generation is not wanted: close the upstream connection
                         out.end = End::Blocked(blocked);
@@ -763,6 +810,11 @@ impl BotRuntime {
                     }
                     // Provider delta received → handed to the fan-out.
                     metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
+                    if full {
+                        drop(stream); // at its length limit, whatever the provider would still send
+                        out.end = End::Truncated;
+                        break;
+                    }
                 }
                 Some(Ok(StreamEvent::Usage {
                     prompt_tokens,
@@ -771,9 +823,18 @@ impl BotRuntime {
                     usage_reported = true;
                     out.prompt_tokens = prompt_tokens;
                     out.completion_tokens = completion_tokens;
+                    if cap.over_reported(completion_tokens) {
+                        drop(stream);
+                        out.end = End::Truncated;
+                        break;
+                    }
                 }
-                Some(Ok(StreamEvent::Done { .. })) => {
-                    out.end = End::Complete;
+                Some(Ok(StreamEvent::Done { finish_reason })) => {
+                    out.end = if cap::is_length(finish_reason.as_deref()) {
+                        End::Truncated
+                    } else {
+                        End::Complete
+                    };
                     break;
                 }
                 Some(Err(e)) => {
@@ -891,28 +952,33 @@ fn early_context(mut history: Vec<Message>, trigger: &Message, limit: u32) -> Ve
     history
 }
 
-/// The bots a message addresses directly: every bot of a 1:1 channel; in a group, the bots it mentions (in
-/// the mention list or as `@id` in the text), every bot when it is a command (starts with `/`, as Sendbird's
-/// privacy mode has it), and those that take every message. Thread follow-ups are decided separately (they
-/// need the parent). Used before the commit (early replies) and after it, so both decide alike.
+/// Who may make a bot speak, for a user's message (the one rule, before the commit and after it). A bot
+/// answers where it is a member: every message of a 1:1 channel; in a group, the messages that mention it
+/// (mention list or `@id` in the text), a command naming it (`/id ...`), every command for a bot in
+/// Sendbird's privacy mode, every message for one that takes them all. Outside its channels, only a
+/// summonable bot answers, and only to a mention in the mention list. `members` are the channel's bots;
+/// `settings` knows every bot. Thread follow-ups are decided separately (they need the parent). What the
+/// application may do beyond this is [`BotRuntime::invoked_by_application`].
 fn addressed_bots<'a>(
     kind: ChannelKind,
-    bots: &'a [UserId],
-    trigger: impl Fn(&UserId) -> BotTrigger + 'a,
+    members: &'a [UserId],
+    settings: impl Fn(&UserId) -> Option<&'a BotSettings> + Copy + 'a,
     mentions: &'a [UserId],
     text: &'a str,
 ) -> impl Iterator<Item = &'a UserId> + 'a {
-    bots.iter().filter(move |b| {
+    let trigger = move |b: &UserId| settings(b).map_or(BotTrigger::Mentions, |s| s.trigger);
+    let member = members.iter().filter(move |b| {
         kind == ChannelKind::Direct
             || trigger(b) == BotTrigger::AllMessages
-            || text.starts_with('/')
+            || trigger(b) == BotTrigger::MentionsAndCommands && text.starts_with('/')
+            || commands(text, b)
             || mentions.contains(b)
             || mentions_in_text(text, b)
-    })
-}
-
-fn trigger_of(bots: &HashMap<UserId, Bot>, id: &UserId) -> BotTrigger {
-    bots.get(id).map_or(BotTrigger::Mentions, |b| b.settings.trigger)
+    });
+    let summoned = mentions
+        .iter()
+        .filter(move |b| !members.contains(b) && settings(b).is_some_and(|s| s.summonable));
+    member.chain(summoned)
 }
 
 /// `@id` in the text, not followed by more id characters.
@@ -920,15 +986,29 @@ fn mentions_in_text(text: &str, bot: &UserId) -> bool {
     let needle = format!("@{bot}");
     text.match_indices(&needle).any(|(i, _)| {
         let before_ok = i == 0 || !text[..i].ends_with(|c: char| c.is_ascii_alphanumeric());
-        let after = &text[i + needle.len()..];
-        before_ok
-            && !after.starts_with(|c: char| {
-                c.is_ascii_alphanumeric()
-                    || c == '_'
-                    || c == '-'
-                    || c == '.' && after[1..].starts_with(|c: char| c.is_ascii_alphanumeric())
-            })
+        before_ok && ends_id(&text[i + needle.len()..])
     })
+}
+
+/// A command naming the bot: `/id` at the start of the text, not followed by more id characters.
+fn commands(text: &str, bot: &UserId) -> bool {
+    text.strip_prefix('/')
+        .and_then(|t| t.strip_prefix(bot.as_str()))
+        .is_some_and(ends_id)
+}
+
+/// Whether an id just before `after` ends there (no more id characters follow).
+fn ends_id(after: &str) -> bool {
+    !after.starts_with(|c: char| {
+        c.is_ascii_alphanumeric()
+            || c == '_'
+            || c == '-'
+            || c == '.' && after[1..].starts_with(|c: char| c.is_ascii_alphanumeric())
+    })
+}
+
+fn settings_of<'a>(bots: &'a HashMap<UserId, Bot>, id: &UserId) -> Option<&'a BotSettings> {
+    bots.get(id).map(|b| &b.settings)
 }
 
 /// How long client ids of triggers are remembered (at least; at most twice), and how many per generation.
@@ -1064,7 +1144,7 @@ impl BotAnswerer for BotRuntime {
                         })
                         .await;
                 }
-                End::Complete | End::Stopped => {}
+                End::Complete | End::Truncated | End::Stopped => {}
             }
             rt.record_answer(&bot, &outcome).await;
         });
@@ -1081,7 +1161,9 @@ impl BotRuntime {
             _permits,
             called_at,
             prompt_estimate,
+            max_tokens,
         } = opened;
+        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
         let mut out = Outcome {
             text: String::new(),
             end: End::Complete,
@@ -1098,7 +1180,7 @@ impl BotRuntime {
             .and_then(|c| self.service.reply_guard(&c));
         loop {
             match stream.next().await {
-                Some(Ok(StreamEvent::Delta(d))) => {
+                Some(Ok(StreamEvent::Delta(mut d))) => {
                     if d.is_empty() {
                         continue;
                     }
@@ -1106,6 +1188,9 @@ impl BotRuntime {
                         first_token = false;
                         metrics::histogram!("confab_llm_time_to_first_token_seconds")
                             .record(called_at.elapsed().as_secs_f64());
+                    }
+                    if cap.take(&mut d) {
+                        out.end = End::Truncated; // the answer ends with this piece
                     }
                     out.text.push_str(&d);
                     let released = match &mut guard {
@@ -1123,6 +1208,9 @@ impl BotRuntime {
                         out.end = End::Stopped;
                         break;
                     }
+                    if matches!(out.end, End::Truncated) {
+                        break;
+                    }
                 }
                 Some(Ok(StreamEvent::Usage {
                     prompt_tokens,
@@ -1131,8 +1219,17 @@ impl BotRuntime {
                     usage_reported = true;
                     out.prompt_tokens = prompt_tokens;
                     out.completion_tokens = completion_tokens;
+                    if cap.over_reported(completion_tokens) {
+                        out.end = End::Truncated;
+                        break;
+                    }
                 }
-                Some(Ok(StreamEvent::Done { .. })) => break,
+                Some(Ok(StreamEvent::Done { finish_reason })) => {
+                    if cap::is_length(finish_reason.as_deref()) {
+                        out.end = End::Truncated;
+                    }
+                    break;
+                }
                 Some(Err(e)) => {
                     metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
                     out.end = failure(&e, out.text.is_empty());
@@ -1170,7 +1267,7 @@ impl BotRuntime {
     /// Metrics and usage of an answer outside any channel.
     async fn record_answer(&self, bot: &Bot, outcome: &Outcome) {
         let state = match outcome.end {
-            End::Complete => ReplyState::Complete,
+            End::Complete | End::Truncated => ReplyState::Complete,
             End::Stopped => ReplyState::Stopped,
             End::Failed(_) | End::Blocked(_) => ReplyState::Failed,
             End::Interrupted(_) => ReplyState::Interrupted,
@@ -1201,6 +1298,17 @@ impl BotRuntime {
 }
 
 impl SendObserver for BotRuntime {
+    fn sent_by_application(&self, stored: &Message) {
+        let sender_is_bot = stored.sender_id.as_ref().is_none_or(|s| self.is_bot(s));
+        if sender_is_bot || stored.reply.is_some() || !stored.mentions.iter().any(|b| self.is_bot(b)) {
+            return; // bots never trigger bots: no loops
+        }
+        if let Some(rt) = self.me.upgrade() {
+            let m = Arc::new(stored.clone());
+            tokio::spawn(async move { rt.invoked_by_application(m).await });
+        }
+    }
+
     fn sending(&self, draft: &NewMessage) -> Option<Box<dyn SendTicket>> {
         let (kind, bots) = self.early_bots(draft)?;
         let rt = self.me.upgrade()?;
@@ -1263,10 +1371,15 @@ struct Opened<'a> {
     _permits: (SemaphorePermit<'a>, OwnedSemaphorePermit),
     called_at: Instant,
     prompt_estimate: u32,
+    /// The bot's `max_output_tokens`, enforced locally too.
+    max_tokens: u32,
 }
 
 enum End {
     Complete,
+    /// Cut at its length limit (the bot's tokens or the byte cap, locally or by the provider): finished
+    /// `complete` with the reason [`cap::LENGTH`].
+    Truncated,
     Stopped,
     Failed(String),
     Interrupted(String),
@@ -1468,29 +1581,41 @@ mod tests {
     }
 
     #[test]
-    fn groups_address_mentioned_bots_commands_and_bots_taking_every_message() {
-        let (quiet, chatty) = (UserId::parse("quiet").unwrap(), UserId::parse("chatty").unwrap());
-        let bots = [quiet.clone(), chatty.clone()];
-        let trigger = |b: &UserId| {
-            if b.as_str() == "chatty" {
-                BotTrigger::AllMessages
-            } else {
-                BotTrigger::Mentions
-            }
+    fn groups_address_mentioned_bots_named_commands_and_bots_taking_every_message() {
+        let id = |s: &str| UserId::parse(s).unwrap();
+        let with = |trigger, summonable| BotSettings {
+            trigger,
+            summonable,
+            ..BotSettings::default()
         };
+        let settings: HashMap<UserId, BotSettings> = [
+            (id("quiet"), with(BotTrigger::Mentions, false)),
+            (id("chatty"), with(BotTrigger::AllMessages, false)),
+            (id("private"), with(BotTrigger::MentionsAndCommands, false)),
+            (id("outsider"), with(BotTrigger::Mentions, false)),
+            (id("summonable"), with(BotTrigger::Mentions, true)),
+        ]
+        .into_iter()
+        .collect();
+        let members = [id("quiet"), id("chatty"), id("private")];
         let addressed = |kind, mentions: &[UserId], text: &str| -> Vec<String> {
-            addressed_bots(kind, &bots, trigger, mentions, text)
+            addressed_bots(kind, &members, |b| settings.get(b), mentions, text)
                 .map(|b| b.as_str().to_string())
                 .collect()
         };
-        assert_eq!(addressed(ChannelKind::Group, &[], "hello"), ["chatty"]);
-        assert_eq!(addressed(ChannelKind::Group, &[], "hi @quiet"), ["quiet", "chatty"]);
-        assert_eq!(
-            addressed(ChannelKind::Group, std::slice::from_ref(&quiet), "hi"),
-            ["quiet", "chatty"]
-        );
-        assert_eq!(addressed(ChannelKind::Group, &[], "/help"), ["quiet", "chatty"]);
-        assert_eq!(addressed(ChannelKind::Group, &[], "a/b"), ["chatty"]);
-        assert_eq!(addressed(ChannelKind::Direct, &[], "hello"), ["quiet", "chatty"]);
+        use ChannelKind::{Direct, Group};
+        assert_eq!(addressed(Group, &[], "hello"), ["chatty"]);
+        assert_eq!(addressed(Group, &[], "hi @quiet"), ["quiet", "chatty"]);
+        assert_eq!(addressed(Group, &[id("quiet")], "hi"), ["quiet", "chatty"]);
+        // A command addresses the bot it names (and bots in Sendbird's privacy mode take every command).
+        assert_eq!(addressed(Group, &[], "/quiet help"), ["quiet", "chatty", "private"]);
+        assert_eq!(addressed(Group, &[], "/help"), ["chatty", "private"]);
+        assert_eq!(addressed(Group, &[], "/quietly"), ["chatty", "private"]);
+        assert_eq!(addressed(Group, &[], "a/b"), ["chatty"]);
+        assert_eq!(addressed(Direct, &[], "hello"), ["quiet", "chatty", "private"]);
+        // Outside its channels a bot answers only when it is summonable, and only to the mention list.
+        assert_eq!(addressed(Group, &[id("outsider")], "hi @outsider"), ["chatty"]);
+        assert_eq!(addressed(Group, &[id("summonable")], "hi"), ["chatty", "summonable"]);
+        assert_eq!(addressed(Group, &[], "hi @summonable /summonable"), ["chatty"]);
     }
 }

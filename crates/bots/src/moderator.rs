@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use confab_domain::model::NewMessage;
 use confab_llm::{ChatMessage, ChatRequest};
-use confab_service::moderation::{HookVerdict, SendHook};
+use confab_service::moderation::{Draft, HookVerdict, SendHook};
 
 use crate::Catalog;
 
@@ -89,8 +89,9 @@ impl LlmModerator {
 
 #[async_trait]
 impl SendHook for LlmModerator {
-    async fn check(&self, msg: &NewMessage) -> HookVerdict {
-        if msg.text.trim().is_empty() {
+    async fn check(&self, msg: &NewMessage, draft: Draft) -> HookVerdict {
+        // Only the text is judged: an edit that keeps it was judged already.
+        if msg.text.trim().is_empty() || !draft.text_changed() {
             return HookVerdict::Allow;
         }
         let started = Instant::now();

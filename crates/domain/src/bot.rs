@@ -37,6 +37,10 @@ pub struct BotSettings {
     pub max_concurrent: u32,
     /// Which group messages address the bot (1:1 messages always do).
     pub trigger: BotTrigger,
+    /// Whether a user may summon the bot into a channel it is not a member of by mentioning it (in the
+    /// message's mention list). Off (default): the bot answers users only where it is a member; the
+    /// application may still invoke it anywhere (a mention in a message it sends).
+    pub summonable: bool,
     /// Let the application's server add a topic, a function and custom content to a message for the bot
     /// ([`MessageBotContext`], e.g. NIM's `robotTopic`, `robotFunction`, `robotCustomContent`); they are
     /// appended to the instructions of the reply to that message. Off: such values are ignored.
@@ -50,9 +54,13 @@ pub struct BotSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BotTrigger {
-    /// Messages that mention it (mention list or `@id`), start with `/`, or follow up in its threads.
+    /// Messages that mention it (mention list or `@id`), commands naming it (`/id ...`), and follow-ups in
+    /// its threads.
     #[default]
     Mentions,
+    /// As `Mentions`, and every command (a message starting with `/`), whichever bot it names: Sendbird's
+    /// privacy mode.
+    MentionsAndCommands,
     /// Every member's message.
     AllMessages,
 }
@@ -75,6 +83,7 @@ impl Default for BotSettings {
             bot_daily_tokens: 0,
             max_concurrent: 8,
             trigger: BotTrigger::Mentions,
+            summonable: false,
             message_context: false,
             callback_url: String::new(),
         }

@@ -454,6 +454,9 @@ pub struct MessagePatch {
     pub custom_type: Option<String>,
     pub data: Option<Option<Value>>,
     pub payload: Option<Value>,
+    /// Moderation flag rules the new content matched: recorded with the edit, in its transaction. Set by
+    /// the service's review, never by a surface.
+    pub flags: Vec<String>,
 }
 
 impl MessagePatch {

@@ -188,6 +188,9 @@ pub enum Behaviour {
         error_type: String,
         message: String,
     },
+    /// HTTP 200 and `reply`'s chunks over and over, without end and whatever `max_tokens` says: a provider
+    /// that does not stop (until the client goes away).
+    Endless(Reply),
 }
 
 impl Behaviour {
@@ -230,6 +233,11 @@ impl Behaviour {
             headers: vec![(name.to_string(), value)],
             body: None,
         }
+    }
+
+    /// Streams `text` in a loop, never ending (see [`Behaviour::Endless`]).
+    pub fn endless(text: impl Into<String>) -> Self {
+        Behaviour::Endless(Reply::new(text))
     }
 
     pub fn hang(d: Duration) -> Self {
@@ -452,17 +460,18 @@ async fn handle(shared: Arc<Shared>, format: WireFormat, uri: Uri, headers: Head
             guard.finish();
             error_response(format, 504, &("timeout".into(), "gateway timeout".into()))
         }
-        Behaviour::Success(reply) => sse(frames(format, &ctx, &reply, End::Complete), guard),
+        Behaviour::Success(reply) => sse(frames(format, &ctx, &reply, End::Complete).into_iter(), guard),
         Behaviour::CutMidStream { reply, after_chunks } => {
-            sse(frames(format, &ctx, &reply, End::Cut(after_chunks)), guard)
+            sse(frames(format, &ctx, &reply, End::Cut(after_chunks)).into_iter(), guard)
         }
+        Behaviour::Endless(reply) => sse(endless_frames(format, &ctx, &reply), guard),
         Behaviour::StreamError {
             reply,
             after_chunks,
             error_type,
             message,
         } => sse(
-            frames(format, &ctx, &reply, End::Error(after_chunks, error_type, message)),
+            frames(format, &ctx, &reply, End::Error(after_chunks, error_type, message)).into_iter(),
             guard,
         ),
     }
@@ -725,9 +734,38 @@ fn frames(format: WireFormat, ctx: &StreamCtx, reply: &Reply, end: End) -> VecDe
     out
 }
 
-fn sse(frames: VecDeque<Frame>, guard: InFlight) -> Response {
+/// The frames of an endless reply: the stream's opening, then `reply`'s text chunks in a loop.
+fn endless_frames(format: WireFormat, ctx: &StreamCtx, reply: &Reply) -> Box<dyn Iterator<Item = Frame> + Send> {
+    let mut opening = frames(format, ctx, &Reply::new(""), End::Cut(0));
+    opening.pop_back(); // the cut
+    let (model, delay) = (ctx.model.clone(), reply.delay);
+    let mut chunks = reply.chunks();
+    if chunks.is_empty() {
+        chunks.push(String::new());
+    }
+    let deltas = (0..).map(move |i: usize| {
+        let c = &chunks[i % chunks.len()];
+        match format {
+            WireFormat::OpenAi | WireFormat::Azure => data_frame(
+                delay,
+                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                       "model": model, "system_fingerprint": "fp_fake",
+                       "choices": [{"index": 0, "delta": {"content": c}, "logprobs": null, "finish_reason": null}]}),
+            ),
+            WireFormat::Anthropic => event_frame(
+                delay,
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": c}}),
+            ),
+        }
+    });
+    Box::new(opening.into_iter().chain(deltas))
+}
+
+fn sse(frames: impl Iterator<Item = Frame> + Send + 'static, guard: InFlight) -> Response {
+    let frames = frames.peekable();
     let stream = futures_util::stream::unfold((frames, guard), |(mut frames, mut guard)| async move {
-        let frame = frames.pop_front()?;
+        let frame = frames.next()?;
         let item = match frame {
             Frame::Data { delay, bytes } => {
                 if !delay.is_zero() {
@@ -742,7 +780,7 @@ fn sse(frames: VecDeque<Frame>, guard: InFlight) -> Response {
                 Err(std::io::Error::other("fake provider: connection cut mid-stream"))
             }
         };
-        if frames.is_empty() {
+        if frames.peek().is_none() {
             // The last frame is being handed to the connection: the response is finished.
             guard.finish();
         }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use confab_domain::model::NewMessage;
 use confab_domain::{DomainError, DomainResult, now_millis};
 use confab_egress::EgressPolicy;
-use confab_service::moderation::{HookVerdict, SendHook};
+use confab_service::moderation::{Draft, HookVerdict, SendHook};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -72,21 +72,26 @@ impl PreSendHook {
         })
     }
 
-    async fn ask(&self, msg: &NewMessage) -> Result<HookVerdict, String> {
+    async fn ask(&self, msg: &NewMessage, draft: Draft) -> Result<HookVerdict, String> {
+        let mut message = json!({
+            "channel_id": msg.channel_id,
+            "sender_id": msg.sender_id,
+            "type": msg.kind.as_str(),
+            "text": msg.text,
+            "custom_type": msg.custom_type,
+            "data": msg.data,
+            "mentions": msg.mentions,
+            "client_msg_id": msg.client_msg_id,
+            "parent_id": msg.parent_id.map(|p| p.0),
+        });
+        // An edit is checked as a send of the message as edited; `edit_of` tells the endpoint which one.
+        if let Draft::Edit { id, .. } = draft {
+            message["edit_of"] = json!(id.0);
+        }
         let body = serde_json::to_vec(&json!({
             "type": "message.pre_send",
             "timestamp": now_millis(),
-            "data": { "message": {
-                "channel_id": msg.channel_id,
-                "sender_id": msg.sender_id,
-                "type": msg.kind.as_str(),
-                "text": msg.text,
-                "custom_type": msg.custom_type,
-                "data": msg.data,
-                "mentions": msg.mentions,
-                "client_msg_id": msg.client_msg_id,
-                "parent_id": msg.parent_id.map(|p| p.0),
-            }},
+            "data": { "message": message },
         }))
         .map_err(|e| e.to_string())?;
         let id = format!("pre_{}", hex::encode(rand::random::<[u8; 12]>()));
@@ -135,10 +140,10 @@ impl PreSendHook {
 
 #[async_trait]
 impl SendHook for PreSendHook {
-    async fn check(&self, msg: &NewMessage) -> HookVerdict {
+    async fn check(&self, msg: &NewMessage, draft: Draft) -> HookVerdict {
         let started = Instant::now();
         // The budget covers everything, a slow body included.
-        let verdict = match tokio::time::timeout(self.budget, self.ask(msg)).await {
+        let verdict = match tokio::time::timeout(self.budget, self.ask(msg, draft)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("timed out".into()),

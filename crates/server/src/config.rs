@@ -407,6 +407,9 @@ pub struct BotRuntimeConfig {
     pub save_interval_ms: u64,
     /// Bot triggers per user per minute.
     pub user_triggers_per_minute: u32,
+    /// Longest text of one bot reply, in bytes, whatever the provider streams (each bot's
+    /// `max_output_tokens` is enforced locally too); a reply that reaches it ends `complete`, reason `length`.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for BotRuntimeConfig {
@@ -417,6 +420,7 @@ impl Default for BotRuntimeConfig {
             queue_timeout_secs: d.queue_timeout.as_secs(),
             save_interval_ms: d.save_interval.as_millis() as u64,
             user_triggers_per_minute: d.user_triggers_per_minute,
+            max_reply_bytes: d.max_reply_bytes,
         }
     }
 }
@@ -428,6 +432,7 @@ impl BotRuntimeConfig {
             queue_timeout: Duration::from_secs(self.queue_timeout_secs.max(1)),
             save_interval: Duration::from_millis(self.save_interval_ms.max(10)),
             user_triggers_per_minute: self.user_triggers_per_minute.max(1),
+            max_reply_bytes: self.max_reply_bytes.max(1),
         }
     }
 }

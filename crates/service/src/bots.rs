@@ -189,6 +189,10 @@ pub trait ProviderCatalog: Send + Sync {
 pub trait SendObserver: Send + Sync {
     /// Called before the append; a ticket is settled with the append's outcome.
     fn sending(&self, draft: &NewMessage) -> Option<Box<dyn SendTicket>>;
+
+    /// Called once a message the application sent (not a retry) is stored: the application may invoke the
+    /// bots it mentions beyond the users' rule (where they are not members).
+    fn sent_by_application(&self, _stored: &Message) {}
 }
 
 pub trait SendTicket: Send {

@@ -7,6 +7,7 @@ pub mod bots;
 pub mod files;
 pub mod moderation;
 pub mod presence;
+mod screen;
 pub mod webhooks;
 
 use std::num::NonZeroU32;
@@ -22,7 +23,6 @@ use confab_domain::ports::{DynBus, DynStore, SessionRecord};
 use confab_domain::{
     ChannelId, ChannelSeq, DomainError, DomainResult, Event, Limits, MessageId, Millis, UserId, now_millis,
 };
-use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use auth::Actor;
@@ -552,33 +552,22 @@ impl Confab {
                 if msg.kind == MessageKind::Admin {
                     return Err(DomainError::forbidden("only the application can send admin messages"));
                 }
-                // Bot context reaches a bot's instructions, which only the application's server may write.
-                if msg
-                    .data
-                    .as_ref()
-                    .is_some_and(|d| d.get(confab_domain::bot::MessageBotContext::DATA_KEY).is_some())
-                {
-                    return Err(DomainError::forbidden(
-                        "only the application can attach bot context (data.bot_context) to a message",
-                    ));
-                }
                 msg.sender_id = Some(u.clone());
-                if let Err(not_until) = self.send_limiter.check_key(u) {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    return Err(DomainError::RateLimited {
-                        retry_after_ms: wait.as_millis().max(1) as u64,
-                    });
-                }
             }
             Actor::Admin => {}
         }
-        msg.validate(&self.cfg.limits)?;
-        self.review(&mut msg)?;
-        self.pre_send(&mut msg).await?;
+        self.screen(actor, &mut msg, moderation::Draft::Send).await?;
         let ticket = self.send_observer().and_then(|o| o.sending(&msg));
         let res = self.store.append_message(msg).await;
+        let stored = res.as_ref().ok().filter(|a| !a.duplicate).map(|a| &a.message);
         if let Some(t) = ticket {
-            t.settled(res.as_ref().ok().filter(|a| !a.duplicate).map(|a| &a.message));
+            t.settled(stored);
+        }
+        if let (Actor::Admin, Some(m)) = (actor, stored)
+            && !m.mentions.is_empty()
+            && let Some(o) = self.send_observer()
+        {
+            o.sent_by_application(m);
         }
         res
     }
@@ -592,63 +581,6 @@ impl Confab {
     /// then the application's pre-send webhook, which has the last word).
     pub fn add_send_hook(&self, hook: Arc<dyn moderation::SendHook>) {
         self.send_hooks.write().unwrap_or_else(|e| e.into_inner()).push(hook);
-    }
-
-    /// The checks after the content rules, for messages of users and the application (not bot replies, which
-    /// the content rules check as they stream). A rejection stops the send; a modification is what the next
-    /// check sees.
-    async fn pre_send(&self, msg: &mut NewMessage) -> DomainResult<()> {
-        let hooks = self.send_hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if hooks.is_empty() || msg.reply.is_some() {
-            return Ok(());
-        }
-        for hook in hooks {
-            match hook.check(msg).await {
-                moderation::HookVerdict::Allow => {}
-                moderation::HookVerdict::Flag { rule } => {
-                    if !msg.flags.contains(&rule) {
-                        msg.flags.push(rule);
-                    }
-                }
-                moderation::HookVerdict::Reject { rule, reason } => {
-                    tracing::info!(channel = %msg.channel_id, rule, "message rejected before it was stored");
-                    return Err(DomainError::Rejected { rule, reason });
-                }
-                moderation::HookVerdict::Modify { text, data } => {
-                    if let Some(t) = text {
-                        msg.text = t;
-                    }
-                    if let Some(d) = data {
-                        msg.data = (!d.is_null()).then_some(d);
-                    }
-                    msg.validate(&self.cfg.limits)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies the content policy to a message about to be stored (before any bot sees it).
-    fn review(&self, msg: &mut NewMessage) -> DomainResult<()> {
-        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(guard) = guard else { return Ok(()) };
-        if msg.text.is_empty() || !guard.is_active(&msg.channel_id) {
-            return Ok(());
-        }
-        match guard.review(&msg.channel_id, &msg.text) {
-            moderation::Review::Reject { rule, reason } => {
-                tracing::info!(channel = %msg.channel_id, rule, "message rejected by moderation");
-                Err(DomainError::Rejected { rule, reason })
-            }
-            moderation::Review::Allow { rewritten, flagged_by } => {
-                if let Some(text) = rewritten {
-                    msg.text = text;
-                }
-                // Stored with the message, in the same transaction, for review.
-                msg.flags = flagged_by;
-                Ok(())
-            }
-        }
     }
 
     pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> DomainResult<Vec<Message>> {
@@ -729,7 +661,12 @@ impl Confab {
         if patch.is_empty() {
             return Err(DomainError::invalid("body", "nothing to change"));
         }
+        if m.deleted {
+            return Err(DomainError::not_found("message", id));
+        }
         patch.validate(&self.cfg.limits)?;
+        // An edit is a send for every check (see `screen`).
+        let patch = self.screen_edit(actor, &m, patch).await?;
         self.store.edit_message(id, patch).await
     }
 

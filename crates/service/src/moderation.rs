@@ -107,19 +107,29 @@ pub struct ReviewedReply {
 /// complete (so a blocked or masked word never streams out) nor held forever (scripts without spaces).
 const MAX_HELD_CHARS: usize = 32;
 
+/// How much released text stays under review behind the end of a streaming reply. Text further back, up to
+/// a word boundary, is settled: pieces are reviewed with the unsettled tail only, so a long reply costs a
+/// linear amount of review, not a quadratic one. A match longer than this (a phrase with hundreds of spaces
+/// in it, a pattern spanning several hundred bytes) or a limit over the whole text (links) is applied to
+/// the final text, which is always reviewed whole.
+const SETTLE_TAIL: usize = 256;
+
 /// Applies the content policy to a bot reply while it streams in. Each piece is added to the text received so
-/// far, which is reviewed whole (the policy is compiled regexes: a few linear scans). What may be relayed is
-/// the masked text up to the last unfinished word and up to any match that touches the end of the text (it
-/// may still grow or stop matching); a blocking match that ends before the end of the text will block the
-/// final text too, so the reply is refused at once. A match spanning several words can start in text already
-/// relayed (the first words of a blocked phrase, or of a masked number); the final text, which replaces the
-/// streamed one on clients, is cut or masked in full.
+/// far, whose unsettled tail is reviewed (the policy is compiled regexes: a few linear scans). What may be
+/// relayed is the masked text up to the last unfinished word and up to any match that touches the end of the
+/// text (it may still grow or stop matching); a blocking match that ends before the end of the text will
+/// block the final text too, so the reply is refused at once. A match spanning several words can start in
+/// text already relayed (the first words of a blocked phrase, or of a masked number); the final text, which
+/// replaces the streamed one on clients, is reviewed whole and cut or masked in full.
 pub struct ReplyGuard {
     guard: std::sync::Arc<dyn ContentGuard>,
     channel: ChannelId,
     received: String,
-    /// Characters of the (masked) text released so far.
-    released_chars: usize,
+    /// Bytes of `received` released so far (relayed, masked).
+    released: usize,
+    /// Bytes of `received` no longer reviewed as pieces arrive: released, at least [`SETTLE_TAIL`] behind
+    /// the end, and just after a whitespace character (no word or link spans it).
+    settled: usize,
     blocked: Option<ReplyBlocked>,
 }
 
@@ -129,7 +139,8 @@ impl ReplyGuard {
             guard,
             channel,
             received: String::new(),
-            released_chars: 0,
+            released: 0,
+            settled: 0,
             blocked: None,
         }
     }
@@ -146,52 +157,78 @@ impl ReplyGuard {
             return Err(b.clone());
         }
         self.received.push_str(delta);
+        let base = self.settled;
         let held_from = held_word_start(&self.received);
         let mut end = self.received.len();
         let masked = loop {
-            if end == 0 {
+            if end <= base {
                 break None;
             }
-            match self.guard.review_reply(&self.channel, &self.received[..end]) {
+            // Spans are relative to the reviewed tail.
+            match self.guard.review_reply(&self.channel, &self.received[base..end]) {
+                // A guard that cannot say where the rejection is cuts the whole reply.
+                ReplyReview::Reject { rule, reason, span } if span.is_empty() => {
+                    self.received.clear();
+                    return Err(self.block(rule, reason));
+                }
                 // Ends before the end of what is reviewed: it stays a match whatever follows.
-                ReplyReview::Reject { rule, reason, span } if span.end < end || span.is_empty() => {
-                    self.received
-                        .truncate(floor_char_boundary(&self.received, span.start.min(end)));
-                    let b = ReplyBlocked { rule, reason };
-                    self.blocked = Some(b.clone());
-                    return Err(b);
+                ReplyReview::Reject { rule, reason, span } if base + span.end < end => {
+                    let cut = floor_char_boundary(&self.received, (base + span.start).min(end));
+                    self.received.truncate(cut);
+                    return Err(self.block(rule, reason));
                 }
                 // Touches the end: wait for more text; meanwhile only what comes before it may go out.
                 ReplyReview::Reject { span, .. } => {
-                    end = floor_char_boundary(&self.received, span.start.min(end - 1));
+                    end = floor_char_boundary(&self.received, (base + span.start).min(end - 1));
                 }
                 ReplyReview::Allow { rewritten, .. } => break rewritten,
             }
         };
         let upto = end.min(held_from);
-        let upto_chars = self.received[..upto].chars().count();
-        if upto_chars <= self.released_chars {
+        if upto <= self.released {
             return Ok(String::new());
         }
         let out: String = match masked {
-            None => {
-                let from = char_to_byte(&self.received, self.released_chars);
-                self.received[from..upto].to_string()
-            }
+            None => self.received[self.released..upto].to_string(),
             // Masking keeps one character per character, so positions carry over; a rewrite that does not
             // is held back whole (the final text has it).
-            Some(m) if m.chars().count() == self.received[..end].chars().count() => m
-                .chars()
-                .skip(self.released_chars)
-                .take(upto_chars - self.released_chars)
-                .collect(),
+            Some(m) if m.chars().count() == self.received[base..end].chars().count() => {
+                let skip = self.received[base..self.released].chars().count();
+                let take = self.received[self.released..upto].chars().count();
+                m.chars().skip(skip).take(take).collect()
+            }
             Some(_) => return Ok(String::new()),
         };
-        self.released_chars = upto_chars;
+        self.released = upto;
+        self.settle();
         Ok(out)
     }
 
-    /// Reviews the complete text (its end is now known): the text to store and what is left to relay.
+    fn block(&mut self, rule: String, reason: String) -> ReplyBlocked {
+        let b = ReplyBlocked { rule, reason };
+        self.blocked = Some(b.clone());
+        b
+    }
+
+    /// Moves the settled point up to the last whitespace that is released and [`SETTLE_TAIL`] behind the end.
+    fn settle(&mut self) {
+        let limit = floor_char_boundary(
+            &self.received,
+            self.released.min(self.received.len().saturating_sub(SETTLE_TAIL)),
+        );
+        if limit <= self.settled {
+            return;
+        }
+        if let Some((i, c)) = self.received[self.settled..limit]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+        {
+            self.settled += i + c.len_utf8();
+        }
+    }
+
+    /// Reviews the complete text (its end is now known), whole: the text to store and what is left to relay.
     pub fn finish(mut self) -> ReviewedReply {
         let mut end = self.received.len();
         let (text, flagged_by) = loop {
@@ -218,7 +255,8 @@ impl ReplyGuard {
         let rest = match &self.blocked {
             Some(_) => String::new(),
             None if text.chars().count() == self.received.chars().count() => {
-                text.chars().skip(self.released_chars).collect()
+                let released_chars = self.received[..self.released].chars().count();
+                text.chars().skip(released_chars).collect()
             }
             None => String::new(),
         };
@@ -256,10 +294,6 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-fn char_to_byte(text: &str, chars: usize) -> usize {
-    text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i)
-}
-
 /// What the application's pre-send check says of a message about to be stored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HookVerdict {
@@ -281,11 +315,35 @@ pub enum HookVerdict {
     },
 }
 
-/// A check of every user message before it is stored, after the content rules: the application's pre-send
-/// webhook. Answers within its own budget (a timeout is a verdict too: allow or reject as configured).
+/// What a check looks at: a message about to be stored, or the content an edit gives a stored message (an
+/// edit is a send for every check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Draft {
+    Send,
+    Edit {
+        /// The message edited.
+        id: MessageId,
+        /// Whether the edit changes the text (a check of the text alone may skip an edit that does not).
+        text_changed: bool,
+    },
+}
+
+impl Draft {
+    pub fn text_changed(self) -> bool {
+        match self {
+            Draft::Send => true,
+            Draft::Edit { text_changed, .. } => text_changed,
+        }
+    }
+}
+
+/// A check of every user message before it is stored (and of every edit), after the content rules: the LLM
+/// check, the application's pre-send webhook. `msg` is the message as it will be stored (for an edit, the
+/// stored message with the edit applied). Answers within its own budget (a timeout is a verdict too: allow
+/// or reject as configured).
 #[async_trait::async_trait]
 pub trait SendHook: Send + Sync {
-    async fn check(&self, msg: &confab_domain::model::NewMessage) -> HookVerdict;
+    async fn check(&self, msg: &confab_domain::model::NewMessage, draft: Draft) -> HookVerdict;
 }
 
 /// The rules in force as the admin API manages them, as JSON in the shape of the configuration's
@@ -551,6 +609,102 @@ mod tests {
         let released = g.push(&long).unwrap();
         assert_eq!(released.len(), 100 - MAX_HELD_CHARS);
         assert_eq!(g.finish().rest.len(), MAX_HELD_CHARS);
+    }
+
+    /// Counts the bytes handed to the policy.
+    struct Counting(PolicyGuard, std::sync::atomic::AtomicUsize);
+
+    impl ContentGuard for Counting {
+        fn review(&self, channel: &ChannelId, text: &str) -> Review {
+            self.0.review(channel, text)
+        }
+
+        fn review_reply(&self, channel: &ChannelId, text: &str) -> ReplyReview {
+            self.1.fetch_add(text.len(), std::sync::atomic::Ordering::Relaxed);
+            self.0.review_reply(channel, text)
+        }
+    }
+
+    fn policy() -> Policy {
+        let rule = |name: &str, words: &[&str], action| RuleConfig {
+            name: name.into(),
+            words: words.iter().map(|w| w.to_string()).collect(),
+            patterns: vec![],
+            action,
+            reason: format!("no {name}"),
+        };
+        Policy::compile(&PolicyConfig {
+            rules: vec![
+                rule("darn", &["darn", "good grief"], RuleAction::Block),
+                rule("heck", &["heck", "ça"], RuleAction::Mask),
+                rule("refund", &["refund"], RuleAction::Flag),
+            ],
+            max_links: None,
+        })
+        .unwrap()
+    }
+
+    /// Streams `words` words in pieces of 7 bytes; returns (released + rest, final text, flags, bytes the
+    /// policy reviewed while streaming, pieces).
+    fn stream_long(words: usize) -> (String, String, Vec<String>, usize, usize) {
+        let vocabulary = [
+            "the",
+            "heck",
+            "answer",
+            "ça",
+            "is",
+            "refund",
+            "forty-two,",
+            "good",
+            "grief?",
+            "ok\n",
+        ];
+        let text: String = (0..words)
+            .map(|i| vocabulary[(i * 7 + i / 3) % vocabulary.len()].to_string() + " ")
+            .collect::<String>()
+            .replace("good grief", "good griefs");
+        let counting = Arc::new(Counting(PolicyGuard(policy()), Default::default()));
+        let mut g = ReplyGuard::new(counting.clone(), ChannelId::parse("c").unwrap());
+        let mut released = String::new();
+        let mut pieces = 0;
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(7);
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            released.push_str(&g.push(&rest[..cut]).expect("nothing blocked"));
+            rest = &rest[cut..];
+            pieces += 1;
+        }
+        let reviewed = counting.1.load(std::sync::atomic::Ordering::Relaxed);
+        let end = g.finish();
+        assert_eq!(end.blocked, None);
+        released.push_str(&end.rest);
+        let whole = match policy().check(&text) {
+            Verdict::Allowed { text, .. } => text.into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(end.text, whole, "the final text is the whole text reviewed at once");
+        (released, end.text, end.flagged_by, reviewed, pieces)
+    }
+
+    #[test]
+    fn long_replies_cost_a_linear_amount_of_review_with_the_same_results() {
+        let (released, text, flags, reviewed, pieces) = stream_long(4000);
+        assert_eq!(released, text, "what streamed is what is stored, masked alike");
+        assert!(text.contains("****") && !text.contains("heck") && !text.contains("ça"));
+        assert_eq!(flags, ["refund"]);
+        // Each piece reviews at most the unsettled tail: a bounded amount, not the text so far.
+        assert!(
+            reviewed <= pieces * (SETTLE_TAIL + 64),
+            "{reviewed} bytes reviewed for {pieces} pieces"
+        );
+        let (_, _, _, reviewed_twice, _) = stream_long(8000);
+        assert!(
+            reviewed_twice < reviewed * 5 / 2,
+            "twice the text, about twice the review: {reviewed} then {reviewed_twice}"
+        );
     }
 
     #[test]

@@ -997,7 +997,8 @@ fn append(conn: &Connection, m: NewMessage, now: Millis, events: &mut Vec<Event>
     })
 }
 
-/// Records a message for review; flagging it again adds the new rules.
+/// Records a message for review; flagging it again (an edit whose new content matched) adds the new rules
+/// and puts it back in review: an approval was for the content as it was.
 fn insert_flag(
     conn: &Connection,
     id: MessageId,
@@ -1018,7 +1019,8 @@ fn insert_flag(
     let rules = serde_json::to_string(&all).map_err(|e| DomainError::Internal(e.to_string()))?;
     conn.prepare_cached(
         "INSERT INTO flagged_messages (message_id, channel_id, rules, flagged_at) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (message_id) DO UPDATE SET rules = excluded.rules",
+         ON CONFLICT (message_id) DO UPDATE SET rules = excluded.rules, state = 'pending', \
+         flagged_at = excluded.flagged_at, reviewed_at = NULL, reviewed_by = NULL",
     )
     .and_then(|mut s| s.execute(params![id.0, channel.as_str(), rules, now]))
     .map_err(db_err)?;
@@ -1073,6 +1075,7 @@ fn edit(
     if msg.deleted {
         return Err(DomainError::not_found("message", id));
     }
+    let flags = p.flags;
     if let Some(t) = p.text {
         if matches!(msg.kind, MessageKind::Image | MessageKind::File | MessageKind::Custom) && t.is_empty() {
             return Err(DomainError::invalid("text", "must not be empty"));
@@ -1105,6 +1108,10 @@ fn edit(
         ])
     })
     .map_err(db_err)?;
+    // The new content's flags, in the edit's transaction (as a send's are).
+    if !flags.is_empty() {
+        insert_flag(conn, id, &msg.channel_id, &flags, now)?;
+    }
     events.push(Event::MessageUpdated(Arc::new(msg.clone())));
     Ok(msg)
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn provider(name: &str, kind: ProviderKind, fake: &FakeProvider) -> ProviderConfig {
+pub(crate) fn provider(name: &str, kind: ProviderKind, fake: &FakeProvider) -> ProviderConfig {
     let mut p = ProviderConfig::new(name, kind);
     p.base_url = Some(match kind {
         ProviderKind::Anthropic => fake.base_url(),
@@ -22,7 +22,7 @@ fn provider(name: &str, kind: ProviderKind, fake: &FakeProvider) -> ProviderConf
     p
 }
 
-async fn app_with(providers: Vec<ProviderConfig>) -> TestApp {
+pub(crate) async fn app_with(providers: Vec<ProviderConfig>) -> TestApp {
     spawn_app_with(|c| {
         c.providers = providers;
         c.limits.user_send_burst = 100;
@@ -33,7 +33,7 @@ async fn app_with(providers: Vec<ProviderConfig>) -> TestApp {
     .await
 }
 
-async fn create_bot(app: &TestApp, id: &str, settings: Value) {
+pub(crate) async fn create_bot(app: &TestApp, id: &str, settings: Value) {
     let (s, v) = app
         .admin(
             "POST",

@@ -1,9 +1,12 @@
 //! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
 
+mod bot_limits;
+mod bot_triggers;
 mod bots;
 mod builtin;
 mod compat_webhooks;
 mod durability;
+mod edits;
 mod files;
 mod hardening_authz;
 mod helpers;

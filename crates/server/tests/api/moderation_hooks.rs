@@ -13,10 +13,10 @@ use crate::helpers::*;
 use crate::sendbird::{error_of, sb};
 use crate::webhook_outbox::verify;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// An endpoint that decides by the message's text; returns its URL and the messages it saw.
-async fn hook_endpoint() -> (String, Arc<Mutex<Vec<Value>>>) {
+pub(crate) async fn hook_endpoint() -> (String, Arc<Mutex<Vec<Value>>>) {
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let log = seen.clone();
     let app = axum::Router::new().route(
@@ -59,7 +59,7 @@ async fn hook_endpoint() -> (String, Arc<Mutex<Vec<Value>>>) {
     (format!("http://{addr}/check"), seen)
 }
 
-async fn app_with_hook(url: &str, fail_open: bool) -> TestApp {
+pub(crate) async fn app_with_hook(url: &str, fail_open: bool) -> TestApp {
     let url = url.to_string();
     spawn_app_with(move |c| {
         c.egress.allow_private = vec!["127.0.0.1".into()];

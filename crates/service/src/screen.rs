@@ -1,0 +1,138 @@
+//! The one review path of new content, for sends and edits alike: what a user may not attach, the send rate,
+//! the content rules (block, mask, flag), then the send hooks (the LLM check, the application's pre-send
+//! webhook). An edit is a send for every check: same order, same verdicts, flags recorded with the change.
+
+use confab_domain::model::{Message, MessagePatch, NewMessage};
+use confab_domain::{DomainError, DomainResult};
+use governor::clock::{Clock, DefaultClock};
+
+use crate::moderation::{self, Draft, HookVerdict};
+use crate::{Actor, Confab};
+
+impl Confab {
+    /// Screens a message about to be stored (`Draft::Send`) or the content an edit will give a stored one
+    /// (`Draft::Edit`, `msg` being the message as edited). A refusal stops the write; a rewrite (masking, a
+    /// hook's modification) and flags are left in `msg`.
+    pub(crate) async fn screen(&self, actor: &Actor, msg: &mut NewMessage, draft: Draft) -> DomainResult<()> {
+        if let Actor::User(u) = actor {
+            // Bot context reaches a bot's instructions, which only the application's server may write.
+            if msg
+                .data
+                .as_ref()
+                .is_some_and(|d| d.get(confab_domain::bot::MessageBotContext::DATA_KEY).is_some())
+            {
+                return Err(DomainError::forbidden(
+                    "only the application can attach bot context (data.bot_context) to a message",
+                ));
+            }
+            if let Err(not_until) = self.send_limiter.check_key(u) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(DomainError::RateLimited {
+                    retry_after_ms: wait.as_millis().max(1) as u64,
+                });
+            }
+        }
+        if draft == Draft::Send {
+            msg.validate(&self.cfg.limits)?;
+        }
+        if draft.text_changed() {
+            self.review(msg)?;
+        }
+        self.pre_send(msg, draft).await
+    }
+
+    /// Screens an edit of `m` (already checked against the limits): returns the patch to store, with what the
+    /// checks rewrote and the flags the new content matched.
+    pub(crate) async fn screen_edit(
+        &self,
+        actor: &Actor,
+        m: &Message,
+        mut patch: MessagePatch,
+    ) -> DomainResult<MessagePatch> {
+        let mut draft = NewMessage {
+            channel_id: m.channel_id.clone(),
+            sender_id: m.sender_id.clone(),
+            kind: m.kind,
+            text: patch.text.clone().unwrap_or_else(|| m.text.clone()),
+            custom_type: patch.custom_type.clone().unwrap_or_else(|| m.custom_type.clone()),
+            data: patch.data.clone().unwrap_or_else(|| m.data.clone()),
+            payload: patch.payload.clone().or_else(|| m.payload.clone()),
+            mentions: m.mentions.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            parent_id: m.parent_id,
+            file_id: m.file.as_ref().map(|f| f.id.clone()),
+            reply: m.reply.clone(),
+            flags: Vec::new(),
+        };
+        let kind = Draft::Edit {
+            id: m.id,
+            text_changed: patch.text.is_some(),
+        };
+        self.screen(actor, &mut draft, kind).await?;
+        if patch.text.is_some() || draft.text != m.text {
+            patch.text = Some(draft.text);
+        }
+        if patch.data.is_some() || draft.data != m.data {
+            patch.data = Some(draft.data);
+        }
+        patch.flags = draft.flags;
+        Ok(patch)
+    }
+
+    /// The checks after the content rules, for messages of users and the application (not bot replies as
+    /// they are created, which the content rules check as they stream). A rejection stops the write; a
+    /// modification is what the next check sees.
+    async fn pre_send(&self, msg: &mut NewMessage, draft: Draft) -> DomainResult<()> {
+        let hooks = self.send_hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if hooks.is_empty() || (draft == Draft::Send && msg.reply.is_some()) {
+            return Ok(());
+        }
+        for hook in hooks {
+            match hook.check(msg, draft).await {
+                HookVerdict::Allow => {}
+                HookVerdict::Flag { rule } => {
+                    if !msg.flags.contains(&rule) {
+                        msg.flags.push(rule);
+                    }
+                }
+                HookVerdict::Reject { rule, reason } => {
+                    tracing::info!(channel = %msg.channel_id, rule, "message rejected before it was stored");
+                    return Err(DomainError::Rejected { rule, reason });
+                }
+                HookVerdict::Modify { text, data } => {
+                    if let Some(t) = text {
+                        msg.text = t;
+                    }
+                    if let Some(d) = data {
+                        msg.data = (!d.is_null()).then_some(d);
+                    }
+                    msg.validate(&self.cfg.limits)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the content policy to a message's text (before any bot sees it).
+    fn review(&self, msg: &mut NewMessage) -> DomainResult<()> {
+        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(guard) = guard else { return Ok(()) };
+        if msg.text.is_empty() || !guard.is_active(&msg.channel_id) {
+            return Ok(());
+        }
+        match guard.review(&msg.channel_id, &msg.text) {
+            moderation::Review::Reject { rule, reason } => {
+                tracing::info!(channel = %msg.channel_id, rule, "message rejected by moderation");
+                Err(DomainError::Rejected { rule, reason })
+            }
+            moderation::Review::Allow { rewritten, flagged_by } => {
+                if let Some(text) = rewritten {
+                    msg.text = text;
+                }
+                // Stored with the message (or the edit), in the same transaction, for review.
+                msg.flags = flagged_by;
+                Ok(())
+            }
+        }
+    }
+}
