@@ -100,6 +100,27 @@ impl FromRequestParts<AppState> for AuthOrQueryToken {
     }
 }
 
+/// The credential of a WebSocket upgrade (bearer or `?token=`): a user's session, which the connection keeps
+/// to re-check when the user's sessions are revoked and to close when it expires. The master token is refused.
+pub struct WsCredential(pub confab_service::SessionGrant);
+
+impl FromRequestParts<AppState> for WsCredential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = match bearer(parts) {
+            Some(t) => t.to_string(),
+            None => query_token(parts).ok_or(ApiError::Domain(confab_domain::DomainError::Unauthenticated))?,
+        };
+        if state.service.is_master_token(&token) {
+            return Err(ApiError::Domain(confab_domain::DomainError::forbidden(
+                "connect with a user's session token, not the master token",
+            )));
+        }
+        Ok(WsCredential(state.service.session_grant(&token).await?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

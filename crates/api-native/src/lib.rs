@@ -20,14 +20,13 @@ use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use confab_domain::DomainError;
 use confab_gateway::{GatewayConfig, Hub};
-use confab_service::{Actor, Confab};
+use confab_service::Confab;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
-use crate::extract::AuthOrQueryToken;
+use crate::extract::WsCredential;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -53,18 +52,9 @@ pub struct HttpLimits {
     responses((status = 101, description = "switching to WebSocket"), (status = 401, body = error::ProblemBody)))]
 async fn ws_upgrade(
     State(st): State<AppState>,
-    AuthOrQueryToken(actor): AuthOrQueryToken,
+    WsCredential(grant): WsCredential,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let user = match actor {
-        Actor::User(u) => u,
-        Actor::Admin => {
-            return ApiError::Domain(DomainError::forbidden(
-                "connect with a user's session token, not the master token",
-            ))
-            .into_response();
-        }
-    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rej) => {
@@ -78,7 +68,7 @@ async fn ws_upgrade(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(st.gateway.queue_bytes.max(64 * 1024))
-        .on_upgrade(move |socket| confab_gateway::session::run(st.hub.clone(), user, socket, st.shutdown.clone()))
+        .on_upgrade(move |socket| confab_gateway::session::run(st.hub.clone(), grant, socket, st.shutdown.clone()))
 }
 
 async fn openapi_json() -> impl IntoResponse {

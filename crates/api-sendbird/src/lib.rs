@@ -99,7 +99,10 @@ pub fn router(
             "/users/{user_id}",
             get(users::view_user).put(users::update_user).delete(users::delete_user),
         )
-        .route("/users/{user_id}/token", post(users::issue_token))
+        .route(
+            "/users/{user_id}/token",
+            post(users::issue_token).delete(users::revoke_tokens),
+        )
         .route(
             "/group_channels",
             post(channels::create_channel).get(channels::list_channels),

@@ -218,8 +218,13 @@ pub async fn update_user(
         disabled: None,
     };
     let v = st.service.update_user(&actor, &id, patch).await?;
+    // A new access token replaces the old one: the user's tokens are revoked (their open connections close)
+    // before it is issued. Confab does not tell access and session tokens apart, so all of them go.
     let access_token = match body.issue_access_token {
-        Some(true) => Some(st.service.issue_session(&actor, &id).await?.token),
+        Some(true) => {
+            st.service.revoke_sessions(&actor, &id).await?;
+            Some(st.service.issue_session(&actor, &id).await?.token)
+        }
         _ => None,
     };
     Ok(Reply(UserObject::new(v.user, v.online, access_token)))
@@ -231,6 +236,19 @@ pub async fn delete_user(
     PathParams(id): PathParams<String>,
 ) -> SendbirdResult<Reply<Empty>> {
     st.service.delete_user(&auth.actor(), &parse_user_id(&id)?).await?;
+    Ok(Reply(Empty {}))
+}
+
+/// `DELETE /v3/users/{user_id}/token`: revokes every token of the user; their open connections close.
+pub async fn revoke_tokens(
+    State(st): State<SendbirdState>,
+    auth: ApiToken,
+    PathParams(id): PathParams<String>,
+) -> SendbirdResult<Reply<Empty>> {
+    let id = parse_user_id(&id)?;
+    let actor = auth.actor();
+    st.service.get_user(&actor, &id).await?;
+    st.service.revoke_sessions(&actor, &id).await?;
     Ok(Reply(Empty {}))
 }
 

@@ -30,8 +30,9 @@ use serde_json::{Map, Value, json};
 
 use crate::util::{Target, ms, parse_duration};
 
-pub const RATE_LIMIT_HINT: &str = "hint: the server rate-limits sends per user (default 10/s, burst 20); start it \
-     with CONFAB_LIMITS__USER_SEND_PER_SEC=1000000 CONFAB_LIMITS__USER_SEND_BURST=1000000 for benchmarks";
+pub const RATE_LIMIT_HINT: &str = "hint: the server rate-limits sends per user (default 10/s, burst 20) and \
+     frames per WebSocket session (default 30/s, burst 60); start it with CONFAB_LIMITS__USER_SEND_PER_SEC=1000000 \
+     CONFAB_LIMITS__USER_SEND_BURST=1000000 CONFAB_WEBSOCKET__MAX_FRAMES_PER_SEC=0 for benchmarks";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -162,8 +163,9 @@ struct ConnectionsArgs {
     /// `confab` of this user listens on the port).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Sessions per user (each user gets one session token, shared by its connections).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Sessions per user (each user gets one session token, shared by its connections). The server allows
+    /// `websocket.max_sessions_per_user` (default 10).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     sessions_per_user: u32,
     /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, … (0: automatic, one per
     /// 15,000 connections when more than 15,000).

@@ -1,6 +1,9 @@
 //! The in-process event bus: every subscriber gets every event, in publish order, through its own bounded
-//! queue. A full queue makes `publish` wait (backpressure reaches the store's writer and so the senders);
-//! nothing is dropped. A broker-backed bus for several nodes implements the same `EventBus` port.
+//! queue. For a durable event (a committed change), a full queue makes `publish` wait (backpressure reaches
+//! the store's writer and so the senders); nothing is dropped. An ephemeral event (typing, presence, reply
+//! deltas: [`Event::is_ephemeral`]) never waits: it is queued only while more than half the queue is free, and
+//! dropped otherwise, so a flood of them can neither stall the writer nor take the room durable events need.
+//! A broker-backed bus for several nodes implements the same `EventBus` port.
 
 use std::sync::{Arc, RwLock};
 
@@ -25,14 +28,18 @@ pub struct LocalBus {
     /// Copied on subscribe, shared by publishers: a publish takes the read lock only to clone the `Arc`.
     subscribers: RwLock<Arc<Vec<Subscriber>>>,
     capacity: usize,
+    /// Free slots a queue keeps for durable events: an ephemeral event is dropped rather than take them.
+    reserve: usize,
 }
 
 impl LocalBus {
     /// `capacity` bounds each subscriber's queue (each partition's), in events.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         LocalBus {
             subscribers: RwLock::new(Arc::new(Vec::new())),
-            capacity: capacity.max(1),
+            capacity,
+            reserve: capacity / 2,
         }
     }
 
@@ -55,15 +62,29 @@ impl EventBus for LocalBus {
         }
         // No lock is held across the awaits below; a closed subscriber is pruned on the next subscribe.
         let subs = self.subscribers();
+        let mut dropped = 0u64;
         for ev in events {
+            let ephemeral = ev.is_ephemeral();
             for sub in subs.iter() {
                 if !(sub.interest)(&ev) {
                     continue;
                 }
                 let q = &sub.queues[Subscription::partition_of(&ev, sub.queues.len())];
+                if ephemeral {
+                    // Never waits: a consumer that fell behind loses typing and deltas, not its durable events.
+                    if q.capacity() <= self.reserve
+                        || matches!(q.try_send(ev.clone()), Err(mpsc::error::TrySendError::Full(_)))
+                    {
+                        dropped += 1;
+                    }
+                    continue;
+                }
                 // Waiting here is the backpressure path: a full queue slows the publisher, nothing is dropped.
                 let _ = q.send(ev.clone()).await;
             }
+        }
+        if dropped > 0 {
+            metrics::counter!("confab_bus_ephemeral_dropped_total").increment(dropped);
         }
     }
 
@@ -111,7 +132,20 @@ impl EventStream for LocalStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use confab_domain::{ChannelId, UserId};
+    use confab_domain::{ChannelId, ChannelSeq, UserId};
+
+    /// A durable event of channel `channel` by user `u{n}`.
+    fn read(channel: &str, n: usize) -> Event {
+        Event::ReadUpTo {
+            channel_id: ChannelId::parse(channel).unwrap(),
+            user_id: UserId::parse(&format!("u{n}")).unwrap(),
+            seq: ChannelSeq(n as u64),
+        }
+    }
+
+    fn durable(n: usize) -> Event {
+        read("c", n)
+    }
 
     fn typing(n: usize) -> Event {
         Event::Typing {
@@ -123,7 +157,7 @@ mod tests {
 
     fn user_of(e: &Event) -> String {
         match e {
-            Event::Typing { user_id, .. } => user_id.to_string(),
+            Event::Typing { user_id, .. } | Event::ReadUpTo { user_id, .. } => user_id.to_string(),
             _ => unreachable!(),
         }
     }
@@ -148,10 +182,40 @@ mod tests {
             seen
         });
         // More events than the queue holds: publish must wait, not drop.
-        bus.publish((0..10).map(typing).collect()).await;
+        bus.publish((0..10).map(durable).collect()).await;
         let want: Vec<String> = (0..10).map(|n| format!("u{n}")).collect();
         assert_eq!(consumer.await.unwrap(), want);
         assert_eq!(consumer_b.await.unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn ephemeral_events_never_wait_and_leave_room_for_durable_ones() {
+        let bus = LocalBus::new(8);
+        let mut sub = bus.subscribe();
+        // Nobody reads: a flood of typing returns at once, keeping half the queue free.
+        bus.publish((0..100).map(typing).collect()).await;
+        // Durable events still fit without waiting for the reader.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            bus.publish((0..4).map(durable).collect()),
+        )
+        .await
+        .expect("durable events waited behind ephemeral ones");
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let ev = sub.next().await.unwrap();
+            seen.push((ev.is_ephemeral(), user_of(&ev)));
+        }
+        let want: Vec<(bool, String)> = (0..4)
+            .map(|n| (true, format!("u{n}")))
+            .chain((0..4).map(|n| (false, format!("u{n}"))))
+            .collect();
+        assert_eq!(
+            seen, want,
+            "the first typing events, then every durable event, in order"
+        );
+        drop(bus);
+        assert!(sub.next().await.is_none(), "the rest of the flood was dropped");
     }
 
     #[tokio::test]
@@ -159,15 +223,7 @@ mod tests {
         let bus = LocalBus::new(1);
         let sub = bus.subscribe();
         drop(sub);
-        bus.publish((0..5).map(typing).collect()).await;
-    }
-
-    fn channel_typing(channel: &str, n: usize) -> Event {
-        Event::Typing {
-            channel_id: ChannelId::parse(channel).unwrap(),
-            user_id: UserId::parse(&format!("u{n}")).unwrap(),
-            active: true,
-        }
+        bus.publish((0..5).map(durable).collect()).await;
     }
 
     #[tokio::test]
@@ -181,7 +237,7 @@ mod tests {
         let mut events: Vec<Event> = Vec::new();
         for n in 0..5 {
             for c in channels {
-                events.push(channel_typing(c, n));
+                events.push(read(c, n));
             }
         }
         events.push(Event::UserDeleted(UserId::parse("gone").unwrap()));
@@ -190,7 +246,7 @@ mod tests {
         let mut seen: std::collections::HashMap<String, (usize, Vec<String>)> = Default::default();
         for (i, p) in parts.iter_mut().enumerate() {
             while let Some(ev) = p.next().await {
-                let Event::Typing {
+                let Event::ReadUpTo {
                     channel_id, user_id, ..
                 } = ev
                 else {

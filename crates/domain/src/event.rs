@@ -79,6 +79,9 @@ pub enum Event {
         message_id: MessageId,
         by: Option<UserId>,
     },
+    /// Some or all of the user's session tokens were revoked (or the account blocked): every open connection
+    /// of the user re-checks its own credential and closes if it no longer holds. Not sent to clients.
+    SessionsRevoked(UserId),
 }
 
 impl Event {
@@ -102,6 +105,7 @@ impl Event {
             | Event::UserCreated(_)
             | Event::UserUpdated(_)
             | Event::UserDeleted(_)
+            | Event::SessionsRevoked(_)
             | Event::BotChanged(_) => None,
         }
     }
@@ -127,6 +131,17 @@ impl Event {
             Event::BotChanged(_) => "bot.changed",
             Event::BotTriggered { .. } => "bot.triggered",
             Event::ReplyStopRequested { .. } => "message.stop_requested",
+            Event::SessionsRevoked(_) => "user.sessions_revoked",
         }
+    }
+
+    /// Ephemeral events are never stored and only worth delivering while fresh (typing, presence, the deltas of
+    /// a streaming reply): under pressure the bus drops them rather than make the publisher wait, so a flood of
+    /// them can never stall the store's writer. Every other event is delivered without loss.
+    pub fn is_ephemeral(&self) -> bool {
+        matches!(
+            self,
+            Event::Typing { .. } | Event::Presence { .. } | Event::ReplyDelta { .. }
+        )
     }
 }

@@ -58,6 +58,8 @@ pub struct SessionHandle {
     revoked: AtomicBool,
     /// Wakes the session to close (overflow or revocation).
     pub overflow: Notify,
+    /// Wakes the session to re-check its credential (some of the user's session tokens were revoked).
+    pub recheck: Notify,
 }
 
 impl SessionHandle {
@@ -158,7 +160,14 @@ impl Hub {
         )
     }
 
-    pub fn register(&self, user: UserId) -> (Arc<SessionHandle>, mpsc::Receiver<Arc<Frame>>) {
+    /// Registers a session for live events; `Err(limit)` when the user already has the most sessions allowed.
+    pub fn register(&self, user: UserId) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Arc<Frame>>), usize> {
+        let limit = self.cfg.max_sessions_per_user;
+        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let list = sessions.entry(user.clone()).or_default();
+        if limit > 0 && list.len() >= limit {
+            return Err(limit);
+        }
         let (tx, rx) = mpsc::channel(self.cfg.queue_frames.max(1));
         let handle = Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -169,17 +178,14 @@ impl Hub {
             overflowed: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             overflow: Notify::new(),
+            recheck: Notify::new(),
         });
-        self.sessions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(user)
-            .or_default()
-            .push(handle.clone());
+        list.push(handle.clone());
+        drop(sessions);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("confab_ws_sessions").increment(1.0);
-        (handle, rx)
+        Ok((handle, rx))
     }
 
     pub fn unregister(&self, handle: &SessionHandle) {
@@ -236,6 +242,13 @@ impl Hub {
     pub fn revoke_user(&self, user: &UserId) {
         for s in self.sessions_of([user]) {
             s.revoke();
+        }
+    }
+
+    /// Has every open session of `user` re-check its credential (each closes with `REVOKED` if it lapsed).
+    pub fn recheck_user(&self, user: &UserId) {
+        for s in self.sessions_of([user]) {
+            s.recheck.notify_one();
         }
     }
 
@@ -457,6 +470,7 @@ impl Shard {
             // A blocked or deleted account's open sessions close: its tokens no longer count.
             Event::UserDeleted(id) => hub.revoke_user(id),
             Event::UserUpdated(u) if u.disabled => hub.revoke_user(&u.id),
+            Event::SessionsRevoked(id) => hub.recheck_user(id),
             Event::UserCreated(_)
             | Event::UserUpdated(_)
             | Event::BotChanged(_)

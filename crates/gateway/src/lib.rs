@@ -1,5 +1,6 @@
 //! The real-time edge: the fan-out hub and WebSocket sessions, and the native wire format they speak.
 
+pub mod flood;
 pub mod hub;
 pub mod session;
 pub mod wire;
@@ -28,6 +29,14 @@ pub struct GatewayConfig {
     pub fanout_shards: usize,
     /// Messages read per store query while resuming.
     pub catchup_page: u32,
+    /// Open sessions one user may have at once (0: no limit); one more is refused with close code 4029.
+    pub max_sessions_per_user: usize,
+    /// Client frames a session may send per second, sustained (0: no limit); beyond, reading pauses.
+    pub max_frames_per_sec: u32,
+    /// Client frames a session may send at once above the sustained rate.
+    pub frame_burst: u32,
+    /// A channel's read position is written at most this often per session (the latest position wins).
+    pub read_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +52,10 @@ impl Default for GatewayConfig {
             max_inflight: 64,
             fanout_shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             catchup_page: 500,
+            max_sessions_per_user: 10,
+            max_frames_per_sec: 30,
+            frame_burst: 60,
+            read_interval: Duration::from_secs(1),
         }
     }
 }

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use confab_domain::model::{HistoryQuery, HistoryRange};
-use confab_domain::{ChannelId, ChannelSeq, DomainError, UserId};
-use confab_service::{Actor, Confab};
+use confab_domain::{ChannelId, ChannelSeq, DomainError, Millis, UserId, now_millis};
+use confab_service::{Actor, Confab, SessionGrant};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::flood::{FrameRate, ReadCoalescer};
 use crate::hub::{Frame, Hub, SessionHandle};
 use crate::wire::{ClientFrame, MessageDto, SendMessageBody, ServerFrame, error_code, error_message};
 
@@ -29,11 +30,19 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// No `hello` in time, or no traffic (not even pongs) for the idle timeout.
     pub const TIMEOUT: u16 = 4000;
-    /// The account was blocked or deleted: do not reconnect with the same token.
+    /// The server could not complete a check (the store is unavailable): reconnect with backoff.
+    pub const SERVER_ERROR: u16 = 1011;
+    /// The credential no longer holds (session token revoked or expired, account blocked or deleted): do not
+    /// reconnect with the same token.
     pub const REVOKED: u16 = 4003;
     /// The outbound queue overflowed (the client reads too slowly): reconnect and resume from the last seq seen.
     pub const RESYNC: u16 = 4008;
+    /// The user already has the most open sessions allowed (`websocket.max_sessions_per_user`).
+    pub const TOO_MANY_SESSIONS: u16 = 4029;
 }
+
+/// Longest single wait for a session's expiry (longer ones are re-armed when it ends).
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 type Pending = BoxFuture<'static, Option<String>>;
 
@@ -42,13 +51,17 @@ struct Session {
     service: Arc<Confab>,
     actor: Actor,
     user: UserId,
+    /// The credential the session was opened with, re-checked when the user's sessions are revoked.
+    grant: SessionGrant,
+    reads: ReadCoalescer,
     /// Highest `message.new` sequence sent, per channel: drops duplicates, detects gaps.
     last_sent: FxHashMap<ChannelId, u64>,
     last_activity: Instant,
 }
 
-pub async fn run(hub: Arc<Hub>, user: UserId, mut socket: WebSocket, shutdown: CancellationToken) {
+pub async fn run(hub: Arc<Hub>, grant: SessionGrant, mut socket: WebSocket, shutdown: CancellationToken) {
     let cfg = hub.cfg.clone();
+    let user = grant.user.clone();
     let resume = match tokio::time::timeout(cfg.hello_timeout, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientFrame>(&t) {
             Ok(ClientFrame::Hello { resume }) => resume,
@@ -81,17 +94,29 @@ pub async fn run(hub: Arc<Hub>, user: UserId, mut socket: WebSocket, shutdown: C
     };
 
     // Register before reading the backlog, so nothing committed in between is missed; duplicates are dropped.
-    let (handle, rx) = hub.register(user.clone());
+    let (handle, rx) = match hub.register(user.clone()) {
+        Ok(r) => r,
+        Err(limit) => {
+            let msg = format!("this user already has {limit} open sessions, the most allowed");
+            let _ = send_error_and_close(&mut socket, "limit_exceeded", &msg, close::TOO_MANY_SESSIONS).await;
+            return;
+        }
+    };
     hub.service.session_opened(&user).await;
     let mut session = Session {
         service: hub.service.clone(),
         hub: hub.clone(),
         actor: Actor::User(user.clone()),
         user: user.clone(),
+        grant,
+        reads: ReadCoalescer::new(cfg.read_interval),
         last_sent: FxHashMap::default(),
         last_activity: Instant::now(),
     };
     let code = session.serve(&mut socket, &handle, rx, resume, shutdown).await;
+    if !matches!(code, Some((close::REVOKED, _))) {
+        session.flush_reads().await;
+    }
     hub.unregister(&handle);
     hub.service.session_closed(&user).await;
     if let Some((code, reason)) = code {
@@ -157,6 +182,11 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Option<(u16, &'static str)> {
         let cfg = self.hub.cfg.clone();
+        // Registered first, checked second: a revocation committed before this read is seen here, one
+        // committed after it reaches this session as `SessionsRevoked`.
+        if let Some(code) = self.recheck().await {
+            return Some(code);
+        }
         let welcome = ServerFrame::Welcome {
             session_id: handle.id,
             user_id: self.user.as_str(),
@@ -178,8 +208,26 @@ impl Session {
         // Created once, not per loop turn: registering a waiter on every wake-up costs on the fan-out path.
         let cancelled = shutdown.cancelled();
         let overflow = handle.overflow.notified();
-        tokio::pin!(cancelled, overflow);
+        let recheck = handle.recheck.notified();
+        let expiry = tokio::time::sleep_until(expiry_deadline(self.grant.expires_at));
+        // Armed only while needed (their branches are disabled otherwise).
+        let throttle = tokio::time::sleep(Duration::ZERO);
+        let read_flush = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(cancelled, overflow, recheck, expiry, throttle, read_flush);
+        let mut rate = FrameRate::new(cfg.max_frames_per_sec, cfg.frame_burst, Instant::now());
         loop {
+            let ready_at = rate.as_ref().map(FrameRate::ready_at).filter(|at| *at > Instant::now());
+            if let Some(at) = ready_at
+                && throttle.deadline() != tokio::time::Instant::from_std(at)
+            {
+                throttle.as_mut().reset(tokio::time::Instant::from_std(at));
+            }
+            let reads_due = self.reads.next_due();
+            if let Some(at) = reads_due
+                && read_flush.deadline() != tokio::time::Instant::from_std(at)
+            {
+                read_flush.as_mut().reset(tokio::time::Instant::from_std(at));
+            }
             tokio::select! {
                 biased;
                 _ = &mut cancelled => return Some((close::GOING_AWAY, "server shutting down")),
@@ -189,6 +237,24 @@ impl Session {
                     }
                     return Some((close::RESYNC, "outbound queue overflow; resume"));
                 }
+                _ = &mut recheck => {
+                    if let Some(code) = self.recheck().await {
+                        return Some(code);
+                    }
+                    recheck.set(handle.recheck.notified());
+                }
+                _ = &mut expiry, if self.grant.expires_at.is_some() => {
+                    if self.grant.expires_at.is_some_and(|x| x <= now_millis()) {
+                        return Some((close::REVOKED, "session expired"));
+                    }
+                    expiry.as_mut().reset(expiry_deadline(self.grant.expires_at));
+                }
+                _ = &mut read_flush, if reads_due.is_some() => {
+                    for (channel, seq) in self.reads.due(Instant::now()) {
+                        inflight.push_back(self.write_read(channel, seq));
+                    }
+                }
+                _ = &mut throttle, if ready_at.is_some() => {}
                 n = rx.recv_many(&mut batch, cfg.write_batch) => {
                     if n == 0 {
                         return None;
@@ -213,8 +279,11 @@ impl Session {
                         }
                     }
                 }
-                incoming = socket.recv(), if inflight.len() < cfg.max_inflight => {
+                incoming = socket.recv(), if inflight.len() < cfg.max_inflight && ready_at.is_none() => {
                     self.last_activity = Instant::now();
+                    if let Some(r) = rate.as_mut() {
+                        r.admit(self.last_activity);
+                    }
                     match incoming {
                         None => return None,
                         Some(Err(e)) => {
@@ -303,15 +372,10 @@ impl Session {
                 }
                 .boxed(),
             ),
-            ClientFrame::Read { channel_id, seq } => Some(
-                async move {
-                    match service.mark_read(&actor, &channel_id, ChannelSeq(seq)).await {
-                        Ok(_) => None,
-                        Err(e) => Some(error_frame(None, &e)),
-                    }
-                }
-                .boxed(),
-            ),
+            ClientFrame::Read { channel_id, seq } => {
+                let seq = self.reads.read(channel_id.clone(), seq, Instant::now())?;
+                Some(self.write_read(channel_id, seq))
+            }
             ClientFrame::Stop { req_id, message_id } => Some(
                 async move {
                     match service.stop_reply(&actor, confab_domain::MessageId(message_id)).await {
@@ -332,6 +396,39 @@ impl Session {
                 }
                 .boxed(),
             ),
+        }
+    }
+
+    /// Writes a read position; an error frame if it was refused.
+    fn write_read(&self, channel: ChannelId, seq: u64) -> Pending {
+        let (service, actor) = (self.service.clone(), self.actor.clone());
+        async move {
+            match service.mark_read(&actor, &channel, ChannelSeq(seq)).await {
+                Ok(_) => None,
+                Err(e) => Some(error_frame(None, &e)),
+            }
+        }
+        .boxed()
+    }
+
+    /// Writes the read positions still waiting for their turn (the session is ending: none is lost).
+    async fn flush_reads(&mut self) {
+        for (channel, seq) in self.reads.drain() {
+            if let Err(e) = self.service.mark_read(&self.actor, &channel, ChannelSeq(seq)).await {
+                tracing::debug!(channel = %channel, error = %e, "read position not written at close");
+            }
+        }
+    }
+
+    /// The close to send if the session's credential no longer holds.
+    async fn recheck(&self) -> Option<(u16, &'static str)> {
+        match self.service.grant_holds(&self.grant).await {
+            Ok(true) => None,
+            Ok(false) => Some((close::REVOKED, "access revoked")),
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e, "cannot re-check a session's credential");
+                Some((close::SERVER_ERROR, "credential check failed; reconnect"))
+            }
         }
     }
 
@@ -426,6 +523,12 @@ impl Session {
         }
         socket.flush().await
     }
+}
+
+/// When to look at a session's expiry next: at the expiry, or after [`MAX_EXPIRY_WAIT`] if it is further.
+fn expiry_deadline(expires_at: Option<Millis>) -> tokio::time::Instant {
+    let left = expires_at.map_or(u64::MAX, |x| x.saturating_sub(now_millis()).max(0) as u64);
+    tokio::time::Instant::now() + Duration::from_millis(left).min(MAX_EXPIRY_WAIT)
 }
 
 /// Default heartbeat and timeouts, exposed for documentation and tests.

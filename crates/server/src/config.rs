@@ -468,6 +468,14 @@ pub struct WebSocketConfig {
     pub idle_timeout_secs: u64,
     pub hello_timeout_secs: u64,
     pub max_inflight: usize,
+    /// Open WebSocket sessions per user; one more is refused with close code 4029. 0: no limit.
+    pub max_sessions_per_user: usize,
+    /// Client frames per second per session, sustained (then `frame_burst` at once); beyond, the server stops
+    /// reading the socket until the rate allows. 0: no limit.
+    pub max_frames_per_sec: u32,
+    pub frame_burst: u32,
+    /// A channel's read position is written at most this often per session (the latest position wins).
+    pub read_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -537,6 +545,10 @@ impl Default for WebSocketConfig {
             idle_timeout_secs: g.idle_timeout.as_secs(),
             hello_timeout_secs: g.hello_timeout.as_secs(),
             max_inflight: g.max_inflight,
+            max_sessions_per_user: g.max_sessions_per_user,
+            max_frames_per_sec: g.max_frames_per_sec,
+            frame_burst: g.frame_burst,
+            read_interval_ms: g.read_interval.as_millis() as u64,
         }
     }
 }
@@ -587,6 +599,10 @@ impl Config {
             idle_timeout: Duration::from_secs(w.idle_timeout_secs.max(2)),
             hello_timeout: Duration::from_secs(w.hello_timeout_secs.max(1)),
             max_inflight: w.max_inflight.max(1),
+            max_sessions_per_user: w.max_sessions_per_user,
+            max_frames_per_sec: w.max_frames_per_sec,
+            frame_burst: w.frame_burst.max(1),
+            read_interval: Duration::from_millis(w.read_interval_ms),
             ..confab_gateway::GatewayConfig::default()
         }
     }

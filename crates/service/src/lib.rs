@@ -8,6 +8,7 @@ pub mod files;
 pub mod moderation;
 pub mod presence;
 mod screen;
+pub mod typing;
 pub mod webhooks;
 
 use std::num::NonZeroU32;
@@ -26,6 +27,7 @@ use confab_domain::{
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use auth::Actor;
+pub use auth::SessionGrant;
 use auth::{MasterToken, SessionCache, generate_token, sha256};
 use presence::PresenceRegistry;
 
@@ -93,6 +95,7 @@ pub struct Confab {
     sessions: SessionCache,
     send_limiter: DefaultKeyedRateLimiter<UserId>,
     presence: PresenceRegistry,
+    typing: typing::TypingGate,
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
     send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
     answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
@@ -113,6 +116,7 @@ impl Confab {
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             presence: PresenceRegistry::default(),
+            typing: typing::TypingGate::default(),
             providers: Default::default(),
             send_observer: Default::default(),
             answerer: Default::default(),
@@ -157,13 +161,23 @@ impl Confab {
     /// Resolves a session token to its user. The lookup is by SHA-256 of the token, so the comparison that
     /// matters is an index probe on a digest, not a string compare on the secret.
     pub async fn authenticate_session(&self, token: &str) -> DomainResult<UserId> {
+        self.session_grant(token).await.map(|g| g.user)
+    }
+
+    /// Resolves a session token to what a long-lived connection keeps of it (see [`Confab::grant_holds`]).
+    pub async fn session_grant(&self, token: &str) -> DomainResult<SessionGrant> {
         if token.is_empty() || token.len() > 256 {
             return Err(DomainError::Unauthenticated);
         }
         let hash = sha256(token.as_bytes());
-        if let Some(u) = self.sessions.get(&hash) {
-            return Ok(u);
+        if let Some((user, expires_at)) = self.sessions.get(&hash) {
+            return Ok(SessionGrant {
+                user,
+                token_hash: hash,
+                expires_at,
+            });
         }
+        let epoch = self.sessions.epoch();
         let rec = self
             .store
             .find_session(&hash)
@@ -172,8 +186,31 @@ impl Confab {
         if rec.expires_at.is_some_and(|x| x <= now_millis()) {
             return Err(DomainError::Unauthenticated);
         }
-        self.sessions.put(hash, rec.user_id.clone(), rec.expires_at);
-        Ok(rec.user_id)
+        self.sessions.put(epoch, hash, rec.user_id.clone(), rec.expires_at);
+        Ok(SessionGrant {
+            user: rec.user_id,
+            token_hash: hash,
+            expires_at: rec.expires_at,
+        })
+    }
+
+    /// Whether a connection's credential still holds, read from the store (not the cache, which a revocation
+    /// empties only after its commit): the token is still stored and unexpired, and the account exists and is
+    /// not blocked. A connection checks this once registered for events and again on `SessionsRevoked`, so a
+    /// revocation committed at any moment closes it.
+    pub async fn grant_holds(&self, grant: &SessionGrant) -> DomainResult<bool> {
+        let Some(rec) = self.store.find_session(&grant.token_hash).await? else {
+            return Ok(false);
+        };
+        if rec.user_id != grant.user || rec.expires_at.is_some_and(|x| x <= now_millis()) {
+            return Ok(false);
+        }
+        Ok(self.store.get_user(&grant.user).await?.is_some_and(|u| !u.disabled))
+    }
+
+    /// Tells every open connection of `user` to re-check its credential.
+    async fn sessions_revoked(&self, user: &UserId) {
+        self.bus.publish(vec![Event::SessionsRevoked(user.clone())]).await;
     }
 
     pub async fn issue_session(&self, actor: &Actor, user: &UserId) -> DomainResult<IssuedSession> {
@@ -255,6 +292,7 @@ impl Confab {
         if blocked {
             self.store.revoke_sessions(user).await?;
             self.sessions.evict_user(user);
+            self.sessions_revoked(user).await;
         }
         Ok(u)
     }
@@ -263,6 +301,7 @@ impl Confab {
         require_self_or_admin(actor, user)?;
         let n = self.store.revoke_sessions(user).await?;
         self.sessions.evict_user(user);
+        self.sessions_revoked(user).await;
         Ok(n)
     }
 
@@ -687,12 +726,19 @@ impl Confab {
         self.store.mark_read(channel, user, seq).await
     }
 
-    /// Typing indicators are ephemeral: checked and published, never stored.
+    /// Typing indicators are ephemeral: checked and published, never stored. Coalesced per user and channel
+    /// ([`typing::TypingGate`]): an absorbed one costs nothing and is not an error.
     pub async fn typing(&self, actor: &Actor, channel: &ChannelId, active: bool) -> DomainResult<()> {
         let user = actor
             .user()
             .ok_or_else(|| DomainError::forbidden("typing indicators belong to users"))?;
+        if !self.typing.would_pass(user, channel, active, std::time::Instant::now()) {
+            return Ok(());
+        }
         self.require_member(user, channel).await?;
+        if !self.typing.pass(user, channel, active, std::time::Instant::now()) {
+            return Ok(());
+        }
         self.bus
             .publish(vec![Event::Typing {
                 channel_id: channel.clone(),
@@ -742,6 +788,7 @@ impl Confab {
     pub fn housekeeping(&self) {
         self.send_limiter.retain_recent();
         self.send_limiter.shrink_to_fit();
+        self.typing.prune(Duration::from_secs(60), std::time::Instant::now());
     }
 
     pub fn is_online(&self, user: &UserId) -> bool {

@@ -26,3 +26,5 @@ mod sendbird_sdk;
 mod sendbird_webhooks;
 mod web;
 mod webhook_outbox;
+mod ws_floods;
+mod ws_revocation;

@@ -255,6 +255,7 @@ async fn a_slow_reader_is_closed_with_resync_and_others_are_not_slowed() {
         c.limits.user_send_burst = 100_000;
         c.websocket.queue_frames = 64;
         c.websocket.queue_bytes = 256 * 1024;
+        c.websocket.max_frames_per_sec = 0;
     })
     .await;
     let alice = app.user("alice").await;
