@@ -12,7 +12,8 @@
 //
 // Two users in a group with the bot; one mentions the bot (picked from the autocomplete with the keyboard);
 // both see the reply stream in; the other presses Stop and both see `stopped`; a reload restores the
-// history; the admin creates a bot in the console and it appears in the mention list.
+// history; the admin creates a bot in the console (trigger mentions and commands, summonable), which keeps
+// its settings through a reload and a save, and it appears in the mention list.
 
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -179,14 +180,18 @@ try {
   }
 
   if (process.env.CONFAB_EXPECT_FAILURE === "1") {
-    step("a 1:1 conversation with the bot, started from the sidebar; it answers without a mention");
+    step("a 1:1 conversation with the bot, started from the sidebar; it answers without a mention, cut at the length limit");
     await alice.getByText("New conversation").click();
     await alice.getByLabel("With").fill(bot);
     await alice.getByRole("button", { name: "Start" }).click();
     const dm = alice.getByRole("textbox", { name: "Message" });
     await dm.pressSequentially("hello there");
     await dm.press("Enter");
-    await alice.locator(".message.bot:not([data-state='generating'])", { hasText: "Fine." }).waitFor();
+    const dmReply = alice.locator(".message.bot:not([data-state='generating'])", { hasText: "Fine." });
+    await dmReply.waitFor();
+    // The fake provider never ends this reply: the server cuts it at the length limit, and the chat says so.
+    await dmReply.locator(".reply-state.length", { hasText: "Cut at the length limit" }).waitFor();
+    assert.equal(await dmReply.getAttribute("data-state"), "complete");
     await shot(alice, "04c-direct-with-bot");
     await alice.getByRole("button", { name: "Team" }).click();
     await alice.getByRole("heading", { name: "Team" }).waitFor();
@@ -252,12 +257,29 @@ try {
   await admin.getByLabel("Nickname", { exact: true }).fill("Poet");
   await admin.getByLabel("Provider", { exact: true }).selectOption(provider);
   await admin.getByLabel("System prompt").fill("You answer in verse.");
+  await admin.getByLabel("Trigger in groups").selectOption({ label: "Mentions and commands" });
+  await admin.getByLabel("May be summoned where it is not a member").check();
   await admin.getByRole("button", { name: "Create bot" }).click();
   await admin.getByRole("cell", { name: newBot, exact: true }).waitFor();
   await shot(admin, "06-admin-bots");
   const settings = (await api("GET", `/bots/${newBot}`)).settings;
   assert.equal(settings.system_prompt, "You answer in verse.");
   assert.equal(settings.provider, provider);
+  assert.equal(settings.trigger, "mentions_and_commands");
+  assert.equal(settings.summonable, true);
+
+  step("after a reload the console's form keeps the trigger and summonable, and saving keeps them");
+  await admin.reload();
+  await admin.getByRole("tab", { name: "Bots" }).click();
+  await admin.getByRole("button", { name: `Edit ${newBot}` }).click();
+  assert.equal(await admin.getByLabel("Trigger in groups").inputValue(), "mentions_and_commands");
+  assert.ok(await admin.getByLabel("May be summoned where it is not a member").isChecked());
+  await accessible(admin, "the bot form");
+  await admin.getByRole("button", { name: "Save", exact: true }).click();
+  await admin.getByText(`Save bot ${newBot}: done.`).waitFor();
+  const saved = (await api("GET", `/bots/${newBot}`)).settings;
+  assert.equal(saved.trigger, "mentions_and_commands");
+  assert.equal(saved.summonable, true);
 
   const box2 = alice.getByRole("textbox", { name: "Message" });
   await box2.click();

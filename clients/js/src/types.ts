@@ -44,12 +44,18 @@ export type MessageType = "text" | "image" | "file" | "custom" | "admin";
 
 export type ReplyState = "generating" | "complete" | "stopped" | "failed" | "interrupted";
 
+/** `length`: a `complete` reply cut at its length limit; otherwise a failure's reason, free text. */
+export type ReplyReason = "length" | (string & {});
+
 export interface ReplyInfo {
   state: ReplyState;
   /** The message the reply answers. */
   trigger_id?: number;
-  /** Why a reply failed, for the user. */
-  reason?: string;
+  /**
+   * Why a reply ended as it did, for the user: the reason of a `failed` or `interrupted` reply, or
+   * `length` on a `complete` one cut at its length limit.
+   */
+  reason?: ReplyReason;
 }
 
 export interface FileInfo {
@@ -153,7 +159,12 @@ export type ServerFrame =
 
 export type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
 
-export type BotTrigger = "mentions" | "all_messages";
+/**
+ * Which group messages address a bot (1:1 messages always do): `mentions` (mentions, commands naming it,
+ * follow-ups in its threads), `mentions_and_commands` (also every `/` command: Sendbird's privacy mode),
+ * `all_messages`.
+ */
+export type BotTrigger = "mentions" | "mentions_and_commands" | "all_messages";
 
 export interface BotSettings {
   provider: string;
@@ -171,6 +182,11 @@ export interface BotSettings {
   bot_daily_tokens: number;
   max_concurrent: number;
   trigger: BotTrigger;
+  /**
+   * A user may summon the bot into a channel it is not a member of by mentioning it. Default false:
+   * it answers users only where it is a member.
+   */
+  summonable?: boolean;
   message_context: boolean;
   callback_url: string;
 }

@@ -1,4 +1,4 @@
-import type { Bot, BotSettings, ProviderView } from "@confab/client";
+import type { Bot, BotSettings, BotTrigger, ProviderView } from "@confab/client";
 
 import { h, render } from "../dom.js";
 import { table, type TabContext } from "./app.js";
@@ -9,8 +9,16 @@ const DEFAULTS: Partial<BotSettings> = {
   context_messages: 20,
   context_tokens: 3000,
   trigger: "mentions",
+  summonable: false,
   reply_in_threads: true,
 };
+
+/** The trigger values the server knows, with their labels. */
+const TRIGGERS: [BotTrigger, string][] = [
+  ["mentions", "Mentions"],
+  ["mentions_and_commands", "Mentions and commands"],
+  ["all_messages", "Every message"],
+];
 
 export async function botsTab(ctx: TabContext): Promise<void> {
   const [bots, providers] = await Promise.all([ctx.api.listBots(), ctx.api.listProviders()]);
@@ -78,6 +86,7 @@ function botForm(ctx: TabContext, bot: Bot | null, providers: ProviderView[]): H
           context_messages: Number(v("context_messages")),
           context_tokens: Number(v("context_tokens")),
           reply_in_threads: checked("reply_in_threads"),
+          summonable: checked("summonable"),
           message_context: checked("message_context"),
           callback_url: v("callback_url"),
         };
@@ -114,8 +123,11 @@ function botForm(ctx: TabContext, bot: Bot | null, providers: ProviderView[]): H
     h(
       "select",
       { id: "bot-trigger", name: "trigger" },
-      h("option", { value: "mentions", selected: s.trigger === "mentions" ? true : undefined }, "Mentions"),
-      h("option", { value: "all_messages", selected: s.trigger === "all_messages" ? true : undefined }, "Every message"),
+      TRIGGERS.map(([value, label]) => h("option", { value, selected: s.trigger === value ? true : undefined }, label)),
+      // A value this console does not know yet stays as it is rather than becoming the first option.
+      s.trigger && !TRIGGERS.some(([value]) => value === s.trigger)
+        ? h("option", { value: s.trigger, selected: true }, s.trigger)
+        : null,
     ),
     input("context_messages", "Context: recent messages", { type: "number", min: "0", value: s.context_messages }),
     input("context_tokens", "Context: input tokens", { type: "number", min: "0", value: s.context_tokens }),
@@ -124,6 +136,12 @@ function botForm(ctx: TabContext, bot: Bot | null, providers: ProviderView[]): H
       { class: "check" },
       h("input", { type: "checkbox", name: "reply_in_threads", checked: s.reply_in_threads }),
       " Reply to follow-ups in its threads",
+    ),
+    h(
+      "label",
+      { class: "check" },
+      h("input", { type: "checkbox", name: "summonable", checked: s.summonable }),
+      " May be summoned where it is not a member (a user mentions it there)",
     ),
     h(
       "label",

@@ -9,8 +9,15 @@ export async function providersTab(ctx: TabContext): Promise<void> {
   const [urlLabel, url] = field("provider-url", "Base URL", { type: "url", placeholder: "https://…/v1" });
   const [modelLabel, model] = field("provider-model", "Model");
   const [keyLabel, keyEnv] = field("provider-key-env", "API key variable (the key stays in the server's environment)", {
-    placeholder: "OPENAI_API_KEY",
+    placeholder: "CONFAB_PROVIDER_KEY_OPENAI",
+    "aria-describedby": "provider-key-env-hint",
   });
+  const keyHint = h(
+    "p",
+    { id: "provider-key-env-hint", class: "hint" },
+    "The key variable's name must start with CONFAB_PROVIDER_KEY_ unless the operator allows others " +
+      "([provider_api] in the server's configuration); the server refuses any other name.",
+  );
   const kind = h(
     "select",
     { id: "provider-kind", name: "kind" },
@@ -47,6 +54,7 @@ export async function providersTab(ctx: TabContext): Promise<void> {
       model,
       keyLabel,
       keyEnv,
+      keyHint,
       h("button", { type: "submit", class: "primary" }, "Add provider"),
     ),
     table(

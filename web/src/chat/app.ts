@@ -478,7 +478,12 @@ export class ChatApp {
       failed: "Failed",
       interrupted: "Interrupted",
     };
-    if (r.state === "complete") return null;
+    if (r.state === "complete") {
+      // A reply cut at its length limit (output tokens or bytes) ends complete with the reason `length`.
+      return r.reason === "length"
+        ? h("div", { class: "reply-state complete length" }, "Cut at the length limit")
+        : null;
+    }
     return h(
       "div",
       { class: `reply-state ${r.state}`, role: r.state === "failed" ? "alert" : undefined },

@@ -42,7 +42,8 @@ async fn chat_end_to_end_in_chromium() {
     let story = "Once upon a time, in a server far away, a small bot learned to stream its words one by one, \
                  so that every reader could follow along as the story unfolded, sentence after sentence, \
                  until somebody pressed the button that asked it to stop.";
-    // The first reply streams slowly and is stopped; the second fails (a refusal no retry mends).
+    // The first reply streams slowly and is stopped; the second fails (a refusal no retry mends); the third
+    // (the 1:1 conversation) never ends on its own and is cut at the bot's length limit (512 tokens).
     fake.script(vec![
         Behaviour::Success(
             Reply::new(story.repeat(2))
@@ -50,6 +51,7 @@ async fn chat_end_to_end_in_chromium() {
                 .delay(Duration::from_millis(120)),
         ),
         Behaviour::status(400),
+        Behaviour::Endless(Reply::new("Fine. ".repeat(20)).chunk_chars(120)),
     ]);
     fake.set_default(Behaviour::success("Fine."));
     let mut p = ProviderConfig::new("fake", ProviderKind::OpenAiCompatible);
