@@ -4,6 +4,7 @@ mod bots;
 mod builtin;
 mod compat_webhooks;
 mod durability;
+mod egress_delivery;
 mod files;
 mod helpers;
 mod limits;
