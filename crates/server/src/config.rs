@@ -403,6 +403,8 @@ pub struct StorageConfig {
     pub synchronous: Synchronous,
     pub readers: usize,
     pub max_batch: usize,
+    /// `/healthz` answers 503 once the store has failed every probe (a read and a write) for this long.
+    pub unhealthy_after_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -468,6 +470,7 @@ impl Default for StorageConfig {
             synchronous: Synchronous::Full,
             readers: 4,
             max_batch: 512,
+            unhealthy_after_secs: 30,
         }
     }
 }

@@ -65,7 +65,7 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteCmd>,
     recorder: writer::RecorderSlot,
-    readers: ReadPool,
+    readers: Arc<ReadPool>,
     /// Dropping it stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -90,7 +90,7 @@ fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
 
 struct ReadPool {
     conns: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 fn open_conn(cfg: &SqliteConfig, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -146,10 +146,10 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: tx,
             recorder,
-            readers: ReadPool {
-                permits: Semaphore::new(readers.len()),
+            readers: Arc::new(ReadPool {
+                permits: Arc::new(Semaphore::new(readers.len())),
                 conns: Mutex::new(readers),
-            },
+            }),
             _checkpointer: stop_checkpoints,
         })
     }
@@ -169,27 +169,57 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let _permit = self
-            .readers
+        // The permit and the connection move into the blocking task, which returns the connection to the pool
+        // itself: a caller dropped mid-read (a client that went away) cannot lose it.
+        let lease = ReadPool::lease(&self.readers).await?;
+        let res = tokio::task::spawn_blocking(move || f(lease.conn()))
+            .await
+            .map_err(|e| DomainError::Internal(format!("reader task failed: {e}")))?;
+        res.map_err(db_err)
+    }
+}
+
+impl ReadPool {
+    async fn lease(pool: &Arc<ReadPool>) -> DomainResult<ReadLease> {
+        let permit = pool
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| DomainError::Unavailable("store closed".into()))?;
-        let conn = self
-            .readers
+        let conn = pool
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .ok_or_else(|| DomainError::Internal("reader pool out of step with its permits".into()))?;
-        let (conn, res) = tokio::task::spawn_blocking(move || {
-            let res = f(&conn);
-            (conn, res)
+        Ok(ReadLease {
+            pool: pool.clone(),
+            conn: Some(conn),
+            _permit: permit,
         })
-        .await
-        .map_err(|e| DomainError::Internal(format!("reader task failed: {e}")))?;
-        self.readers.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-        res.map_err(db_err)
+    }
+}
+
+/// A read connection taken from the pool with its permit. Dropping it (at the end of the read, on a panic,
+/// or when the task that holds it goes away) puts the connection back before the permit is released.
+struct ReadLease {
+    pool: Arc<ReadPool>,
+    conn: Option<Connection>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ReadLease {
+    fn conn(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        }
     }
 }
 
@@ -199,8 +229,11 @@ fn unexpected() -> DomainError {
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// A real read on a pooled connection and a real (empty) write committed by the writer thread.
     async fn ready(&self) -> bool {
-        !self.writer.is_closed() && self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+        !self.writer.is_closed()
+            && self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+            && self.write(Op::Ping).await.is_ok()
     }
 
     async fn create_user(&self, user: NewUser) -> DomainResult<User> {

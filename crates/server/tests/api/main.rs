@@ -1,5 +1,6 @@
 //! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
 
+mod abandoned;
 mod bots;
 mod builtin;
 mod compat_webhooks;
