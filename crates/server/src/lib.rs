@@ -5,6 +5,7 @@
 pub mod config;
 mod health;
 pub mod master_token;
+mod uploads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -135,9 +136,11 @@ impl App {
                 limits: config.limits.clone(),
                 files_dir: config.data_dir.join("files"),
                 max_upload_bytes: config.http.max_upload_bytes,
+                uploads: config.uploads.limits(),
                 session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
             },
         );
+        uploads::start(&service, shutdown.clone()).await?;
         let guard = Arc::new(PolicyGuard::load(&config.moderation, service.store()).await?);
         service.set_content_guard(guard.clone());
         service.set_rule_admin(guard);

@@ -35,6 +35,7 @@ pub struct ServiceConfig {
     /// Where uploads are kept.
     pub files_dir: PathBuf,
     pub max_upload_bytes: u64,
+    pub uploads: files::UploadLimits,
     /// Lifetime of issued session tokens; `None` for tokens that live until revoked.
     pub session_ttl: Option<Duration>,
 }
@@ -85,6 +86,7 @@ pub struct Confab {
     master: MasterToken,
     sessions: SessionCache,
     send_limiter: DefaultKeyedRateLimiter<UserId>,
+    upload_rate: files::UploadRate,
     presence: PresenceRegistry,
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
     send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
@@ -105,6 +107,7 @@ impl Confab {
             master: MasterToken::new(master_token),
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            upload_rate: files::UploadRate::new(&cfg.uploads),
             presence: PresenceRegistry::default(),
             providers: Default::default(),
             send_observer: Default::default(),
@@ -782,6 +785,7 @@ impl Confab {
     pub fn housekeeping(&self) {
         self.send_limiter.retain_recent();
         self.send_limiter.shrink_to_fit();
+        self.upload_rate.housekeeping();
     }
 
     pub fn is_online(&self, user: &UserId) -> bool {

@@ -6,6 +6,7 @@
 //!   so a rolled-back insert leaves no gap;
 //! - events reach the bus in commit order, before the write is answered.
 
+mod files;
 mod queries;
 mod rows;
 mod schema;
@@ -18,8 +19,8 @@ use async_trait::async_trait;
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
-    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, FileQuota, HistoryQuery, Member, MemberChannel, Message,
+    MessageFilter, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, SessionRecord, Store};
@@ -408,8 +409,15 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn put_file(&self, file: FileObject) -> DomainResult<()> {
-        self.write(Op::PutFile(file)).await.map(|_| ())
+    async fn put_file(&self, file: FileObject, quota: FileQuota) -> DomainResult<()> {
+        self.write(Op::PutFile(file, quota)).await.map(|_| ())
+    }
+
+    async fn delete_unattached_files(&self, before: Millis, limit: u32) -> DomainResult<Vec<FileId>> {
+        match self.write(Op::DeleteUnattachedFiles(before, limit)).await? {
+            Outcome::FileIds(ids) => Ok(ids),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>> {

@@ -22,5 +22,6 @@ mod sendbird_bots;
 mod sendbird_channels;
 mod sendbird_sdk;
 mod sendbird_webhooks;
+mod upload_limits;
 mod web;
 mod webhook_outbox;
