@@ -1454,6 +1454,7 @@ mod tests {
             limits: Limits::default(),
             files_dir: dir.path().join("files"),
             max_upload_bytes: 1 << 20,
+            uploads: Default::default(),
             session_ttl: None,
         };
         let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg);

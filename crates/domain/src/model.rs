@@ -316,6 +316,16 @@ pub struct FileObject {
     pub created_at: Millis,
 }
 
+/// The storage limits an upload is recorded under. The store checks them with the insert, so concurrent
+/// uploads cannot pass them together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileQuota {
+    /// Bytes of all files of one uploader (uploads of the application have no uploader).
+    pub per_user: u64,
+    /// Bytes of all files.
+    pub total: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub id: MessageId,

@@ -11,8 +11,8 @@ use crate::event::Event;
 use crate::flag::{FlagQuery, FlagState, FlaggedMessage};
 use crate::ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId};
 use crate::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
-    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, FileQuota, HistoryQuery, Member, MemberChannel, Message,
+    MessageFilter, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use crate::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 
@@ -86,8 +86,13 @@ pub trait Store: Send + Sync + 'static {
     /// Soft delete: the message keeps its sequence (no gap) but loses its content.
     async fn delete_message(&self, id: MessageId) -> DomainResult<Message>;
 
-    async fn put_file(&self, file: FileObject) -> DomainResult<()>;
+    /// Records an upload unless it would take its uploader's files or all files past `quota`
+    /// (`LimitExceeded`).
+    async fn put_file(&self, file: FileObject, quota: FileQuota) -> DomainResult<()>;
     async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>>;
+    /// Forgets up to `limit` files created before `before` that no message carries (the oldest first);
+    /// returns their ids, so their bytes can be removed.
+    async fn delete_unattached_files(&self, before: Millis, limit: u32) -> DomainResult<Vec<FileId>>;
 
     /// Creates the bot's account (`is_bot`) and its settings together. A bot is deleted as a user.
     async fn create_bot(&self, user: NewUser, settings: BotSettings) -> DomainResult<Bot>;

@@ -90,6 +90,16 @@ impl EgressPolicy {
             .build()
     }
 
+    /// [`EgressPolicy::client`] that also checks each request's URL when it is made: a literal address never
+    /// goes through the resolver, so a URL stored under a more permissive policy would otherwise still be
+    /// reached after the operator tightened it.
+    pub fn guarded_client(&self, timeout: Duration, user_agent: &str) -> reqwest::Result<GuardedClient> {
+        Ok(GuardedClient {
+            client: self.client(timeout, user_agent)?,
+            policy: self.clone(),
+        })
+    }
+
     /// Restricts a client being built (whatever its other settings) to what this policy allows: the guarded
     /// resolver, no redirects, no environment proxies.
     pub fn guard(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
@@ -97,6 +107,22 @@ impl EgressPolicy {
             .dns_resolver(Arc::new(GuardedResolver { policy: self.clone() }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+    }
+}
+
+/// An HTTP client whose every request passes the policy: the URL (scheme, literal address) when the request
+/// is made, every resolved address at connect time.
+#[derive(Clone, Debug)]
+pub struct GuardedClient {
+    client: reqwest::Client,
+    policy: EgressPolicy,
+}
+
+impl GuardedClient {
+    /// A POST to `url`, or why the policy refuses it.
+    pub fn post(&self, url: &str) -> Result<reqwest::RequestBuilder, EgressError> {
+        let url = self.policy.check_url(url)?;
+        Ok(self.client.post(url))
     }
 }
 
@@ -232,6 +258,25 @@ mod tests {
             EgressError::Forbidden(ip("::1"))
         );
         assert!(matches!(p.check_url("not a url"), Err(EgressError::InvalidUrl(_))));
+    }
+
+    #[test]
+    fn guarded_requests_check_literal_addresses_each_time() {
+        let strict = EgressPolicy::default()
+            .guarded_client(Duration::from_secs(1), "test")
+            .unwrap();
+        assert_eq!(
+            strict.post("http://127.0.0.1:9/hook").unwrap_err(),
+            EgressError::Forbidden(ip("127.0.0.1"))
+        );
+        assert!(matches!(
+            strict.post("http://[::ffff:10.0.0.1]/"),
+            Err(EgressError::Forbidden(_))
+        ));
+        assert!(strict.post("https://example.com/hook").is_ok());
+        let open = EgressPolicy::parse(&["127.0.0.1".into()]).unwrap();
+        let open = open.guarded_client(Duration::from_secs(1), "test").unwrap();
+        assert!(open.post("http://127.0.0.1:9/hook").is_ok());
     }
 
     #[tokio::test]

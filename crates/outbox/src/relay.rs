@@ -62,7 +62,7 @@ const FETCH: u32 = 256;
 pub struct Relay {
     store: DynStore,
     policy: EgressPolicy,
-    client: reqwest::Client,
+    client: confab_egress::GuardedClient,
     cfg: RelayConfig,
     recorder: Arc<EventRecorder>,
     /// The compatibility surfaces' formats, by name (the native one is built in).
@@ -146,7 +146,7 @@ impl Relay {
         shutdown: CancellationToken,
     ) -> DomainResult<Arc<Relay>> {
         let client = policy
-            .client(cfg.timeout, "Confab-Webhooks")
+            .guarded_client(cfg.timeout, "Confab-Webhooks")
             .map_err(|e| DomainError::Internal(format!("webhook client: {e}")))?;
         let recorder = Arc::new(EventRecorder::default());
         let relay = Arc::new_cyclic(|me| Relay {
@@ -340,15 +340,16 @@ impl Relay {
                 Err(err) => Err(err),
             },
         };
-        let result = match (&rendered, signature::secret_key(&e.secret)) {
-            (Err(err), _) => Err(err.clone()),
-            (_, None) => Err("the endpoint's secret is unreadable".to_string()),
-            (Ok(body), Some(key)) => {
+        // The URL passes the egress policy at every attempt: it may have been stored under a looser one.
+        let request = self.client.post(&e.url).map_err(|err| format!("egress: {err}"));
+        let result = match (&rendered, signature::secret_key(&e.secret), request) {
+            (Err(err), _, _) => Err(err.clone()),
+            (_, None, _) => Err("the endpoint's secret is unreadable".to_string()),
+            (_, _, Err(err)) => Err(err),
+            (Ok(body), Some(key), Ok(request)) => {
                 let id = webhook_id(entry.id);
                 let timestamp = now_millis() / 1000;
-                let mut request = self
-                    .client
-                    .post(&e.url)
+                let mut request = request
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header("webhook-id", &id)
                     .header("webhook-timestamp", timestamp.to_string())

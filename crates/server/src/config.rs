@@ -46,6 +46,7 @@ pub struct Config {
     pub moderation_llm: ModerationLlmConfig,
     /// The web chat and admin console served at `/` and `/admin`.
     pub web: WebConfig,
+    pub uploads: UploadsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -444,6 +445,8 @@ pub struct StorageConfig {
     pub synchronous: Synchronous,
     pub readers: usize,
     pub max_batch: usize,
+    /// `/healthz` answers 503 once the store has failed every probe (a read and a write) for this long.
+    pub unhealthy_after_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -478,6 +481,43 @@ pub struct WebSocketConfig {
     pub read_interval_ms: u64,
 }
 
+/// Limits on uploaded files (the size of one file is `http.max_upload_bytes`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Uploads one user may start per minute; uploads of the application (master token) are not limited.
+    pub user_per_minute: u32,
+    /// Bytes of all files one user uploaded.
+    pub user_quota_bytes: u64,
+    /// Bytes of all stored files.
+    pub total_quota_bytes: u64,
+    /// A file no message carries is removed once this old (seconds).
+    pub unattached_ttl_secs: u64,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        let d = confab_service::files::UploadLimits::default();
+        UploadsConfig {
+            user_per_minute: d.user_per_minute,
+            user_quota_bytes: d.user_quota_bytes,
+            total_quota_bytes: d.total_quota_bytes,
+            unattached_ttl_secs: d.unattached_ttl.as_secs(),
+        }
+    }
+}
+
+impl UploadsConfig {
+    pub fn limits(&self) -> confab_service::files::UploadLimits {
+        confab_service::files::UploadLimits {
+            user_per_minute: self.user_per_minute,
+            user_quota_bytes: self.user_quota_bytes,
+            total_quota_bytes: self.total_quota_bytes,
+            unattached_ttl: std::time::Duration::from_secs(self.unattached_ttl_secs),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
@@ -508,6 +548,7 @@ impl Default for Config {
             pre_send_webhook: PreSendWebhookConfig::default(),
             moderation_llm: ModerationLlmConfig::default(),
             web: WebConfig::default(),
+            uploads: UploadsConfig::default(),
         }
     }
 }
@@ -518,6 +559,7 @@ impl Default for StorageConfig {
             synchronous: Synchronous::Full,
             readers: 4,
             max_batch: 512,
+            unhealthy_after_secs: 30,
         }
     }
 }

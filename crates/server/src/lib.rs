@@ -3,7 +3,9 @@
 //! signal as arguments so tests bind port 0.
 
 pub mod config;
+mod health;
 pub mod master_token;
+mod uploads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,10 +50,6 @@ struct HealthState {
     service: Arc<Confab>,
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok")
-}
-
 /// The process-wide Prometheus recorder (a recorder can be installed once per process; tests build many apps).
 fn metrics_handle() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -87,14 +85,6 @@ async fn metrics_endpoint(State(st): State<HealthState>, headers: axum::http::He
         )
             .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable").into_response(),
-    }
-}
-
-async fn readyz(State(st): State<HealthState>) -> impl IntoResponse {
-    if st.service.ready().await {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage not ready")
     }
 }
 
@@ -146,9 +136,11 @@ impl App {
                 limits: config.limits.clone(),
                 files_dir: config.data_dir.join("files"),
                 max_upload_bytes: config.http.max_upload_bytes,
+                uploads: config.uploads.limits(),
                 session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
             },
         );
+        uploads::start(&service, shutdown.clone()).await?;
         let guard = Arc::new(PolicyGuard::load(&config.moderation, service.store()).await?);
         service.set_content_guard(guard.clone());
         service.set_rule_admin(guard);
@@ -220,13 +212,22 @@ impl App {
             max_body_bytes: config.http.max_body_bytes,
             max_upload_request_bytes: (config.http.max_upload_bytes as usize).saturating_add(64 * 1024),
         };
+        let probes = health::Health::start(
+            service.clone(),
+            Duration::from_secs(config.storage.unhealthy_after_secs),
+            shutdown.clone(),
+        );
         let health = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_endpoint))
-            .with_state(HealthState {
-                service: service.clone(),
-            });
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .with_state(probes)
+            .merge(
+                Router::new()
+                    .route("/metrics", get(metrics_endpoint))
+                    .with_state(HealthState {
+                        service: service.clone(),
+                    }),
+            );
         let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), egress, shutdown.clone())
             .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
         let endpoints: Arc<dyn confab_service::webhooks::WebhookEndpoints> = relay.clone();

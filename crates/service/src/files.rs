@@ -1,10 +1,17 @@
 //! Uploads: streamed to a temporary file under the data dir with a size cap, hashed, their type sniffed from
-//! the content (the client's claim is ignored), then moved into place and recorded for one channel.
+//! the content (the client's claim is ignored), then moved into place (the directory synced, so an
+//! acknowledged file survives power loss) and recorded for one channel. Limits: a per-user upload rate, and
+//! storage quotas per uploader and in all (checked by the store with the record). Files no message carries
+//! are removed after a while; partial uploads a crash left behind are removed at start.
 
-use std::path::PathBuf;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use confab_domain::model::FileObject;
-use confab_domain::{ChannelId, DomainError, DomainResult, FileId, now_millis};
+use confab_domain::model::{FileObject, FileQuota};
+use confab_domain::{ChannelId, DomainError, DomainResult, FileId, UserId, now_millis};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -13,12 +20,76 @@ use crate::{Actor, Confab};
 
 /// Bytes kept from the start of an upload for content sniffing.
 const SNIFF_LEN: usize = 8192;
+/// Files forgotten per store command of a sweep (the writer serves others between batches).
+const SWEEP_BATCH: u32 = 256;
+
+/// Limits on uploads (`[uploads]` in the configuration).
+#[derive(Clone, Debug)]
+pub struct UploadLimits {
+    /// Uploads one user may start per minute (a burst of as many); the application is not limited.
+    pub user_per_minute: u32,
+    /// Bytes of all files one user uploaded.
+    pub user_quota_bytes: u64,
+    /// Bytes of all files.
+    pub total_quota_bytes: u64,
+    /// A file no message carries is removed once this old.
+    pub unattached_ttl: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            user_per_minute: 20,
+            user_quota_bytes: 1 << 30,
+            total_quota_bytes: 50 << 30,
+            unattached_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl UploadLimits {
+    fn quota(&self) -> FileQuota {
+        FileQuota {
+            per_user: self.user_quota_bytes,
+            total: self.total_quota_bytes,
+        }
+    }
+
+    /// How often to look for unattached files: often enough that one is removed soon after its time.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.unattached_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(600))
+    }
+}
+
+/// The per-user upload rate.
+pub(crate) struct UploadRate(DefaultKeyedRateLimiter<UserId>);
+
+impl UploadRate {
+    pub(crate) fn new(limits: &UploadLimits) -> Self {
+        let n = NonZeroU32::new(limits.user_per_minute.max(1)).expect("max(1)");
+        UploadRate(RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)))
+    }
+
+    fn check(&self, user: &UserId) -> DomainResult<()> {
+        self.0.check_key(user).map_err(|not_until| DomainError::RateLimited {
+            retry_after_ms: not_until
+                .wait_time_from(DefaultClock::default().now())
+                .as_millis()
+                .max(1) as u64,
+        })
+    }
+
+    pub(crate) fn housekeeping(&self) {
+        self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
+}
 
 pub struct Upload {
     id: FileId,
     channel_id: ChannelId,
     uploader: Option<confab_domain::UserId>,
-    tmp_path: PathBuf,
+    tmp: TmpFile,
     file: tokio::fs::File,
     hasher: Sha256,
     size: u64,
@@ -46,8 +117,40 @@ impl Upload {
     /// Removes the partial file (an upload that failed or was refused).
     pub async fn abort(self) {
         drop(self.file);
-        let _ = tokio::fs::remove_file(&self.tmp_path).await;
+        self.tmp.remove().await;
     }
+}
+
+/// The temporary file of an upload in progress. Removed when dropped unless it was moved into place, so an
+/// upload whose request went away midway (its future dropped) leaves nothing behind.
+struct TmpFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TmpFile {
+    async fn remove(mut self) {
+        self.armed = false;
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if self.armed {
+            // An unlink: short enough to do in place.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// fsync of a directory: makes the entries created or renamed in it durable.
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    tokio::fs::File::open(dir).await?.sync_all().await?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn io_err(e: std::io::Error) -> DomainError {
@@ -95,9 +198,12 @@ impl Confab {
         self.cfg.files_dir.join(&id.as_str()[..2]).join(id.as_str())
     }
 
-    /// Starts an upload for a channel the actor belongs to.
+    /// Starts an upload for a channel the actor belongs to, within the actor's upload rate.
     pub async fn begin_upload(&self, actor: &Actor, channel: &ChannelId) -> DomainResult<Upload> {
         self.get_channel(actor, channel).await?;
+        if let Some(user) = actor.user() {
+            self.upload_rate.check(user)?;
+        }
         let id = FileId::parse(&generate_token("")[..32]).expect("hex");
         let tmp_dir = self.cfg.files_dir.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
@@ -107,7 +213,10 @@ impl Confab {
             id,
             channel_id: channel.clone(),
             uploader: actor.user().cloned(),
-            tmp_path,
+            tmp: TmpFile {
+                path: tmp_path,
+                armed: true,
+            },
             file,
             hasher: Sha256::new(),
             size: 0,
@@ -116,7 +225,7 @@ impl Confab {
         })
     }
 
-    pub async fn finish_upload(&self, up: Upload, name: &str) -> DomainResult<FileObject> {
+    pub async fn finish_upload(&self, mut up: Upload, name: &str) -> DomainResult<FileObject> {
         if up.size == 0 {
             up.abort().await;
             return Err(DomainError::invalid("file", "must not be empty"));
@@ -126,13 +235,24 @@ impl Confab {
             return Err(io_err(e));
         }
         let final_path = self.file_path(&up.id);
-        let moved = async {
-            tokio::fs::create_dir_all(final_path.parent().expect("has parent")).await?;
-            tokio::fs::rename(&up.tmp_path, &final_path).await
+        let dir = final_path.parent().expect("has parent");
+        if let Err(e) = tokio::fs::create_dir_all(dir).await {
+            up.abort().await;
+            return Err(io_err(e));
+        }
+        if let Err(e) = tokio::fs::rename(&up.tmp.path, &final_path).await {
+            up.abort().await;
+            return Err(io_err(e));
+        }
+        up.tmp.armed = false;
+        // The rename (and a new shard directory) is durable only once the directories are synced.
+        let synced = async {
+            sync_dir(dir).await?;
+            sync_dir(&self.cfg.files_dir).await
         }
         .await;
-        if let Err(e) = moved {
-            up.abort().await;
+        if let Err(e) = synced {
+            let _ = tokio::fs::remove_file(&final_path).await;
             return Err(io_err(e));
         }
         let obj = FileObject {
@@ -145,7 +265,7 @@ impl Confab {
             sha256: hex::encode(up.hasher.finalize()),
             created_at: now_millis(),
         };
-        if let Err(e) = self.store.put_file(obj.clone()).await {
+        if let Err(e) = self.store.put_file(obj.clone(), self.cfg.uploads.quota()).await {
             let _ = tokio::fs::remove_file(&final_path).await;
             return Err(e);
         }
@@ -176,6 +296,50 @@ impl Confab {
             }
         }
         self.finish_upload(up, name).await.map_err(UploadFailed::Domain)
+    }
+
+    pub fn upload_limits(&self) -> &UploadLimits {
+        &self.cfg.uploads
+    }
+
+    /// Removes what uploads a stopped process left in the temporary directory. Call before serving.
+    pub async fn clean_upload_tmp(&self) -> std::io::Result<usize> {
+        let tmp = self.cfg.files_dir.join("tmp");
+        let mut entries = match tokio::fs::read_dir(&tmp).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await? {
+            if entry.file_type().await?.is_file() {
+                tokio::fs::remove_file(entry.path()).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes files no message carries once older than `unattached_ttl`: first their records, then their
+    /// bytes. Returns how many.
+    pub async fn sweep_unattached_files(&self) -> DomainResult<usize> {
+        let ttl = i64::try_from(self.cfg.uploads.unattached_ttl.as_millis()).unwrap_or(i64::MAX);
+        let before = now_millis().saturating_sub(ttl);
+        let mut removed = 0;
+        loop {
+            let ids = self.store.delete_unattached_files(before, SWEEP_BATCH).await?;
+            for id in &ids {
+                match tokio::fs::remove_file(self.file_path(id)).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(file = %id, error = %e, "cannot remove an unattached file"),
+                }
+            }
+            removed += ids.len();
+            if ids.len() < SWEEP_BATCH as usize {
+                return Ok(removed);
+            }
+        }
     }
 
     /// The file and where its bytes are, if the actor is a member of the channel it was uploaded for.

@@ -37,6 +37,7 @@ pub struct ServiceConfig {
     /// Where uploads are kept.
     pub files_dir: PathBuf,
     pub max_upload_bytes: u64,
+    pub uploads: files::UploadLimits,
     /// Lifetime of issued session tokens; `None` for tokens that live until revoked.
     pub session_ttl: Option<Duration>,
 }
@@ -94,6 +95,7 @@ pub struct Confab {
     master: MasterToken,
     sessions: SessionCache,
     send_limiter: DefaultKeyedRateLimiter<UserId>,
+    upload_rate: files::UploadRate,
     presence: PresenceRegistry,
     typing: typing::TypingGate,
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
@@ -115,6 +117,7 @@ impl Confab {
             master: MasterToken::new(master_token),
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            upload_rate: files::UploadRate::new(&cfg.uploads),
             presence: PresenceRegistry::default(),
             typing: typing::TypingGate::default(),
             providers: Default::default(),
@@ -789,6 +792,7 @@ impl Confab {
         self.send_limiter.retain_recent();
         self.send_limiter.shrink_to_fit();
         self.typing.prune(Duration::from_secs(60), std::time::Instant::now());
+        self.upload_rate.housekeeping();
     }
 
     pub fn is_online(&self, user: &UserId) -> bool {

@@ -6,6 +6,7 @@
 //!   so a rolled-back insert leaves no gap;
 //! - events reach the bus in commit order, before the write is answered.
 
+mod files;
 mod queries;
 mod rows;
 mod schema;
@@ -18,8 +19,8 @@ use async_trait::async_trait;
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::model::{
-    Appended, Channel, ChannelPatch, FileObject, HistoryQuery, Member, MemberChannel, Message, MessageFilter,
-    MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
+    Appended, Channel, ChannelPatch, FileObject, FileQuota, HistoryQuery, Member, MemberChannel, Message,
+    MessageFilter, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, SessionRecord, Store};
@@ -65,7 +66,7 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteCmd>,
     recorder: writer::RecorderSlot,
-    readers: ReadPool,
+    readers: Arc<ReadPool>,
     /// Dropping it stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -90,7 +91,7 @@ fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
 
 struct ReadPool {
     conns: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 fn open_conn(cfg: &SqliteConfig, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -146,10 +147,10 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: tx,
             recorder,
-            readers: ReadPool {
-                permits: Semaphore::new(readers.len()),
+            readers: Arc::new(ReadPool {
+                permits: Arc::new(Semaphore::new(readers.len())),
                 conns: Mutex::new(readers),
-            },
+            }),
             _checkpointer: stop_checkpoints,
         })
     }
@@ -169,27 +170,57 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let _permit = self
-            .readers
+        // The permit and the connection move into the blocking task, which returns the connection to the pool
+        // itself: a caller dropped mid-read (a client that went away) cannot lose it.
+        let lease = ReadPool::lease(&self.readers).await?;
+        let res = tokio::task::spawn_blocking(move || f(lease.conn()))
+            .await
+            .map_err(|e| DomainError::Internal(format!("reader task failed: {e}")))?;
+        res.map_err(db_err)
+    }
+}
+
+impl ReadPool {
+    async fn lease(pool: &Arc<ReadPool>) -> DomainResult<ReadLease> {
+        let permit = pool
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| DomainError::Unavailable("store closed".into()))?;
-        let conn = self
-            .readers
+        let conn = pool
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .ok_or_else(|| DomainError::Internal("reader pool out of step with its permits".into()))?;
-        let (conn, res) = tokio::task::spawn_blocking(move || {
-            let res = f(&conn);
-            (conn, res)
+        Ok(ReadLease {
+            pool: pool.clone(),
+            conn: Some(conn),
+            _permit: permit,
         })
-        .await
-        .map_err(|e| DomainError::Internal(format!("reader task failed: {e}")))?;
-        self.readers.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-        res.map_err(db_err)
+    }
+}
+
+/// A read connection taken from the pool with its permit. Dropping it (at the end of the read, on a panic,
+/// or when the task that holds it goes away) puts the connection back before the permit is released.
+struct ReadLease {
+    pool: Arc<ReadPool>,
+    conn: Option<Connection>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ReadLease {
+    fn conn(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        }
     }
 }
 
@@ -199,8 +230,11 @@ fn unexpected() -> DomainError {
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// A real read on a pooled connection and a real (empty) write committed by the writer thread.
     async fn ready(&self) -> bool {
-        !self.writer.is_closed() && self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+        !self.writer.is_closed()
+            && self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+            && self.write(Op::Ping).await.is_ok()
     }
 
     async fn create_user(&self, user: NewUser) -> DomainResult<User> {
@@ -375,8 +409,15 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn put_file(&self, file: FileObject) -> DomainResult<()> {
-        self.write(Op::PutFile(file)).await.map(|_| ())
+    async fn put_file(&self, file: FileObject, quota: FileQuota) -> DomainResult<()> {
+        self.write(Op::PutFile(file, quota)).await.map(|_| ())
+    }
+
+    async fn delete_unattached_files(&self, before: Millis, limit: u32) -> DomainResult<Vec<FileId>> {
+        match self.write(Op::DeleteUnattachedFiles(before, limit)).await? {
+            Outcome::FileIds(ids) => Ok(ids),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>> {

@@ -166,6 +166,27 @@ CREATE TABLE flagged_messages (
 );
 CREATE INDEX flagged_by_state ON flagged_messages(state, message_id);
 "#,
+    // Uploads: the bytes stored per uploader and in all (`*`), kept by triggers, for the quotas; and what the
+    // sweeper of unattached files needs (files by age, messages by the file they carry).
+    r#"
+CREATE TABLE file_usage (
+    owner  TEXT PRIMARY KEY,
+    bytes  INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO file_usage (owner, bytes) SELECT '*', coalesce(sum(size), 0) FROM files;
+INSERT INTO file_usage (owner, bytes)
+    SELECT 'u:' || uploader_id, sum(size) FROM files WHERE uploader_id IS NOT NULL GROUP BY uploader_id;
+CREATE TRIGGER files_usage_insert AFTER INSERT ON files BEGIN
+    UPDATE file_usage SET bytes = bytes + NEW.size WHERE owner IN ('*', 'u:' || NEW.uploader_id);
+    INSERT OR IGNORE INTO file_usage (owner, bytes) SELECT 'u:' || NEW.uploader_id, NEW.size
+        WHERE NEW.uploader_id IS NOT NULL;
+END;
+CREATE TRIGGER files_usage_delete AFTER DELETE ON files BEGIN
+    UPDATE file_usage SET bytes = bytes - OLD.size WHERE owner IN ('*', 'u:' || OLD.uploader_id);
+END;
+CREATE INDEX files_by_age ON files(created_at);
+CREATE INDEX messages_by_file ON messages(json_extract(file, '$.id')) WHERE file IS NOT NULL;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -580,3 +580,67 @@ async fn the_outbox_commits_and_rolls_back_with_the_change() {
     assert_eq!(store.delete_dead_letters("ep", None).await.unwrap(), 1);
     assert!(store.get_dead_letter("ep", after[0].id).await.unwrap().is_none());
 }
+
+fn file(id: &str, channel: &str, uploader: Option<&str>, size: u64, created_at: Millis) -> FileObject {
+    FileObject {
+        id: FileId::parse(id).unwrap(),
+        channel_id: cid(channel),
+        uploader_id: uploader.map(uid),
+        name: "f".into(),
+        size,
+        content_type: "text/plain".into(),
+        sha256: String::new(),
+        created_at,
+    }
+}
+
+#[tokio::test]
+async fn file_quotas_are_checked_with_the_insert_and_unattached_files_are_swept() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    group(&store, "g", &["a"]).await;
+    let quota = FileQuota {
+        per_user: 100,
+        total: 150,
+    };
+    let ids = ["0000000000000000000000000000000a", "0000000000000000000000000000000b"];
+    store
+        .put_file(file(ids[0], "g", Some("a"), 60, 1), quota)
+        .await
+        .unwrap();
+    let over_user = store.put_file(file(ids[1], "g", Some("a"), 41, 2), quota).await;
+    assert!(
+        matches!(over_user, Err(DomainError::LimitExceeded { limit: 100, .. })),
+        "{over_user:?}"
+    );
+    store.put_file(file(ids[1], "g", None, 80, 2), quota).await.unwrap();
+    let over_total = store
+        .put_file(file("0000000000000000000000000000000c", "g", None, 11, 3), quota)
+        .await;
+    assert!(
+        matches!(over_total, Err(DomainError::LimitExceeded { limit: 150, .. })),
+        "{over_total:?}"
+    );
+
+    // The first file is carried by a message: only the second is swept.
+    let mut m = NewMessage::text(cid("g"), uid("a"), "");
+    m.kind = confab_domain::model::MessageKind::File;
+    m.file_id = Some(FileId::parse(ids[0]).unwrap());
+    store.append_message(m).await.unwrap();
+    assert_eq!(
+        store.delete_unattached_files(2, 10).await.unwrap(),
+        vec![],
+        "created at 2: not before 2"
+    );
+    assert_eq!(
+        store.delete_unattached_files(10, 10).await.unwrap(),
+        vec![FileId::parse(ids[1]).unwrap()]
+    );
+    assert!(store.get_file(&FileId::parse(ids[1]).unwrap()).await.unwrap().is_none());
+    assert!(store.get_file(&FileId::parse(ids[0]).unwrap()).await.unwrap().is_some());
+    // The sweep gave its bytes back to the total.
+    store
+        .put_file(file("0000000000000000000000000000000c", "g", None, 90, 3), quota)
+        .await
+        .unwrap();
+}

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use confab_domain::bot::{Bot, BotSettings, ReplyState, UsageRecord};
 use confab_domain::flag::FlagState;
 use confab_domain::model::{
-    Appended, Channel, ChannelKind, ChannelPatch, FileObject, MessageKind, MessagePatch, NewChannel, NewMessage,
-    NewUser, User, UserPatch,
+    Appended, Channel, ChannelKind, ChannelPatch, FileObject, FileQuota, MessageKind, MessagePatch, NewChannel,
+    NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::outbox::{ChangeCause, ChangeRecorder, DeadLetter};
 use confab_domain::ports::{DynBus, SessionRecord};
-use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, Millis, UserId, now_millis};
+use confab_domain::{
+    ChannelId, ChannelSeq, DomainError, DomainResult, Event, FileId, MessageId, Millis, UserId, now_millis,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,7 +40,8 @@ pub enum Op {
     Append(Box<NewMessage>),
     Edit(MessageId, MessagePatch),
     Delete(MessageId),
-    PutFile(FileObject),
+    PutFile(FileObject, FileQuota),
+    DeleteUnattachedFiles(Millis, u32),
     CreateBot(NewUser, BotSettings),
     UpdateBot(UserId, BotSettings),
     /// Persists the text of a reply still generating; no event (deltas travel separately).
@@ -57,6 +60,9 @@ pub enum Op {
     ReviewFlag(MessageId, FlagState, Option<UserId>),
     PutDeadLetter(DeadLetter),
     DeleteDeadLetters(String, Option<u64>),
+    /// Changes nothing, but takes the write lock as any write does: a health probe's round trip through the
+    /// queue, a savepoint and a commit.
+    Ping,
 }
 
 impl Op {
@@ -83,6 +89,7 @@ pub enum Outcome {
     Appended(Box<Appended>),
     Message(Box<confab_domain::model::Message>),
     Bot(Box<Bot>),
+    FileIds(Vec<FileId>),
 }
 
 pub struct WriteCmd {
@@ -225,6 +232,10 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
         Op::CreateUser(u) => create_user(conn, u, now, events).map(Outcome::User),
         Op::UpdateUser(id, p) => update_user(conn, &id, p, now, events).map(Outcome::User),
         Op::DeleteUser(id) => delete_user(conn, &id, events).map(|_| Outcome::Unit),
+        Op::Ping => conn
+            .execute("UPDATE users SET id = id WHERE 0", [])
+            .map(|_| Outcome::Unit)
+            .map_err(db_err),
         Op::SetLastSeen(id, at) => {
             conn.prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![id.as_str(), at]))
@@ -406,25 +417,9 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
             .map_err(db_err)?;
             Ok(Outcome::Unit)
         }
-        Op::PutFile(f) => {
-            conn.prepare_cached(
-                "INSERT INTO files (id, channel_id, uploader_id, name, size, content_type, sha256, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    f.id.as_str(),
-                    f.channel_id.as_str(),
-                    f.uploader_id.as_ref().map(|u| u.as_str()),
-                    f.name,
-                    f.size as i64,
-                    f.content_type,
-                    f.sha256,
-                    f.created_at
-                ])
-            })
-            .map_err(db_err)?;
-            Ok(Outcome::Unit)
+        Op::PutFile(f, quota) => crate::files::put_file(conn, &f, quota).map(|_| Outcome::Unit),
+        Op::DeleteUnattachedFiles(before, limit) => {
+            crate::files::delete_unattached(conn, before, limit).map(Outcome::FileIds)
         }
     }
 }

@@ -110,7 +110,7 @@ impl Dispatcher {
         policy: EgressPolicy,
         shutdown: CancellationToken,
     ) -> Result<Arc<Dispatcher>, reqwest::Error> {
-        let client = policy.client(cfg.timeout, "Confab-Webhooks")?;
+        let client = policy.guarded_client(cfg.timeout, "Confab-Webhooks")?;
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let worker = Worker {
             client,
@@ -154,7 +154,7 @@ impl Dispatcher {
 }
 
 struct Worker {
-    client: reqwest::Client,
+    client: confab_egress::GuardedClient,
     cfg: WebhookConfig,
     in_flight: Arc<Semaphore>,
     /// One semaphore per endpoint; dropped when idle so the map does not grow with every URL ever seen.
@@ -234,14 +234,16 @@ impl Worker {
         let max = self.cfg.max_attempts.max(1);
         let host = d.url.host_str().unwrap_or("").to_string();
         for attempt in 1..=max {
+            // Checked at every attempt, whatever policy the delivery was made under.
+            let request = match self.client.post(d.url.as_str()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(kind = d.kind, %host, error = %e, "webhook refused by the egress policy");
+                    return Outcome::Failed { attempts: attempt };
+                }
+            };
             let started = Instant::now();
-            let result = self
-                .client
-                .post(d.url.clone())
-                .headers(d.headers.clone())
-                .body(d.body.clone())
-                .send()
-                .await;
+            let result = request.headers(d.headers.clone()).body(d.body.clone()).send().await;
             metrics::histogram!("confab_webhook_attempt_seconds", "kind" => d.kind)
                 .record(started.elapsed().as_secs_f64());
             // The URL's path and query may carry a secret: logs name the host only.

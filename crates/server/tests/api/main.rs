@@ -1,5 +1,6 @@
 //! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
 
+mod abandoned;
 mod bot_limits;
 mod bot_triggers;
 mod bots;
@@ -7,6 +8,7 @@ mod builtin;
 mod compat_webhooks;
 mod durability;
 mod edits;
+mod egress_delivery;
 mod files;
 mod hardening_authz;
 mod helpers;
@@ -24,6 +26,7 @@ mod sendbird_bots;
 mod sendbird_channels;
 mod sendbird_sdk;
 mod sendbird_webhooks;
+mod upload_limits;
 mod web;
 mod webhook_outbox;
 mod ws_floods;
