@@ -236,28 +236,9 @@ impl BotRuntime {
                 let rt = self.clone();
                 tokio::spawn(async move {
                     let bots = rt.triggered_bots(&m).await;
-                    let callbacks: Vec<Event> = bots
-                        .iter()
-                        .filter(|b| !b.settings.callback_url.is_empty())
-                        .map(|b| Event::BotTriggered {
-                            bot: b.id.clone(),
-                            message: m.clone(),
-                        })
-                        .collect();
-                    if !callbacks.is_empty() {
-                        rt.service.bus().publish(callbacks).await;
-                    }
-                    if claimed {
-                        return;
-                    }
-                    let bots: Vec<Bot> = bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect();
-                    if !bots.is_empty() {
-                        rt.remember_trigger(&m);
-                    }
-                    for bot in bots {
-                        let rt = rt.clone();
-                        let trigger = m.clone();
-                        tokio::spawn(async move { rt.reply(bot, trigger).await });
+                    let answering = rt.announce(bots, &m).await;
+                    if !claimed {
+                        rt.answer(answering, &m);
                     }
                 });
             }
@@ -383,6 +364,13 @@ impl BotRuntime {
                 .cloned()
                 .collect()
         };
+        let answering = self.announce(bots, &m).await;
+        self.answer(answering, &m);
+    }
+
+    /// Announces a trigger to the application for the bots among `bots` that have a callback; returns those
+    /// that answer with an LLM.
+    async fn announce(&self, bots: Vec<Bot>, m: &Arc<Message>) -> Vec<Bot> {
         let callbacks: Vec<Event> = bots
             .iter()
             .filter(|b| !b.settings.callback_url.is_empty())
@@ -394,9 +382,13 @@ impl BotRuntime {
         if !callbacks.is_empty() {
             self.service.bus().publish(callbacks).await;
         }
-        let bots: Vec<Bot> = bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect();
+        bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect()
+    }
+
+    /// Starts one reply per bot to the trigger `m`.
+    fn answer(self: &Arc<Self>, bots: Vec<Bot>, m: &Arc<Message>) {
         if !bots.is_empty() {
-            self.remember_trigger(&m);
+            self.remember_trigger(m);
         }
         for bot in bots {
             tokio::spawn(self.clone().reply(bot, m.clone()));
