@@ -13,7 +13,7 @@ trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DATA"' EXIT
 start_server() {
   [ -n "${SERVER:-}" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
   rm -rf "$DATA"/*
-  CONFAB_LIMITS__USER_SEND_PER_SEC=1000000 CONFAB_LIMITS__USER_SEND_BURST=1000000 CONFAB_LOG=warn \
+  CONFAB_LIMITS__USER_SEND_PER_SEC=1000000 CONFAB_LIMITS__USER_SEND_BURST=1000000 CONFAB_WEBSOCKET__MAX_FRAMES_PER_SEC=0 CONFAB_LOG=warn \
     ./target/release/confab serve --listen 127.0.0.1:$PORT --data-dir "$DATA" "$@" >/dev/null 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && return; sleep 0.1; done
