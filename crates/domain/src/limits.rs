@@ -17,6 +17,11 @@ pub struct Limits {
     pub user_send_per_sec: u32,
     /// Burst of sends allowed above the sustained rate.
     pub user_send_burst: u32,
+    /// Sustained read-position writes per second a user may make (REST and WebSocket alike; WebSocket
+    /// sessions already merge theirs to about one per channel per second).
+    pub user_reads_per_sec: u32,
+    /// Burst of read-position writes allowed above the sustained rate.
+    pub user_reads_burst: u32,
     /// Largest page of history or of a list.
     pub max_page: u32,
     /// Presence changes are pushed to users who share a channel of at most this many members; in larger
@@ -33,6 +38,8 @@ impl Default for Limits {
             max_channel_members: 10_000,
             user_send_per_sec: 10,
             user_send_burst: 20,
+            user_reads_per_sec: 20,
+            user_reads_burst: 100,
             max_page: 200,
             presence_max_members: 100,
         }

@@ -24,6 +24,7 @@ use confab_domain::ports::{DynBus, DynStore, SessionRecord};
 use confab_domain::{
     ChannelId, ChannelSeq, DomainError, DomainResult, Event, Limits, MessageId, Millis, UserId, now_millis,
 };
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub use auth::Actor;
@@ -95,6 +96,7 @@ pub struct Confab {
     master: MasterToken,
     sessions: SessionCache,
     send_limiter: DefaultKeyedRateLimiter<UserId>,
+    read_limiter: DefaultKeyedRateLimiter<UserId>,
     upload_rate: files::UploadRate,
     presence: PresenceRegistry,
     typing: typing::TypingGate,
@@ -117,6 +119,10 @@ impl Confab {
             master: MasterToken::new(master_token),
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            read_limiter: RateLimiter::keyed(
+                Quota::per_second(NonZeroU32::new(cfg.limits.user_reads_per_sec.max(1)).expect("max(1)"))
+                    .allow_burst(NonZeroU32::new(cfg.limits.user_reads_burst.max(1)).expect("max(1)")),
+            ),
             upload_rate: files::UploadRate::new(&cfg.uploads),
             presence: PresenceRegistry::default(),
             typing: typing::TypingGate::default(),
@@ -726,6 +732,7 @@ impl Confab {
         let user = actor
             .user()
             .ok_or_else(|| DomainError::forbidden("read positions belong to users"))?;
+        check_rate(&self.read_limiter, user)?;
         self.store.mark_read(channel, user, seq).await
     }
 
@@ -791,6 +798,8 @@ impl Confab {
     pub fn housekeeping(&self) {
         self.send_limiter.retain_recent();
         self.send_limiter.shrink_to_fit();
+        self.read_limiter.retain_recent();
+        self.read_limiter.shrink_to_fit();
         self.typing.prune(Duration::from_secs(60), std::time::Instant::now());
         self.upload_rate.housekeeping();
     }
@@ -818,6 +827,16 @@ fn require_self_or_admin(actor: &Actor, user: &UserId) -> DomainResult<()> {
         Actor::User(u) if u == user => Ok(()),
         Actor::User(_) => Err(DomainError::forbidden("a user can change only their own account")),
     }
+}
+
+/// A rate limit's refusal, with the wait before the next try.
+fn check_rate(limiter: &DefaultKeyedRateLimiter<UserId>, user: &UserId) -> DomainResult<()> {
+    limiter.check_key(user).map_err(|not_until| DomainError::RateLimited {
+        retry_after_ms: not_until
+            .wait_time_from(DefaultClock::default().now())
+            .as_millis()
+            .max(1) as u64,
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use confab_domain::model::{Message, MessagePatch, NewMessage};
 use confab_domain::{DomainError, DomainResult};
-use governor::clock::{Clock, DefaultClock};
 
 use crate::moderation::{self, Draft, HookVerdict};
 use crate::{Actor, Confab};
@@ -25,12 +24,7 @@ impl Confab {
                     "only the application can attach bot context (data.bot_context) to a message",
                 ));
             }
-            if let Err(not_until) = self.send_limiter.check_key(u) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(DomainError::RateLimited {
-                    retry_after_ms: wait.as_millis().max(1) as u64,
-                });
-            }
+            crate::check_rate(&self.send_limiter, u)?;
         }
         if draft == Draft::Send {
             msg.validate(&self.cfg.limits)?;

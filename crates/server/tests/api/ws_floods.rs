@@ -197,6 +197,50 @@ async fn the_latest_read_position_wins_and_is_written_when_the_session_closes() 
     assert_eq!(ch["read_seq"], 4, "{ch}");
 }
 
+/// Read positions have a rate per user, on every path that writes them: REST calls beyond the burst get 429,
+/// and the same user's WebSocket read is refused with `rate_limited` while another user's goes through.
+#[tokio::test]
+async fn read_positions_have_a_rate_per_user_over_rest_and_websocket() {
+    let app = spawn_app_with(|c| {
+        c.limits.user_reads_per_sec = 1;
+        c.limits.user_reads_burst = 5;
+    })
+    .await;
+    let reader = app.user("reader").await;
+    let other = app.user("other").await;
+    app.group("g", &["reader", "other"]).await;
+    for i in 0..3 {
+        app.send_as(&other, "g", &format!("m{i}")).await;
+    }
+    let read = |token: String, seq: u64| {
+        let app = &app;
+        async move {
+            app.call("POST", "/api/v1/channels/g/read", &token, Some(json!({"seq": seq})))
+                .await
+        }
+    };
+    let mut ws = app.ws(&reader, json!({})).await;
+    // A burst of 5, then refusals: the tenth call comes long before four more tokens could accrue at 1/s.
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        answers.push(read(reader.clone(), 1).await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    let (_, refused) = answers
+        .iter()
+        .find(|(s, _)| *s == 429)
+        .unwrap_or_else(|| panic!("no call was refused: {statuses:?}"));
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    // The same user's WebSocket read right after: the same limit.
+    send_json(&mut ws, json!({"type": "read", "channel_id": "g", "seq": 3})).await;
+    let refused = next_of_type(&mut ws, "error").await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    // The limit is the reader's own: another user's read goes through.
+    let (s, v) = read(other.clone(), 3).await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// The next `read` event of `user`: its position.
 async fn read_of(ws: &mut Ws, user: &str) -> u64 {
     loop {
