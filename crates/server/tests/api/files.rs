@@ -7,7 +7,8 @@ const PNG: &[u8] = &[
     6, 0, 0, 0, 0x1f, 0x15, 0xc4, 0x89,
 ];
 
-async fn upload(
+/// Uploads `bytes` as `name` with the claimed content type; the status and the body.
+pub(crate) async fn upload(
     app: &TestApp,
     token: &str,
     channel: &str,

@@ -9,19 +9,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
+/// A plain-text file of `bytes` uploaded by `token` to `channel`.
 async fn upload(app: &TestApp, token: &str, channel: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new()
-        .text("channel_id", channel.to_string())
-        .part("file", reqwest::multipart::Part::bytes(bytes).file_name("f.txt"));
-    let r = app
-        .http
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    crate::files::upload(app, token, channel, "f.txt", bytes, "text/plain").await
 }
 
 /// A Sendbird FILE message with its file in the form (the application uploads it).
