@@ -660,4 +660,6 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;

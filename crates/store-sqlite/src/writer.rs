@@ -18,7 +18,7 @@ use confab_domain::ports::{DynBus, SessionRecord};
 use confab_domain::{
     ChannelId, ChannelSeq, DomainError, DomainResult, Event, FileId, MessageId, Millis, UserId, now_millis,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::queries;
@@ -130,10 +130,18 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         let conn = &mut self.conn;
         let recorder = self.recorder.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // Every caller is answered, whatever happens below (the write lock not had, a failed command).
+        let mut ops = Vec::with_capacity(batch.len());
+        for WriteCmd { op, reply } in batch.drain(..) {
+            ops.push(op);
+            replies.push(reply);
+        }
         let committed = (|| -> rusqlite::Result<()> {
-            let mut tx = conn.transaction()?;
-            for WriteCmd { op, reply } in batch.drain(..) {
-                replies.push(reply);
+            // IMMEDIATE: the write lock is taken once, for the batch (waiting at most the busy timeout), instead
+            // of by each command in turn; so a lock held elsewhere fails the batch after one timeout, not one per
+            // command.
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for op in ops {
                 let sp = tx.savepoint()?;
                 let mut local = Vec::new();
                 let cause = op.cause();
@@ -153,6 +161,16 @@ impl Writer {
                         // Dropping the savepoint rolls back this command only.
                         drop(sp);
                         results.push(Err(e));
+                        // Some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM) make SQLite roll back the whole
+                        // transaction: the commands before this one are gone, and a next savepoint would start
+                        // a transaction of its own, committed apart from the batch and never announced. The
+                        // batch has failed: every command in it is refused.
+                        if tx.is_autocommit() {
+                            return Err(rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                                Some("the batch's transaction was rolled back".into()),
+                            ));
+                        }
                     }
                 }
             }
@@ -172,8 +190,17 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = replies.len(), "store commit failed");
+                // A command's own error (say, the disk full) says more than the batch's.
+                let cause = results
+                    .into_iter()
+                    .find_map(|r| r.err())
+                    .filter(|e| matches!(e, DomainError::Unavailable(_)));
+                let err = cause.unwrap_or_else(|| match db_err(e) {
+                    DomainError::Unavailable(m) => DomainError::Unavailable(m),
+                    _ => DomainError::Unavailable("storage commit failed".into()),
+                });
                 for reply in replies {
-                    let _ = reply.send(Err(DomainError::Unavailable("storage commit failed".into())));
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
@@ -218,6 +245,9 @@ pub fn db_err(e: rusqlite::Error) -> DomainError {
             ) =>
         {
             DomainError::Unavailable("storage busy".into())
+        }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+            DomainError::Unavailable("storage full".into())
         }
         rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
             DomainError::Internal(format!("corrupt row: {e}"))
