@@ -220,8 +220,11 @@ impl Relay {
             }
         });
         let weak = Arc::downgrade(&relay);
+        // Rows every endpoint is past wait at most this long: the outbox holds about a retry period of events
+        // (plus this) while an endpoint is down, whatever the retry period.
+        let prune_every = (relay.cfg.retry_period / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
+            let mut every = tokio::time::interval(prune_every);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -287,6 +290,7 @@ impl Relay {
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             in_flight: 0,
+            letters: mpsc::unbounded_channel(),
         };
         let task = tokio::spawn(run.run());
         Worker { shared, stop, task }
@@ -447,6 +451,9 @@ struct Lanes {
     /// Lanes waiting to retry their head.
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     in_flight: usize,
+    /// Events whose dead letter has been stored (by a task of its own, so that many are stored at once, in
+    /// one commit of the store's writer, instead of the worker waiting for each).
+    letters: (mpsc::UnboundedSender<u64>, mpsc::UnboundedReceiver<u64>),
 }
 
 /// How an attempt of a lane's head ended.
@@ -506,6 +513,12 @@ impl Lanes {
                     while let Ok(done) = done_rx.try_recv() {
                         self.in_flight -= 1;
                         self.settle(done).await;
+                    }
+                }
+                Some(id) = self.letters.1.recv() => {
+                    self.outstanding.remove(&id);
+                    while let Ok(id) = self.letters.1.try_recv() {
+                        self.outstanding.remove(&id);
                     }
                 }
                 _ = self.shared.doorbell.notified() => unread = true,
@@ -614,19 +627,25 @@ impl Lanes {
                 last_error: error,
                 failed_at: now_millis(),
             };
-            // The cursor may pass the event only once its dead letter is stored.
-            while let Err(e) = self.relay.store.put_dead_letter(letter.clone()).await {
-                tracing::warn!(error = %e, "cannot store a dead letter; retrying");
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // The cursor may pass the event only once its dead letter is stored: it stays outstanding until then.
+            let (relay, shared, stop, stored) = (
+                self.relay.clone(),
+                self.shared.clone(),
+                self.stop.clone(),
+                self.letters.0.clone(),
+            );
+            tokio::spawn(async move {
+                while let Err(e) = relay.store.put_dead_letter(letter.clone()).await {
+                    tracing::warn!(error = %e, "cannot store a dead letter; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
-            }
-            self.shared
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .dead_lettered += 1;
+                shared.stats.lock().unwrap_or_else(|e| e.into_inner()).dead_lettered += 1;
+                let _ = stored.send(letter.event.id);
+            });
+            return;
         }
         self.outstanding.remove(&head.entry.id);
     }

@@ -9,6 +9,7 @@ mod compat_webhooks;
 mod durability;
 mod edits;
 mod egress_delivery;
+mod faults_webhooks;
 mod files;
 mod hardening_authz;
 mod helpers;
