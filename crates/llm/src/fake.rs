@@ -191,6 +191,9 @@ pub enum Behaviour {
     /// HTTP 200 and `reply`'s chunks over and over, without end and whatever `max_tokens` says: a provider
     /// that does not stop (until the client goes away).
     Endless(Reply),
+    /// HTTP 200 announcing an event stream, then this body, which is not one (a proxy's HTML page, a broken
+    /// gateway).
+    Garbage(String),
 }
 
 impl Behaviour {
@@ -465,6 +468,15 @@ async fn handle(shared: Arc<Shared>, format: WireFormat, uri: Uri, headers: Head
             sse(frames(format, &ctx, &reply, End::Cut(after_chunks)).into_iter(), guard)
         }
         Behaviour::Endless(reply) => sse(endless_frames(format, &ctx, &reply), guard),
+        Behaviour::Garbage(body) => {
+            guard.finish();
+            let mut resp = plain(200, body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/event-stream"),
+            );
+            resp
+        }
         Behaviour::StreamError {
             reply,
             after_chunks,

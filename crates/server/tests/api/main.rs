@@ -10,6 +10,7 @@ mod durability;
 mod edits;
 mod egress_delivery;
 mod faults_disk;
+mod faults_provider;
 mod faults_webhooks;
 mod faults_writer;
 mod files;
