@@ -613,9 +613,10 @@ impl JsonSplitter {
             match values.next() {
                 Some(Ok(v)) => {
                     let end = start + values.byte_offset();
-                    // A number running to the end of the bytes so far may go on in the next chunk (`12` cut
-                    // as `1`, `2`): it waits for a byte after it.
-                    if v.is_number() && used + end == self.buf.len() {
+                    // A number or literal running to the end of the bytes so far is only complete with the
+                    // byte after it (`12` cut as `1`, `2`; `null8` is refused whole): it waits for that byte.
+                    let delimited = v.is_object() || v.is_array() || v.is_string();
+                    if !delimited && used + end == self.buf.len() {
                         used += start;
                         break;
                     }
@@ -975,7 +976,7 @@ mod tests {
     }
 
     #[test]
-    fn a_number_cut_by_the_chunks_stays_one_number() {
+    fn numbers_and_literals_split_the_same_wherever_the_chunks_cut() {
         // Found by fuzzing (sendbird_send_stream): a number at the end of a chunk was taken as complete.
         let mut s = JsonSplitter::default();
         assert!(s.push(b"11", 1024).unwrap().is_empty());
@@ -987,8 +988,13 @@ mod tests {
         // A form feed is not JSON whitespace, wherever the chunks cut.
         assert!(JsonSplitter::default().push(b"null\x0c{}", 1024).is_err());
         let mut s = JsonSplitter::default();
-        assert_eq!(s.push(b"null", 1024).unwrap(), vec![json!(null)]);
+        assert!(s.push(b"null", 1024).unwrap().is_empty());
         assert!(s.push(b"\x0c{}", 1024).is_err());
+        // A literal is only complete with the byte after it.
+        assert!(JsonSplitter::default().push(b"null8{}", 1024).is_err());
+        let mut s = JsonSplitter::default();
+        assert!(s.push(b"\"s\" true", 1024).unwrap() == vec![json!("s")] && s.has_partial());
+        assert!(s.push(b"8", 1024).is_err());
     }
 
     #[test]
