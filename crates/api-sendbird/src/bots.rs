@@ -604,7 +604,7 @@ impl JsonSplitter {
         let mut used = 0;
         loop {
             let rest = &self.buf[used..];
-            let start = rest.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(rest.len());
+            let start = rest.iter().position(|b| !is_json_space(*b)).unwrap_or(rest.len());
             if start == rest.len() {
                 used = self.buf.len();
                 break;
@@ -612,7 +612,15 @@ impl JsonSplitter {
             let mut values = serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<Value>();
             match values.next() {
                 Some(Ok(v)) => {
-                    used += start + values.byte_offset();
+                    let end = start + values.byte_offset();
+                    // A number or literal running to the end of the bytes so far is only complete with the
+                    // byte after it (`12` cut as `1`, `2`; `null8` is refused whole): it waits for that byte.
+                    let delimited = v.is_object() || v.is_array() || v.is_string();
+                    if !delimited && used + end == self.buf.len() {
+                        used += start;
+                        break;
+                    }
+                    used += end;
                     out.push(v);
                 }
                 Some(Err(e)) if e.is_eof() => {
@@ -635,8 +643,14 @@ impl JsonSplitter {
 
     /// Whether bytes of an unfinished value are left (the body ended mid-object).
     pub fn has_partial(&self) -> bool {
-        self.buf.iter().any(|b| !b.is_ascii_whitespace())
+        self.buf.iter().any(|b| !is_json_space(*b))
     }
+}
+
+/// JSON's whitespace (not ASCII's, which has the form feed too: skipping one after a value at a chunk's end
+/// accepted what the same bytes in one chunk refuse).
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 #[derive(Serialize)]
@@ -959,6 +973,28 @@ mod tests {
         assert!(s.has_partial());
         assert!(JsonSplitter::default().push(b"{]", 1024).is_err());
         assert!(JsonSplitter::default().push(&[b'['; 100], 10).is_err());
+    }
+
+    #[test]
+    fn numbers_and_literals_split_the_same_wherever_the_chunks_cut() {
+        // Found by fuzzing (sendbird_send_stream): a number at the end of a chunk was taken as complete.
+        let mut s = JsonSplitter::default();
+        assert!(s.push(b"11", 1024).unwrap().is_empty());
+        assert!(s.has_partial());
+        assert_eq!(s.push(b"1 {}", 1024).unwrap(), vec![json!(111), json!({})]);
+        assert!(!s.has_partial());
+        let mut s = JsonSplitter::default();
+        assert!(s.push(b"[1] 2", 1024).unwrap() == vec![json!([1])] && s.has_partial());
+        // A form feed is not JSON whitespace, wherever the chunks cut.
+        assert!(JsonSplitter::default().push(b"null\x0c{}", 1024).is_err());
+        let mut s = JsonSplitter::default();
+        assert!(s.push(b"null", 1024).unwrap().is_empty());
+        assert!(s.push(b"\x0c{}", 1024).is_err());
+        // A literal is only complete with the byte after it.
+        assert!(JsonSplitter::default().push(b"null8{}", 1024).is_err());
+        let mut s = JsonSplitter::default();
+        assert!(s.push(b"\"s\" true", 1024).unwrap() == vec![json!("s")] && s.has_partial());
+        assert!(s.push(b"8", 1024).is_err());
     }
 
     #[test]

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use confab_domain::model::{HistoryQuery, HistoryRange};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Millis, UserId, now_millis};
 use confab_service::{Actor, Confab, SessionGrant};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
@@ -59,10 +59,22 @@ struct Session {
     last_activity: Instant,
 }
 
-pub async fn run(hub: Arc<Hub>, grant: SessionGrant, mut socket: WebSocket, shutdown: CancellationToken) {
+/// What a session reads client frames from and writes server frames to: axum's `WebSocket` in production; any
+/// other stream and sink of messages (a test's or a fuzz target's in-memory socket) drives the same code.
+pub trait Socket:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
+impl<S> Socket for S where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
+pub async fn run<S: Socket>(hub: Arc<Hub>, grant: SessionGrant, mut socket: S, shutdown: CancellationToken) {
     let cfg = hub.cfg.clone();
     let user = grant.user.clone();
-    let resume = match tokio::time::timeout(cfg.hello_timeout, socket.recv()).await {
+    let resume = match tokio::time::timeout(cfg.hello_timeout, socket.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientFrame>(&t) {
             Ok(ClientFrame::Hello { resume }) => resume,
             _ => {
@@ -129,8 +141,8 @@ pub async fn run(hub: Arc<Hub>, grant: SessionGrant, mut socket: WebSocket, shut
     }
 }
 
-async fn send_error_and_close(
-    socket: &mut WebSocket,
+async fn send_error_and_close<S: Socket>(
+    socket: &mut S,
     code: &str,
     message: &str,
     close_code: u16,
@@ -173,9 +185,9 @@ fn is_capacity_error(e: axum::Error) -> bool {
 
 impl Session {
     /// Runs until the client leaves or the session must close; returns the close code to send, if any.
-    async fn serve(
+    async fn serve<S: Socket>(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut S,
         handle: &Arc<SessionHandle>,
         mut rx: tokio::sync::mpsc::Receiver<Arc<Frame>>,
         resume: BTreeMap<ChannelId, u64>,
@@ -279,7 +291,7 @@ impl Session {
                         }
                     }
                 }
-                incoming = socket.recv(), if inflight.len() < cfg.max_inflight && ready_at.is_none() => {
+                incoming = socket.next(), if inflight.len() < cfg.max_inflight && ready_at.is_none() => {
                     self.last_activity = Instant::now();
                     if let Some(r) = rate.as_mut() {
                         r.admit(self.last_activity);
@@ -300,11 +312,11 @@ impl Session {
                                 }
                             }
                             Err(e) => {
+                                // Queued behind the replies still pending: replies go out in request order.
                                 let msg = format!("malformed frame: {e}");
                                 let err = ServerFrame::Error { req_id: None, code: "invalid_frame", message: &msg, retry_after_ms: None };
-                                if socket.send(Message::Text(err.to_json().into())).await.is_err() {
-                                    return None;
-                                }
+                                let text = err.to_json();
+                                inflight.push_back(async move { Some(text) }.boxed());
                             }
                         },
                         Some(Ok(Message::Binary(_))) => return Some((close::PROTOCOL, "binary frames are not part of the protocol")),
@@ -433,7 +445,7 @@ impl Session {
     }
 
     /// Sends everything after the client's last sequence for each channel, then `resumed`.
-    async fn resume(&mut self, socket: &mut WebSocket, resume: BTreeMap<ChannelId, u64>) -> Result<(), axum::Error> {
+    async fn resume<S: Socket>(&mut self, socket: &mut S, resume: BTreeMap<ChannelId, u64>) -> Result<(), axum::Error> {
         if resume.is_empty() {
             return Ok(());
         }
@@ -455,9 +467,9 @@ impl Session {
 
     /// Sends stored messages with `from < seq < until` of one channel, oldest first, and records them as sent.
     /// Returns the last sequence the client now has.
-    async fn send_history(
+    async fn send_history<S: Socket>(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut S,
         channel: &ChannelId,
         from: u64,
         until: u64,
@@ -494,9 +506,9 @@ impl Session {
         }
     }
 
-    async fn write_frames(
+    async fn write_frames<S: Socket>(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut S,
         handle: &SessionHandle,
         batch: &mut Vec<Arc<Frame>>,
     ) -> Result<(), axum::Error> {

@@ -219,7 +219,8 @@ pub(crate) trait SseParser: Send + 'static {
     fn terminal_marker(&self) -> &'static str;
 }
 
-type SseEvents = std::pin::Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+/// SSE events; a transport error is already described (a `String`), so any byte stream can feed the parser.
+type SseEvents = std::pin::Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<String>>> + Send>>;
 
 struct SseState<P> {
     events: Option<SseEvents>,
@@ -231,7 +232,19 @@ struct SseState<P> {
 /// response: dropping it closes the connection. It ends after `Done` or after one `Err`; a body
 /// that ends (or breaks) before the terminal marker yields `StreamCut`.
 pub(crate) fn sse_stream<P: SseParser>(resp: reqwest::Response, parser: P) -> EventStream {
-    let events: SseEvents = Box::pin(resp.bytes_stream().eventsource());
+    sse_stream_from(resp.bytes_stream().map(|r| r.map_err(describe)), parser)
+}
+
+/// [`sse_stream`] over any body: chunks of bytes, or a transport error's description.
+pub(crate) fn sse_stream_from<P, B>(
+    body: impl Stream<Item = Result<B, String>> + Send + 'static,
+    parser: P,
+) -> EventStream
+where
+    P: SseParser,
+    B: AsRef<[u8]> + Send + 'static,
+{
+    let events: SseEvents = Box::pin(body.eventsource());
     let state = SseState {
         events: Some(events),
         parser,
@@ -250,9 +263,7 @@ pub(crate) fn sse_stream<P: SseParser>(resp: reqwest::Response, parser: P) -> Ev
             let events = st.events.as_mut()?;
             let err = match events.next().await {
                 None => LlmError::StreamCut(format!("connection closed before {}", st.parser.terminal_marker())),
-                Some(Err(EventStreamError::Transport(e))) => {
-                    LlmError::StreamCut(format!("connection error: {}", describe(e)))
-                }
+                Some(Err(EventStreamError::Transport(e))) => LlmError::StreamCut(format!("connection error: {e}")),
                 Some(Err(EventStreamError::Utf8(_))) => LlmError::StreamCut("invalid UTF-8 in the event stream".into()),
                 Some(Err(EventStreamError::Parser(_))) => LlmError::StreamCut("malformed event stream".into()),
                 Some(Ok(ev)) => match st.parser.on_event(ev) {

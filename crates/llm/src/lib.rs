@@ -22,6 +22,31 @@ mod reliable;
 #[cfg(feature = "fake")]
 pub mod fake;
 
+/// Entry points for the fuzz targets (`fuzz/`): a provider's response body, in chunks, through the real SSE
+/// and JSON parsing of each wire format. Not part of the supported API.
+#[doc(hidden)]
+pub mod fuzz {
+    use futures_util::{FutureExt, StreamExt};
+
+    use crate::{LlmError, StreamEvent, http};
+
+    /// The events an OpenAI-format (`anthropic == false`) or Anthropic-format stream yields for a 2xx response
+    /// whose body arrives as `chunks`.
+    pub fn parse_sse(anthropic: bool, chunks: Vec<Vec<u8>>) -> Vec<Result<StreamEvent, LlmError>> {
+        let body = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, String>));
+        let stream = if anthropic {
+            http::sse_stream_from(body, crate::anthropic::AnthropicParser::default())
+        } else {
+            http::sse_stream_from(body, crate::openai::OpenAiParser::default())
+        };
+        // Every chunk is ready at once: the whole stream completes without waiting.
+        stream
+            .collect::<Vec<_>>()
+            .now_or_never()
+            .expect("an in-memory body never waits")
+    }
+}
+
 use serde::{Deserialize, Serialize};
 
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicProvider, DEFAULT_ANTHROPIC_BASE_URL};

@@ -1,0 +1,172 @@
+//! A session driven without a network: the real session code over an in-memory socket, with a real service on
+//! a temporary store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use confab_domain::model::NewUser;
+use confab_domain::{ChannelId, Limits, UserId};
+use confab_gateway::{GatewayConfig, Hub, session};
+use confab_service::{Actor, Confab, NewGroup, ServiceConfig};
+use futures_util::{Sink, Stream};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The client's end: frames in from a channel, frames out to another.
+struct MemSocket {
+    incoming: mpsc::UnboundedReceiver<Message>,
+    out: mpsc::UnboundedSender<Message>,
+}
+
+impl Stream for MemSocket {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Sink<Message> for MemSocket {
+    type Error = axum::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), axum::Error> {
+        self.out.send(m).map_err(axum::Error::new)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A service on a temporary store with alice and bob in group `g`, and the hub.
+async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>) {
+    let bus = Arc::new(confab_bus::LocalBus::default());
+    let store = confab_store_sqlite::SqliteStore::open(
+        confab_store_sqlite::SqliteConfig::new(dir.path().join("t.db")),
+        bus.clone(),
+    )
+    .unwrap();
+    let cfg = ServiceConfig {
+        limits: Limits::default(),
+        files_dir: dir.path().join("files"),
+        max_upload_bytes: 1 << 20,
+        uploads: Default::default(),
+        session_ttl: None,
+    };
+    let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg);
+    for id in ["alice", "bob"] {
+        let user = NewUser {
+            id: UserId::parse(id).unwrap(),
+            nickname: id.into(),
+            profile_url: String::new(),
+            metadata: Default::default(),
+            is_bot: false,
+        };
+        service.create_user(&Actor::Admin, user).await.unwrap();
+    }
+    let group = NewGroup {
+        id: Some(ChannelId::parse("g").unwrap()),
+        name: "g".into(),
+        cover_url: String::new(),
+        custom_type: String::new(),
+        data: None,
+        members: vec![UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap()],
+        distinct: false,
+    };
+    service.create_group(&Actor::Admin, group).await.unwrap();
+    let hub = Hub::start(service.clone(), GatewayConfig::default());
+    (service, hub)
+}
+
+/// Runs alice's session over `frames` (the client closes after them once the final ping's pong is in) and
+/// returns the text frames it wrote.
+async fn session_of(frames: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, hub) = setup(&dir).await;
+    let token = service
+        .issue_session(&Actor::Admin, &UserId::parse("alice").unwrap())
+        .await
+        .unwrap()
+        .token;
+    let grant = service.session_grant(&token).await.unwrap();
+    let (to_server, incoming) = mpsc::unbounded_channel();
+    let (out, mut from_server) = mpsc::unbounded_channel();
+    for f in frames.iter().chain([&r#"{"type":"ping","req_id":"end"}"#]) {
+        to_server.send(Message::Text((*f).into())).unwrap();
+    }
+    let task = tokio::spawn(session::run(
+        hub,
+        grant,
+        MemSocket { incoming, out },
+        CancellationToken::new(),
+    ));
+    let mut seen = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), from_server.recv())
+        .await
+        .unwrap()
+    {
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let end = v["type"] == "pong" && v["req_id"] == "end";
+            seen.push(v);
+            if end {
+                break;
+            }
+        }
+    }
+    drop(to_server); // the client leaves: the session ends
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    seen
+}
+
+/// Found by fuzzing (`ws_session`): the error for a malformed frame went out at once, ahead of the acks of
+/// sends made before it, while the protocol answers requests in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_is_answered_in_its_turn() {
+    let frames = [
+        r#"{"type":"hello"}"#,
+        r#"{"type":"send","req_id":"r1","channel_id":"g","text":"one"}"#,
+        r#"{"type":"send","req_id":"r2","channel_id":"g","text":"two"}"#,
+        r#"{"type":"ping","req_id":"p"}garbage"#,
+        r#"{"type":"ping","req_id":"p2"}"#,
+    ];
+    let seen = session_of(&frames).await;
+    let replies: Vec<(String, String)> = seen
+        .iter()
+        .filter(|v| matches!(v["type"].as_str(), Some("ack" | "error" | "pong")))
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["req_id"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("ack", "r1"),
+        ("ack", "r2"),
+        ("error", "-"),
+        ("pong", "p2"),
+        ("pong", "end"),
+    ];
+    assert_eq!(
+        replies,
+        expected.map(|(a, b)| (a.to_string(), b.to_string())),
+        "{seen:?}"
+    );
+    assert_eq!(seen[0]["type"], "welcome");
+}

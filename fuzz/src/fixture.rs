@@ -1,0 +1,124 @@
+//! One real server core per fuzzing process, built on first use: a SQLite store in a temporary directory, the
+//! bus, the service, the WebSocket hub and the native router, with users alice and bob in a group `fz` and a
+//! direct channel. Targets that need the service share it (building it per input would be most of the work).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use confab_api_native::{AppState, HttpLimits};
+use confab_domain::model::NewUser;
+use confab_domain::{ChannelId, Limits, UserId};
+use confab_gateway::{GatewayConfig, Hub};
+use confab_service::{Actor, Confab, NewGroup, ServiceConfig, SessionGrant};
+use confab_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use tokio_util::sync::CancellationToken;
+
+pub const MASTER: &str = "fuzzing-master-token-0123456789abcdef";
+/// Largest upload the fixture accepts (small: inputs are small, and every byte goes to disk).
+pub const MAX_UPLOAD: u64 = 64 * 1024;
+
+pub struct Fixture {
+    pub rt: tokio::runtime::Runtime,
+    pub service: Arc<Confab>,
+    pub hub: Arc<Hub>,
+    pub router: axum::Router,
+    /// alice's session, as the WebSocket upgrade resolves it.
+    pub alice: SessionGrant,
+    pub gateway: GatewayConfig,
+    _dir: tempfile::TempDir,
+}
+
+pub fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(build)
+}
+
+fn build() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let gateway = GatewayConfig {
+        // No frame-rate pause (it would only make the fuzzer wait) and read positions written at once, so
+        // every reply comes back in frame order and the target can check them all.
+        max_frames_per_sec: 0,
+        read_interval: Duration::ZERO,
+        max_sessions_per_user: 0,
+        fanout_shards: 1,
+        ..GatewayConfig::default()
+    };
+    let (service, hub, alice, router) = rt.block_on(async {
+        let bus = Arc::new(confab_bus::LocalBus::default());
+        let mut store_cfg = SqliteConfig::new(dir.path().join("fuzz.db"));
+        // Durability is not what is fuzzed here: no fsync per commit, which would only slow every input down.
+        store_cfg.synchronous = Synchronous::Normal;
+        let store = SqliteStore::open(store_cfg, bus.clone()).expect("store");
+        let service = Confab::new(
+            Arc::new(store),
+            bus,
+            MASTER,
+            ServiceConfig {
+                limits: Limits::default(),
+                files_dir: dir.path().join("files"),
+                max_upload_bytes: MAX_UPLOAD,
+                uploads: Default::default(),
+                session_ttl: None,
+            },
+        );
+        for id in ["alice", "bob"] {
+            let user = NewUser {
+                id: UserId::parse(id).unwrap(),
+                nickname: id.into(),
+                profile_url: String::new(),
+                metadata: Default::default(),
+                is_bot: false,
+            };
+            service.create_user(&Actor::Admin, user).await.expect("user");
+        }
+        let (alice, bob) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
+        let group = NewGroup {
+            id: Some(ChannelId::parse("fz").unwrap()),
+            name: "fuzz".into(),
+            cover_url: String::new(),
+            custom_type: String::new(),
+            data: None,
+            members: vec![alice.clone(), bob.clone()],
+            distinct: false,
+        };
+        service.create_group(&Actor::Admin, group).await.expect("group");
+        service
+            .open_direct(&Actor::Admin, &alice, &bob)
+            .await
+            .expect("direct channel");
+        let issued = service
+            .issue_session(&Actor::Admin, &UserId::parse("alice").unwrap())
+            .await
+            .expect("session");
+        let alice = service.session_grant(&issued.token).await.expect("grant");
+        let hub = Hub::start(service.clone(), gateway.clone());
+        let state = AppState {
+            service: service.clone(),
+            hub: hub.clone(),
+            gateway: gateway.clone(),
+            shutdown: CancellationToken::new(),
+            dev_login: false,
+        };
+        let limits = HttpLimits {
+            max_body_bytes: 64 * 1024,
+            max_upload_request_bytes: MAX_UPLOAD as usize + 64 * 1024,
+        };
+        let router = confab_api_native::router(state, &limits);
+        (service, hub, alice, router)
+    });
+    Fixture {
+        rt,
+        service,
+        hub,
+        router,
+        alice,
+        gateway,
+        _dir: dir,
+    }
+}
