@@ -57,10 +57,9 @@ pub async fn create(st: &NimState, p: &Params) -> NimResult<Ok200> {
         is_bot: false,
     };
     let token = limited(p, "token", 128)?;
-    if let Some(t) = &token
-        && !t.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(NimError::invalid("token", "printable ASCII only"));
+    // Checked before the account exists: a refused token must not leave an account behind.
+    if let Some(t) = &token {
+        confab_service::check_chosen_token(t)?;
     }
     match st.service.create_user(&Actor::Admin, user).await {
         Ok(_) => {}
@@ -82,6 +81,8 @@ pub async fn update(st: &NimState, p: &Params) -> NimResult<Ok200> {
     let accid = parse_accid("accid", p.req("accid")?)?;
     st.service.get_user(&Actor::Admin, &accid).await?;
     if let Some(token) = limited(p, "token", 128)? {
+        // Refused before the old tokens are revoked: a bad request must leave the account as it was.
+        confab_service::check_chosen_token(&token)?;
         st.service.revoke_sessions(&Actor::Admin, &accid).await?;
         st.service
             .issue_session_with(&Actor::Admin, &accid, None, Some(&token))

@@ -50,6 +50,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> SendbirdResult<T> {
+    // JSON is UTF-8 (RFC 8259); serde would skip the bytes of an ignored key's string without looking.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(SendbirdError::request(
+            ErrorCode::InvalidJsonBody,
+            format!("Invalid JSON request body: not UTF-8 ({e})."),
+        ));
+    }
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -183,6 +190,11 @@ mod tests {
         assert_eq!(code_of(parse_json::<Body>(br#"{"user_id": 5}"#)), 400111);
         assert_eq!(code_of(parse_json::<Body>(br#"{"user_id": "#)), 400403);
         assert_eq!(code_of(parse_json::<Body>(b"not json")), 400403);
+        assert_eq!(
+            code_of(parse_json::<Body>(b"{\"user_id\": \"a\", \"zz\": \"\xff\xfe\"}")),
+            400403,
+            "bytes that are not UTF-8, even in a key nobody reads"
+        );
         for not_an_object in [&b"[null, null]"[..], b" [[[[", b"\"a\"", b"7", b"null"] {
             assert_eq!(code_of(parse_json::<Body>(not_an_object)), 400105);
         }

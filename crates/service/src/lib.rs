@@ -248,13 +248,8 @@ impl Confab {
         chosen: Option<&str>,
     ) -> DomainResult<IssuedSession> {
         require_admin(actor)?;
-        if let Some(t) = chosen
-            && (t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            return Err(DomainError::invalid(
-                "token",
-                "must be 1 to 128 printable ASCII characters",
-            ));
+        if let Some(t) = chosen {
+            check_chosen_token(t)?;
         }
         let now = now_millis();
         if not_after.is_some_and(|t| t <= now) {
@@ -837,6 +832,18 @@ fn check_rate(limiter: &DefaultKeyedRateLimiter<UserId>, user: &UserId) -> Domai
             .as_millis()
             .max(1) as u64,
     })
+}
+
+/// A session token an application chooses (NIM's `token`): 1 to 128 printable ASCII characters. Public so a
+/// surface that replaces a user's tokens can refuse a bad one before revoking anything.
+pub fn check_chosen_token(t: &str) -> DomainResult<()> {
+    if t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(DomainError::invalid(
+            "token",
+            "must be 1 to 128 printable ASCII characters",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
