@@ -1,6 +1,6 @@
 //! Extractors that turn HTTP input into domain values, rendering every rejection in the native error format.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -57,6 +57,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
 fn query_rejection(rej: QueryRejection) -> ApiError {
     ApiError::request(StatusCode::BAD_REQUEST, "invalid_argument", rej.body_text())
+}
+
+/// Path parameters; a segment that does not parse (`/messages/abc`) is a 400 in problem JSON, like every
+/// other rejection, instead of axum's plain-text answer.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rej) => Err(path_rejection(rej)),
+        }
+    }
+}
+
+fn path_rejection(rej: PathRejection) -> ApiError {
+    match rej {
+        PathRejection::FailedToDeserializePathParams(e) => {
+            ApiError::request(StatusCode::BAD_REQUEST, "invalid_argument", e.body_text())
+        }
+        // Extracting path parameters where the route has none: a wiring mistake, not the client's.
+        other => ApiError::request(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.body_text()),
+    }
 }
 
 /// The authenticated caller, from `Authorization: Bearer <token>`.

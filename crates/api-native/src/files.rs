@@ -1,6 +1,7 @@
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_domain::{DomainError, FileId};
@@ -11,7 +12,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::channels::parse_channel_id;
 use crate::error::{ApiError, ApiResult, ProblemBody};
-use crate::extract::{Auth, AuthOrQueryToken};
+use crate::extract::{ApiPath, Auth, AuthOrQueryToken};
 
 /// Multipart form: `channel_id` (text field, first) and `file` (the bytes, with a filename).
 #[derive(ToSchema)]
@@ -32,10 +33,22 @@ fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
 }
 
 /// Uploads a file or image for a channel. Its content type is sniffed from the bytes.
-#[utoipa::path(post, path = "/api/v1/files", tag = "files",
+#[utoipa::path(post, path = "/files", security(("master_token" = []), ("session_token" = [])), tag = "files",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses((status = 201, body = FileDto), (status = 400, body = ProblemBody)))]
-pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Multipart) -> ApiResult<Response> {
+pub async fn upload(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    form: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    // axum answers a missing or wrong content type in plain text; the native API answers in problem JSON.
+    let mut form = form.map_err(|_| {
+        ApiError::request(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: multipart/form-data with a boundary",
+        )
+    })?;
     let mut channel = None;
     while let Some(field) = form.next_field().await.map_err(multipart_err)? {
         match field.name() {
@@ -65,12 +78,12 @@ pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Mul
 }
 
 /// Downloads a file. Only members of the channel it was uploaded for may read it.
-#[utoipa::path(get, path = "/api/v1/files/{file_id}", tag = "files",
+#[utoipa::path(get, path = "/files/{file_id}", security(("master_token" = []), ("session_token" = [])), tag = "files",
     responses((status = 200, description = "the file's bytes"), (status = 404, body = ProblemBody)))]
 pub async fn download(
     State(st): State<AppState>,
     AuthOrQueryToken(actor): AuthOrQueryToken,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let id = FileId::parse(&id)?;
     let (obj, path) = st.service.open_file(&actor, &id).await?;

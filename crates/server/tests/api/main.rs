@@ -18,6 +18,7 @@ mod moderation;
 mod moderation_hooks;
 mod moderation_replies;
 mod nim;
+mod openapi;
 mod provider_egress;
 mod realtime;
 mod rest;
