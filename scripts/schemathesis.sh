@@ -70,7 +70,8 @@ mkdir -p "$report"
 status=0
 run() { # name token
     echo "== schemathesis as $1: $examples examples per operation, seed $2"
-    "$venv/bin/schemathesis" run "$base/api/v1/openapi.json" \
+    # scripts/schemathesis.toml: the few operations where one check cannot apply as-is, and why.
+    "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/api/v1/openapi.json" \
         --checks all --max-examples "$examples" --seed "$seed" --workers 2 \
         --phases examples,coverage,fuzzing,stateful \
         --header "Authorization: Bearer $3" \

@@ -23,6 +23,16 @@ pub struct UploadForm {
     file: Vec<u8>,
 }
 
+/// The form is documented with its two fields only: another is a mistake worth saying.
+fn unknown_field(name: Option<&str>) -> ApiError {
+    let name = name.unwrap_or("");
+    DomainError::invalid(
+        "form",
+        format!("unknown field {name:?}: expected channel_id, then file"),
+    )
+    .into()
+}
+
 fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -35,7 +45,8 @@ fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// Uploads a file or image for a channel. Its content type is sniffed from the bytes.
 #[utoipa::path(post, path = "/files", security(("master_token" = []), ("session_token" = [])), tag = "files",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 201, body = FileDto), (status = 400, body = ProblemBody)))]
+    responses((status = 201, body = FileDto), (status = 400, body = ProblemBody),
+        (status = 404, description = "no such channel", body = ProblemBody)))]
 pub async fn upload(
     State(st): State<AppState>,
     Auth(actor): Auth,
@@ -69,9 +80,15 @@ pub async fn upload(
                         UploadFailed::Domain(e) => ApiError::from(e),
                         UploadFailed::Body(e) => multipart_err(e),
                     })?;
+                // Nothing may follow the file; its bytes, stored but never named to the client, are swept
+                // as any unattached upload.
+                if let Some(extra) = form.next_field().await.map_err(multipart_err)? {
+                    return Err(unknown_field(extra.name()));
+                }
                 return Ok((StatusCode::CREATED, Json(FileDto::from(&obj))).into_response());
             }
-            _ => {}
+            // The form is documented with these two fields only; another is a mistake worth saying.
+            other => return Err(unknown_field(other)),
         }
     }
     Err(DomainError::invalid("file", "the form has no file field").into())

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
+mod exact;
+
 #[derive(OpenApi)]
 #[openapi(info(
     title = "Confab native API",
@@ -127,6 +129,7 @@ fn finish(doc: &mut Value) {
             "description": "A token as the `token` query parameter, where a browser cannot set headers."},
     });
     links(doc);
+    exact::apply(doc);
 }
 
 fn finish_operation(op: &mut Value, path_params: &[&str]) {

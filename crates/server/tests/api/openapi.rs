@@ -213,3 +213,49 @@ async fn an_unserved_method_is_a_problem_json_405_with_allow() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "method_not_allowed");
 }
+
+// Found by schemathesis: `3.0` is an integer to JSON Schema (and to a JavaScript client); the server read it
+// as a type error.
+#[tokio::test]
+async fn an_integral_float_is_read_as_an_integer() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice"]).await;
+    app.send_as(&alice, "g", "hello").await;
+    let (s, v) = app
+        .call("POST", "/api/v1/channels/g/read", &alice, Some(json!({"seq": 1.0})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // A fraction is still refused, with the field named.
+    let (s, v) = app
+        .call("POST", "/api/v1/channels/g/read", &alice, Some(json!({"seq": 1.5})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("seq"), "{v}");
+}
+
+// Found by schemathesis: a form field after the file was ignored though the document lists two fields.
+#[tokio::test]
+async fn an_upload_form_with_an_unknown_field_is_refused() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice"]).await;
+    let form = reqwest::multipart::Form::new()
+        .text("channel_id", "g")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"hello".to_vec()).file_name("a.txt"),
+        )
+        .text("x-unknown", "42");
+    let r = app
+        .http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&alice)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("x-unknown"), "{v}");
+}
