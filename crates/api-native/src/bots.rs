@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::bot::{BotSettings, UsageRecord, utc_day};
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use crate::users::parse_user_id;
 
 #[derive(Deserialize, ToSchema)]
@@ -66,7 +66,7 @@ pub struct BotList<'a> {
     pub bots: Vec<BotDto<'a>>,
 }
 
-#[utoipa::path(post, path = "/api/v1/bots", request_body = CreateBotBody, tag = "bots",
+#[utoipa::path(post, path = "/bots", security(("master_token" = [])), request_body = CreateBotBody, tag = "bots",
     responses((status = 201, body = BotDto), (status = 400, body = ProblemBody), (status = 409, body = ProblemBody)))]
 pub async fn create_bot(
     State(st): State<AppState>,
@@ -88,7 +88,7 @@ pub async fn create_bot(
     Ok((StatusCode::CREATED, Json(BotDto::new(&view, &actor))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/bots", tag = "bots", responses((status = 200, body = BotList)))]
+#[utoipa::path(get, path = "/bots", security(("master_token" = []), ("session_token" = [])), tag = "bots", responses((status = 200, body = BotList)))]
 pub async fn list_bots(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
     let bots = st.service.list_bots(&actor).await?;
     Ok(Json(BotList {
@@ -97,23 +97,23 @@ pub async fn list_bots(State(st): State<AppState>, Auth(actor): Auth) -> ApiResu
     .into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/bots/{bot_id}", tag = "bots",
+#[utoipa::path(get, path = "/bots/{bot_id}", security(("master_token" = []), ("session_token" = [])), tag = "bots",
     responses((status = 200, body = BotDto), (status = 404, body = ProblemBody)))]
 pub async fn get_bot(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let view = st.service.get_bot(&actor, &parse_user_id(&id)?).await?;
     Ok(Json(BotDto::new(&view, &actor)).into_response())
 }
 
-#[utoipa::path(patch, path = "/api/v1/bots/{bot_id}", request_body = UpdateBotBody, tag = "bots",
+#[utoipa::path(patch, path = "/bots/{bot_id}", security(("master_token" = [])), request_body = UpdateBotBody, tag = "bots",
     responses((status = 200, body = BotDto)))]
 pub async fn update_bot(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateBotBody>,
 ) -> ApiResult<impl IntoResponse> {
     let profile = UserPatch {
@@ -129,20 +129,24 @@ pub async fn update_bot(
     Ok(Json(BotDto::new(&view, &actor)).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/bots/{bot_id}", tag = "bots", responses((status = 204)))]
+#[utoipa::path(delete, path = "/bots/{bot_id}", security(("master_token" = [])), tag = "bots", responses((status = 204)))]
 pub async fn delete_bot(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.service.delete_bot(&actor, &parse_user_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Stops a bot reply that is still generating; any member of its channel may.
-#[utoipa::path(post, path = "/api/v1/messages/{message_id}/stop", tag = "bots",
+#[utoipa::path(post, path = "/messages/{message_id}/stop", security(("master_token" = []), ("session_token" = [])), tag = "bots",
     responses((status = 202, description = "stop requested; the reply ends as `stopped`"), (status = 400, body = ProblemBody)))]
-pub async fn stop_reply(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+pub async fn stop_reply(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
     st.service.stop_reply(&actor, MessageId(id)).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -188,7 +192,7 @@ pub struct UsageList<'a> {
 }
 
 /// Token usage per day, bot, user and channel (master token).
-#[utoipa::path(get, path = "/api/v1/usage", params(UsageParams), tag = "bots", responses((status = 200, body = UsageList)))]
+#[utoipa::path(get, path = "/usage", security(("master_token" = [])), params(UsageParams), tag = "bots", responses((status = 200, body = UsageList)))]
 pub async fn usage(
     State(st): State<AppState>,
     Auth(actor): Auth,

@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::model::ChannelPatch;
@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use crate::users::{PageQuery, parse_user_id};
 
 pub fn parse_channel_id(raw: &str) -> ApiResult<ChannelId> {
@@ -100,7 +100,7 @@ pub struct MemberList<'a> {
     pub next: Option<&'a str>,
 }
 
-#[utoipa::path(post, path = "/api/v1/channels", request_body = CreateChannelBody, tag = "channels",
+#[utoipa::path(post, path = "/channels", security(("master_token" = []), ("session_token" = [])), request_body = CreateChannelBody, tag = "channels",
     responses((status = 201, body = ChannelDto, description = "created"),
               (status = 200, body = ChannelDto, description = "the existing direct channel"),
               (status = 404, body = ProblemBody)))]
@@ -148,7 +148,7 @@ pub async fn create_channel(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/channels", params(ChannelListQuery), tag = "channels",
+#[utoipa::path(get, path = "/channels", security(("master_token" = []), ("session_token" = [])), params(ChannelListQuery), tag = "channels",
     responses((status = 200, body = ChannelList)))]
 pub async fn list_channels(
     State(st): State<AppState>,
@@ -184,12 +184,12 @@ pub async fn list_channels(
     Ok(Json(body).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/channels/{channel_id}", tag = "channels",
+#[utoipa::path(get, path = "/channels/{channel_id}", security(("master_token" = []), ("session_token" = [])), tag = "channels",
     responses((status = 200, body = ChannelDto), (status = 404, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn get_channel(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let mc = st.service.get_channel(&actor, &parse_channel_id(&id)?).await?;
     let dto = if actor.is_admin() {
@@ -200,12 +200,12 @@ pub async fn get_channel(
     Ok(Json(dto).into_response())
 }
 
-#[utoipa::path(patch, path = "/api/v1/channels/{channel_id}", request_body = UpdateChannelBody, tag = "channels",
+#[utoipa::path(patch, path = "/channels/{channel_id}", security(("master_token" = []), ("session_token" = [])), request_body = UpdateChannelBody, tag = "channels",
     responses((status = 200, body = ChannelDto)))]
 pub async fn update_channel(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateChannelBody>,
 ) -> ApiResult<impl IntoResponse> {
     let patch = ChannelPatch {
@@ -221,22 +221,22 @@ pub async fn update_channel(
     Ok(Json(ChannelDto::new(&c)).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/channels/{channel_id}", tag = "channels", responses((status = 204)))]
+#[utoipa::path(delete, path = "/channels/{channel_id}", security(("master_token" = []), ("session_token" = [])), tag = "channels", responses((status = 204)))]
 pub async fn delete_channel(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.service.delete_channel(&actor, &parse_channel_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/channels/{channel_id}/members", request_body = InviteBody, tag = "channels",
+#[utoipa::path(post, path = "/channels/{channel_id}/members", security(("master_token" = []), ("session_token" = [])), request_body = InviteBody, tag = "channels",
     responses((status = 200, body = ChannelDto)))]
 pub async fn invite(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<InviteBody>,
 ) -> ApiResult<impl IntoResponse> {
     let c = st
@@ -246,12 +246,12 @@ pub async fn invite(
     Ok(Json(ChannelDto::new(&c)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/channels/{channel_id}/members", params(PageQuery), tag = "channels",
+#[utoipa::path(get, path = "/channels/{channel_id}/members", security(("master_token" = []), ("session_token" = [])), params(PageQuery), tag = "channels",
     responses((status = 200, body = MemberList)))]
 pub async fn list_members(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let after = q.after.as_deref().map(parse_user_id).transpose()?;
@@ -272,12 +272,12 @@ pub async fn list_members(
     Ok(Json(body).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/channels/{channel_id}/members/{user_id}", tag = "channels",
+#[utoipa::path(delete, path = "/channels/{channel_id}/members/{user_id}", security(("master_token" = []), ("session_token" = [])), tag = "channels",
     responses((status = 204)))]
 pub async fn remove_member(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path((id, user)): Path<(String, String)>,
+    ApiPath((id, user)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     st.service
         .remove_member(&actor, &parse_channel_id(&id)?, &parse_user_id(&user)?)
@@ -286,8 +286,12 @@ pub async fn remove_member(
 }
 
 /// The calling user leaves the channel.
-#[utoipa::path(post, path = "/api/v1/channels/{channel_id}/leave", tag = "channels", responses((status = 204)))]
-pub async fn leave(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(post, path = "/channels/{channel_id}/leave", security(("session_token" = [])), tag = "channels", responses((status = 204)))]
+pub async fn leave(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     let me = actor
         .user()
         .cloned()
@@ -296,12 +300,12 @@ pub async fn leave(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/channels/{channel_id}/read", request_body = ReadBody, tag = "channels",
+#[utoipa::path(post, path = "/channels/{channel_id}/read", security(("master_token" = []), ("session_token" = [])), request_body = ReadBody, tag = "channels",
     responses((status = 200, body = ReadResult)))]
 pub async fn mark_read(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ReadBody>,
 ) -> ApiResult<impl IntoResponse> {
     let s = st

@@ -32,13 +32,13 @@ pub struct DevLoginBody {
 }
 
 /// Whether the development login is on.
-#[utoipa::path(get, path = "/api/v1/dev/login", tag = "users", responses((status = 200, body = DevLoginStatus)))]
+#[utoipa::path(get, path = "/dev/login", security(()), tag = "users", responses((status = 200, body = DevLoginStatus)))]
 pub async fn status(State(st): State<AppState>) -> Json<DevLoginStatus> {
     Json(DevLoginStatus { enabled: st.dev_login })
 }
 
 /// Signs in as a user (created if new), without credentials. Only with the server's development flag.
-#[utoipa::path(post, path = "/api/v1/dev/login", tag = "users", request_body = DevLoginBody,
+#[utoipa::path(post, path = "/dev/login", security(()), tag = "users", request_body = DevLoginBody,
     responses((status = 201, body = SessionToken), (status = 404, body = ProblemBody)))]
 pub async fn login(State(st): State<AppState>, ApiJson(body): ApiJson<DevLoginBody>) -> ApiResult<impl IntoResponse> {
     if !st.dev_login {

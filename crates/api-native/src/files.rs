@@ -1,6 +1,7 @@
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_domain::{DomainError, FileId};
@@ -11,7 +12,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::channels::parse_channel_id;
 use crate::error::{ApiError, ApiResult, ProblemBody};
-use crate::extract::{Auth, AuthOrQueryToken};
+use crate::extract::{ApiPath, Auth, AuthOrQueryToken};
 
 /// Multipart form: `channel_id` (text field, first) and `file` (the bytes, with a filename).
 #[derive(ToSchema)]
@@ -20,6 +21,16 @@ pub struct UploadForm {
     channel_id: String,
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
+}
+
+/// The form is documented with its two fields only: another is a mistake worth saying.
+fn unknown_field(name: Option<&str>) -> ApiError {
+    let name = name.unwrap_or("");
+    DomainError::invalid(
+        "form",
+        format!("unknown field {name:?}: expected channel_id, then file"),
+    )
+    .into()
 }
 
 fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -32,10 +43,23 @@ fn multipart_err(e: axum::extract::multipart::MultipartError) -> ApiError {
 }
 
 /// Uploads a file or image for a channel. Its content type is sniffed from the bytes.
-#[utoipa::path(post, path = "/api/v1/files", tag = "files",
+#[utoipa::path(post, path = "/files", security(("master_token" = []), ("session_token" = [])), tag = "files",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 201, body = FileDto), (status = 400, body = ProblemBody)))]
-pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Multipart) -> ApiResult<Response> {
+    responses((status = 201, body = FileDto), (status = 400, body = ProblemBody),
+        (status = 404, description = "no such channel", body = ProblemBody)))]
+pub async fn upload(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    form: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    // axum answers a missing or wrong content type in plain text; the native API answers in problem JSON.
+    let mut form = form.map_err(|_| {
+        ApiError::request(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: multipart/form-data with a boundary",
+        )
+    })?;
     let mut channel = None;
     while let Some(field) = form.next_field().await.map_err(multipart_err)? {
         match field.name() {
@@ -56,21 +80,27 @@ pub async fn upload(State(st): State<AppState>, Auth(actor): Auth, mut form: Mul
                         UploadFailed::Domain(e) => ApiError::from(e),
                         UploadFailed::Body(e) => multipart_err(e),
                     })?;
+                // Nothing may follow the file; its bytes, stored but never named to the client, are swept
+                // as any unattached upload.
+                if let Some(extra) = form.next_field().await.map_err(multipart_err)? {
+                    return Err(unknown_field(extra.name()));
+                }
                 return Ok((StatusCode::CREATED, Json(FileDto::from(&obj))).into_response());
             }
-            _ => {}
+            // The form is documented with these two fields only; another is a mistake worth saying.
+            other => return Err(unknown_field(other)),
         }
     }
     Err(DomainError::invalid("file", "the form has no file field").into())
 }
 
 /// Downloads a file. Only members of the channel it was uploaded for may read it.
-#[utoipa::path(get, path = "/api/v1/files/{file_id}", tag = "files",
+#[utoipa::path(get, path = "/files/{file_id}", security(("master_token" = []), ("session_token" = [])), tag = "files",
     responses((status = 200, description = "the file's bytes"), (status = 404, body = ProblemBody)))]
 pub async fn download(
     State(st): State<AppState>,
     AuthOrQueryToken(actor): AuthOrQueryToken,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let id = FileId::parse(&id)?;
     let (obj, path) = st.service.open_file(&actor, &id).await?;

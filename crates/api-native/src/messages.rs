@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::model::{HistoryQuery, HistoryRange, MessagePatch};
@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::channels::{double_option, parse_channel_id};
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 
 #[derive(Deserialize, IntoParams)]
 pub struct HistoryParams {
@@ -52,13 +52,13 @@ pub struct EditMessageBody {
 /// Sends a message. With a session token the caller is the sender; with the master token, `sender_id` names
 /// a member (or is absent for `admin` messages). A retry with the same `client_msg_id` returns the original
 /// message with status 200.
-#[utoipa::path(post, path = "/api/v1/channels/{channel_id}/messages", request_body = SendMessageBody, tag = "messages",
+#[utoipa::path(post, path = "/channels/{channel_id}/messages", security(("master_token" = []), ("session_token" = [])), request_body = SendMessageBody, tag = "messages",
     responses((status = 201, body = MessageDto), (status = 200, body = MessageDto, description = "retried send"),
               (status = 403, body = ProblemBody), (status = 429, body = ProblemBody)))]
 pub async fn send_message(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SendMessageBody>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = body.into_new_message(parse_channel_id(&id)?)?;
@@ -71,12 +71,12 @@ pub async fn send_message(
     Ok((status, Json(MessageDto::from(&appended.message))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/channels/{channel_id}/messages", params(HistoryParams), tag = "messages",
+#[utoipa::path(get, path = "/channels/{channel_id}/messages", security(("master_token" = []), ("session_token" = [])), params(HistoryParams), tag = "messages",
     responses((status = 200, body = MessageList)))]
 pub async fn history(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> ApiResult<impl IntoResponse> {
     let range = match (p.before, p.after) {
@@ -97,23 +97,23 @@ pub async fn history(
     .into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/messages/{message_id}", tag = "messages",
+#[utoipa::path(get, path = "/messages/{message_id}", security(("master_token" = []), ("session_token" = [])), tag = "messages",
     responses((status = 200, body = MessageDto), (status = 404, body = ProblemBody)))]
 pub async fn get_message(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
     let m = st.service.get_message(&actor, MessageId(id)).await?;
     Ok(Json(MessageDto::from(&m)).into_response())
 }
 
-#[utoipa::path(patch, path = "/api/v1/messages/{message_id}", request_body = EditMessageBody, tag = "messages",
+#[utoipa::path(patch, path = "/messages/{message_id}", security(("master_token" = []), ("session_token" = [])), request_body = EditMessageBody, tag = "messages",
     responses((status = 200, body = MessageDto)))]
 pub async fn edit_message(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<EditMessageBody>,
 ) -> ApiResult<impl IntoResponse> {
     let patch = MessagePatch {
@@ -128,22 +128,22 @@ pub async fn edit_message(
 }
 
 /// Deletes the content; the message keeps its place (sequence) as a tombstone.
-#[utoipa::path(delete, path = "/api/v1/messages/{message_id}", tag = "messages", responses((status = 204)))]
+#[utoipa::path(delete, path = "/messages/{message_id}", security(("master_token" = []), ("session_token" = [])), tag = "messages", responses((status = 204)))]
 pub async fn delete_message(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     st.service.delete_message(&actor, MessageId(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/messages/{message_id}/replies", params(ThreadParams), tag = "messages",
+#[utoipa::path(get, path = "/messages/{message_id}/replies", security(("master_token" = []), ("session_token" = [])), params(ThreadParams), tag = "messages",
     responses((status = 200, body = MessageList)))]
 pub async fn thread(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiQuery(p): ApiQuery<ThreadParams>,
 ) -> ApiResult<impl IntoResponse> {
     let msgs = st

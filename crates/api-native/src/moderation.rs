@@ -2,7 +2,7 @@
 //! removed (deleted for everyone).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::{DomainError, MessageId, Millis};
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::channels::parse_channel_id;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 
 #[derive(Serialize, ToSchema)]
 pub struct FlaggedDto<'a> {
@@ -59,7 +59,7 @@ pub struct FlagListQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/moderation/flags", tag = "moderation", params(FlagListQuery),
+#[utoipa::path(get, path = "/moderation/flags", security(("master_token" = [])), tag = "moderation", params(FlagListQuery),
     responses((status = 200, body = FlaggedList), (status = 400, body = ProblemBody)))]
 pub async fn list_flags(
     State(st): State<AppState>,
@@ -102,24 +102,24 @@ async fn review(
 }
 
 /// Keeps the message; the flag is settled. Approving twice is harmless; approving a removed message is 409.
-#[utoipa::path(post, path = "/api/v1/moderation/flags/{message_id}/approve", tag = "moderation",
+#[utoipa::path(post, path = "/moderation/flags/{message_id}/approve", security(("master_token" = [])), tag = "moderation",
     responses((status = 200, body = FlaggedDto), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 pub async fn approve(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<axum::response::Response> {
     review(st, actor, id, FlagState::Approved).await
 }
 
 /// Deletes the message for everyone (members get `message.deleted`); the flag is settled. Removing twice is
 /// harmless; removing an approved message is 409 (delete it through the messages API instead).
-#[utoipa::path(post, path = "/api/v1/moderation/flags/{message_id}/remove", tag = "moderation",
+#[utoipa::path(post, path = "/moderation/flags/{message_id}/remove", security(("master_token" = [])), tag = "moderation",
     responses((status = 200, body = FlaggedDto), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
 pub async fn remove(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<axum::response::Response> {
     review(st, actor, id, FlagState::Removed).await
 }
@@ -134,7 +134,7 @@ pub struct RulesDto {
     pub app: serde_json::Value,
 }
 
-#[utoipa::path(get, path = "/api/v1/moderation/rules", tag = "moderation", responses((status = 200, body = RulesDto)))]
+#[utoipa::path(get, path = "/moderation/rules", security(("master_token" = [])), tag = "moderation", responses((status = 200, body = RulesDto)))]
 pub async fn get_rules(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<axum::response::Response> {
     let v = st.service.moderation_rules(&actor)?;
     Ok(Json(RulesDto {
@@ -146,7 +146,7 @@ pub async fn get_rules(State(st): State<AppState>, Auth(actor): Auth) -> ApiResu
 
 /// Replaces the application's rules (each `{name, words, patterns, action: block|mask|flag, reason}`, plus
 /// `max_links`). A rule that does not compile is refused with its name and nothing changes.
-#[utoipa::path(put, path = "/api/v1/moderation/rules", tag = "moderation", request_body(content = Object),
+#[utoipa::path(put, path = "/moderation/rules", security(("master_token" = [])), tag = "moderation", request_body(content = Object),
     responses((status = 200, body = RulesDto), (status = 400, body = ProblemBody)))]
 pub async fn put_rules(
     State(st): State<AppState>,
@@ -164,12 +164,12 @@ pub struct ChannelRulesDto {
     pub rules: Option<serde_json::Value>,
 }
 
-#[utoipa::path(get, path = "/api/v1/channels/{channel_id}/moderation/rules", tag = "moderation",
+#[utoipa::path(get, path = "/channels/{channel_id}/moderation/rules", security(("master_token" = [])), tag = "moderation",
     responses((status = 200, body = ChannelRulesDto), (status = 404, body = ProblemBody)))]
 pub async fn get_channel_rules(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(channel): Path<String>,
+    ApiPath(channel): ApiPath<String>,
 ) -> ApiResult<axum::response::Response> {
     let rules = st
         .service
@@ -178,13 +178,13 @@ pub async fn get_channel_rules(
     Ok(Json(ChannelRulesDto { rules }).into_response())
 }
 
-#[utoipa::path(put, path = "/api/v1/channels/{channel_id}/moderation/rules", tag = "moderation",
+#[utoipa::path(put, path = "/channels/{channel_id}/moderation/rules", security(("master_token" = [])), tag = "moderation",
     request_body(content = Object),
     responses((status = 200, body = ChannelRulesDto), (status = 400, body = ProblemBody), (status = 404, body = ProblemBody)))]
 pub async fn put_channel_rules(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(channel): Path<String>,
+    ApiPath(channel): ApiPath<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<axum::response::Response> {
     let rules = st
@@ -194,12 +194,12 @@ pub async fn put_channel_rules(
     Ok(Json(ChannelRulesDto { rules }).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/channels/{channel_id}/moderation/rules", tag = "moderation",
+#[utoipa::path(delete, path = "/channels/{channel_id}/moderation/rules", security(("master_token" = [])), tag = "moderation",
     responses((status = 204), (status = 404, body = ProblemBody)))]
 pub async fn delete_channel_rules(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(channel): Path<String>,
+    ApiPath(channel): ApiPath<String>,
 ) -> ApiResult<axum::http::StatusCode> {
     st.service
         .set_channel_moderation_rules(&actor, &parse_channel_id(&channel)?, None)

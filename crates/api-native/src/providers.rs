@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{ApiJson, ApiPath, Auth};
 
 #[derive(Serialize, ToSchema)]
 pub struct ProviderList {
@@ -24,7 +24,7 @@ pub struct ProviderName {
     pub name: String,
 }
 
-#[utoipa::path(get, path = "/api/v1/providers", tag = "bots", responses((status = 200, body = ProviderList)))]
+#[utoipa::path(get, path = "/providers", security(("master_token" = [])), tag = "bots", responses((status = 200, body = ProviderList)))]
 pub async fn list_providers(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
     Ok(Json(ProviderList {
         providers: st.service.list_providers(&actor)?,
@@ -35,7 +35,7 @@ pub async fn list_providers(State(st): State<AppState>, Auth(actor): Auth) -> Ap
 /// section of the configuration file; the API key is named by `api_key_env`, never sent, and only variables
 /// the configuration file allows may be named (`[provider_api]`: by default names starting with
 /// `CONFAB_PROVIDER_KEY_`); any other is a 400.
-#[utoipa::path(post, path = "/api/v1/providers", tag = "bots", request_body(content = Object),
+#[utoipa::path(post, path = "/providers", security(("master_token" = [])), tag = "bots", request_body(content = Object),
     responses((status = 201, body = ProviderName), (status = 400, body = ProblemBody)))]
 pub async fn add_provider(
     State(st): State<AppState>,
@@ -46,11 +46,11 @@ pub async fn add_provider(
     Ok((StatusCode::CREATED, Json(ProviderName { name })))
 }
 
-#[utoipa::path(delete, path = "/api/v1/providers/{name}", tag = "bots", responses((status = 204)))]
+#[utoipa::path(delete, path = "/providers/{name}", security(("master_token" = [])), tag = "bots", responses((status = 204)))]
 pub async fn delete_provider(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.service.delete_provider(&actor, &name).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::UserId;
@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use confab_gateway::wire::UserDto;
 
 pub fn parse_user_id(raw: &str) -> ApiResult<UserId> {
@@ -77,7 +77,7 @@ impl From<confab_service::IssuedSession> for SessionToken {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUserBody, tag = "users",
+#[utoipa::path(post, path = "/users", security(("master_token" = [])), request_body = CreateUserBody, tag = "users",
     responses((status = 201, body = UserDto), (status = 409, body = ProblemBody), (status = 400, body = ProblemBody)))]
 pub async fn create_user(
     State(st): State<AppState>,
@@ -104,7 +104,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(UserDto::new(&user, false)).into_response()))
 }
 
-#[utoipa::path(get, path = "/api/v1/users", params(PageQuery), tag = "users", responses((status = 200, body = UserList)))]
+#[utoipa::path(get, path = "/users", security(("master_token" = []), ("session_token" = [])), params(PageQuery), tag = "users", responses((status = 200, body = UserList)))]
 pub async fn list_users(
     State(st): State<AppState>,
     Auth(actor): Auth,
@@ -125,19 +125,19 @@ pub async fn list_users(
     Ok(Json(body).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/users/{user_id}", tag = "users",
+#[utoipa::path(get, path = "/users/{user_id}", security(("master_token" = []), ("session_token" = [])), tag = "users",
     responses((status = 200, body = UserDto), (status = 404, body = ProblemBody)))]
 pub async fn get_user(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let v = st.service.get_user(&actor, &parse_user_id(&id)?).await?;
     Ok(Json(UserDto::new(&v.user, v.online)).into_response())
 }
 
 /// The calling user (session tokens only).
-#[utoipa::path(get, path = "/api/v1/me", tag = "users", responses((status = 200, body = UserDto)))]
+#[utoipa::path(get, path = "/me", security(("session_token" = [])), tag = "users", responses((status = 200, body = UserDto)))]
 pub async fn me(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
     let id = actor
         .user()
@@ -147,12 +147,12 @@ pub async fn me(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl
     Ok(Json(UserDto::new(&v.user, v.online)).into_response())
 }
 
-#[utoipa::path(patch, path = "/api/v1/users/{user_id}", request_body = UpdateUserBody, tag = "users",
+#[utoipa::path(patch, path = "/users/{user_id}", security(("master_token" = []), ("session_token" = [])), request_body = UpdateUserBody, tag = "users",
     responses((status = 200, body = UserDto)))]
 pub async fn update_user(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateUserBody>,
 ) -> ApiResult<impl IntoResponse> {
     let patch = UserPatch {
@@ -165,34 +165,34 @@ pub async fn update_user(
     Ok(Json(UserDto::new(&v.user, v.online)).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/users/{user_id}", tag = "users", responses((status = 204)))]
+#[utoipa::path(delete, path = "/users/{user_id}", security(("master_token" = [])), tag = "users", responses((status = 204)))]
 pub async fn delete_user(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.service.delete_user(&actor, &parse_user_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Issues a client session token for the user (master token only).
-#[utoipa::path(post, path = "/api/v1/users/{user_id}/sessions", tag = "users",
+#[utoipa::path(post, path = "/users/{user_id}/sessions", security(("master_token" = [])), tag = "users",
     responses((status = 201, body = SessionToken)))]
 pub async fn issue_session(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let s = st.service.issue_session(&actor, &parse_user_id(&id)?).await?;
     Ok((StatusCode::CREATED, Json(SessionToken::from(s))))
 }
 
 /// Revokes every session token of the user.
-#[utoipa::path(delete, path = "/api/v1/users/{user_id}/sessions", tag = "users", responses((status = 204)))]
+#[utoipa::path(delete, path = "/users/{user_id}/sessions", security(("master_token" = []), ("session_token" = [])), tag = "users", responses((status = 204)))]
 pub async fn revoke_sessions(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.service.revoke_sessions(&actor, &parse_user_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -3,7 +3,7 @@
 //! is shown once, when the endpoint is created or its secret rotated.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::Millis;
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiResult, ProblemBody};
-use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -182,7 +182,7 @@ pub struct DeadLetterQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks/endpoints", tag = "webhooks", request_body = CreateEndpointBody,
+#[utoipa::path(post, path = "/webhooks/endpoints", security(("master_token" = [])), tag = "webhooks", request_body = CreateEndpointBody,
     responses((status = 201, body = CreatedEndpoint), (status = 400, body = ProblemBody)))]
 pub async fn create_endpoint(
     State(st): State<AppState>,
@@ -208,7 +208,7 @@ pub async fn create_endpoint(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/endpoints", tag = "webhooks", responses((status = 200, body = EndpointList)))]
+#[utoipa::path(get, path = "/webhooks/endpoints", security(("master_token" = [])), tag = "webhooks", responses((status = 200, body = EndpointList)))]
 pub async fn list_endpoints(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
     let list = st.service.webhook_endpoints(&actor)?.list().await?;
     Ok(Json(EndpointList {
@@ -216,23 +216,23 @@ pub async fn list_endpoints(State(st): State<AppState>, Auth(actor): Auth) -> Ap
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/endpoints/{endpoint_id}", tag = "webhooks",
+#[utoipa::path(get, path = "/webhooks/endpoints/{endpoint_id}", security(("master_token" = [])), tag = "webhooks",
     responses((status = 200, body = EndpointDto), (status = 404, body = ProblemBody)))]
 pub async fn get_endpoint(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let v = st.service.webhook_endpoints(&actor)?.get(&id).await?;
     Ok(Json(EndpointDto::from(v)))
 }
 
-#[utoipa::path(patch, path = "/api/v1/webhooks/endpoints/{endpoint_id}", tag = "webhooks",
+#[utoipa::path(patch, path = "/webhooks/endpoints/{endpoint_id}", security(("master_token" = [])), tag = "webhooks",
     request_body = UpdateEndpointBody, responses((status = 200, body = EndpointDto), (status = 404, body = ProblemBody)))]
 pub async fn update_endpoint(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(b): ApiJson<UpdateEndpointBody>,
 ) -> ApiResult<impl IntoResponse> {
     let v = st
@@ -251,34 +251,34 @@ pub async fn update_endpoint(
     Ok(Json(EndpointDto::from(v)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/webhooks/endpoints/{endpoint_id}", tag = "webhooks",
+#[utoipa::path(delete, path = "/webhooks/endpoints/{endpoint_id}", security(("master_token" = [])), tag = "webhooks",
     responses((status = 204), (status = 404, body = ProblemBody)))]
 pub async fn delete_endpoint(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.service.webhook_endpoints(&actor)?.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks/endpoints/{endpoint_id}/rotate_secret", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks/endpoints/{endpoint_id}/rotate_secret", security(("master_token" = [])), tag = "webhooks",
     responses((status = 200, body = SecretDto), (status = 404, body = ProblemBody)))]
 pub async fn rotate_secret(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let secret = st.service.webhook_endpoints(&actor)?.rotate_secret(&id).await?;
     Ok(Json(SecretDto { secret }))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/endpoints/{endpoint_id}/attempts", tag = "webhooks",
+#[utoipa::path(get, path = "/webhooks/endpoints/{endpoint_id}/attempts", security(("master_token" = [])), tag = "webhooks",
     responses((status = 200, body = AttemptList), (status = 404, body = ProblemBody)))]
 pub async fn list_attempts(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let attempts = st.service.webhook_endpoints(&actor)?.attempts(&id).await?;
     Ok(Json(AttemptList {
@@ -286,12 +286,12 @@ pub async fn list_attempts(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/endpoints/{endpoint_id}/dead_letters", tag = "webhooks",
+#[utoipa::path(get, path = "/webhooks/endpoints/{endpoint_id}/dead_letters", security(("master_token" = [])), tag = "webhooks",
     params(DeadLetterQuery), responses((status = 200, body = DeadLetterList), (status = 404, body = ProblemBody)))]
 pub async fn list_dead_letters(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeadLetterQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
@@ -311,12 +311,12 @@ pub async fn list_dead_letters(
 
 /// Sends a dead letter again now, with its original `webhook-id`. Accepted: the dead letter is gone; refused:
 /// it stays, with this attempt counted. Either way the answer is the attempt.
-#[utoipa::path(post, path = "/api/v1/webhooks/endpoints/{endpoint_id}/dead_letters/{event_id}/redeliver",
+#[utoipa::path(post, path = "/webhooks/endpoints/{endpoint_id}/dead_letters/{event_id}/redeliver", security(("master_token" = [])),
     tag = "webhooks", responses((status = 200, body = AttemptDto), (status = 404, body = ProblemBody)))]
 pub async fn redeliver(
     State(st): State<AppState>,
     Auth(actor): Auth,
-    Path((id, event_id)): Path<(String, u64)>,
+    ApiPath((id, event_id)): ApiPath<(String, u64)>,
 ) -> ApiResult<impl IntoResponse> {
     let a = st.service.webhook_endpoints(&actor)?.redeliver(&id, event_id).await?;
     Ok(Json(AttemptDto::from(a)))

@@ -22,6 +22,7 @@ mod moderation;
 mod moderation_hooks;
 mod moderation_replies;
 mod nim;
+mod openapi;
 mod props;
 mod provider_egress;
 mod realtime;
