@@ -180,7 +180,8 @@ async fn send(w: &World<'_>, op: &Op, case: &Case<Mutation>) -> (Value, Vec<(u16
         _ => op.path.to_string(),
     };
     let n = match &case.mutation {
-        NonceOfLength(len) => "n".repeat(*len),
+        // Unique, padded to the length.
+        NonceOfLength(len) => format!("{:n>len$}", nonce(w), len = *len),
         _ => nonce(w),
     };
     let t = match &case.mutation {

@@ -73,6 +73,12 @@ fn admin_has_no_sender(op: &Op, slots: &[Slot], v: Verdict) -> Verdict {
     }
 }
 
+/// A distinct channel with these members already existing is returned, whatever `channel_url` says.
+fn distinct_is_found(op: &Op, slots: &[Slot], v: Verdict) -> Verdict {
+    let distinct = op.slot(slots, "is_distinct").is_some_and(|s| s.is_str("true"));
+    if distinct && v == Invalid { Either } else { v }
+}
+
 /// A deactivated account is given no token.
 fn no_token_when_deactivated(op: &Op, slots: &[Slot], v: Verdict) -> Verdict {
     let issue = op.slot(slots, "issue_access_token").is_some_and(|s| s.is_str("true"));
@@ -156,40 +162,43 @@ pub fn operations() -> Vec<Op> {
             "/v3/users/{user_id}/token",
             vec![req("user_id", Path, user(Res::FreshUser))],
         ),
-        Op::new(
-            "create_channel",
-            "POST",
-            "/v3/group_channels",
-            vec![
-                // `users` or `user_ids`: the table sends the latter, which must name someone.
-                req(
-                    "user_ids",
-                    Body,
-                    IdList {
-                        res: &[Res::User, Res::User2],
-                        max: 10_000,
-                        empty: Invalid,
-                        unknown: Invalid,
-                    },
-                ),
-                opt(
-                    "channel_url",
-                    Body,
-                    Id {
-                        res: Res::NewChannel,
-                        syntax: Syntax::NewChannelUrl,
-                        unknown: Invalid,
-                    },
-                ),
-                opt("name", Body, text(200)),
-                opt("cover_url", Body, bytes(2048)),
-                opt("custom_type", Body, bytes(128)),
-                opt("data", Body, bytes(16 * 1024)),
-                opt("is_distinct", Body, Bool),
-                opt("is_public", Body, FalseOnly),
-                opt("is_super", Body, FalseOnly),
-            ],
-        ),
+        Op {
+            fixup: Some(distinct_is_found),
+            ..Op::new(
+                "create_channel",
+                "POST",
+                "/v3/group_channels",
+                vec![
+                    // `users` or `user_ids`: the table sends the latter, which must name someone.
+                    req(
+                        "user_ids",
+                        Body,
+                        IdList {
+                            res: &[Res::User, Res::User2],
+                            max: 10_000,
+                            empty: Invalid,
+                            unknown: Invalid,
+                        },
+                    ),
+                    opt(
+                        "channel_url",
+                        Body,
+                        Id {
+                            res: Res::NewChannel,
+                            syntax: Syntax::NewChannelUrl,
+                            unknown: Invalid,
+                        },
+                    ),
+                    opt("name", Body, text(200)),
+                    opt("cover_url", Body, bytes(2048)),
+                    opt("custom_type", Body, bytes(128)),
+                    opt("data", Body, bytes(16 * 1024)),
+                    opt("is_distinct", Body, Bool),
+                    opt("is_public", Body, FalseOnly),
+                    opt("is_super", Body, FalseOnly),
+                ],
+            )
+        },
         Op::new(
             "list_channels",
             "GET",
