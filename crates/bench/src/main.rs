@@ -15,6 +15,9 @@ mod local_model;
 mod rest;
 mod scan;
 mod send;
+mod slow_consumer;
+mod soak;
+mod soak_load;
 mod stats;
 mod util;
 mod webhook_sink;
@@ -108,6 +111,131 @@ enum Command {
     /// time to first token, for one conversation and for --concurrent at once. Threads: CANDLE_NUM_THREADS
     /// (default all cores), also given to llama-server as -t.
     LocalModel(local_model::LocalModelArgs),
+    /// A long steady mix (acknowledged sends, a large fan-out group, bot replies against the built-in fake
+    /// provider, reconnects with resume, uploads, history reads) while sampling the server's RSS, open file
+    /// descriptors, WAL size and the error count every --sample-every. Fails on any error, or when the last
+    /// third of the samples after --warmup is above the first third by more than --max-rss-drift-pct (RSS)
+    /// or --max-fd-growth (descriptors). The server must run with `confab-bench soak --print-config`.
+    Soak(SoakArgs),
+    /// Delivery p99 of a busy group's members in runs alternating without and with one more member whose
+    /// session never reads (it must be closed with 4008). Needs the send rates raised (see `bots
+    /// --print-config`'s [limits], and CONFAB_WEBSOCKET__MAX_FRAMES_PER_SEC=0).
+    SlowConsumer(SlowConsumerArgs),
+    /// A member offline while --messages arrive in its channels resumes: time from connect to `resumed`,
+    /// every message checked in order and without gaps.
+    Catchup(CatchupArgs),
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    /// How long to run.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Sample the server's resources this often.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// Samples before this are shown but left out of the trend (default: a fifth of --duration).
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// The server's pid (found automatically when a process named `confab` of this user listens on the port).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server's data dir, for the size of its write-ahead log.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Loopback address of the built-in fake provider (the server's provider `base_url` points here).
+    #[arg(long, default_value = "127.0.0.1:18299")]
+    provider_listen: SocketAddr,
+    #[arg(long, default_value = "bench-fake")]
+    provider_name: String,
+    /// WebSockets sending acknowledged messages, each to its own group.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    senders: u32,
+    /// Messages per second over all senders.
+    #[arg(long, default_value_t = 50.0, value_parser = parse_rate)]
+    send_rate: f64,
+    /// Receiving members of the fan-out group.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    fanout_members: u32,
+    /// Messages per second into the fan-out group.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_rate)]
+    fanout_rate: f64,
+    /// One bot question this often (its reply streams --bot-tokens tokens).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    bot_every: Duration,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    bot_tokens: u32,
+    /// A fan-out member leaves this often and resumes a second later.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    reconnect_every: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    upload_every: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    history_every: Duration,
+    #[arg(long, default_value_t = 10.0)]
+    max_rss_drift_pct: f64,
+    #[arg(long, default_value_t = 16.0)]
+    max_fd_growth: f64,
+    /// Print the server configuration the soak needs (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl SoakArgs {
+    fn opts(&self) -> soak::SoakOpts {
+        soak::SoakOpts {
+            duration: self.duration,
+            sample_every: self.sample_every,
+            warmup: self.warmup.unwrap_or(self.duration / 5),
+            server_pid: self.server_pid,
+            data_dir: self.data_dir.clone(),
+            provider_listen: self.provider_listen,
+            provider_name: self.provider_name.clone(),
+            load: soak_load::LoadOpts {
+                senders: self.senders as usize,
+                send_rate: self.send_rate,
+                fanout_members: self.fanout_members as usize,
+                fanout_rate: self.fanout_rate,
+                bot_every: self.bot_every,
+                bot_tokens: self.bot_tokens,
+                reconnect_every: self.reconnect_every,
+                upload_every: self.upload_every,
+                history_every: self.history_every,
+            },
+            max_rss_drift_pct: self.max_rss_drift_pct,
+            max_fd_growth: self.max_fd_growth,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct SlowConsumerArgs {
+    /// Reading members of the group (the publisher and the stalled reader are two more).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    members: u32,
+    /// Messages per second the publisher sends.
+    #[arg(long, default_value_t = 200.0, value_parser = parse_rate)]
+    rate: f64,
+    /// Messages per run (enough to fill the stalled reader's queue: `websocket.queue_frames`, default 1024).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    messages: u64,
+    /// Bytes of padding per message.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    size: u64,
+    /// Runs, alternating without and with the stalled reader (an even number).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    runs: u32,
+}
+
+#[derive(Args, Debug)]
+struct CatchupArgs {
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    messages: u64,
+    /// The offline member's channels the messages are spread over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    channels: u32,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +382,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 const MAX_DURATION: Duration = Duration::from_secs(3600);
+const MAX_SOAK: Duration = Duration::from_secs(24 * 3600);
 
 impl Command {
     fn name(&self) -> &'static str {
@@ -263,12 +392,20 @@ impl Command {
             Command::Connections(_) => "connections",
             Command::Bots(_) => "bots",
             Command::LocalModel(_) => "local-model",
+            Command::Soak(_) => "soak",
+            Command::SlowConsumer(_) => "slow-consumer",
+            Command::Catchup(_) => "catchup",
         }
     }
 
     fn check(&self, timeout: Duration) -> Result<()> {
-        if timeout.is_zero() || timeout > MAX_DURATION {
-            bail!("--timeout must be between 1s and 1h");
+        let max = if matches!(self, Command::Soak(_)) {
+            MAX_SOAK
+        } else {
+            MAX_DURATION
+        };
+        if timeout.is_zero() || timeout > max {
+            bail!("--timeout must be between 1s and 1h (24h for soak)");
         }
         match self {
             Command::Fanout(a) => {
@@ -303,7 +440,19 @@ impl Command {
                     bail!("--hold {:?} must be shorter than --timeout {timeout:?}", a.hold);
                 }
             }
-            Command::LocalModel(_) => {}
+            Command::LocalModel(_) | Command::SlowConsumer(_) | Command::Catchup(_) => {}
+            Command::Soak(a) => {
+                if !a.provider_listen.ip().is_loopback() {
+                    bail!("--provider-listen must be a loopback address");
+                }
+                if a.duration.is_zero() || a.duration > MAX_SOAK {
+                    bail!("--duration must be between 1s and 24h");
+                }
+                // The whole run is bounded by --timeout; a soak sets its own unless one longer was given.
+                if a.sample_every.is_zero() || a.sample_every * 3 > a.duration {
+                    bail!("--sample-every must be positive and leave at least 3 samples in --duration");
+                }
+            }
             Command::Bots(a) => {
                 if !a.provider_listen.ip().is_loopback() {
                     bail!(
@@ -395,6 +544,25 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
         }
         Command::Bots(a) => bots::run(target, &api, &a.opts(), out).await,
         Command::LocalModel(a) => local_model::run(a, out).await,
+        Command::Soak(a) => soak::run(target, &api, &a.opts(), out).await,
+        Command::SlowConsumer(a) => {
+            let o = slow_consumer::SlowOpts {
+                members: a.members as usize,
+                rate: a.rate,
+                messages: a.messages,
+                size: a.size as usize,
+                runs: a.runs,
+            };
+            slow_consumer::run_slow(target, &api, &o, out).await
+        }
+        Command::Catchup(a) => {
+            let o = slow_consumer::CatchupOpts {
+                messages: a.messages,
+                channels: a.channels as usize,
+                runs: a.runs,
+            };
+            slow_consumer::run_catchup(target, &api, &o, out).await
+        }
     }
 }
 
@@ -407,11 +575,22 @@ fn main() -> ExitCode {
         print!("{}", bots::server_config(&a.provider_name, a.provider_listen));
         return ExitCode::SUCCESS;
     }
+    if let Command::Soak(a) = &cli.command
+        && a.print_config
+    {
+        print!("{}", soak::server_config(&a.provider_name, a.provider_listen));
+        return ExitCode::SUCCESS;
+    }
     let name = cli.command.name();
     let mut out = Map::new();
     let started = Instant::now();
     let result = (|| -> Result<()> {
-        cli.command.check(cli.timeout)?;
+        let timeout = match &cli.command {
+            // A soak's own length bounds it: the default --timeout would end it early.
+            Command::Soak(a) => cli.timeout.max(a.duration + Duration::from_secs(600)),
+            _ => cli.timeout,
+        };
+        cli.command.check(timeout)?;
         let target = Target::parse(&cli.url)?;
         out.insert("url".into(), json!(target.http_base));
         out.insert("client_threads".into(), json!(cli.threads));
@@ -420,12 +599,9 @@ fn main() -> ExitCode {
             .enable_all()
             .build()?;
         let r = rt.block_on(async {
-            match tokio::time::timeout(cli.timeout, run(&cli, &target, &mut out)).await {
+            match tokio::time::timeout(timeout, run(&cli, &target, &mut out)).await {
                 Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!(
-                    "the run did not finish within --timeout {:?}",
-                    cli.timeout
-                )),
+                Err(_) => Err(anyhow::anyhow!("the run did not finish within --timeout {timeout:?}")),
             }
         });
         // Do not wait for tasks still holding sockets: the process is about to exit.
@@ -521,6 +697,39 @@ mod tests {
             Cli::try_parse_from(["confab-bench", "bots", "--tokens", "10000", "--token-interval-ms", "20"]).unwrap();
         assert!(c.command.check(c.timeout).is_err(), "longer than the timeout");
         assert!(Cli::try_parse_from(["confab-bench", "bots", "--streams", "10001"]).is_err());
+    }
+
+    #[test]
+    fn soak_and_the_slow_consumer_modes_parse() {
+        let c = Cli::try_parse_from(["confab-bench", "soak", "--duration", "3m", "--sample-every", "10s"]).unwrap();
+        match &c.command {
+            Command::Soak(a) => {
+                let o = a.opts();
+                assert_eq!(
+                    (o.duration, o.sample_every, o.warmup),
+                    (
+                        Duration::from_secs(180),
+                        Duration::from_secs(10),
+                        Duration::from_secs(36)
+                    )
+                );
+                assert_eq!(
+                    (o.load.senders, o.load.fanout_members, o.max_rss_drift_pct),
+                    (10, 200, 10.0)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let long = Duration::from_secs(180 + 600);
+        assert!(c.command.check(long).is_ok());
+        let c = Cli::try_parse_from(["confab-bench", "soak", "--duration", "20s", "--sample-every", "10s"]).unwrap();
+        assert!(c.command.check(long).is_err(), "fewer than 3 samples");
+        let c = Cli::try_parse_from(["confab-bench", "soak", "--provider-listen", "10.0.0.1:1"]).unwrap();
+        assert!(c.command.check(Duration::from_secs(3600)).is_err(), "not loopback");
+        let c = Cli::try_parse_from(["confab-bench", "slow-consumer", "--members", "5", "--runs", "2"]).unwrap();
+        assert!(matches!(c.command, Command::SlowConsumer(ref a) if a.members == 5 && a.messages == 3000));
+        let c = Cli::try_parse_from(["confab-bench", "catchup"]).unwrap();
+        assert!(matches!(c.command, Command::Catchup(ref a) if a.messages == 10_000 && a.runs == 3));
     }
 
     #[test]

@@ -179,6 +179,22 @@ pub fn find_server_pid(port: u16) -> Option<u32> {
     None
 }
 
+/// Open file descriptors of a process (entries of `/proc/PID/fd`).
+pub fn count_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// Bytes of the SQLite write-ahead logs (`*.db-wal`, `*-wal`) directly in `dir`.
+pub fn wal_bytes(dir: &std::path::Path) -> Option<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        if e.file_name().to_string_lossy().ends_with("-wal") {
+            total += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// `(busy, total)` jiffies over all CPUs, from the first line of a `/proc/stat` text (idle and iowait are not
 /// busy).
 pub fn parse_proc_stat_cpu(text: &str) -> Option<(u64, u64)> {
@@ -357,6 +373,13 @@ mod tests {
         assert_eq!(listening_inodes(tcp, 18181), vec![123456]);
         assert_eq!(listening_inodes(tcp, 8080), vec![999]);
         assert!(listening_inodes(tcp, 1).is_empty());
+        assert!(count_fds(std::process::id()).unwrap() >= 3);
+        let dir = std::env::temp_dir().join(format!("confab-bench-wal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("confab.db-wal"), [0u8; 100]).unwrap();
+        std::fs::write(dir.join("confab.db"), [0u8; 7]).unwrap();
+        assert_eq!(wal_bytes(&dir), Some(100));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

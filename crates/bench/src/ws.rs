@@ -47,7 +47,18 @@ pub fn sender_config() -> WebSocketConfig {
 
 /// Opens a session and completes the hello/welcome exchange.
 pub async fn open(target: &Target, token: &str, source: Option<IpAddr>, config: WebSocketConfig) -> Result<Ws> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, open_inner(target, token, source, config))
+    open_with_hello(target, token, source, config, r#"{"type":"hello"}"#).await
+}
+
+/// [`open`] with the given `hello` frame (e.g. one with `resume`); returns once the `welcome` is read.
+pub async fn open_with_hello(
+    target: &Target,
+    token: &str,
+    source: Option<IpAddr>,
+    config: WebSocketConfig,
+    hello: &str,
+) -> Result<Ws> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, open_inner(target, token, source, config, hello))
         .await
         .map_err(|_| anyhow!("WebSocket handshake and hello/welcome took longer than {HANDSHAKE_TIMEOUT:?}"))?
 }
@@ -64,7 +75,13 @@ pub async fn open_limited(
     open(target, token, source, config).await
 }
 
-async fn open_inner(target: &Target, token: &str, source: Option<IpAddr>, config: WebSocketConfig) -> Result<Ws> {
+async fn open_inner(
+    target: &Target,
+    token: &str,
+    source: Option<IpAddr>,
+    config: WebSocketConfig,
+    hello: &str,
+) -> Result<Ws> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -97,9 +114,7 @@ async fn open_inner(target: &Target, token: &str, source: Option<IpAddr>, config
             }
             other => anyhow!("WebSocket upgrade failed: {other}"),
         })?;
-    ws.send(Message::text(r#"{"type":"hello"}"#))
-        .await
-        .context("sending hello")?;
+    ws.send(Message::text(hello)).await.context("sending hello")?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {

@@ -44,6 +44,10 @@ pub mod close {
 /// Longest single wait for a session's expiry (longer ones are re-armed when it ends).
 const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// How long the closing frame may wait for a client that does not read; then the connection is dropped, so a
+/// stalled reader never holds its task and file descriptor.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Pending = BoxFuture<'static, Option<String>>;
 
 struct Session {
@@ -132,12 +136,38 @@ pub async fn run<S: Socket>(hub: Arc<Hub>, grant: SessionGrant, mut socket: S, s
     hub.unregister(&handle);
     hub.service.session_closed(&user).await;
     if let Some((code, reason)) = code {
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            })))
-            .await;
+        let close = socket.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        })));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+    }
+}
+
+/// Why a guarded write ended early: the client is gone (`None`) or the session must close with this code.
+type WriteEnd = Option<(u16, &'static str)>;
+
+/// Runs a write to the socket, racing it against the session's close signal and a stall limit: a client that
+/// stops reading blocks the write, and neither its queue overflow nor its idle timeout would be seen otherwise.
+async fn guarded(
+    write: impl Future<Output = Result<(), axum::Error>>,
+    handle: &SessionHandle,
+    overflow: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    stall: Duration,
+) -> Result<(), WriteEnd> {
+    tokio::select! {
+        r = write => r.map_err(|_| None),
+        _ = overflow => Err(Some(close_code_of(handle))),
+        _ = tokio::time::sleep(stall) => Err(Some((close::TIMEOUT, "write stalled: the client does not read"))),
+    }
+}
+
+/// The close for a session the hub marked: revoked, or overflowed.
+fn close_code_of(handle: &SessionHandle) -> (u16, &'static str) {
+    if handle.is_revoked() {
+        (close::REVOKED, "access revoked")
+    } else {
+        (close::RESYNC, "outbound queue overflow; resume")
     }
 }
 
@@ -209,8 +239,11 @@ impl Session {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
             return None;
         }
-        if self.resume(socket, resume).await.is_err() {
-            return None;
+        // Armed before the backlog: a client that does not read its resume is closed like any slow reader.
+        let overflow = handle.overflow.notified();
+        tokio::pin!(overflow);
+        if let Err(end) = guarded(self.resume(socket, resume), handle, overflow.as_mut(), cfg.idle_timeout).await {
+            return end;
         }
 
         let mut batch: Vec<Arc<Frame>> = Vec::with_capacity(cfg.write_batch);
@@ -219,13 +252,12 @@ impl Session {
         heartbeat.tick().await;
         // Created once, not per loop turn: registering a waiter on every wake-up costs on the fan-out path.
         let cancelled = shutdown.cancelled();
-        let overflow = handle.overflow.notified();
         let recheck = handle.recheck.notified();
         let expiry = tokio::time::sleep_until(expiry_deadline(self.grant.expires_at));
         // Armed only while needed (their branches are disabled otherwise).
         let throttle = tokio::time::sleep(Duration::ZERO);
         let read_flush = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(cancelled, overflow, recheck, expiry, throttle, read_flush);
+        tokio::pin!(cancelled, recheck, expiry, throttle, read_flush);
         let mut rate = FrameRate::new(cfg.max_frames_per_sec, cfg.frame_burst, Instant::now());
         loop {
             let ready_at = rate.as_ref().map(FrameRate::ready_at).filter(|at| *at > Instant::now());
@@ -243,12 +275,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => return Some((close::GOING_AWAY, "server shutting down")),
-                _ = &mut overflow => {
-                    if handle.is_revoked() {
-                        return Some((close::REVOKED, "access revoked"));
-                    }
-                    return Some((close::RESYNC, "outbound queue overflow; resume"));
-                }
+                _ = &mut overflow => return Some(close_code_of(handle)),
                 _ = &mut recheck => {
                     if let Some(code) = self.recheck().await {
                         return Some(code);
@@ -271,23 +298,25 @@ impl Session {
                     if n == 0 {
                         return None;
                     }
-                    if self.write_frames(socket, handle, &mut batch).await.is_err() {
-                        return None;
+                    let write = self.write_frames(socket, handle, &mut batch);
+                    if let Err(end) = guarded(write, handle, overflow.as_mut(), cfg.idle_timeout).await {
+                        return end;
                     }
                 }
                 Some(reply) = inflight.next(), if !inflight.is_empty() => {
                     if let Some(text) = reply {
-                        if socket.feed(Message::Text(text.into())).await.is_err() {
-                            return None;
-                        }
-                        // Write every other ready reply with the same flush.
-                        while let Some(Some(reply)) = inflight.next().now_or_never() {
-                            if let Some(text) = reply && socket.feed(Message::Text(text.into())).await.is_err() {
-                                return None;
+                        let write = async {
+                            socket.feed(Message::Text(text.into())).await?;
+                            // Write every other ready reply with the same flush.
+                            while let Some(Some(reply)) = inflight.next().now_or_never() {
+                                if let Some(text) = reply {
+                                    socket.feed(Message::Text(text.into())).await?;
+                                }
                             }
-                        }
-                        if socket.flush().await.is_err() {
-                            return None;
+                            socket.flush().await
+                        };
+                        if let Err(end) = guarded(write, handle, overflow.as_mut(), cfg.idle_timeout).await {
+                            return end;
                         }
                     }
                 }
@@ -328,8 +357,9 @@ impl Session {
                     if self.last_activity.elapsed() > cfg.idle_timeout {
                         return Some((close::TIMEOUT, "idle timeout"));
                     }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    if let Err(end) = guarded(ping, handle, overflow.as_mut(), cfg.idle_timeout).await {
+                        return end;
                     }
                 }
             }

@@ -32,6 +32,7 @@ mod sendbird_bots;
 mod sendbird_channels;
 mod sendbird_sdk;
 mod sendbird_webhooks;
+mod slow_consumers;
 mod upload_limits;
 mod web;
 mod webhook_outbox;
