@@ -34,6 +34,10 @@ export PATH="$tools/bin:$PATH"
 target_dir=${FUZZ_TARGET_DIR:-$root/target/fuzz}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 
+# The fuzz crate's lock file must match the workspace it fuzzes (cargo fuzz build has no --locked).
+cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null \
+    || { echo "fuzz/Cargo.lock is out of date: run cargo update -w --manifest-path fuzz/Cargo.toml"; exit 1; }
+
 start=$(date +%s)
 if [ $# -gt 0 ]; then
     for t in "${targets[@]}"; do (cd fuzz && cargo fuzz build --sanitizer none --target-dir "$target_dir" "$t"); done
