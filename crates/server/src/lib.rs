@@ -5,6 +5,7 @@
 pub mod config;
 mod health;
 pub mod master_token;
+mod unread_body;
 mod uploads;
 
 use std::future::Future;
@@ -308,9 +309,11 @@ impl App {
         if config.web.enabled {
             router = router.merge(confab_webui::router());
         }
-        let router = router.layer(TraceLayer::new_for_http().make_span_with(
-            |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
-        ));
+        let router = router
+            .layer(axum::middleware::from_fn(unread_body::close_after_unread_body))
+            .layer(TraceLayer::new_for_http().make_span_with(
+                |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
+            ));
         Ok(App {
             config,
             service,

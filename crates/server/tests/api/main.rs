@@ -16,6 +16,7 @@ mod faults_writer;
 mod files;
 mod hardening_authz;
 mod helpers;
+mod http_connections;
 mod limits;
 mod llama;
 mod moderation;
