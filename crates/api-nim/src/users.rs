@@ -59,7 +59,7 @@ pub async fn create(st: &NimState, p: &Params) -> NimResult<Ok200> {
     let token = limited(p, "token", 128)?;
     // Checked before the account exists: a refused token must not leave an account behind.
     if let Some(t) = &token {
-        confab_service::check_chosen_token(t)?;
+        st.service.check_token_for(&Actor::Admin, &accid, t).await?;
     }
     match st.service.create_user(&Actor::Admin, user).await {
         Ok(_) => {}
@@ -82,7 +82,7 @@ pub async fn update(st: &NimState, p: &Params) -> NimResult<Ok200> {
     st.service.get_user(&Actor::Admin, &accid).await?;
     if let Some(token) = limited(p, "token", 128)? {
         // Refused before the old tokens are revoked: a bad request must leave the account as it was.
-        confab_service::check_chosen_token(&token)?;
+        st.service.check_token_for(&Actor::Admin, &accid, &token).await?;
         st.service.revoke_sessions(&Actor::Admin, &accid).await?;
         st.service
             .issue_session_with(&Actor::Admin, &accid, None, Some(&token))

@@ -249,7 +249,7 @@ impl Confab {
     ) -> DomainResult<IssuedSession> {
         require_admin(actor)?;
         if let Some(t) = chosen {
-            check_chosen_token(t)?;
+            self.check_token_for(actor, user, t).await?;
         }
         let now = now_millis();
         if not_after.is_some_and(|t| t <= now) {
@@ -282,6 +282,20 @@ impl Confab {
             user_id: user.clone(),
             expires_at,
         })
+    }
+
+    /// Whether `token` may become a session token of `user` (the application only): its syntax, and that no
+    /// other account has it (a client signs in with the token alone). Surfaces that revoke or create
+    /// something before issuing a chosen token ask first, so a refusal leaves everything as it was.
+    pub async fn check_token_for(&self, actor: &Actor, user: &UserId, token: &str) -> DomainResult<()> {
+        require_admin(actor)?;
+        check_chosen_token(token)?;
+        match self.store.find_session(&sha256(token.as_bytes())).await? {
+            Some(s) if &s.user_id != user => {
+                Err(DomainError::invalid("token", "is already the token of another account"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Blocks or unblocks an account (the application only). A blocked account's session tokens are revoked,

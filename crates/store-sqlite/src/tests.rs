@@ -644,3 +644,25 @@ async fn file_quotas_are_checked_with_the_insert_and_unattached_files_are_swept(
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_session_token_belongs_to_one_account() {
+    let (_dir, store, _bus) = open().await;
+    user(&store, "a").await;
+    user(&store, "b").await;
+    let session = |u: &str, expires_at| confab_domain::ports::SessionRecord {
+        token_hash: [7; 32],
+        user_id: uid(u),
+        created_at: 1,
+        expires_at,
+    };
+    store.create_session(session("a", None)).await.unwrap();
+    // The same account again: kept, with the new expiry.
+    store.create_session(session("a", Some(i64::MAX))).await.unwrap();
+    let found = store.find_session(&[7; 32]).await.unwrap().unwrap();
+    assert_eq!((found.user_id, found.expires_at), (uid("a"), Some(i64::MAX)));
+    // Another account: refused, and the token still signs in its owner.
+    let err = store.create_session(session("b", None)).await.unwrap_err();
+    assert!(matches!(err, DomainError::Invalid { field: "token", .. }), "{err:?}");
+    assert_eq!(store.find_session(&[7; 32]).await.unwrap().unwrap().user_id, uid("a"));
+}

@@ -234,6 +234,9 @@ fn record_changes(
     Ok(())
 }
 
+/// Why a chosen session token that another account already has is refused.
+const TOKEN_TAKEN: &str = "is already the token of another account";
+
 /// Maps storage errors: constraint violations are the caller's fault (handled where they can occur), the rest
 /// is an unavailable store.
 pub fn db_err(e: rusqlite::Error) -> DomainError {
@@ -273,18 +276,26 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
             Ok(Outcome::Unit)
         }
         Op::CreateSession(s) => {
-            conn.prepare_cached(
-                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    &s.token_hash[..],
-                    s.user_id.as_str(),
-                    s.created_at,
-                    s.expires_at
-                ])
-            })
-            .map_err(db_err)?;
+            // A token an application chose may already be its user's (kept, with the new expiry) or another
+            // account's: a client signs in with the token alone, so that one is refused.
+            let stored = conn
+                .prepare_cached(
+                    "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (token_hash) DO UPDATE SET created_at = excluded.created_at, \
+                     expires_at = excluded.expires_at WHERE sessions.user_id = excluded.user_id",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        &s.token_hash[..],
+                        s.user_id.as_str(),
+                        s.created_at,
+                        s.expires_at
+                    ])
+                })
+                .map_err(db_err)?;
+            if stored == 0 {
+                return Err(DomainError::invalid("token", TOKEN_TAKEN));
+            }
             Ok(Outcome::Unit)
         }
         Op::RevokeSessions(id) => {

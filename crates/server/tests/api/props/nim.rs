@@ -81,6 +81,62 @@ struct World<'a> {
     app: &'a TestApp,
     team: String,
     n: AtomicU64,
+    /// Each session token an application chose and the account it belongs to: a token is one account's
+    /// (clients sign in with it alone), so choosing another account's is refused (414).
+    tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// The `accid` and `token` a form names once each (both decoded), if it does; an empty token is no token
+/// (NIM reads an empty parameter as absent).
+fn accid_and_token(form: &[u8]) -> Option<(String, String)> {
+    let url = reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(form))).ok()?;
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let one = |name: &str| {
+        // NIM's parameter names are case-insensitive.
+        let mut it = pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        match (it.next(), it.next()) {
+            (Some((_, v)), None) => Some(v.clone()),
+            _ => None,
+        }
+    };
+    Some((one("accid")?, one("token").filter(|t| !t.is_empty())?))
+}
+
+impl World<'_> {
+    /// Whether the case chooses a token another account has.
+    fn takes_anothers_token(&self, form: &[u8]) -> bool {
+        accid_and_token(form).is_some_and(|(accid, token)| {
+            self.tokens
+                .lock()
+                .unwrap()
+                .get(&token)
+                .is_some_and(|owner| *owner != accid)
+        })
+    }
+
+    /// Keeps the token map as the server does after an accepted account call.
+    fn accepted(&self, op: &Op, form: &[u8]) {
+        let url = reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(form))).ok();
+        let Some(accid) = url.and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k.eq_ignore_ascii_case("accid"))
+                .map(|(_, v)| v.into_owned())
+        }) else {
+            return;
+        };
+        let mut tokens = self.tokens.lock().unwrap();
+        if matches!(op.name, "user_update" | "user_refresh_token" | "user_block") {
+            tokens.retain(|_, owner| *owner != accid);
+        }
+        if matches!(op.name, "user_create" | "user_update")
+            && let Some((accid, token)) = accid_and_token(form)
+        {
+            tokens.insert(token, accid);
+        }
+    }
 }
 
 /// A signed request that must succeed.
@@ -99,6 +155,7 @@ impl<'a> World<'a> {
             app,
             team: String::new(),
             n: AtomicU64::new(0),
+            tokens: Default::default(),
         };
         let team = w.fresh_team().await;
         World { team, ..w }
@@ -160,8 +217,9 @@ fn nonce(w: &World<'_>) -> String {
     format!("props-{}-{}", std::process::id(), w.next())
 }
 
-/// Sends the case (twice for a replay); returns the request, and each answer's status, content type, body.
-async fn send(w: &World<'_>, op: &Op, case: &Case<Mutation>) -> (Value, Vec<(u16, String, Vec<u8>)>) {
+/// Sends the case (twice for a replay); returns the request, the form sent, and each answer's status, content
+/// type, body.
+async fn send(w: &World<'_>, op: &Op, case: &Case<Mutation>) -> (Value, Vec<u8>, Vec<(u16, String, Vec<u8>)>) {
     use Mutation::*;
     let mut r = Resolved::new();
     for res in case.refs() {
@@ -232,7 +290,7 @@ async fn send(w: &World<'_>, op: &Op, case: &Case<Mutation>) -> (Value, Vec<(u16
         let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
         answers.push((status, ct, bytes));
     }
-    (described, answers)
+    (described, form, answers)
 }
 
 /// The properties of one answer; `expect`: the code it must have.
@@ -291,7 +349,7 @@ async fn nim_surface_holds_its_properties_on_generated_requests() {
         |op, case| {
             let world = &world;
             Box::pin(async move {
-                let verdict = case.verdict(op);
+                let mut verdict = case.verdict(op);
                 let auth_failure = matches!(
                     case.mutation,
                     Mutation::Without(_)
@@ -302,8 +360,11 @@ async fn nim_surface_holds_its_properties_on_generated_requests() {
                         | Mutation::NonceOfLength(129)
                 ) && verdict == Invalid
                     && case.mutation_verdict == Invalid;
-                let expect = auth_failure.then_some(414);
-                let (req, answers) = send(world, op, &case).await;
+                let mut expect = auth_failure.then_some(414);
+                let (req, form, answers) = send(world, op, &case).await;
+                if verdict == Valid && world.takes_anothers_token(&form) {
+                    (verdict, expect) = (Invalid, Some(414));
+                }
                 let report = |why: String, (status, _, body): &(u16, String, Vec<u8>)| {
                     format!(
                         "{why}\nverdict: {verdict:?}\nrequest: {req}\nanswer: {status} {}",
@@ -312,6 +373,9 @@ async fn nim_surface_holds_its_properties_on_generated_requests() {
                 };
                 let first = &answers[0];
                 check(verdict, expect, first.0, &first.1, &first.2).map_err(|why| report(why, first))?;
+                if serde_json::from_slice::<Value>(&first.2).is_ok_and(|v| v["code"] == 200) {
+                    world.accepted(op, &form);
+                }
                 if let Some(second) = answers.get(1) {
                     check(Invalid, Some(431), second.0, &second.1, &second.2)
                         .map_err(|why| report(format!("the repeat: {why}"), second))?;

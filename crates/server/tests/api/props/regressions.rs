@@ -48,3 +48,35 @@ async fn sendbird_body_that_is_not_utf8_is_refused() {
     let (s, _) = app.call("GET", "/v3/users/nonutf8", MASTER, None).await;
     assert_eq!(s, 400, "nothing was created");
 }
+
+/// A token another account already has was a storage conflict answered `503 server busy`, after the account
+/// had been created (`user/create`) or its tokens revoked (`user/update`). A client signs in with the token
+/// alone, so it is refused as a parameter, before anything changes.
+#[tokio::test]
+async fn nim_a_token_another_account_has_is_refused_before_anything_changes() {
+    let app = nim_app().await;
+    let v = nim(&app, "/nimserver/user/create.action", "accid=owner&token=%5B").await;
+    assert_eq!(v["code"], 200, "{v}");
+    let v = nim(&app, "/nimserver/user/create.action", "accid=second&token=%5B").await;
+    assert_eq!(v["code"], 414, "{v}");
+    assert!(v["desc"].as_str().unwrap_or("").contains("token"), "{v}");
+    let (s, v) = app.call("GET", "/api/v1/users/second", MASTER, None).await;
+    assert_eq!(s, 404, "no account was left behind: {v}");
+
+    let v = nim(&app, "/nimserver/user/create.action", "accid=third&token=third-token").await;
+    assert_eq!(v["code"], 200, "{v}");
+    let v = nim(&app, "/nimserver/user/update.action", "accid=third&token=%5B").await;
+    assert_eq!(v["code"], 414, "{v}");
+    let (s, v) = app.call("GET", "/api/v1/me", "third-token", None).await;
+    assert_eq!(s, 200, "the refused update kept the old token: {v}");
+    let (s, v) = app.call("GET", "/api/v1/me", "[", None).await;
+    assert_eq!(
+        (s, v["id"].as_str()),
+        (200, Some("owner")),
+        "the token still signs in its owner: {v}"
+    );
+
+    // The owner may set the token it already has.
+    let v = nim(&app, "/nimserver/user/update.action", "accid=owner&token=%5B").await;
+    assert_eq!(v["code"], 200, "{v}");
+}
