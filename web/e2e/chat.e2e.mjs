@@ -184,6 +184,8 @@ try {
     await alice.getByText("New conversation").click();
     await alice.getByLabel("With").fill(bot);
     await alice.getByRole("button", { name: "Start" }).click();
+    // The composer of the channel open before is the same textbox: type only once the new one is shown.
+    await alice.getByRole("heading", { name: "Helper" }).waitFor();
     const dm = alice.getByRole("textbox", { name: "Message" });
     await dm.pressSequentially("hello there");
     await dm.press("Enter");
