@@ -156,19 +156,6 @@ async fn reset_requests_never_leak_store_connections() {
     still_serving(&app, &token, "NIM resets").await;
 }
 
-/// Waits (bounded) until `path` answers `status`.
-async fn wait_status(app: &TestApp, path: &str, status: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = app.http.get(app.url(path)).send().await.unwrap();
-        if r.status() == status {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path} never answered {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn liveness_fails_while_the_store_cannot_write_and_recovers() {
     let mut db = None;

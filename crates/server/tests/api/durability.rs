@@ -36,6 +36,13 @@ pub(crate) fn start_with(data_dir: &Path, args: &[&str]) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start confab");
+    let addr = listening_addr(&mut child);
+    Server { child, addr }
+}
+
+/// The address a server started with a piped stdout logs that it listens on; its log is drained from then on
+/// so the server never blocks on a full pipe.
+pub(crate) fn listening_addr(child: &mut Child) -> SocketAddr {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
@@ -44,9 +51,8 @@ pub(crate) fn start_with(data_dir: &Path, args: &[&str]) -> Server {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+    addr
 }
 
 pub(crate) async fn call(

@@ -9,7 +9,7 @@
 //! `CONFAB_REQUIRE_TMPFS=1` (as in CI) makes that a failure.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::durability::{call, seed_group, wait_ready};
+use crate::durability::{call, listening_addr, seed_group, wait_ready};
 use crate::helpers::{MASTER, next_json, send_json};
 use crate::nim::{APP_KEY, APP_SECRET, checksum, enc, fresh_nonce, now_secs};
 
@@ -80,15 +80,7 @@ fn start_boxed(dir: &Path) -> Boxed {
         .stderr(Stdio::null())
         .spawn()
         .expect("start confab under unshare");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let addr = listening_addr(&mut child);
     let data = PathBuf::from(format!("/proc/{}/root", child.id())).join(dir.strip_prefix("/").unwrap());
     Boxed { child, addr, data }
 }

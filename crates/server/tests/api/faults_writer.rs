@@ -16,19 +16,6 @@ use crate::nim::{APP_KEY, APP_SECRET, enc, nim};
 
 const SENDERS: usize = 4;
 
-/// Waits (bounded) until `path` answers `status`.
-async fn wait_status(app: &TestApp, path: &str, status: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = app.http.get(app.url(path)).send().await.unwrap();
-        if r.status() == status {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path} never answered {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[derive(Default)]
 struct Tally {
     acked: Vec<String>,

@@ -251,3 +251,16 @@ pub async fn follow_streamed_reply(ws: &mut Ws, bot: &str, wait: Duration) -> St
         fin,
     }
 }
+
+/// Waits (bounded) until `path` answers `status`.
+pub async fn wait_status(app: &TestApp, path: &str, status: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        if r.status() == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
