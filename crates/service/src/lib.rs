@@ -741,6 +741,10 @@ impl Confab {
         let user = actor
             .user()
             .ok_or_else(|| DomainError::forbidden("read positions belong to users"))?;
+        // Sequences are stored as signed 64-bit integers: a larger one names no message that can exist.
+        if seq.0 > i64::MAX as u64 {
+            return Err(DomainError::invalid("seq", "must be at most 9223372036854775807"));
+        }
         check_rate(&self.read_limiter, user)?;
         self.store.mark_read(channel, user, seq).await
     }

@@ -234,6 +234,34 @@ async fn an_integral_float_is_read_as_an_integer() {
     assert!(v["error"]["message"].as_str().unwrap().contains("seq"), "{v}");
 }
 
+// Found by schemathesis: a read position past the largest sequence a channel can have (the document's int64)
+// was accepted and answered as position 0.
+#[tokio::test]
+async fn a_read_position_past_the_largest_sequence_is_refused() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice"]).await;
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/channels/g/read",
+            &alice,
+            Some(json!({"seq": 9_999_999_999_999_999_999u64})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("seq"), "{v}");
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/channels/g/read",
+            &alice,
+            Some(json!({"seq": i64::MAX})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 // Found by schemathesis: a form field after the file was ignored though the document lists two fields.
 #[tokio::test]
 async fn an_upload_form_with_an_unknown_field_is_refused() {
