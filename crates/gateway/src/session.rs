@@ -155,6 +155,11 @@ async fn guarded(
     overflow: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     stall: Duration,
 ) -> Result<(), WriteEnd> {
+    let mut write = std::pin::pin!(write);
+    // Most writes finish at once (the socket has room): they arm no timer on the fan-out path.
+    if let std::task::Poll::Ready(r) = futures_util::poll!(write.as_mut()) {
+        return r.map_err(|_| None);
+    }
     tokio::select! {
         r = write => r.map_err(|_| None),
         _ = overflow => Err(Some(close_code_of(handle))),
