@@ -141,7 +141,8 @@ pub async fn delete_bot(
 
 /// Stops a bot reply that is still generating; any member of its channel may.
 #[utoipa::path(post, path = "/messages/{message_id}/stop", security(("master_token" = []), ("session_token" = [])), tag = "bots",
-    responses((status = 202, description = "stop requested; the reply ends as `stopped`"), (status = 400, body = ProblemBody)))]
+    responses((status = 202, description = "stop requested; the reply ends as `stopped`"),
+        (status = 409, description = "`conflict`: the message is not a bot reply, or the reply has already finished", body = ProblemBody)))]
 pub async fn stop_reply(
     State(st): State<AppState>,
     Auth(actor): Auth,

@@ -50,7 +50,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
     match e {
         DomainError::Invalid { .. } | DomainError::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
         DomainError::NotFound { .. } => StatusCode::NOT_FOUND,
-        DomainError::AlreadyExists { .. } => StatusCode::CONFLICT,
+        DomainError::AlreadyExists { .. } | DomainError::Conflict(_) => StatusCode::CONFLICT,
         DomainError::Forbidden(_) | DomainError::NotMember { .. } => StatusCode::FORBIDDEN,
         DomainError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         DomainError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

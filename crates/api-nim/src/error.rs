@@ -63,7 +63,9 @@ impl From<DomainError> for NimError {
         match &e {
             DomainError::Invalid { .. } | DomainError::LimitExceeded { .. } => NimError::param(e.to_string()),
             DomainError::NotFound { .. } => NimError::new(code::NOT_FOUND, e.to_string()),
-            DomainError::AlreadyExists { .. } => NimError::new(code::PARAMETER, e.to_string()),
+            DomainError::AlreadyExists { .. } | DomainError::Conflict(_) => {
+                NimError::new(code::PARAMETER, e.to_string())
+            }
             DomainError::Forbidden(_) | DomainError::Unauthenticated => NimError::new(code::FORBIDDEN, e.to_string()),
             DomainError::NotMember { .. } | DomainError::Rejected { .. } => {
                 NimError::new(code::FORBIDDEN, e.to_string())

@@ -133,7 +133,9 @@ const INVALID_API_TOKEN: &str = "Invalid value: \"Api-Token\".";
 /// The Sendbird code for each domain error.
 pub fn code_of(e: &DomainError) -> ErrorCode {
     match e {
-        DomainError::Invalid { .. } | DomainError::LimitExceeded { .. } => ErrorCode::InvalidValue,
+        DomainError::Invalid { .. } | DomainError::LimitExceeded { .. } | DomainError::Conflict(_) => {
+            ErrorCode::InvalidValue
+        }
         DomainError::NotFound { .. } => ErrorCode::ResourceNotFound,
         DomainError::AlreadyExists { .. } => ErrorCode::ResourceAlreadyExists,
         DomainError::Forbidden(_) | DomainError::NotMember { .. } => ErrorCode::UnauthorizedRequest,

@@ -117,8 +117,8 @@ enum Command {
     /// third of the samples after --warmup is above the first third by more than --max-rss-drift-pct (RSS)
     /// or --max-fd-growth (descriptors). The server must run with `confab-bench soak --print-config`.
     Soak(SoakArgs),
-    /// Delivery p99 of a busy group's members in runs alternating without and with one more member whose
-    /// session never reads (it must be closed with 4008). Needs the send rates raised (see `bots
+    /// Delivery p99 of a busy group's members in runs cycling through: without one more member, with it
+    /// reading, with its session never reading (it must be closed with 4008). Needs the send rates raised (see `bots
     /// --print-config`'s [limits], and CONFAB_WEBSOCKET__MAX_FRAMES_PER_SEC=0).
     SlowConsumer(SlowConsumerArgs),
     /// A member offline while --messages arrive in its channels resumes: time from connect to `resumed`,
@@ -222,8 +222,9 @@ struct SlowConsumerArgs {
     /// Bytes of padding per message.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     size: u64,
-    /// Runs, alternating without and with the stalled reader (an even number).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    /// Runs, cycling through: without the extra member, with it reading, with it stalled (a multiple of 3
+    /// gives each the same number of runs).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(3..=100))]
     runs: u32,
 }
 
@@ -726,7 +727,7 @@ mod tests {
         assert!(c.command.check(long).is_err(), "fewer than 3 samples");
         let c = Cli::try_parse_from(["confab-bench", "soak", "--provider-listen", "10.0.0.1:1"]).unwrap();
         assert!(c.command.check(Duration::from_secs(3600)).is_err(), "not loopback");
-        let c = Cli::try_parse_from(["confab-bench", "slow-consumer", "--members", "5", "--runs", "2"]).unwrap();
+        let c = Cli::try_parse_from(["confab-bench", "slow-consumer", "--members", "5", "--runs", "3"]).unwrap();
         assert!(matches!(c.command, Command::SlowConsumer(ref a) if a.members == 5 && a.messages == 3000));
         let c = Cli::try_parse_from(["confab-bench", "catchup"]).unwrap();
         assert!(matches!(c.command, Command::Catchup(ref a) if a.messages == 10_000 && a.runs == 3));

@@ -1,9 +1,11 @@
 //! `slow-consumer` and `catchup`: the reliability bar's R7 and R4 on a release build.
 //!
-//! `slow-consumer`: one group, N reading members and a publisher sending at a fixed rate; runs alternate
-//! without and with one more member whose session never reads (tiny receive buffer). The members' delivery
-//! latency (from the scheduled send time) is compared between the two; every member must get every message in
-//! order, and the stalled session must end with close code 4008.
+//! `slow-consumer`: one group, N reading members and a publisher sending at a fixed rate; runs cycle through
+//! three modes: without one more member, with it reading like the others, and with its session never
+//! reading (tiny receive buffer). The members' delivery latency (from the scheduled send time) is compared:
+//! stalled against without (the reliability bar's comparison) and stalled against reading (what stalling
+//! costs beyond one more member's deliveries). Every member must get every message in order, and the stalled
+//! session must end with close code 4008.
 //!
 //! `catchup`: a member offline while M messages arrive in its channels resumes with `hello.resume`; measured
 //! from the connect to the `resumed` frame, with every message checked in order and without gaps.
@@ -146,11 +148,11 @@ pub async fn run_slow(target: &Target, api: &Api, o: &SlowOpts, out: &mut Map<St
     }
     let mut publisher = ws::open(target, &tokens[o.members], None, ws::sender_config()).await?;
     let slow_token = &tokens[o.members + 1];
-    let (mut without, mut with) = (new_histogram(), new_histogram());
+    let (mut without, mut reading, mut with) = (new_histogram(), new_histogram(), new_histogram());
     let mut runs = Vec::new();
     let mut next_seq = api.channel_state(&channel).await?.0 + 1;
     for r in 0..o.runs {
-        let stall = r % 2 == 1;
+        let (extra_reads, stall) = (r % 3 == 1, r % 3 == 2);
         let slow = if stall {
             Some(stalled(target, slow_token).await?)
         } else {
@@ -160,6 +162,18 @@ pub async fn run_slow(target: &Target, api: &Api, o: &SlowOpts, out: &mut Map<St
         for ws in readers.drain(..) {
             set.spawn(read_run(ws, channel.clone(), next_seq, next_seq + o.messages - 1));
         }
+        // The extra member reading like the others; its latencies are not counted (it is the one compared).
+        let extra = if extra_reads {
+            let ws = ws::open(target, slow_token, None, ws::receiver_config()).await?;
+            Some(tokio::spawn(read_run(
+                ws,
+                channel.clone(),
+                next_seq,
+                next_seq + o.messages - 1,
+            )))
+        } else {
+            None
+        };
         let (first, last) = publish(&mut publisher, &channel, o.messages, o.rate, o.size).await?;
         if (first, last) != (next_seq, next_seq + o.messages - 1) {
             bail!("acks {first}..{last}, expected {next_seq}..");
@@ -170,6 +184,10 @@ pub async fn run_slow(target: &Target, api: &Api, o: &SlowOpts, out: &mut Map<St
             readers.push(ws);
             h.add(&hr).map_err(|e| anyhow!("{e:?}"))?;
         }
+        if let Some(extra) = extra {
+            let (ws, _) = extra.await??;
+            drop(ws);
+        }
         next_seq += o.messages;
         let close = match slow {
             Some(mut s) => Some(close_code(&mut s).await?),
@@ -179,17 +197,24 @@ pub async fn run_slow(target: &Target, api: &Api, o: &SlowOpts, out: &mut Map<St
             bail!("run {r}: the stalled session ended with {close:?}, not 4008");
         }
         let p99 = us_to_ms(h.value_at_quantile(0.99));
-        eprintln!(
-            "slow-consumer: run {r} ({}): p99 {p99} ms",
-            if stall { "stalled reader" } else { "baseline" }
-        );
-        runs.push(json!({"stalled_reader": stall, "p99_ms": p99, "p50_ms": us_to_ms(h.value_at_quantile(0.5)), "close": close}));
-        let both = if stall { &mut with } else { &mut without };
-        both.add(&h).map_err(|e| anyhow!("{e:?}"))?;
+        let mode = match (extra_reads, stall) {
+            (true, _) => "one more reader",
+            (_, true) => "stalled reader",
+            _ => "baseline",
+        };
+        eprintln!("slow-consumer: run {r} ({mode}): p99 {p99} ms");
+        runs.push(json!({"mode": mode, "p99_ms": p99, "p50_ms": us_to_ms(h.value_at_quantile(0.5)), "close": close}));
+        let into = match (extra_reads, stall) {
+            (true, _) => &mut reading,
+            (_, true) => &mut with,
+            _ => &mut without,
+        };
+        into.add(&h).map_err(|e| anyhow!("{e:?}"))?;
     }
-    let (a, b) = (
+    let (a, b, c) = (
         us_to_ms(without.value_at_quantile(0.99)),
         us_to_ms(with.value_at_quantile(0.99)),
+        us_to_ms(reading.value_at_quantile(0.99)),
     );
     out.insert("members".into(), json!(o.members));
     out.insert("rate".into(), json!(o.rate));
@@ -197,8 +222,11 @@ pub async fn run_slow(target: &Target, api: &Api, o: &SlowOpts, out: &mut Map<St
     out.insert("message_bytes".into(), json!(o.size));
     out.insert("runs".into(), Value::Array(runs));
     latency_fields(out, "without_stalled", &without);
+    latency_fields(out, "with_reader", &reading);
     latency_fields(out, "with_stalled", &with);
-    out.insert("p99_change_pct".into(), json!(((b - a) / a * 1000.0).round() / 10.0));
+    let change = |from: f64, to: f64| json!(((to - from) / from * 1000.0).round() / 10.0);
+    out.insert("p99_change_pct".into(), change(a, b));
+    out.insert("p99_change_vs_reader_pct".into(), change(c, b));
     Ok(())
 }
 

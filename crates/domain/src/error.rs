@@ -18,6 +18,9 @@ pub enum DomainError {
     /// The caller is authenticated but may not do this.
     #[error("forbidden: {0}")]
     Forbidden(Cow<'static, str>),
+    /// The target exists but its current state does not allow this (stopping a reply that has finished).
+    #[error("conflict: {0}")]
+    Conflict(Cow<'static, str>),
     /// The acting user is not a member of the channel.
     #[error("user {user} is not a member of channel {channel}")]
     NotMember { user: String, channel: String },
@@ -64,6 +67,10 @@ impl DomainError {
 
     pub fn forbidden(reason: impl Into<Cow<'static, str>>) -> Self {
         DomainError::Forbidden(reason.into())
+    }
+
+    pub fn conflict(reason: impl Into<Cow<'static, str>>) -> Self {
+        DomainError::Conflict(reason.into())
     }
 
     pub fn not_member(user: impl ToString, channel: impl ToString) -> Self {

@@ -490,6 +490,7 @@ pub fn error_code(e: &DomainError) -> &'static str {
             _ => "not_found",
         },
         DomainError::AlreadyExists { .. } => "already_exists",
+        DomainError::Conflict(_) => "conflict",
         DomainError::Forbidden(_) => "forbidden",
         DomainError::Rejected { .. } => "rejected",
         DomainError::NotMember { .. } => "not_a_member",

@@ -14,7 +14,9 @@
 //! the default behaviour (a short successful reply, see [`FakeProvider::set_default`]). Replies are
 //! streamed chunk by chunk with a delay per chunk. The fake records every request
 //! ([`FakeProvider::requests`]), tracks concurrent in-flight requests
-//! ([`FakeProvider::max_concurrent`]) and counts client disconnects, i.e. responses dropped before
+//! ([`FakeProvider::max_concurrent`]: a request counts from its arrival until its response is finished or
+//! its connection is closed by the client, whichever comes first, so a client that gives up on a request
+//! frees its place at once, as a real provider sees it) and counts client disconnects, i.e. responses dropped before
 //! their last byte was handed to the connection ([`FakeProvider::disconnects`],
 //! [`FakeProvider::wait_for_disconnects`]).
 //!
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::post;
@@ -307,8 +309,12 @@ impl FakeProvider {
             .await
             .expect("fake provider: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("fake provider: local_addr");
+        let listener = WatchedListener {
+            inner: listener,
+            next: 0,
+        };
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await;
         });
         FakeProvider { addr, shared, server }
     }
@@ -377,54 +383,223 @@ impl Drop for FakeProvider {
     }
 }
 
+/// A connection as the handlers see it: whether the client has closed it. The server notices a closed
+/// connection only when it next reads or writes, which a handler that hangs (or a stream that stalls)
+/// never does; the watcher sees it as it happens.
+#[derive(Clone, Debug)]
+struct Conn {
+    closed: watch::Receiver<bool>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, WatchedListener>> for Conn {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, WatchedListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Accepts connections and watches each for the client closing it.
+struct WatchedListener {
+    inner: tokio::net::TcpListener,
+    next: u64,
+}
+
+/// The server's side of a connection; dropping it (the server closes the connection) stops the watcher,
+/// whose duplicate descriptor would otherwise keep the socket open.
+struct WatchedStream {
+    inner: tokio::net::TcpStream,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl tokio::io::AsyncRead for WatchedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WatchedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl axum::serve::Listener for WatchedListener {
+    type Io = WatchedStream;
+    type Addr = Conn;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, _)) = self.inner.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            self.next += 1;
+            let (tx, closed) = watch::channel(false);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            match watch_close(&stream) {
+                Some(watcher) => {
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = watcher => { let _ = tx.send(true); }
+                            _ = stopped => {}
+                        }
+                    });
+                }
+                // Without a watcher the request counts until the server notices.
+                None => drop(tx),
+            }
+            let stream = WatchedStream {
+                inner: stream,
+                _stop: Some(stop),
+            };
+            return (stream, Conn { closed });
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Err(std::io::Error::other("the fake's connections have no address"))
+    }
+}
+
+/// Resolves once the peer has closed (or reset) the connection. It waits on a duplicate of the socket's
+/// descriptor for the read side closing (EPOLLRDHUP), so it reads nothing the server should read.
+fn watch_close(stream: &tokio::net::TcpStream) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    use std::os::fd::AsFd;
+    let fd = stream.as_fd().try_clone_to_owned().ok()?;
+    let dup = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).ok()?;
+    Some(async move {
+        loop {
+            match dup.ready(tokio::io::Interest::READABLE).await {
+                Ok(r) if r.is_read_closed() => return,
+                Err(_) => return,
+                // Bytes of a request are for the server: forget this readiness and wait for the next event.
+                Ok(_) => {
+                    let _ = dup.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                }
+            }
+        }
+    })
+}
+
 /// Counts a request in flight from arrival until its response is finished (the last byte handed
-/// over) — or until it is dropped unfinished, which counts as a client disconnect.
+/// over) or its connection is closed by the client, whichever comes first. Dropped unfinished, it
+/// counts a client disconnect.
 struct InFlight {
     shared: Arc<Shared>,
+    released: Arc<std::sync::atomic::AtomicBool>,
     finished: bool,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl InFlight {
-    fn enter(shared: &Arc<Shared>) -> Self {
+    fn enter(shared: &Arc<Shared>, conn: &Conn) -> Self {
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut closed = conn.closed.clone();
+        let watcher = {
+            let (shared, released) = (shared.clone(), released.clone());
+            tokio::spawn(async move {
+                if closed.wait_for(|c| *c).await.is_ok() {
+                    release(&shared, &released);
+                }
+            })
+        };
         InFlight {
             shared: shared.clone(),
+            released,
             finished: false,
+            watcher: Some(watcher),
         }
     }
 
     fn finish(&mut self) {
-        if !self.finished {
-            self.finished = true;
-            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.finished = true;
+        release(&self.shared, &self.released);
+    }
+}
+
+/// Takes a request out of the in-flight count, once.
+fn release(shared: &Shared, released: &std::sync::atomic::AtomicBool) {
+    if !released.swap(true, Ordering::SeqCst) {
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        release(&self.shared, &self.released);
         if !self.finished {
-            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.shared.disconnects.send_modify(|d| *d += 1);
         }
     }
 }
 
-async fn openai(State(s): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle(s, WireFormat::OpenAi, uri, headers, body).await
+async fn openai(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(s, &conn, WireFormat::OpenAi, uri, headers, body).await
 }
 
-async fn azure(State(s): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle(s, WireFormat::Azure, uri, headers, body).await
+async fn azure(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(s, &conn, WireFormat::Azure, uri, headers, body).await
 }
 
-async fn anthropic(State(s): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle(s, WireFormat::Anthropic, uri, headers, body).await
+async fn anthropic(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(s, &conn, WireFormat::Anthropic, uri, headers, body).await
 }
 
-async fn handle(shared: Arc<Shared>, format: WireFormat, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let mut guard = InFlight::enter(&shared);
+async fn handle(
+    shared: Arc<Shared>,
+    conn: &Conn,
+    format: WireFormat,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut guard = InFlight::enter(&shared, conn);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let req = RecordedRequest {
         format,

@@ -750,3 +750,44 @@ async fn guarded_providers_reach_only_what_the_egress_policy_allows() {
     assert!(c.is_complete(), "{c:?}");
     assert_eq!(fake.request_count(), 1);
 }
+
+/// The fake counts a request in flight while its connection is open, and stops when the client closes the
+/// connection, even though its handler still hangs (the provider concurrency tests rely on both).
+#[tokio::test]
+async fn the_fake_counts_a_hung_request_until_the_client_closes_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeProvider::start().await;
+    fake.set_default(Behaviour::hang(Duration::from_secs(60)));
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(fake.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        sockets.push(s);
+    }
+    let wait_in_flight = |n: usize| {
+        let fake = &fake;
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while fake.in_flight() != n {
+                    tokio::time::sleep(ms(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("in flight stayed {}, expected {n}", fake.in_flight()));
+        }
+    };
+    wait_in_flight(2).await;
+    assert_eq!(fake.max_concurrent(), 2);
+    // One client gives up; the other's request still counts.
+    drop(sockets.pop());
+    wait_in_flight(1).await;
+    drop(sockets.pop());
+    wait_in_flight(0).await;
+    assert_eq!(fake.request_count(), 2);
+}

@@ -142,7 +142,11 @@ impl App {
             },
         );
         uploads::start(&service, shutdown.clone()).await?;
-        let guard = Arc::new(PolicyGuard::load(&config.moderation, service.store()).await?);
+        let guard = Arc::new(
+            confab_service::moderation::RuleBookGuard::load(&config.moderation, service.store())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
         service.set_content_guard(guard.clone());
         service.set_rule_admin(guard);
         let pre_send = match config.pre_send_webhook.hook()? {
@@ -372,104 +376,6 @@ impl App {
             _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("some connections did not finish in time"),
         }
         Ok(())
-    }
-}
-
-/// The rules in force (configuration file, admin API, per channel) as the service's guard and rule admin.
-struct PolicyGuard(confab_moderation::RuleBook);
-
-impl PolicyGuard {
-    /// The configuration's rules plus those stored through the admin API.
-    async fn load(
-        config: &confab_moderation::PolicyConfig,
-        store: &confab_domain::ports::DynStore,
-    ) -> anyhow::Result<Self> {
-        use confab_service::moderation::{APP_RULES_KEY, RULES_NAMESPACE};
-        let book = confab_moderation::RuleBook::new(config.clone()).map_err(|e| anyhow::anyhow!("moderation: {e}"))?;
-        for (key, value) in store
-            .list_settings(RULES_NAMESPACE)
-            .await
-            .map_err(|e| anyhow::anyhow!("moderation rules: {e}"))?
-        {
-            let rules = serde_json::from_value(value).map_err(|e| e.to_string());
-            let installed = match (key.as_str(), key.strip_prefix("channel:")) {
-                (APP_RULES_KEY, _) => rules.and_then(|r| book.set_app_rules(r).map_err(|e| e.to_string())),
-                (_, Some(channel)) => {
-                    rules.and_then(|r| book.set_channel_rules(channel, Some(r)).map_err(|e| e.to_string()))
-                }
-                _ => Ok(()),
-            };
-            if let Err(e) = installed {
-                tracing::error!(key, error = %e, "stored moderation rules do not compile; skipped");
-            }
-        }
-        Ok(PolicyGuard(book))
-    }
-}
-
-fn rules_json(rules: &confab_moderation::PolicyConfig) -> serde_json::Value {
-    serde_json::to_value(rules).unwrap_or_default()
-}
-
-fn parse_rules(v: serde_json::Value) -> Result<confab_moderation::PolicyConfig, String> {
-    serde_json::from_value(v).map_err(|e| e.to_string())
-}
-
-impl confab_service::moderation::RuleAdmin for PolicyGuard {
-    fn file_rules(&self) -> serde_json::Value {
-        rules_json(self.0.file_rules())
-    }
-
-    fn app_rules(&self) -> serde_json::Value {
-        rules_json(&self.0.app_rules())
-    }
-
-    fn channel_rules(&self, channel: &confab_domain::ChannelId) -> Option<serde_json::Value> {
-        self.0.channel_rules(channel.as_str()).as_ref().map(rules_json)
-    }
-
-    fn set_app_rules(&self, rules: serde_json::Value) -> Result<(), String> {
-        self.0.set_app_rules(parse_rules(rules)?).map_err(|e| e.to_string())
-    }
-
-    fn set_channel_rules(
-        &self,
-        channel: &confab_domain::ChannelId,
-        rules: Option<serde_json::Value>,
-    ) -> Result<(), String> {
-        let rules = rules.map(parse_rules).transpose()?;
-        self.0
-            .set_channel_rules(channel.as_str(), rules)
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl confab_service::moderation::ContentGuard for PolicyGuard {
-    fn review(&self, channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::Review {
-        use confab_service::moderation::{ReplyReview, Review};
-        match self.review_reply(channel, text) {
-            ReplyReview::Reject { rule, reason, .. } => Review::Reject { rule, reason },
-            ReplyReview::Allow { rewritten, flagged_by } => Review::Allow { rewritten, flagged_by },
-        }
-    }
-
-    fn is_active(&self, channel: &confab_domain::ChannelId) -> bool {
-        self.0.is_active(channel.as_str())
-    }
-
-    fn review_reply(&self, channel: &confab_domain::ChannelId, text: &str) -> confab_service::moderation::ReplyReview {
-        use confab_moderation::Verdict;
-        use confab_service::moderation::ReplyReview;
-        match self.0.check(channel.as_str(), text) {
-            Verdict::Blocked { rule, reason, span } => ReplyReview::Reject { rule, reason, span },
-            Verdict::Allowed { text: out, flagged_by } => ReplyReview::Allow {
-                rewritten: match out {
-                    std::borrow::Cow::Owned(t) => Some(t),
-                    std::borrow::Cow::Borrowed(_) => None,
-                },
-                flagged_by,
-            },
-        }
     }
 }
 

@@ -485,8 +485,8 @@ impl Confab {
         let m = self.get_message(actor, id).await?;
         match &m.reply {
             Some(r) if r.state == ReplyState::Generating => {}
-            Some(_) => return Err(DomainError::invalid("message_id", "the reply has already finished")),
-            None => return Err(DomainError::invalid("message_id", "not a bot reply")),
+            Some(_) => return Err(DomainError::conflict("the reply has already finished")),
+            None => return Err(DomainError::conflict("the message is not a bot reply")),
         }
         self.bus
             .publish(vec![Event::ReplyStopRequested {

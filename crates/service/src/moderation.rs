@@ -1,5 +1,5 @@
 //! Content review before a message is stored, for every surface: a port the server fills with the
-//! configured policy (crate `confab-moderation`). The service applies the verdict: a rejection refuses the
+//! configured policy (crate `confab-moderation`, as [`RuleBookGuard`]). The service applies the verdict: a rejection refuses the
 //! send with the rule's reason, a rewrite (masking) replaces the text that is stored and delivered.
 
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
@@ -39,7 +39,9 @@ pub trait ContentGuard: Send + Sync {
 }
 
 mod reply;
+mod rule_book;
 pub use reply::{ReplyBlocked, ReplyGuard, ReplyReview, ReviewedReply};
+pub use rule_book::RuleBookGuard;
 
 /// What the application's pre-send check says of a message about to be stored.
 #[derive(Clone, Debug, PartialEq)]

@@ -256,11 +256,11 @@ async fn stop_ends_the_reply_and_closes_the_upstream_stream() {
         !partial.is_empty() && partial.len() < 250,
         "partial text kept: {partial:?}"
     );
-    // Stopping again is an error; REST stop of a finished reply too.
-    let (s, _) = app
+    // Stopping again is an error; REST stop of a finished reply too (a state conflict, not bad input).
+    let (s, v) = app
         .call("POST", &format!("/api/v1/messages/{id}/stop"), &alice, None)
         .await;
-    assert_eq!(s, 400);
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")), "{v}");
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! thing (429 with and without `retry-after`, 5xx, a hang before the headers, a stall mid-stream, a cut
 //! stream, an error inside the stream, garbage instead of SSE, a huge answer), and a bot on it triggered
 //! several times at once. Every trigger ends in exactly one bot reply in one final state (none left
-//! `generating`), and the provider never sees more requests at once than its concurrency cap. (`bots.rs`
+//! `generating`), and the provider never sees more requests at once than its concurrency cap (counted at the
+//! fake until each response ends or Confab closes its connection, so requests Confab gives up on count
+//! exactly as long as they hold a slot). (`bots.rs`
 //! covers single failures, fallbacks and stop; `bot_limits.rs` endless streams.)
 
 use std::collections::{HashMap, HashSet};
@@ -25,10 +27,6 @@ struct Case {
     behaviour: Behaviour,
     /// The final states a reply may end in.
     states: &'static [&'static str],
-    /// Confab gives up on the request (a timeout) rather than the fake ending it. The fake still counts such
-    /// a request until it notices the closed connection, which can be after Confab freed the slot and sent
-    /// the next one: the cap is checked exactly only where the fake ends every request itself.
-    abandoned: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -39,64 +37,52 @@ fn cases() -> Vec<Case> {
             name: "429 with retry-after",
             behaviour: Behaviour::rate_limited(1),
             states: &["failed"],
-            abandoned: false,
         },
         Case {
             name: "429 without retry-after",
             behaviour: Behaviour::status(429),
             states: &["failed"],
-            abandoned: false,
         },
         Case {
             name: "500",
             behaviour: Behaviour::server_error(),
             states: &["failed"],
-            abandoned: false,
         },
         Case {
             name: "503",
             behaviour: Behaviour::status(503),
             states: &["failed"],
-            abandoned: false,
         },
         Case {
             name: "hang before headers",
             behaviour: Behaviour::hang(long),
             states: &["failed"],
-            abandoned: true,
         },
         Case {
             name: "hang mid-stream",
             behaviour: Behaviour::Success(Reply::new(text).chunk_chars(4).stall_before_chunk(3, long)),
             states: &["interrupted"],
-            abandoned: true,
         },
         Case {
             name: "cut stream",
             behaviour: Behaviour::cut_after(text, 3),
             states: &["interrupted"],
-            abandoned: false,
         },
         Case {
             name: "error in the stream",
             behaviour: Behaviour::overloaded_in_stream(text, 3),
             states: &["interrupted"],
-            abandoned: false,
         },
         Case {
             name: "garbage instead of SSE",
             behaviour: Behaviour::Garbage("<html><body>502 Bad Gateway</body></html>\n\0\u{fffd}data".into()),
             states: &["failed", "interrupted"],
-            abandoned: false,
         },
         Case {
             name: "huge answer",
-            // Within the caps, so it streams to its end: a reply cut at a cap closes the stream early, and the
-            // fake notices a closed stream only at its next write, so it would count it after the slot was
-            // freed (cutting at the caps is `bot_limits.rs`'s).
+            // Within the caps, so it streams to its end (cutting at the caps is `bot_limits.rs`'s).
             behaviour: Behaviour::Success(Reply::new("lorem ipsum ".repeat(8_000)).chunk_chars(1024)),
             states: &["complete"],
-            abandoned: false,
         },
     ]
 }
@@ -227,7 +213,7 @@ async fn every_trigger_ends_in_one_final_reply_under_provider_faults() {
         }
         let fake = &fakes[i];
         assert!(
-            fake.max_concurrent() <= CAP || case.abandoned,
+            fake.max_concurrent() <= CAP,
             "{}: the provider saw {} requests at once (cap {CAP})",
             case.name,
             fake.max_concurrent()

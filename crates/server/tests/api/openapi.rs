@@ -262,6 +262,21 @@ async fn a_read_position_past_the_largest_sequence_is_refused() {
     assert_eq!(s, 200, "{v}");
 }
 
+// Found by schemathesis: stopping a message that is not a bot reply answered 400 `invalid_argument`, a
+// verdict on the input, though the input was well-formed and the message's state was the reason.
+#[tokio::test]
+async fn stopping_a_message_that_is_not_a_bot_reply_is_a_409_conflict() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    app.group("g", &["alice"]).await;
+    let m = app.send_as(&alice, "g", "hello").await;
+    let id = m["id"].as_i64().expect("message id");
+    let (s, v) = app
+        .call("POST", &format!("/api/v1/messages/{id}/stop"), &alice, None)
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")), "{v}");
+}
+
 // Found by schemathesis: a form field after the file was ignored though the document lists two fields.
 #[tokio::test]
 async fn an_upload_form_with_an_unknown_field_is_refused() {

@@ -265,34 +265,16 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 mod tests {
     use std::sync::Arc;
 
-    use confab_moderation::{Policy, PolicyConfig, RuleAction, RuleConfig, Verdict};
+    use confab_moderation::{PolicyConfig, RuleAction, RuleConfig};
 
     use super::*;
+    use crate::moderation::RuleBookGuard;
 
     /// The configured policy as the server installs it.
-    struct PolicyGuard(Policy);
-
-    impl ContentGuard for PolicyGuard {
-        fn review(&self, channel: &ChannelId, text: &str) -> Review {
-            match self.review_reply(channel, text) {
-                ReplyReview::Reject { rule, reason, .. } => Review::Reject { rule, reason },
-                ReplyReview::Allow { rewritten, flagged_by } => Review::Allow { rewritten, flagged_by },
-            }
-        }
-
-        fn review_reply(&self, _channel: &ChannelId, text: &str) -> ReplyReview {
-            match self.0.check(text) {
-                Verdict::Blocked { rule, reason, span } => ReplyReview::Reject { rule, reason, span },
-                Verdict::Allowed { text: out, flagged_by } => ReplyReview::Allow {
-                    rewritten: matches!(out, std::borrow::Cow::Owned(_)).then(|| out.into_owned()),
-                    flagged_by,
-                },
-            }
-        }
-    }
+    type PolicyGuard = RuleBookGuard;
 
     fn guard() -> ReplyGuard {
-        ReplyGuard::new(Arc::new(PolicyGuard(policy())), ChannelId::parse("c").unwrap())
+        ReplyGuard::new(Arc::new(policy()), ChannelId::parse("c").unwrap())
     }
 
     /// Pushes every piece; returns what was released and the first rejection.
@@ -388,7 +370,7 @@ mod tests {
         }
     }
 
-    fn policy() -> Policy {
+    fn policy() -> PolicyGuard {
         let rule = |name: &str, words: &[&str], action| RuleConfig {
             name: name.into(),
             words: words.iter().map(|w| w.to_string()).collect(),
@@ -396,7 +378,7 @@ mod tests {
             action,
             reason: format!("no {name}"),
         };
-        Policy::compile(&PolicyConfig {
+        RuleBookGuard::new(&PolicyConfig {
             rules: vec![
                 rule("darn", &["darn", "good grief"], RuleAction::Block),
                 rule("heck", &["heck", "ça"], RuleAction::Mask),
@@ -426,7 +408,7 @@ mod tests {
             .map(|i| vocabulary[(i * 7 + i / 3) % vocabulary.len()].to_string() + " ")
             .collect::<String>()
             .replace("good grief", "good griefs");
-        let counting = Arc::new(Counting(PolicyGuard(policy()), Default::default()));
+        let counting = Arc::new(Counting(policy(), Default::default()));
         let mut g = ReplyGuard::new(counting.clone(), ChannelId::parse("c").unwrap());
         let mut released = String::new();
         let mut pieces = 0;
@@ -444,8 +426,8 @@ mod tests {
         let end = g.finish();
         assert_eq!(end.blocked, None);
         released.push_str(&end.rest);
-        let whole = match policy().check(&text) {
-            Verdict::Allowed { text, .. } => text.into_owned(),
+        let whole = match policy().review(&ChannelId::parse("c").unwrap(), &text) {
+            Review::Allow { rewritten, .. } => rewritten.unwrap_or(text),
             other => panic!("{other:?}"),
         };
         assert_eq!(end.text, whole, "the final text is the whole text reviewed at once");
