@@ -203,3 +203,43 @@ async fn a_held_write_lock_fails_a_batch_after_one_busy_timeout() {
     drop(tx);
     thread.await.unwrap();
 }
+
+/// A command that panics (a bug) rolls its batch back and answers it, and the writer goes on: the next
+/// batch commits and numbers on without a gap. Before, the panic ended the writer thread, and every later
+/// write failed with "store writer stopped" until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_panics_fails_its_batch_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = seeded(&dir).await;
+    let conn = open_conn(&SqliteConfig::new(&path), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    // Queued before the writer starts, so the three are one batch.
+    let (a, a_rx) = append("before".into());
+    let (b, b_rx) = cmd(Op::Panic);
+    let (c, c_rx) = append("after".into());
+    for cmd in [a, b, c] {
+        tx.try_send(cmd).ok().unwrap();
+    }
+    let writer = Writer {
+        conn,
+        rx,
+        bus: Arc::new(LocalBus::new(1000)),
+        runtime: tokio::runtime::Handle::current(),
+        max_batch: 16,
+        recorder: Default::default(),
+    };
+    let thread = tokio::task::spawn_blocking(move || writer.run());
+    assert!(matches!(b_rx.await.unwrap(), Err(DomainError::Internal(_))));
+    for rx in [a_rx, c_rx] {
+        assert!(matches!(rx.await.unwrap(), Err(DomainError::Unavailable(_))));
+    }
+    // The same writer takes the next batch.
+    let (d, d_rx) = append("next".into());
+    tx.send(d).await.ok().unwrap();
+    let Ok(Outcome::Appended(m)) = d_rx.await.unwrap() else {
+        panic!("the next write failed");
+    };
+    assert_eq!(m.message.seq.0, 1, "nothing of the rolled-back batch was stored");
+    drop(tx);
+    thread.await.unwrap();
+}

@@ -63,6 +63,9 @@ pub enum Op {
     /// Changes nothing, but takes the write lock as any write does: a health probe's round trip through the
     /// queue, a savepoint and a commit.
     Ping,
+    /// A command with a bug: it panics inside the batch (tests of the writer's recovery).
+    #[cfg(test)]
+    Panic,
 }
 
 impl Op {
@@ -136,12 +139,15 @@ impl Writer {
             ops.push(op);
             replies.push(reply);
         }
-        let committed = (|| -> rusqlite::Result<()> {
+        // The command being applied, to tell the one that panicked (if one does) from the rest of its batch.
+        let mut current = 0;
+        let run = std::panic::AssertUnwindSafe(|| -> rusqlite::Result<()> {
             // IMMEDIATE: the write lock is taken once, for the batch (waiting at most the busy timeout), instead
             // of by each command in turn; so a lock held elsewhere fails the batch after one timeout, not one per
             // command.
             let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for op in ops {
+            for (i, op) in ops.into_iter().enumerate() {
+                current = i;
                 let sp = tx.savepoint()?;
                 let mut local = Vec::new();
                 let cause = op.cause();
@@ -175,7 +181,27 @@ impl Writer {
                 }
             }
             tx.commit()
-        })();
+        });
+        // A command that panics (a bug) must not take the writer, and every later write, down with it: the
+        // batch's transaction rolls back as it unwinds, the command is answered as an internal error and the
+        // rest of the batch as retryable.
+        let committed = match std::panic::catch_unwind(run) {
+            Ok(committed) => committed,
+            Err(_) => {
+                tracing::error!(
+                    batch = replies.len(),
+                    "a store command panicked; its batch was rolled back"
+                );
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(Err(if i == current {
+                        DomainError::Internal("a store command panicked".into())
+                    } else {
+                        DomainError::Unavailable("storage batch rolled back; retry".into())
+                    }));
+                }
+                return;
+            }
+        };
         // The whole transaction: the commands and the commit (its fsync, with `synchronous = FULL`).
         metrics::histogram!("confab_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
@@ -265,6 +291,8 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
         Op::CreateUser(u) => create_user(conn, u, now, events).map(Outcome::User),
         Op::UpdateUser(id, p) => update_user(conn, &id, p, now, events).map(Outcome::User),
         Op::DeleteUser(id) => delete_user(conn, &id, events).map(|_| Outcome::Unit),
+        #[cfg(test)]
+        Op::Panic => panic!("a command with a bug"),
         Op::Ping => conn
             .execute("UPDATE users SET id = id WHERE 0", [])
             .map(|_| Outcome::Unit)
