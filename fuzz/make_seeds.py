@@ -138,3 +138,30 @@ mod = [
     "mempty\t~x*\nbw\t~\\w{10}\n---\nxxxx yyyyyyyyyy\n\u00e9\u00e9x\u00e9",
 ]
 write("moderation_rules", mod)
+
+# reply_guard: the guard's unit tests (crates/service/src/moderation/reply.rs); pieces cut at \x01.
+rg = [
+    "brude\tdarn\tgood grief\nmheck\theck\tça\nfrefund\trefund\n---\nSure, the da\x01rn\x01 answer is 4.",
+    "brude\tdarn\n---\nthe darn\x01ation of it",
+    "brude\tdarn\n---\nwell \x01darn",
+    "mheck\theck\tça\nfrefund\trefund\n---\noh he\x01ck, ç\x01a refund",
+    "bphrase\tgood grief\n---\noh good \x01grief\x01!",
+    "mx\tsecret\n---\n" + "x" * 100 + "\x01 secret" + "\x01 tail " * 60,
+    "bw\tçà\n---\n\u00e7\x01\u00e0 and \u00e7\u00e0\x01\u00e7",
+]
+write("reply_guard", rg)
+
+# sendbird_file_upload: the multipart sends of the official SDKs and tests/api/sendbird_files.rs.
+field = lambda name: [f'Content-Disposition: form-data; name="{name}"']
+sbf = [
+    form([(field("message_type"), b"FILE"), (field("user_id"), b"alice"), (fil(), b"hello world")]),
+    form([(field("message_type"), b"FILE"), (field("user_id"), b"alice"), (field("custom_type"), b"doc"),
+          (field("mentioned_user_ids"), b"bob,alice"), (fil("p.png", "image/png"), png)]),
+    form([(field("message_type"), b"FILE"), (field("user_id"), b"alice"), (field("url"), b"https://x.example/a.pdf"),
+          (field("file_size"), b"12")]),
+    form([(field("message_type"), b"MESG"), (field("user_id"), b"bob"), (field("message"), b"hi"),
+          (field("dedup_id"), b"d-1"), (field("is_silent"), b"true")]),
+    form([(field("message_type"), b"FILE"), (field("user_id"), b"alice"), (fil(), b"a"), (fil(), b"b")]),
+    form([(field("message_type"), b"FILE"), (field("user_id"), b"alice"), (field("parent_message_id"), b"x1")]),
+]
+write("sendbird_file_upload", sbf)

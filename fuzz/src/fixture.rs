@@ -20,12 +20,54 @@ pub const MAX_UPLOAD: u64 = 64 * 1024;
 pub struct Fixture {
     pub rt: tokio::runtime::Runtime,
     pub service: Arc<Confab>,
+    pub bus: Arc<confab_bus::LocalBus>,
     pub hub: Arc<Hub>,
     pub router: axum::Router,
     /// alice's session, as the WebSocket upgrade resolves it.
     pub alice: SessionGrant,
     pub gateway: GatewayConfig,
+    sendbird: OnceLock<axum::Router>,
     _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// The `/v3` router (Sendbird) over the same service, with its webhook relay and callback dispatcher,
+    /// built on first use (only its targets pay for it). Outbound requests stay behind the egress policy.
+    pub fn sendbird(&self) -> &axum::Router {
+        self.sendbird.get_or_init(|| {
+            self.rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let bus: confab_domain::ports::DynBus = self.bus.clone();
+                let egress = confab_egress::EgressPolicy::default();
+                let relay = confab_outbox::Relay::start(
+                    self.service.store().clone(),
+                    &bus,
+                    egress.clone(),
+                    Default::default(),
+                    shutdown.clone(),
+                )
+                .await
+                .expect("relay");
+                let dispatcher = confab_webhooks::Dispatcher::start(Default::default(), egress, shutdown.clone())
+                    .expect("dispatcher");
+                let hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
+                    self.service.clone(),
+                    dispatcher,
+                    relay,
+                    MASTER,
+                    "fuzz".into(),
+                )
+                .await
+                .expect("sendbird webhooks");
+                let limits = confab_api_sendbird::SendbirdLimits {
+                    max_body_bytes: 64 * 1024,
+                    max_upload_request_bytes: MAX_UPLOAD as usize + 64 * 1024,
+                    request_timeout: Duration::from_secs(30),
+                };
+                confab_api_sendbird::router(self.service.clone(), hooks, limits, shutdown)
+            })
+        })
+    }
 }
 
 pub fn fixture() -> &'static Fixture {
@@ -49,15 +91,15 @@ fn build() -> Fixture {
         fanout_shards: 1,
         ..GatewayConfig::default()
     };
+    let bus = Arc::new(confab_bus::LocalBus::default());
     let (service, hub, alice, router) = rt.block_on(async {
-        let bus = Arc::new(confab_bus::LocalBus::default());
         let mut store_cfg = SqliteConfig::new(dir.path().join("fuzz.db"));
         // Durability is not what is fuzzed here: no fsync per commit, which would only slow every input down.
         store_cfg.synchronous = Synchronous::Normal;
         let store = SqliteStore::open(store_cfg, bus.clone()).expect("store");
         let service = Confab::new(
             Arc::new(store),
-            bus,
+            bus.clone(),
             MASTER,
             ServiceConfig {
                 limits: Limits::default(),
@@ -115,10 +157,12 @@ fn build() -> Fixture {
     Fixture {
         rt,
         service,
+        bus,
         hub,
         router,
         alice,
         gateway,
+        sendbird: OnceLock::new(),
         _dir: dir,
     }
 }

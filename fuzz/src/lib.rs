@@ -7,6 +7,8 @@ pub mod moderation_rules;
 pub mod multipart_upload;
 pub mod nim_params;
 pub mod provider_sse;
+pub mod reply_guard;
+pub mod sendbird_file_upload;
 pub mod sendbird_send_stream;
 pub mod ws_session;
 

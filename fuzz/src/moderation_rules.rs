@@ -9,7 +9,7 @@
 
 use confab_moderation::{Policy, PolicyConfig, RuleAction, RuleBook, RuleConfig, Verdict};
 
-fn layer(lines: &[&str]) -> PolicyConfig {
+pub(crate) fn layer(lines: &[&str]) -> PolicyConfig {
     let mut cfg = PolicyConfig::default();
     for line in lines {
         if let Some(n) = line.strip_prefix('#') {
