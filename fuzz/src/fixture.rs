@@ -107,8 +107,10 @@ fn build() -> Fixture {
                 max_upload_bytes: MAX_UPLOAD,
                 uploads: Default::default(),
                 session_ttl: None,
+                moderation: Default::default(),
             },
-        );
+        )
+        .expect("service");
         for id in ["alice", "bob"] {
             let user = NewUser {
                 id: UserId::parse(id).unwrap(),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use confab_domain::ChannelId;
 use confab_moderation::{Policy, Verdict};
-use confab_service::moderation::{ReplyGuard, RuleBookGuard};
+use confab_service::moderation::{ReplyGuard, RuleBook};
 
 use crate::moderation_rules::layer;
 
@@ -38,7 +38,7 @@ pub fn run(data: &[u8]) {
         rule.patterns.clear();
         rule.words.retain(|w| w.len() <= MAX_WORD);
     }
-    let (Ok(policy), Ok(guard)) = (Policy::compile(&config), RuleBookGuard::new(&config)) else {
+    let (Ok(policy), Ok(guard)) = (Policy::compile(&config), RuleBook::new(config.clone())) else {
         return;
     };
     let mut g = ReplyGuard::new(Arc::new(guard), ChannelId::parse("c").unwrap());

@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::{DomainError, MessageId, Millis};
 use confab_gateway::wire::MessageDto;
+use confab_service::moderation::{parse_rules, rules_json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -138,8 +139,8 @@ pub struct RulesDto {
 pub async fn get_rules(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<axum::response::Response> {
     let v = st.service.moderation_rules(&actor)?;
     Ok(Json(RulesDto {
-        file: v.file,
-        app: v.app,
+        file: rules_json(&v.file),
+        app: rules_json(&v.app),
     })
     .into_response())
 }
@@ -153,7 +154,7 @@ pub async fn put_rules(
     Auth(actor): Auth,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<axum::response::Response> {
-    st.service.set_moderation_rules(&actor, body).await?;
+    st.service.set_moderation_rules(&actor, parse_rules(body)?).await?;
     get_rules(State(st), Auth(actor)).await
 }
 
@@ -175,7 +176,10 @@ pub async fn get_channel_rules(
         .service
         .channel_moderation_rules(&actor, &parse_channel_id(&channel)?)
         .await?;
-    Ok(Json(ChannelRulesDto { rules }).into_response())
+    Ok(Json(ChannelRulesDto {
+        rules: rules.as_ref().map(rules_json),
+    })
+    .into_response())
 }
 
 #[utoipa::path(put, path = "/channels/{channel_id}/moderation/rules", security(("master_token" = [])), tag = "moderation",
@@ -189,9 +193,12 @@ pub async fn put_channel_rules(
 ) -> ApiResult<axum::response::Response> {
     let rules = st
         .service
-        .set_channel_moderation_rules(&actor, &parse_channel_id(&channel)?, Some(body))
+        .set_channel_moderation_rules(&actor, &parse_channel_id(&channel)?, Some(parse_rules(body)?))
         .await?;
-    Ok(Json(ChannelRulesDto { rules }).into_response())
+    Ok(Json(ChannelRulesDto {
+        rules: rules.as_ref().map(rules_json),
+    })
+    .into_response())
 }
 
 #[utoipa::path(delete, path = "/channels/{channel_id}/moderation/rules", security(("master_token" = [])), tag = "moderation",

@@ -1448,8 +1448,9 @@ mod tests {
             max_upload_bytes: 1 << 20,
             uploads: Default::default(),
             session_ttl: None,
+            moderation: Default::default(),
         };
-        let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg);
+        let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg).unwrap();
         // A provider nobody listens on: early calls fail fast, which these tests do not look at.
         let mut provider = confab_llm::ProviderConfig::new("p", confab_llm::ProviderKind::OpenAiCompatible);
         provider.base_url = Some("http://127.0.0.1:9/v1".into());

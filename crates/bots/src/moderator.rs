@@ -1,8 +1,8 @@
 //! The optional LLM moderation check: each message's text goes to a configured provider, which answers with
 //! a one-line verdict (`ALLOW`, `FLAG: reason`, `BLOCK: reason`). It is the service's `SendHook`, run after
 //! the content rules and before the application's pre-send webhook. The message travels as a user turn only,
-//! never inside the instructions; a timeout, an error or an answer that is none of those is decided by
-//! `fail_open`.
+//! never inside the instructions; a timeout, an error or an answer that is none of those is no verdict, which
+//! the service decides by `fail_open`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,43 +89,27 @@ impl LlmModerator {
 
 #[async_trait]
 impl SendHook for LlmModerator {
-    async fn check(&self, msg: &NewMessage, draft: Draft) -> HookVerdict {
-        // Only the text is judged: an edit that keeps it was judged already.
-        if msg.text.trim().is_empty() || !draft.text_changed() {
-            return HookVerdict::Allow;
-        }
+    fn name(&self) -> &'static str {
+        RULE
+    }
+
+    fn fail_open(&self) -> bool {
+        self.cfg.fail_open
+    }
+
+    /// Only the text is judged: an edit that keeps it was judged already.
+    fn applies(&self, msg: &NewMessage, draft: Draft) -> bool {
+        !msg.text.trim().is_empty() && draft.text_changed()
+    }
+
+    async fn check(&self, msg: &NewMessage, _draft: Draft) -> Result<HookVerdict, String> {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.cfg.timeout, self.ask(&msg.text)).await {
             Ok(r) => r,
             Err(_) => Err("timed out".into()),
         };
         metrics::histogram!("confab_llm_moderation_seconds").record(started.elapsed().as_secs_f64());
-        let (verdict, outcome) = match result {
-            Ok(v) => {
-                let outcome = match &v {
-                    HookVerdict::Reject { .. } => "block",
-                    HookVerdict::Flag { .. } => "flag",
-                    _ => "allow",
-                };
-                (v, outcome)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, fail_open = self.cfg.fail_open, "LLM moderation gave no verdict");
-                if self.cfg.fail_open {
-                    (HookVerdict::Allow, "failed_open")
-                } else {
-                    (
-                        HookVerdict::Reject {
-                            rule: RULE.into(),
-                            reason: "The message could not be checked right now; try again.".into(),
-                        },
-                        "failed_closed",
-                    )
-                }
-            }
-        };
-        metrics::counter!("confab_llm_moderation_total", "outcome" => outcome).increment(1);
-        verdict
+        result
     }
 }
 

@@ -64,8 +64,9 @@ async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>) {
         max_upload_bytes: 1 << 20,
         uploads: Default::default(),
         session_ttl: None,
+        moderation: Default::default(),
     };
-    let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg);
+    let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg).unwrap();
     for id in ["alice", "bob"] {
         let user = NewUser {
             id: UserId::parse(id).unwrap(),

@@ -1,8 +1,8 @@
 //! The pre-send webhook: the application's endpoint sees each message before it is stored and answers
 //! allow, flag (stored and listed for review), reject (with a code and a reason) or modify (new text and/or
 //! data), within a budget. A timeout, an
-//! error status or an unreadable answer is decided by `fail_open`: allowed, or refused with a reason the
-//! sender can act on. Requests are signed with the Standard Webhooks headers, like every other delivery.
+//! error status or an unreadable answer is no verdict, which the service decides by `fail_open`: allowed,
+//! or refused with a reason the sender can act on. Requests are signed with the Standard Webhooks headers, like every other delivery.
 
 use std::time::{Duration, Instant};
 
@@ -140,41 +140,22 @@ impl PreSendHook {
 
 #[async_trait]
 impl SendHook for PreSendHook {
-    async fn check(&self, msg: &NewMessage, draft: Draft) -> HookVerdict {
+    fn name(&self) -> &'static str {
+        RULE
+    }
+
+    fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    async fn check(&self, msg: &NewMessage, draft: Draft) -> Result<HookVerdict, String> {
         let started = Instant::now();
         // The budget covers everything, a slow body included.
         let verdict = match tokio::time::timeout(self.budget, self.ask(msg, draft)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e),
+            Ok(v) => v,
             Err(_) => Err("timed out".into()),
         };
         metrics::histogram!("confab_presend_seconds").record(started.elapsed().as_secs_f64());
-        let (verdict, outcome) = match verdict {
-            Ok(v) => {
-                let outcome = match &v {
-                    HookVerdict::Allow => "allow",
-                    HookVerdict::Reject { .. } => "reject",
-                    HookVerdict::Modify { .. } => "modify",
-                    HookVerdict::Flag { .. } => "flag",
-                };
-                (v, outcome)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, fail_open = self.fail_open, "pre-send webhook gave no verdict");
-                if self.fail_open {
-                    (HookVerdict::Allow, "failed_open")
-                } else {
-                    (
-                        HookVerdict::Reject {
-                            rule: RULE.into(),
-                            reason: "The message could not be checked right now; try again.".into(),
-                        },
-                        "failed_closed",
-                    )
-                }
-            }
-        };
-        metrics::counter!("confab_presend_outcomes_total", "outcome" => outcome).increment(1);
         verdict
     }
 }

@@ -139,16 +139,15 @@ impl App {
                 max_upload_bytes: config.http.max_upload_bytes,
                 uploads: config.uploads.limits(),
                 session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
+                moderation: config.moderation.clone(),
             },
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         uploads::start(&service, shutdown.clone()).await?;
-        let guard = Arc::new(
-            confab_service::moderation::RuleBookGuard::load(&config.moderation, service.store())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
-        service.set_content_guard(guard.clone());
-        service.set_rule_admin(guard);
+        service
+            .load_moderation_rules()
+            .await
+            .map_err(|e| anyhow::anyhow!("moderation rules: {e}"))?;
         let pre_send = match config.pre_send_webhook.hook()? {
             Some(hook) => Some(confab_outbox::PreSendHook::new(hook, &egress).map_err(|e| anyhow::anyhow!("{e}"))?),
             None => None,

@@ -473,11 +473,10 @@ impl Confab {
 
     /// The content policy applied to a bot reply as it streams in `channel`; `None` without a policy.
     pub fn reply_guard(&self, channel: &ChannelId) -> Option<ReplyGuard> {
-        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone()?;
         // Without a rule for the channel, a reply streams untouched (no word held back).
-        guard
-            .is_active(channel)
-            .then(|| ReplyGuard::new(guard, channel.clone()))
+        self.rules
+            .is_active(channel.as_str())
+            .then(|| ReplyGuard::new(self.rules.clone(), channel.clone()))
     }
 
     /// Asks the node generating a reply to stop it. Any member of the channel may stop a reply.

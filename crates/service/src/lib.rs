@@ -41,6 +41,8 @@ pub struct ServiceConfig {
     pub uploads: files::UploadLimits,
     /// Lifetime of issued session tokens; `None` for tokens that live until revoked.
     pub session_ttl: Option<Duration>,
+    /// The configuration file's content rules (the admin API's are loaded from settings beside them).
+    pub moderation: moderation::PolicyConfig,
 }
 
 /// A user as another user sees it: the account plus live presence.
@@ -103,17 +105,20 @@ pub struct Confab {
     providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
     send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
     answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
-    guard: std::sync::RwLock<Option<Arc<dyn moderation::ContentGuard>>>,
+    /// The content rules in force (configuration file, admin API, per channel).
+    rules: Arc<moderation::RuleBook>,
     webhook_endpoints: std::sync::RwLock<Option<Arc<dyn webhooks::WebhookEndpoints>>>,
-    rule_admin: std::sync::RwLock<Option<Arc<dyn moderation::RuleAdmin>>>,
     send_hooks: std::sync::RwLock<Vec<Arc<dyn moderation::SendHook>>>,
 }
 
 impl Confab {
-    pub fn new(store: DynStore, bus: DynBus, master_token: &str, cfg: ServiceConfig) -> Arc<Self> {
+    /// The service over its store and bus. Fails when the configuration's moderation rules do not compile.
+    pub fn new(store: DynStore, bus: DynBus, master_token: &str, cfg: ServiceConfig) -> DomainResult<Arc<Self>> {
+        let rules = moderation::RuleBook::new(cfg.moderation.clone())
+            .map_err(|e| DomainError::invalid("moderation", e.to_string()))?;
         let per_sec = NonZeroU32::new(cfg.limits.user_send_per_sec.max(1)).expect("max(1)");
         let burst = NonZeroU32::new(cfg.limits.user_send_burst.max(1)).expect("max(1)");
-        Arc::new(Confab {
+        Ok(Arc::new(Confab {
             store,
             bus,
             master: MasterToken::new(master_token),
@@ -129,12 +134,11 @@ impl Confab {
             providers: Default::default(),
             send_observer: Default::default(),
             answerer: Default::default(),
-            guard: Default::default(),
+            rules: Arc::new(rules),
             webhook_endpoints: Default::default(),
-            rule_admin: Default::default(),
             send_hooks: Default::default(),
             cfg,
-        })
+        }))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -627,11 +631,6 @@ impl Confab {
             o.sent_by_application(m);
         }
         res
-    }
-
-    /// Installs the content policy every send goes through.
-    pub fn set_content_guard(&self, guard: Arc<dyn moderation::ContentGuard>) {
-        *self.guard.write().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     }
 
     /// Adds a check every message goes through after the content rules, in the order added (the LLM check,

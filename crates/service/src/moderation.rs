@@ -1,6 +1,8 @@
-//! Content review before a message is stored, for every surface: a port the server fills with the
-//! configured policy (crate `confab-moderation`, as [`RuleBookGuard`]). The service applies the verdict: a rejection refuses the
-//! send with the rule's reason, a rewrite (masking) replaces the text that is stored and delivered.
+//! Content review before a message is stored, for every surface, by the rules in force: the configuration
+//! file's, the application's and each channel's, compiled by `confab-moderation`'s [`RuleBook`], which the
+//! service owns. The service applies the verdict: a rejection refuses the send with the rule's reason, a
+//! rewrite (masking) replaces the text that is stored and delivered. The admin API's rule sets are kept in
+//! settings (namespace [`RULES_NAMESPACE`]).
 
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::{ChannelId, DomainError, DomainResult, MessageId};
@@ -23,6 +25,8 @@ pub enum Review {
     },
 }
 
+/// A content policy as sends, edits and bot replies apply it: the service's [`RuleBook`]; a seam for the
+/// reply guard's tests.
 pub trait ContentGuard: Send + Sync {
     fn review(&self, channel: &ChannelId, text: &str) -> Review;
 
@@ -41,7 +45,6 @@ pub trait ContentGuard: Send + Sync {
 mod reply;
 mod rule_book;
 pub use reply::{ReplyBlocked, ReplyGuard, ReplyReview, ReviewedReply};
-pub use rule_book::RuleBookGuard;
 
 /// What the application's pre-send check says of a message about to be stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,25 +91,31 @@ impl Draft {
 
 /// A check of every user message before it is stored (and of every edit), after the content rules: the LLM
 /// check, the application's pre-send webhook. `msg` is the message as it will be stored (for an edit, the
-/// stored message with the edit applied). Answers within its own budget (a timeout is a verdict too: allow
-/// or reject as configured).
+/// stored message with the edit applied). A check answers within its own budget, with a verdict or with why
+/// it has none (timed out, unreachable, an unreadable answer); what happens then is one rule, the service's
+/// ([`Confab::pre_send`](crate::Confab)): the message is stored as sent when the check is `fail_open`, else
+/// refused with [`UNCHECKED_REASON`].
 #[async_trait::async_trait]
 pub trait SendHook: Send + Sync {
-    async fn check(&self, msg: &confab_domain::model::NewMessage, draft: Draft) -> HookVerdict;
+    /// The check's name: the rule of its verdicts and of a refusal without one, and its metrics label.
+    fn name(&self) -> &'static str;
+
+    /// Without a verdict: stored as sent (true) or refused (false).
+    fn fail_open(&self) -> bool;
+
+    /// Whether the check looks at this message at all (the LLM check judges text only, so it skips a
+    /// message without text and an edit that keeps it).
+    fn applies(&self, _msg: &confab_domain::model::NewMessage, _draft: Draft) -> bool {
+        true
+    }
+
+    async fn check(&self, msg: &confab_domain::model::NewMessage, draft: Draft) -> Result<HookVerdict, String>;
 }
 
-/// The rules in force as the admin API manages them, as JSON in the shape of the configuration's
-/// `[moderation]` section (`{rules: [...], max_links}`). Implemented by the server's guard; the service
-/// checks the caller and the channel, installs, and stores (settings namespace `moderation`).
-pub trait RuleAdmin: Send + Sync {
-    /// The configuration file's rules (read-only at run time).
-    fn file_rules(&self) -> Value;
-    fn app_rules(&self) -> Value;
-    fn channel_rules(&self, channel: &ChannelId) -> Option<Value>;
-    /// Compiles and installs; on error (naming the rule) nothing changes.
-    fn set_app_rules(&self, rules: Value) -> Result<(), String>;
-    fn set_channel_rules(&self, channel: &ChannelId, rules: Option<Value>) -> Result<(), String>;
-}
+/// The reason a message is refused with when a check that fails closed gave no verdict.
+pub const UNCHECKED_REASON: &str = "The message could not be checked right now; try again.";
+
+pub use confab_moderation::{PolicyConfig, RuleBook};
 
 /// Where the rules set through the admin API are kept.
 pub const RULES_NAMESPACE: &str = "moderation";
@@ -119,69 +128,92 @@ pub fn channel_rules_key(channel: &ChannelId) -> String {
 
 /// The application's rules and a channel's rules, as the admin API shows them.
 pub struct RulesView {
-    pub file: Value,
-    pub app: Value,
+    /// The configuration file's `[moderation]` rules (read-only at run time).
+    pub file: PolicyConfig,
+    /// The rules added through the admin API, applied besides the file's.
+    pub app: PolicyConfig,
+}
+
+/// A rule set as the admin API and the settings store hold it: JSON in the shape of the configuration's
+/// `[moderation]` section (`{rules: [...], max_links}`).
+pub fn parse_rules(v: Value) -> DomainResult<PolicyConfig> {
+    serde_json::from_value(v).map_err(|e| DomainError::invalid("rules", e.to_string()))
+}
+
+/// A rule set as JSON, in the shape [`parse_rules`] reads.
+pub fn rules_json(rules: &PolicyConfig) -> Value {
+    serde_json::to_value(rules).unwrap_or_default()
 }
 
 impl Confab {
-    pub fn set_rule_admin(&self, admin: std::sync::Arc<dyn RuleAdmin>) {
-        *self.rule_admin.write().unwrap_or_else(|e| e.into_inner()) = Some(admin);
-    }
-
-    fn rule_admin(&self, actor: &Actor) -> DomainResult<std::sync::Arc<dyn RuleAdmin>> {
-        require_admin(actor)?;
-        self.rule_admin
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| DomainError::Unavailable("moderation rules are not managed on this server".into()))
+    /// Installs the rule sets stored through the admin API (the application's and each channel's) beside the
+    /// configuration file's. A stored set that no longer compiles is logged and skipped, so the server still
+    /// starts with the others.
+    pub async fn load_moderation_rules(&self) -> DomainResult<()> {
+        for (key, value) in self.store.list_settings(RULES_NAMESPACE).await? {
+            let installed = parse_rules(value).and_then(|r| {
+                let done = match (key.as_str(), key.strip_prefix("channel:")) {
+                    (APP_RULES_KEY, _) => self.rules.set_app_rules(r),
+                    (_, Some(channel)) => self.rules.set_channel_rules(channel, Some(r)),
+                    _ => Ok(()),
+                };
+                done.map_err(|e| DomainError::invalid("rules", e.to_string()))
+            });
+            if let Err(e) = installed {
+                tracing::error!(key, error = %e, "stored moderation rules do not compile; skipped");
+            }
+        }
+        Ok(())
     }
 
     /// Drops a deleted channel's own rules, so a channel created later under the same id starts without them.
     pub(crate) async fn forget_channel_rules(&self, channel: &ChannelId) -> DomainResult<()> {
-        let admin = self.rule_admin.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(admin) = admin else { return Ok(()) };
-        if admin.channel_rules(channel).is_none() {
+        if self.rules.channel_rules(channel.as_str()).is_none() {
             return Ok(());
         }
         self.store
             .delete_setting(RULES_NAMESPACE, &channel_rules_key(channel))
             .await?;
-        let _ = admin.set_channel_rules(channel, None);
+        let _ = self.rules.set_channel_rules(channel.as_str(), None);
         Ok(())
     }
 
     pub fn moderation_rules(&self, actor: &Actor) -> DomainResult<RulesView> {
-        let admin = self.rule_admin(actor)?;
+        require_admin(actor)?;
         Ok(RulesView {
-            file: admin.file_rules(),
-            app: admin.app_rules(),
+            file: self.rules.file_rules().clone(),
+            app: self.rules.app_rules(),
         })
     }
 
-    /// Replaces the application's rules added through the API (the configuration file's stay).
-    pub async fn set_moderation_rules(&self, actor: &Actor, rules: Value) -> DomainResult<Value> {
-        let admin = self.rule_admin(actor)?;
-        let before = admin.app_rules();
-        admin
+    /// Replaces the application's rules added through the API (the configuration file's stay). A rule that
+    /// does not compile is refused with its name and nothing changes.
+    pub async fn set_moderation_rules(&self, actor: &Actor, rules: PolicyConfig) -> DomainResult<PolicyConfig> {
+        require_admin(actor)?;
+        let before = self.rules.app_rules();
+        self.rules
             .set_app_rules(rules)
-            .map_err(|e| DomainError::invalid("rules", e))?;
-        let installed = admin.app_rules();
+            .map_err(|e| DomainError::invalid("rules", e.to_string()))?;
+        let installed = self.rules.app_rules();
         if let Err(e) = self
             .store
-            .put_setting(RULES_NAMESPACE, APP_RULES_KEY, installed.clone())
+            .put_setting(RULES_NAMESPACE, APP_RULES_KEY, rules_json(&installed))
             .await
         {
-            let _ = admin.set_app_rules(before);
+            let _ = self.rules.set_app_rules(before);
             return Err(e);
         }
         Ok(installed)
     }
 
-    pub async fn channel_moderation_rules(&self, actor: &Actor, channel: &ChannelId) -> DomainResult<Option<Value>> {
-        let admin = self.rule_admin(actor)?;
+    pub async fn channel_moderation_rules(
+        &self,
+        actor: &Actor,
+        channel: &ChannelId,
+    ) -> DomainResult<Option<PolicyConfig>> {
+        require_admin(actor)?;
         self.get_channel(actor, channel).await?;
-        Ok(admin.channel_rules(channel))
+        Ok(self.rules.channel_rules(channel.as_str()))
     }
 
     /// Replaces (or, with `None`, removes) a channel's own rules, applied besides the application's.
@@ -189,22 +221,22 @@ impl Confab {
         &self,
         actor: &Actor,
         channel: &ChannelId,
-        rules: Option<Value>,
-    ) -> DomainResult<Option<Value>> {
-        let admin = self.rule_admin(actor)?;
+        rules: Option<PolicyConfig>,
+    ) -> DomainResult<Option<PolicyConfig>> {
+        require_admin(actor)?;
         self.get_channel(actor, channel).await?;
-        let before = admin.channel_rules(channel);
-        admin
-            .set_channel_rules(channel, rules)
-            .map_err(|e| DomainError::invalid("rules", e))?;
-        let installed = admin.channel_rules(channel);
+        let before = self.rules.channel_rules(channel.as_str());
+        self.rules
+            .set_channel_rules(channel.as_str(), rules)
+            .map_err(|e| DomainError::invalid("rules", e.to_string()))?;
+        let installed = self.rules.channel_rules(channel.as_str());
         let key = channel_rules_key(channel);
         let stored = match &installed {
-            Some(v) => self.store.put_setting(RULES_NAMESPACE, &key, v.clone()).await,
+            Some(r) => self.store.put_setting(RULES_NAMESPACE, &key, rules_json(r)).await,
             None => self.store.delete_setting(RULES_NAMESPACE, &key).await.map(drop),
         };
         if let Err(e) = stored {
-            let _ = admin.set_channel_rules(channel, before);
+            let _ = self.rules.set_channel_rules(channel.as_str(), before);
             return Err(e);
         }
         Ok(installed)

@@ -82,7 +82,34 @@ impl Confab {
             return Ok(());
         }
         for hook in hooks {
-            match hook.check(msg, draft).await {
+            if !hook.applies(msg, draft) {
+                continue;
+            }
+            let verdict = match hook.check(msg, draft).await {
+                Ok(v) => v,
+                // One rule for every check without a verdict.
+                Err(e) if hook.fail_open() => {
+                    tracing::warn!(hook = hook.name(), error = %e, "a send check gave no verdict; allowed (fail_open)");
+                    count_outcome(hook.name(), "failed_open");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(hook = hook.name(), error = %e, "a send check gave no verdict; refused");
+                    count_outcome(hook.name(), "failed_closed");
+                    return Err(DomainError::Rejected {
+                        rule: hook.name().into(),
+                        reason: moderation::UNCHECKED_REASON.into(),
+                    });
+                }
+            };
+            let outcome = match &verdict {
+                HookVerdict::Allow => "allow",
+                HookVerdict::Flag { .. } => "flag",
+                HookVerdict::Reject { .. } => "reject",
+                HookVerdict::Modify { .. } => "modify",
+            };
+            count_outcome(hook.name(), outcome);
+            match verdict {
                 HookVerdict::Allow => {}
                 HookVerdict::Flag { rule } => {
                     if !msg.flags.contains(&rule) {
@@ -109,12 +136,12 @@ impl Confab {
 
     /// Applies the content policy to a message's text (before any bot sees it).
     fn review(&self, msg: &mut NewMessage) -> DomainResult<()> {
-        let guard = self.guard.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(guard) = guard else { return Ok(()) };
-        if msg.text.is_empty() || !guard.is_active(&msg.channel_id) {
+        use moderation::ContentGuard;
+        let rules = self.rules.as_ref();
+        if msg.text.is_empty() || !ContentGuard::is_active(rules, &msg.channel_id) {
             return Ok(());
         }
-        match guard.review(&msg.channel_id, &msg.text) {
+        match rules.review(&msg.channel_id, &msg.text) {
             moderation::Review::Reject { rule, reason } => {
                 tracing::info!(channel = %msg.channel_id, rule, "message rejected by moderation");
                 Err(DomainError::Rejected { rule, reason })
@@ -129,4 +156,9 @@ impl Confab {
             }
         }
     }
+}
+
+/// Counts how each send check ended, by check and outcome.
+fn count_outcome(hook: &'static str, outcome: &'static str) {
+    metrics::counter!("confab_send_hook_outcomes_total", "hook" => hook, "outcome" => outcome).increment(1);
 }

@@ -268,10 +268,10 @@ mod tests {
     use confab_moderation::{PolicyConfig, RuleAction, RuleConfig};
 
     use super::*;
-    use crate::moderation::RuleBookGuard;
+    use crate::moderation::RuleBook;
 
-    /// The configured policy as the server installs it.
-    type PolicyGuard = RuleBookGuard;
+    /// The configured policy as the service holds it.
+    type PolicyGuard = RuleBook;
 
     fn guard() -> ReplyGuard {
         ReplyGuard::new(Arc::new(policy()), ChannelId::parse("c").unwrap())
@@ -378,7 +378,7 @@ mod tests {
             action,
             reason: format!("no {name}"),
         };
-        RuleBookGuard::new(&PolicyConfig {
+        RuleBook::new(PolicyConfig {
             rules: vec![
                 rule("darn", &["darn", "good grief"], RuleAction::Block),
                 rule("heck", &["heck", "ça"], RuleAction::Mask),
