@@ -152,6 +152,7 @@ fn build() -> Fixture {
         let limits = HttpLimits {
             max_body_bytes: 64 * 1024,
             max_upload_request_bytes: MAX_UPLOAD as usize + 64 * 1024,
+            request_timeout: Duration::from_secs(30),
         };
         let router = confab_api_native::router(state, &limits);
         (service, hub, alice, router)

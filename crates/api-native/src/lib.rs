@@ -46,6 +46,8 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Largest upload request (multipart), a little above the file size limit.
     pub max_upload_request_bytes: usize,
+    /// A request not answered within this time gets a problem-JSON 408.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Upgrades to the WebSocket protocol of `docs/protocol.md`. Authenticated before the upgrade.
@@ -158,7 +160,29 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(doc));
-    Router::new().nest("/api/v1", api).with_state(state)
+    // A timeout or a panic is answered in this surface's own format, like every surface's.
+    Router::new()
+        .nest("/api/v1", api)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(timeout_response))
+                .timeout(limits.request_timeout),
+        )
+        .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+}
+
+async fn timeout_response(_: tower::BoxError) -> ApiError {
+    ApiError::request(
+        StatusCode::REQUEST_TIMEOUT,
+        "timeout",
+        "the request took longer than the server's request timeout",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::request(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
 }
 
 /// The OpenAPI document `GET /api/v1/openapi.json` serves.
@@ -166,6 +190,7 @@ pub fn openapi_document() -> serde_json::Value {
     let limits = HttpLimits {
         max_body_bytes: 0,
         max_upload_request_bytes: 0,
+        request_timeout: std::time::Duration::ZERO,
     };
     let (_, doc) = documented_routes(&limits).split_for_parts();
     openapi::Document::new(doc).json().clone()

@@ -185,7 +185,7 @@ fn finish_operation(op: &mut Value, path_params: &[&str]) {
     add(
         responses,
         "408",
-        json!({"description": "the request took longer than the server's request timeout (empty body)"}),
+        problem("`timeout`: the request took longer than the server's request timeout"),
     );
     if let Some(r) = responses.get_mut("429") {
         r["headers"] = json!({"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}});

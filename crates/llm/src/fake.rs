@@ -274,6 +274,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// The requests in flight with a probe of their connection, checked when the next request arrives.
+    live: Mutex<Vec<(Arc<std::sync::atomic::AtomicBool>, std::sync::Weak<std::net::TcpStream>)>>,
     disconnects: watch::Sender<usize>,
 }
 
@@ -298,6 +300,7 @@ impl FakeProvider {
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            live: Mutex::new(Vec::new()),
             disconnects: watch::Sender::new(0),
         });
         let app = Router::new()
@@ -389,6 +392,18 @@ impl Drop for FakeProvider {
 #[derive(Clone, Debug)]
 struct Conn {
     closed: watch::Receiver<bool>,
+    /// A duplicate of the connection's descriptor, to ask at once whether the client has closed it.
+    probe: Option<Arc<std::net::TcpStream>>,
+}
+
+/// Whether the client has closed (or reset) the connection, as the socket says now. The client sends
+/// nothing while its request is answered, so readable without data means closed.
+fn is_closed(probe: &std::net::TcpStream) -> bool {
+    match probe.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, WatchedListener>> for Conn {
@@ -469,11 +484,16 @@ impl axum::serve::Listener for WatchedListener {
                 // Without a watcher the request counts until the server notices.
                 None => drop(tx),
             }
+            let probe = {
+                use std::os::fd::AsFd;
+                let fd = stream.as_fd().try_clone_to_owned().ok();
+                fd.map(|fd| Arc::new(std::net::TcpStream::from(fd)))
+            };
             let stream = WatchedStream {
                 inner: stream,
                 _stop: Some(stop),
             };
-            return (stream, Conn { closed });
+            return (stream, Conn { closed, probe });
         }
     }
 
@@ -516,9 +536,29 @@ struct InFlight {
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>, conn: &Conn) -> Self {
-        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            // Requests whose client has closed the connection by now are over, whether or not the watcher
+            // has run yet: what counts is the sockets' state when this request arrives.
+            let mut live = lock(&shared.live);
+            live.retain(|(done, probe)| {
+                if done.load(Ordering::SeqCst) {
+                    return false;
+                }
+                match probe.upgrade() {
+                    Some(p) if !is_closed(&p) => true,
+                    _ => {
+                        release(shared, done);
+                        false
+                    }
+                }
+            });
+            if let Some(p) = &conn.probe {
+                live.push((released.clone(), Arc::downgrade(p)));
+            }
+            let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        }
         let mut closed = conn.closed.clone();
         let watcher = {
             let (shared, released) = (shared.clone(), released.clone());
