@@ -11,21 +11,13 @@ import { moderationTab } from "./moderation.js";
 import { providersTab } from "./providers.js";
 import { channelsTab, usersTab } from "./people.js";
 import { usageTab } from "./usage.js";
+import type { TabContext } from "./ui.js";
 import { webhooksTab } from "./webhooks.js";
 
 export interface Tab {
   id: string;
   label: string;
   render: (ctx: TabContext) => Promise<void>;
-}
-
-export interface TabContext {
-  api: ConfabApi;
-  panel: HTMLElement;
-  /** Reports an outcome in the console's status line. */
-  say: (text: string, kind?: "info" | "error") => void;
-  /** Runs an action, reporting a failure; re-renders the tab after it unless told not to. */
-  act: (what: string, f: () => Promise<unknown>, rerender?: boolean) => Promise<void>;
 }
 
 const TABS: Tab[] = [
@@ -165,34 +157,4 @@ function adminSignIn(root: HTMLElement, error?: string): void {
     ),
   );
   input.focus();
-}
-
-/** A table with a header row; `rows` are cells. */
-export function table(caption: string, head: string[], rows: (Node | string | number | null)[][]): HTMLElement {
-  return h(
-    "div",
-    { class: "table-wrap" },
-    h(
-      "table",
-      null,
-      h("caption", null, caption),
-      h("thead", null, h("tr", null, head.map((c) => h("th", { scope: "col" }, c)))),
-      h(
-        "tbody",
-        null,
-        rows.length === 0
-          ? h("tr", null, h("td", { colspan: head.length, class: "empty" }, "Nothing yet."))
-          : rows.map((r) => h("tr", null, r.map((c) => h("td", null, c ?? "")))),
-      ),
-    ),
-  );
-}
-
-/** A labelled input: returns [label, input]. */
-export function field(
-  id: string,
-  label: string,
-  attrs: Record<string, unknown> = {},
-): [HTMLLabelElement, HTMLInputElement] {
-  return [h("label", { for: id }, label), h("input", { id, name: id, ...attrs })];
 }

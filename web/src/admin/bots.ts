@@ -1,7 +1,7 @@
 import type { Bot, BotSettings, BotTrigger, ProviderView } from "@confab/client";
 
 import { h, render } from "../dom.js";
-import { table, type TabContext } from "./app.js";
+import { table, type TabContext } from "./ui.js";
 
 const DEFAULTS: Partial<BotSettings> = {
   system_prompt: "You are a helpful assistant in a chat. Answer briefly.",

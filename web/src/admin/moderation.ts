@@ -1,5 +1,5 @@
 import { fmtTime, h, render } from "../dom.js";
-import { table, type TabContext } from "./app.js";
+import { table, type TabContext } from "./ui.js";
 
 const EXAMPLE = {
   rules: [{ name: "spam", words: ["buy now"], action: "block", reason: "No advertising." }],

@@ -2,7 +2,7 @@ import type { Channel, User } from "@confab/client";
 
 import { fmtTime, h, render } from "../dom.js";
 import { handOff } from "../session.js";
-import { field, table, type TabContext } from "./app.js";
+import { field, table, type TabContext } from "./ui.js";
 
 export async function usersTab(ctx: TabContext): Promise<void> {
   const users: User[] = [];

@@ -1,5 +1,5 @@
 import { h, render } from "../dom.js";
-import { field, table, type TabContext } from "./app.js";
+import { field, table, type TabContext } from "./ui.js";
 
 const KINDS = ["openai_compatible", "openai", "azure", "anthropic"];
 

@@ -1,7 +1,7 @@
 import type { UsageRow } from "@confab/client";
 
 import { h, render } from "../dom.js";
-import { field, table, type TabContext } from "./app.js";
+import { field, table, type TabContext } from "./ui.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 

@@ -1,7 +1,7 @@
 import type { EndpointView } from "@confab/client";
 
 import { fmtTime, h, render } from "../dom.js";
-import { field, table, type TabContext } from "./app.js";
+import { field, table, type TabContext } from "./ui.js";
 
 export async function webhooksTab(ctx: TabContext): Promise<void> {
   const endpoints = await ctx.api.listEndpoints();
