@@ -221,9 +221,31 @@ mod tests {
     #[tokio::test]
     async fn dropped_subscribers_do_not_block_publishers() {
         let bus = LocalBus::new(1);
-        let sub = bus.subscribe();
-        drop(sub);
-        bus.publish((0..5).map(durable).collect()).await;
+        let gone = bus.subscribe();
+        let mut live = bus.subscribe();
+        drop(gone);
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                seen.push(user_of(&live.next().await.unwrap()));
+            }
+            (seen, live)
+        });
+        // More events than a queue holds: the dropped subscriber's full queue must not make publish wait.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            bus.publish((0..5).map(durable).collect()),
+        )
+        .await
+        .expect("publish waited on a dropped subscriber");
+        let (seen, _live) = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the live subscriber got every event")
+            .unwrap();
+        assert_eq!(seen, (0..5).map(|n| format!("u{n}")).collect::<Vec<_>>());
+        // The next subscribe prunes the dropped one: the live one and the new one are left.
+        let _new = bus.subscribe();
+        assert_eq!(bus.subscribers().len(), 2);
     }
 
     #[tokio::test]

@@ -13,6 +13,9 @@ use confab_llm_local::tokenizer::ChatTokenizer;
 use confab_llm_local::{BuiltinProvider, LoadedModel};
 use futures_util::StreamExt;
 
+#[path = "../../server/tests/api/helpers/skip.rs"]
+mod skip;
+
 const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn gguf() -> Option<PathBuf> {
@@ -27,23 +30,19 @@ fn gguf() -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    let why = format!(
-        "no model at {} (run scripts/test-models.sh --model-only, or set CONFAB_TEST_GGUF)",
-        path.display()
+    skip::skip_unless_required(
+        "CONFAB_REQUIRE_MODELS",
+        &format!("no model at {}", path.display()),
+        "scripts/test-models.sh --model-only (or set CONFAB_TEST_GGUF)",
     );
-    if std::env::var("CONFAB_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-        panic!("{why}");
-    }
-    eprintln!("skipping: {why}");
     None
 }
 
-/// The model, loaded once for the tests that only read it.
+/// The model, loaded once for the tests that only read it (each test without it says it skips).
 fn loaded() -> Option<&'static LoadedModel> {
-    static MODEL: OnceLock<Option<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| gguf().map(|p| confab_llm_local::load(&p).expect("the model loads")))
-        .as_ref()
+    let path = gguf()?;
+    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+    Some(MODEL.get_or_init(|| confab_llm_local::load(&path).expect("the model loads")))
 }
 
 fn provider(path: &Path, max_active: usize, max_queue: usize) -> BuiltinProvider {
@@ -141,9 +140,8 @@ fn argmax(v: &[f32]) -> usize {
 /// Our forward pass against candle's reference implementation of the same architecture on the same file.
 #[test]
 fn logits_match_candles_llama_implementation() {
-    let (Some(path), Some(m)) = (gguf(), loaded()) else {
-        return;
-    };
+    let Some(m) = loaded() else { return };
+    let path = gguf().expect("found by loaded()");
     let prompt = m
         .tokenizer
         .prompt(None, &[ChatMessage::user("What is the capital of France?")])

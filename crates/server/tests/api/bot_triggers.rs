@@ -4,7 +4,7 @@
 
 use confab_llm::ProviderKind;
 use confab_llm::fake::{Behaviour, FakeProvider};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::bots::{app_with, create_bot, provider};
 use crate::helpers::*;
@@ -25,28 +25,6 @@ async fn mention(app: &TestApp, token: &str, channel: &str, text: &str, mentions
         .await;
     assert_eq!(s, 201, "{v}");
     v["id"].as_i64().unwrap()
-}
-
-/// Reads frames until `bot`'s reply to `trigger` is final; fails on any message of a bot in `silent` and
-/// on any reply to a message in `unanswered`.
-async fn reply_to(ws: &mut Ws, bot: &str, trigger: i64, silent: &[&str], unanswered: &[i64]) -> Value {
-    loop {
-        let f = next_json(ws).await;
-        let m = &f["message"];
-        if let Some(sender) = m["sender_id"].as_str() {
-            assert!(!silent.contains(&sender), "{sender} spoke: {f}");
-        }
-        if let Some(t) = m["reply"]["trigger_id"].as_i64() {
-            assert!(!unanswered.contains(&t), "message {t} was answered: {f}");
-        }
-        if f["type"] == "message.updated"
-            && m["sender_id"] == bot
-            && m["reply"]["trigger_id"] == trigger
-            && m["reply"]["state"] != "generating"
-        {
-            return m.clone();
-        }
-    }
 }
 
 #[tokio::test]

@@ -189,10 +189,11 @@ async fn groups_trigger_on_mentions_only_and_bots_never_trigger_bots() {
     app.send_as(&alice, "secret", "the password is swordfish").await;
     let mut ws = app.ws(&alice, json!({})).await;
 
-    app.send_as(&alice, "g", "just chatting").await;
+    let chatting = app.send_as(&alice, "g", "just chatting").await["id"].as_i64().unwrap();
     app.send_as(&alice, "g", "hey @helper what's up").await;
     let (_, fin, _) = follow_reply(&mut ws, "helper").await;
     assert_eq!(fin["reply"]["state"], "complete");
+    let mut quiet = vec![chatting, fin["id"].as_i64().unwrap()];
     // Mention list works too.
     let (s, _) = app
         .call(
@@ -205,10 +206,17 @@ async fn groups_trigger_on_mentions_only_and_bots_never_trigger_bots() {
     assert_eq!(s, 201);
     let (_, fin, _) = follow_reply(&mut ws, "other").await;
     assert_eq!(fin["reply"]["state"], "complete");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Two triggers, two calls: "just chatting" triggered nothing, and the replies (which do not mention
+    quiet.push(fin["id"].as_i64().unwrap());
+    // The runtime takes g's messages in commit order and shows a reply (in g's order) before calling the
+    // provider: by the end of a later trigger's reply, a reply to any earlier message would have shown.
+    let last = app.send_as(&alice, "g", "@helper one more").await["id"]
+        .as_i64()
+        .unwrap();
+    let fin = reply_to(&mut ws, "helper", last, &[], &quiet).await;
+    assert_eq!(fin["reply"]["state"], "complete");
+    // Three triggers, three calls: "just chatting" triggered nothing, and the replies (which do not mention
     // anyone, but are bot messages) triggered nothing either.
-    assert_eq!(fake.request_count(), 2);
+    assert_eq!(fake.request_count(), 3);
     for r in fake.requests() {
         assert!(
             !r.text().contains("swordfish"),
@@ -508,16 +516,23 @@ async fn early_started_replies_follow_their_trigger_and_retries_call_no_provider
         )
         .await;
     assert!(s == 403 || s == 404, "{s} {v}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An early start opens its provider call while the send commits, and a later trigger's reply ends only
+    // after its own call: by then a call for the retry (or for mallory) would have been made.
+    let next = app.send_as(&alice, &cid, "and again").await["id"].as_i64().unwrap();
+    let first_id = first["message"]["id"].as_i64().unwrap();
+    let fin = reply_to(&mut ws, "early", next, &[], &[first_id]).await;
+    assert_eq!(fin["reply"]["state"], "complete");
+    let requests = fake.requests();
     assert_eq!(
-        fake.requests().len(),
-        1,
-        "only the original trigger called the provider"
+        requests.len(),
+        2,
+        "only the original trigger and the later one called the provider"
     );
+    assert!(requests[1].text().contains("and again"));
     let (_, h) = app
         .call("GET", &format!("/api/v1/channels/{cid}/messages"), &alice, None)
         .await;
-    assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
+    assert_eq!(h["messages"].as_array().unwrap().len(), 4, "{h}");
 }
 
 /// A user's client lists bots (to mention them) by their profiles; only the application sees their settings.

@@ -358,7 +358,22 @@ async fn a_bot_reply_is_announced_once_when_final_in_both_formats() {
     );
     assert_eq!(nim[1]["fromAccount"], "answerer", "{}", nim[1]);
     assert_eq!(nim[1]["body"], REPLY);
-    // Nothing more: no placeholder, no second announcement.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(rx.try_recv().is_err(), "one announcement per message");
+    // Nothing more: no placeholder, no second announcement. Each endpoint delivers a channel's outbox rows
+    // one at a time in commit order, and the reply's rows were committed by its end: a later message of the
+    // channel is the next delivery of each format.
+    app.send_as(&alice, "asking", "thanks").await;
+    let mut formats = std::collections::HashSet::new();
+    while formats.len() < 2 {
+        let h = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("the later message in both formats")
+            .unwrap();
+        let text = if h.path == "/sb" {
+            &h.body["payload"]["message"]
+        } else {
+            &h.body["body"]
+        };
+        assert_eq!(text, "thanks", "one announcement per message: {} {}", h.path, h.body);
+        formats.insert(h.path);
+    }
 }

@@ -184,10 +184,25 @@ pub async fn next_of_type(ws: &mut Ws, ty: &str) -> Value {
     }
 }
 
-/// Asserts that no text frame arrives within `wait`.
-pub async fn assert_silent(ws: &mut Ws, wait: Duration) {
-    if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(wait, ws.next()).await {
-        panic!("unexpected frame {t}");
+/// Reads frames until `bot`'s reply to `trigger` is final; fails on any message of a bot in `silent` and
+/// on any reply to a message in `unanswered`.
+pub async fn reply_to(ws: &mut Ws, bot: &str, trigger: i64, silent: &[&str], unanswered: &[i64]) -> Value {
+    loop {
+        let f = next_json(ws).await;
+        let m = &f["message"];
+        if let Some(sender) = m["sender_id"].as_str() {
+            assert!(!silent.contains(&sender), "{sender} spoke: {f}");
+        }
+        if let Some(t) = m["reply"]["trigger_id"].as_i64() {
+            assert!(!unanswered.contains(&t), "message {t} was answered: {f}");
+        }
+        if f["type"] == "message.updated"
+            && m["sender_id"] == bot
+            && m["reply"]["trigger_id"] == trigger
+            && m["reply"]["state"] != "generating"
+        {
+            return m.clone();
+        }
     }
 }
 
@@ -249,6 +264,22 @@ pub async fn follow_streamed_reply(ws: &mut Ws, bot: &str, wait: Duration) -> St
         deltas,
         first_delta,
         fin,
+    }
+}
+
+/// The newest delivery attempt of webhook endpoint `id`, once there is one (bounded wait). The relay records
+/// an attempt only after its request ended.
+pub async fn newest_attempt(app: &TestApp, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = app
+            .admin("GET", &format!("/api/v1/webhooks/endpoints/{id}/attempts"), None)
+            .await;
+        if let Some(a) = v["attempts"].as_array().and_then(|a| a.first()) {
+            return a.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt to {id}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

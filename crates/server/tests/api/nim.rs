@@ -84,6 +84,13 @@ pub(crate) async fn nim(app: &TestApp, path: &str, form: &str) -> Value {
     v
 }
 
+/// A correctly signed request that must succeed (`code` 200); returns the body.
+async fn nim_ok(app: &TestApp, path: &str, form: &str) -> Value {
+    let v = nim(app, path, form).await;
+    assert_eq!(v["code"], 200, "{v}");
+    v
+}
+
 pub(crate) fn enc(v: &str) -> String {
     // Form encoding of a value (JSON arrays and bodies).
     let mut out = String::new();
@@ -198,15 +205,8 @@ async fn nim_the_seed_request_reaches_the_robot() {
     assert!(sent.messages().iter().any(|(_, c)| c.contains("hello")));
 
     // Without robotAccount a private message between two users reaches no robot.
-    let v = nim(
-        &app,
-        "/msg/sendMsg.action",
-        "from=list&ope=0&to=zhangsan&type=0&body={'msg': 'plain'}",
-    )
-    .await;
-    assert_eq!(v["code"], 200, "{v}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.request_count(), 1);
+    let send = "/msg/sendMsg.action";
+    nim_ok(&app, send, "from=list&ope=0&to=zhangsan&type=0&body={'msg': 'plain'}").await;
     // Newest first by default.
     let v = nim(
         &app,
@@ -218,6 +218,19 @@ async fn nim_the_seed_request_reaches_the_robot() {
     )
     .await;
     assert_eq!(v["msgs"][0]["body"]["msg"], "plain", "{v}");
+    // The runtime takes messages in commit order and shows a reply before calling the provider: the next
+    // robot reply in this conversation answers a later request, and no call was made for the plain message.
+    let form = "from=list&ope=0&to=zhangsan&type=0&body={'msg': 'robot, again'}&robotAccount=robot";
+    let v = nim_ok(&app, send, form).await;
+    let streamed = follow_streamed_reply(&mut ws, "robot", Duration::from_secs(10)).await;
+    assert_eq!(
+        streamed.fin["reply"]["trigger_id"], v["data"]["msgid"],
+        "{}",
+        streamed.fin
+    );
+    assert_eq!(streamed.fin["reply"]["state"], "complete");
+    assert_eq!(fake.request_count(), 2);
+    assert!(fake.requests()[1].text().contains("robot, again"));
 }
 
 #[tokio::test]

@@ -18,18 +18,13 @@ fn repo_root() -> PathBuf {
 
 fn chromium() -> Option<PathBuf> {
     let path = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    let required = std::env::var("CONFAB_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     if path.exists() {
         return Some(path);
     }
-    assert!(
-        !required,
-        "CONFAB_REQUIRE_BROWSER=1 but there is no browser at {}",
-        path.display()
-    );
-    eprintln!(
-        "skipped: no Chromium at {} (apt install chromium, or set CHROMIUM)",
-        path.display()
+    skip_unless_required(
+        "CONFAB_REQUIRE_BROWSER",
+        &format!("no Chromium at {}", path.display()),
+        "apt-get install chromium (or set CHROMIUM to a Chromium binary)",
     );
     None
 }
