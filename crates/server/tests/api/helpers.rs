@@ -10,6 +10,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod skip;
+pub use skip::skip_unless_required;
+
 pub const MASTER: &str = "test-master-token-0123456789";
 
 pub struct TestApp {
