@@ -137,7 +137,7 @@ async fn phase(
             watch,
         )));
     }
-    let (a, b) = publish_steadily(publisher, "g", count, Duration::from_millis(2), epoch).await;
+    let (a, b) = publish_steadily(publisher, "g", count, Duration::from_millis(3), epoch).await;
     assert_eq!((a, b), (first, first + count - 1));
     let (mut back, mut lat) = (Vec::new(), Vec::new());
     for t in tasks {
@@ -148,7 +148,9 @@ async fn phase(
     (back, lat)
 }
 
-#[tokio::test]
+// Multi-threaded, so the readers are not queued behind the server's own work on one thread: each has its
+// queue's 64 frames of slack (about 190 ms at a message every 3 ms) before it would be closed itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_is_closed_with_resync_others_get_everything_and_it_resumes_without_gaps() {
     let app = spawn_app_with(|c| {
         c.limits.user_send_per_sec = 100_000;
@@ -392,17 +394,21 @@ impl Child {
     }
 }
 
+// A multi-threaded runtime, and a queue of 128 frames at a message every 3 ms: the reading member has about
+// 380 ms of slack before its own queue overflows, so a busy test machine does not close it with 4008 (it did
+// with 64 frames at 2 ms, about 130 ms, in one CI run); the flood is still 20 times a stalled queue.
 #[cfg(target_os = "linux")]
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_readers_cost_bounded_memory_and_their_connections_are_released() {
-    const QUEUE_BYTES: u64 = 256 * 1024; // as configured below
+    const QUEUE_BYTES: u64 = 512 * 1024; // as configured below
     const STALLED: u64 = 8;
+    const EVERY: Duration = Duration::from_millis(3);
     let server = Child::start(&[
         ("CONFAB_LIMITS__USER_SEND_PER_SEC", "100000"),
         ("CONFAB_LIMITS__USER_SEND_BURST", "100000"),
         ("CONFAB_WEBSOCKET__MAX_FRAMES_PER_SEC", "0"),
-        ("CONFAB_WEBSOCKET__QUEUE_FRAMES", "64"),
-        ("CONFAB_WEBSOCKET__QUEUE_BYTES", "262144"),
+        ("CONFAB_WEBSOCKET__QUEUE_FRAMES", "128"),
+        ("CONFAB_WEBSOCKET__QUEUE_BYTES", "524288"),
     ])
     .await;
     let epoch = Instant::now();
@@ -427,7 +433,7 @@ async fn stalled_readers_cost_bounded_memory_and_their_connections_are_released(
 
     // Warm-up: the same flood without stalled readers, so caches and allocator arenas reach their size.
     let reading = tokio::spawn(read_all(wr, "g".into(), 1, n, epoch, None));
-    publish_steadily(&mut wp, "g", n, Duration::from_millis(2), epoch).await;
+    publish_steadily(&mut wp, "g", n, EVERY, epoch).await;
     let (wr, _) = reading.await.unwrap();
     let (rss_before, fds_before) = (server.status("VmRSS:"), server.fds());
 
@@ -437,7 +443,7 @@ async fn stalled_readers_cost_bounded_memory_and_their_connections_are_released(
     }
     let reading = tokio::spawn(read_all(wr, "g".into(), n + 1, 2 * n, epoch, None));
     let mut peak = 0;
-    let publish = publish_steadily(&mut wp, "g", n, Duration::from_millis(2), epoch);
+    let publish = publish_steadily(&mut wp, "g", n, EVERY, epoch);
     tokio::pin!(publish);
     let mut sample = tokio::time::interval(Duration::from_millis(20));
     loop {
