@@ -183,7 +183,7 @@ pub async fn query(st: &NimState, p: &Params) -> NimResult<Ok200> {
             "updatetime": t.updated_at,
         });
         if with_members {
-            let ids = st.service.store().member_ids(&t.id).await?;
+            let ids = st.service.lookup().member_ids(&t.id).await?;
             let owner = t.created_by.clone();
             info["members"] = Value::from(
                 ids.into_iter()

@@ -93,19 +93,19 @@ impl WebhookFormat for NimFormat {
 
 impl NimFormat {
     async fn copy(&self, m: &Message) -> DomainResult<Option<Bytes>> {
-        let store = self.service.store();
-        let Some(channel) = store.get_channel(&m.channel_id).await? else {
+        let lookup = self.service.lookup();
+        let Some(channel) = lookup.channel(&m.channel_id).await? else {
             // A conversation deleted since: NIM's copy names its peer, which can no longer be found.
             return Ok(None);
         };
         let sender = m.sender_id.clone();
         let nick = match &sender {
-            Some(id) => store.get_user(id).await?.map(|u| u.nickname).unwrap_or_default(),
+            Some(id) => lookup.user(id).await?.map(|u| u.nickname).unwrap_or_default(),
             None => String::new(),
         };
         let (conv, to) = match channel.kind {
             ChannelKind::Direct => {
-                let members = store.member_ids(&channel.id).await?;
+                let members = lookup.member_ids(&channel.id).await?;
                 let other = members.into_iter().find(|u| Some(u) != sender.as_ref());
                 ("PERSON", other.map(|u| u.as_str().to_string()).unwrap_or_default())
             }

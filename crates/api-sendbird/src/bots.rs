@@ -68,11 +68,11 @@ impl Extras {
 }
 
 async fn load_extras(st: &SendbirdState, id: &UserId) -> SendbirdResult<Extras> {
-    let store = st.service.store();
-    if let Some(v) = store.get_setting(NAMESPACE, id.as_str()).await?
-        && let Ok(e) = serde_json::from_value(v)
-    {
-        return Ok(e);
+    // Attributes that no longer read are replaced, as if absent.
+    match st.service.settings(NAMESPACE).get::<Extras>(id.as_str()).await {
+        Ok(Some(e)) => return Ok(e),
+        Ok(None) | Err(DomainError::Internal(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     // A bot created through another surface gets its Sendbird attributes (and token) on first sight.
     let e = Extras::new();
@@ -81,8 +81,7 @@ async fn load_extras(st: &SendbirdState, id: &UserId) -> SendbirdResult<Extras> 
 }
 
 async fn save_extras(st: &SendbirdState, id: &UserId, e: &Extras) -> SendbirdResult<()> {
-    let v = serde_json::to_value(e).map_err(|e| DomainError::Internal(e.to_string()))?;
-    st.service.store().put_setting(NAMESPACE, id.as_str(), v).await?;
+    st.service.settings(NAMESPACE).put(id.as_str(), e).await?;
     Ok(())
 }
 
@@ -374,7 +373,7 @@ pub async fn delete_bot(
 ) -> SendbirdResult<Reply<Empty>> {
     let id = parse_bot_id(&id)?;
     st.service.delete_bot(&auth.actor(), &id).await?;
-    st.service.store().delete_setting(NAMESPACE, id.as_str()).await?;
+    st.service.settings(NAMESPACE).delete(id.as_str()).await?;
     Ok(Reply(Empty {}))
 }
 

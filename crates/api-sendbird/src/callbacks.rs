@@ -20,8 +20,7 @@ use crate::webhooks::{channel_json, message_payload, people_of};
 pub fn start(st: SendbirdState, shutdown: CancellationToken) {
     let mut stream = st
         .service
-        .bus()
-        .subscribe_with(Subscription {
+        .subscribe(Subscription {
             interest: |e| matches!(e, Event::BotTriggered { .. }),
             partitions: 1,
         })
@@ -50,11 +49,11 @@ pub fn start(st: SendbirdState, shutdown: CancellationToken) {
 }
 
 async fn notify(st: &SendbirdState, bot_id: &UserId, m: &Arc<Message>) -> DomainResult<()> {
-    let store = st.service.store();
+    let lookup = st.service.lookup();
     let (Some(bot), Some(bot_user), Some(channel)) = (
-        store.get_bot(bot_id).await?,
-        store.get_user(bot_id).await?,
-        store.get_channel(&m.channel_id).await?,
+        lookup.bot(bot_id).await?,
+        lookup.user(bot_id).await?,
+        lookup.channel(&m.channel_id).await?,
     ) else {
         return Ok(()); // deleted since
     };
@@ -86,7 +85,7 @@ async fn notify(st: &SendbirdState, bot_id: &UserId, m: &Arc<Message>) -> Domain
         "mentioned": mentioned,
     });
     if show_member {
-        let ids = store.member_ids(&m.channel_id).await?;
+        let ids = lookup.member_ids(&m.channel_id).await?;
         payload["members"] = st.webhooks.users_json(&ids).await?;
     }
     st.webhooks

@@ -109,12 +109,11 @@ impl SendbirdWebhooks {
         master_token: &str,
         app_id: String,
     ) -> DomainResult<Arc<SendbirdWebhooks>> {
-        let settings = match service.store().get_setting(SETTINGS_NAMESPACE, SETTINGS_KEY).await? {
-            Some(v) => {
-                serde_json::from_value(v).map_err(|e| DomainError::Internal(format!("webhook settings: {e}")))?
-            }
-            None => WebhookSettings::default(),
-        };
+        let settings = service
+            .settings(SETTINGS_NAMESPACE)
+            .get::<WebhookSettings>(SETTINGS_KEY)
+            .await?
+            .unwrap_or_default();
         let this = Arc::new(SendbirdWebhooks {
             service,
             dispatcher,
@@ -164,12 +163,8 @@ impl SendbirdWebhooks {
     }
 
     async fn put_settings(&self, s: WebhookSettings) -> DomainResult<()> {
-        let value = serde_json::to_value(&s).map_err(|e| DomainError::Internal(e.to_string()))?;
         self.keep_endpoint(&s).await?;
-        self.service
-            .store()
-            .put_setting(SETTINGS_NAMESPACE, SETTINGS_KEY, value)
-            .await?;
+        self.service.settings(SETTINGS_NAMESPACE).put(SETTINGS_KEY, &s).await?;
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
         Ok(())
     }
@@ -205,7 +200,7 @@ impl SendbirdWebhooks {
         if !s.wants(category) {
             return Ok(None);
         }
-        let store = self.service.store();
+        let lookup = self.service.lookup();
         let mut p = match &event.change {
             RecordedChange::Message { message: m } => {
                 let (sender, mentioned) = people_of(&self.service, m).await?;
@@ -226,14 +221,14 @@ impl SendbirdWebhooks {
             } => json!({"payload": {"message_id": message_id.0}, "channel": self.channel_now(channel_id).await?}),
             RecordedChange::ChannelCreated { channel, .. } => {
                 let creator = match &channel.created_by {
-                    Some(id) => store.get_user(id).await?.map(|u| user_json(&u)),
+                    Some(id) => lookup.user(id).await?.map(|u| user_json(&u)),
                     None => None,
                 };
                 json!({"channel": channel_json(channel), "inviter": creator.unwrap_or(Value::Null), "created_at": channel.created_at})
             }
             RecordedChange::MembersJoined { channel, user_ids, by } => {
                 let inviter = match by {
-                    Some(id) => store.get_user(id).await?.map(|u| user_json(&u)),
+                    Some(id) => lookup.user(id).await?.map(|u| user_json(&u)),
                     None => None,
                 };
                 json!({
@@ -254,7 +249,7 @@ impl SendbirdWebhooks {
             && let Some(channel_id) = event.change.channel_id()
             && !matches!(event.change, RecordedChange::ChannelDeleted { .. })
         {
-            let ids = store.member_ids(channel_id).await?;
+            let ids = lookup.member_ids(channel_id).await?;
             // Like Sendbird's supergroups: a large channel's payloads carry no member list.
             if ids.len() <= MAX_MEMBERS_IN_PAYLOAD {
                 p["members"] = self.users_json(&ids).await?;
@@ -268,17 +263,17 @@ impl SendbirdWebhooks {
 
     /// A message's channel as it is now; a channel deleted since is shown by its URL alone.
     async fn channel_now(&self, id: &ChannelId) -> DomainResult<Value> {
-        Ok(match self.service.store().get_channel(id).await? {
+        Ok(match self.service.lookup().channel(id).await? {
             Some(ch) => channel_json(&ch),
             None => bare_channel_json(id),
         })
     }
 
     pub(crate) async fn users_json(&self, ids: &[UserId]) -> DomainResult<Value> {
-        let store = self.service.store();
+        let lookup = self.service.lookup();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(u) = store.get_user(id).await? {
+            if let Some(u) = lookup.user(id).await? {
                 let mut j = user_json(&u);
                 j["is_active"] = json!(true);
                 j["is_online"] = json!(self.service.is_online(&u.id));
@@ -320,14 +315,14 @@ impl WebhookFormat for SendbirdFormat {
 /// The sender (`null` for the application) and the mentioned users of a message, as Sendbird payloads show
 /// users.
 pub(crate) async fn people_of(service: &Confab, m: &Message) -> DomainResult<(Value, Vec<Value>)> {
-    let store = service.store();
+    let lookup = service.lookup();
     let sender = match &m.sender_id {
-        Some(id) => store.get_user(id).await?.as_ref().map_or(Value::Null, user_json),
+        Some(id) => lookup.user(id).await?.as_ref().map_or(Value::Null, user_json),
         None => Value::Null,
     };
     let mut mentioned = Vec::with_capacity(m.mentions.len());
     for id in &m.mentions {
-        if let Some(u) = store.get_user(id).await? {
+        if let Some(u) = lookup.user(id).await? {
             mentioned.push(user_json(&u));
         }
     }

@@ -123,7 +123,7 @@ impl Hub {
         let shard_count = cfg.fanout_shards.max(1);
         // The bus routes events to the shards by channel, so there is no routing task and no hop between
         // the publisher and the shard that serializes the frame.
-        let streams = service.bus().subscribe_with(Subscription {
+        let streams = service.subscribe(Subscription {
             interest: Hub::wants,
             partitions: shard_count,
         });
@@ -296,7 +296,7 @@ impl Shard {
     /// The channel's fan-out entry, loading its members from the store on first use.
     async fn channel(&mut self, channel: &ChannelId) -> Option<&mut ChannelFanout> {
         if !self.channels.contains_key(channel) {
-            match self.service.store().member_ids(channel).await {
+            match self.service.lookup().member_ids(channel).await {
                 Ok(ids) => self.remember(channel, ids.into_iter().collect()),
                 Err(e) => {
                     tracing::warn!(channel = %channel, error = %e, "cannot load members for fan-out");
@@ -446,7 +446,7 @@ impl Shard {
                     last_seen_at: *last_seen_at,
                 });
                 let max = self.service.limits().presence_max_members;
-                match self.service.store().contacts(user_id, max).await {
+                match self.service.lookup().contacts(user_id, max).await {
                     Ok(contacts) => hub.push_all(&hub.sessions_of(contacts.iter()), &frame, None),
                     Err(e) => tracing::warn!(user = %user_id, error = %e, "cannot load contacts for presence"),
                 }

@@ -129,8 +129,7 @@ pub async fn providers(
     add_builtin_provider(config, &catalog);
     catalog.load_stored(
         service
-            .store()
-            .list_providers()
+            .stored_providers()
             .await
             .map_err(|e| anyhow::anyhow!("providers: {e}"))?,
     );

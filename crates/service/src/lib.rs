@@ -8,6 +8,7 @@ pub mod files;
 pub mod moderation;
 pub mod presence;
 mod screen;
+pub mod surface;
 pub mod typing;
 pub mod webhooks;
 

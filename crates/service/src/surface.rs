@@ -1,0 +1,95 @@
+//! What the surfaces (Sendbird, NIM, the gateway) and the binary need besides the actor-checked operations,
+//! without reaching past the service to the store or the bus: their own settings, typed, each under its own
+//! namespace; a read-only lookup for rendering payloads and routing deliveries (no actor: the caller renders
+//! what the service already decided to deliver); and the event stream.
+
+use confab_domain::bot::Bot;
+use confab_domain::model::{Channel, User};
+use confab_domain::ports::{DynStore, EventStream, Subscription};
+use confab_domain::{ChannelId, DomainError, DomainResult, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Confab;
+use crate::moderation::RULES_NAMESPACE;
+
+/// A surface's own settings under its namespace, as typed values (stored as JSON).
+pub struct SurfaceSettings<'a> {
+    store: &'a DynStore,
+    namespace: &'static str,
+}
+
+impl SurfaceSettings<'_> {
+    /// The value under `key`, if any; a stored value that no longer reads as `T` is an internal error.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> DomainResult<Option<T>> {
+        match self.store.get_setting(self.namespace, key).await? {
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| DomainError::Internal(format!("setting {}/{key}: {e}", self.namespace))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> DomainResult<()> {
+        let v = serde_json::to_value(value).map_err(|e| DomainError::Internal(e.to_string()))?;
+        self.store.put_setting(self.namespace, key, v).await
+    }
+
+    /// Removes the value; whether there was one.
+    pub async fn delete(&self, key: &str) -> DomainResult<bool> {
+        self.store.delete_setting(self.namespace, key).await
+    }
+}
+
+/// Reads for rendering and routing, without an actor.
+pub struct Lookup<'a> {
+    store: &'a DynStore,
+}
+
+impl Lookup<'_> {
+    pub async fn user(&self, id: &UserId) -> DomainResult<Option<User>> {
+        self.store.get_user(id).await
+    }
+
+    pub async fn channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>> {
+        self.store.get_channel(id).await
+    }
+
+    pub async fn bot(&self, id: &UserId) -> DomainResult<Option<Bot>> {
+        self.store.get_bot(id).await
+    }
+
+    pub async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>> {
+        self.store.member_ids(channel).await
+    }
+
+    /// The users who share a channel of at most `max_members` members with `user` (presence goes to them).
+    pub async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>> {
+        self.store.contacts(user, max_members).await
+    }
+}
+
+impl Confab {
+    /// A surface's own settings. The service's own namespaces are not a surface's to touch.
+    pub fn settings(&self, namespace: &'static str) -> SurfaceSettings<'_> {
+        debug_assert_ne!(namespace, RULES_NAMESPACE, "the moderation rules are the service's");
+        SurfaceSettings {
+            store: &self.store,
+            namespace,
+        }
+    }
+
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup { store: &self.store }
+    }
+
+    /// The committed changes, as events, partitioned as the subscription asks.
+    pub fn subscribe(&self, sub: Subscription) -> Vec<Box<dyn EventStream>> {
+        self.bus.subscribe_with(sub)
+    }
+
+    /// The providers added through the admin API, as stored (name, configuration).
+    pub async fn stored_providers(&self) -> DomainResult<Vec<(String, serde_json::Value)>> {
+        self.store.list_providers().await
+    }
+}
