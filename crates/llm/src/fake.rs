@@ -35,8 +35,8 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -275,7 +275,7 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     /// The requests in flight with a probe of their connection, checked when the next request arrives.
-    live: Mutex<Vec<(Arc<std::sync::atomic::AtomicBool>, std::sync::Weak<std::net::TcpStream>)>>,
+    live: Mutex<Vec<(Arc<AtomicBool>, Weak<std::net::TcpStream>)>>,
     disconnects: watch::Sender<usize>,
 }
 
@@ -304,18 +304,14 @@ impl FakeProvider {
             disconnects: watch::Sender::new(0),
         });
         let app = Router::new()
-            .route("/v1/chat/completions", post(openai))
-            .route("/openai/deployments/{deployment}/chat/completions", post(azure))
-            .route("/v1/messages", post(anthropic))
+            .route("/v1/chat/completions", post(serve))
+            .route("/openai/deployments/{deployment}/chat/completions", post(serve))
+            .route("/v1/messages", post(serve))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("fake provider: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("fake provider: local_addr");
-        let listener = WatchedListener {
-            inner: listener,
-            next: 0,
-        };
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await;
         });
@@ -363,6 +359,7 @@ impl FakeProvider {
 
     /// Requests being served right now.
     pub fn in_flight(&self) -> usize {
+        sweep(&self.shared, &mut lock(&self.shared.live));
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
@@ -386,14 +383,24 @@ impl Drop for FakeProvider {
     }
 }
 
-/// A connection as the handlers see it: whether the client has closed it. The server notices a closed
-/// connection only when it next reads or writes, which a handler that hangs (or a stream that stalls)
-/// never does; the watcher sees it as it happens.
-#[derive(Clone, Debug)]
+/// A connection as the handlers see it: a duplicate of its descriptor, to ask whether the client has
+/// closed it. The server notices a closed connection only when it next reads or writes, which a handler
+/// that hangs (or a stream that stalls) never does. The duplicate lives as long as the server's side of
+/// the connection (axum keeps the connect info with the connection's service), so it never holds a socket
+/// open that the server has closed.
+#[derive(Clone)]
 struct Conn {
-    closed: watch::Receiver<bool>,
-    /// A duplicate of the connection's descriptor, to ask at once whether the client has closed it.
     probe: Option<Arc<std::net::TcpStream>>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Conn {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        use std::os::fd::AsFd;
+        let fd = stream.io().as_fd().try_clone_to_owned().ok();
+        Conn {
+            probe: fd.map(|fd| Arc::new(std::net::TcpStream::from(fd))),
+        }
+    }
 }
 
 /// Whether the client has closed (or reset) the connection, as the socket says now. The client sends
@@ -406,122 +413,21 @@ fn is_closed(probe: &std::net::TcpStream) -> bool {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, WatchedListener>> for Conn {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, WatchedListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-/// Accepts connections and watches each for the client closing it.
-struct WatchedListener {
-    inner: tokio::net::TcpListener,
-    next: u64,
-}
-
-/// The server's side of a connection; dropping it (the server closes the connection) stops the watcher,
-/// whose duplicate descriptor would otherwise keep the socket open.
-struct WatchedStream {
-    inner: tokio::net::TcpStream,
-    _stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl tokio::io::AsyncRead for WatchedStream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for WatchedStream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl axum::serve::Listener for WatchedListener {
-    type Io = WatchedStream;
-    type Addr = Conn;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((stream, _)) = self.inner.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            self.next += 1;
-            let (tx, closed) = watch::channel(false);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            match watch_close(&stream) {
-                Some(watcher) => {
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = watcher => { let _ = tx.send(true); }
-                            _ = stopped => {}
-                        }
-                    });
-                }
-                // Without a watcher the request counts until the server notices.
-                None => drop(tx),
-            }
-            let probe = {
-                use std::os::fd::AsFd;
-                let fd = stream.as_fd().try_clone_to_owned().ok();
-                fd.map(|fd| Arc::new(std::net::TcpStream::from(fd)))
-            };
-            let stream = WatchedStream {
-                inner: stream,
-                _stop: Some(stop),
-            };
-            return (stream, Conn { closed, probe });
+/// Takes the requests whose client has closed the connection out of the in-flight count: what counts is
+/// the sockets' state when the count is read or a request arrives.
+fn sweep(shared: &Shared, live: &mut Vec<(Arc<AtomicBool>, Weak<std::net::TcpStream>)>) {
+    live.retain(|(done, probe)| {
+        if done.load(Ordering::SeqCst) {
+            return false;
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Err(std::io::Error::other("the fake's connections have no address"))
-    }
-}
-
-/// Resolves once the peer has closed (or reset) the connection. It waits on a duplicate of the socket's
-/// descriptor for the read side closing (EPOLLRDHUP), so it reads nothing the server should read.
-fn watch_close(stream: &tokio::net::TcpStream) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    use std::os::fd::AsFd;
-    let fd = stream.as_fd().try_clone_to_owned().ok()?;
-    let dup = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).ok()?;
-    Some(async move {
-        loop {
-            match dup.ready(tokio::io::Interest::READABLE).await {
-                Ok(r) if r.is_read_closed() => return,
-                Err(_) => return,
-                // Bytes of a request are for the server: forget this readiness and wait for the next event.
-                Ok(_) => {
-                    let _ = dup.try_io(tokio::io::Interest::READABLE, || {
-                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                    });
-                }
+        match probe.upgrade() {
+            Some(p) if !is_closed(&p) => true,
+            _ => {
+                release(shared, done);
+                false
             }
         }
-    })
+    });
 }
 
 /// Counts a request in flight from arrival until its response is finished (the last byte handed
@@ -529,50 +435,24 @@ fn watch_close(stream: &tokio::net::TcpStream) -> Option<impl std::future::Futur
 /// counts a client disconnect.
 struct InFlight {
     shared: Arc<Shared>,
-    released: Arc<std::sync::atomic::AtomicBool>,
+    released: Arc<AtomicBool>,
     finished: bool,
-    watcher: Option<JoinHandle<()>>,
 }
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>, conn: &Conn) -> Self {
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            // Requests whose client has closed the connection by now are over, whether or not the watcher
-            // has run yet: what counts is the sockets' state when this request arrives.
-            let mut live = lock(&shared.live);
-            live.retain(|(done, probe)| {
-                if done.load(Ordering::SeqCst) {
-                    return false;
-                }
-                match probe.upgrade() {
-                    Some(p) if !is_closed(&p) => true,
-                    _ => {
-                        release(shared, done);
-                        false
-                    }
-                }
-            });
-            if let Some(p) = &conn.probe {
-                live.push((released.clone(), Arc::downgrade(p)));
-            }
-            let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let released = Arc::new(AtomicBool::new(false));
+        let mut live = lock(&shared.live);
+        sweep(shared, &mut live);
+        if let Some(p) = &conn.probe {
+            live.push((released.clone(), Arc::downgrade(p)));
         }
-        let mut closed = conn.closed.clone();
-        let watcher = {
-            let (shared, released) = (shared.clone(), released.clone());
-            tokio::spawn(async move {
-                if closed.wait_for(|c| *c).await.is_ok() {
-                    release(&shared, &released);
-                }
-            })
-        };
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
         InFlight {
             shared: shared.clone(),
             released,
             finished: false,
-            watcher: Some(watcher),
         }
     }
 
@@ -583,7 +463,7 @@ impl InFlight {
 }
 
 /// Takes a request out of the in-flight count, once.
-fn release(shared: &Shared, released: &std::sync::atomic::AtomicBool) {
+fn release(shared: &Shared, released: &AtomicBool) {
     if !released.swap(true, Ordering::SeqCst) {
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
@@ -591,9 +471,6 @@ fn release(shared: &Shared, released: &std::sync::atomic::AtomicBool) {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
-        }
         release(&self.shared, &self.released);
         if !self.finished {
             self.shared.disconnects.send_modify(|d| *d += 1);
@@ -601,34 +478,22 @@ impl Drop for InFlight {
     }
 }
 
-async fn openai(
+/// Every route: the wire format is the route's.
+async fn serve(
     State(s): State<Arc<Shared>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(s, &conn, WireFormat::OpenAi, uri, headers, body).await
-}
-
-async fn azure(
-    State(s): State<Arc<Shared>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(s, &conn, WireFormat::Azure, uri, headers, body).await
-}
-
-async fn anthropic(
-    State(s): State<Arc<Shared>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(s, &conn, WireFormat::Anthropic, uri, headers, body).await
+    let format = if uri.path().starts_with("/openai/") {
+        WireFormat::Azure
+    } else if uri.path() == "/v1/messages" {
+        WireFormat::Anthropic
+    } else {
+        WireFormat::OpenAi
+    };
+    handle(s, &conn, format, uri, headers, body).await
 }
 
 async fn handle(
