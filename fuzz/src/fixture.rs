@@ -169,3 +169,25 @@ fn build() -> Fixture {
         _dir: dir,
     }
 }
+
+/// A multipart request from fuzz input: its first line is the boundary, the rest the body, which arrives in
+/// pieces of 1 to 64 bytes (by its first byte), as from a socket, so the parser meets every boundary split.
+/// `None` when the boundary cannot be a header value.
+pub fn multipart_request(data: &[u8], uri: &str, auth: (&str, &str)) -> Option<axum::http::Request<axum::body::Body>> {
+    use axum::http::header;
+    let (boundary, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b"X"[..], data),
+    };
+    let boundary = std::str::from_utf8(boundary).ok()?;
+    let content_type = header::HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}")).ok()?;
+    let step = body.first().map_or(64, |b| (*b as usize % 64) + 1);
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(step).map(|c| Ok(c.to_vec())).collect();
+    Some(
+        axum::http::Request::post(uri)
+            .header(auth.0, auth.1)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from_stream(futures_util::stream::iter(pieces)))
+            .unwrap(),
+    )
+}

@@ -3,35 +3,19 @@
 //! is the boundary, the rest the body; the body arrives in pieces (as from a socket) cut where the input's
 //! second byte says. Checked: never a 5xx; a 201 names a file of the uploaded size that can be read back.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use confab_domain::FileId;
 use confab_service::Actor;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::fixture::{MASTER, fixture};
+use crate::fixture::{MASTER, fixture, multipart_request};
 
 pub fn run(data: &[u8]) {
-    let (boundary, body) = match data.iter().position(|&b| b == b'\n') {
-        Some(i) => (&data[..i], &data[i + 1..]),
-        None => (&b"X"[..], data),
-    };
-    let Ok(boundary) = std::str::from_utf8(boundary) else {
+    let auth = format!("Bearer {MASTER}");
+    let Some(req) = multipart_request(data, "/api/v1/files", ("authorization", &auth)) else {
         return;
     };
-    let content_type = format!("multipart/form-data; boundary={boundary}");
-    let Ok(content_type) = header::HeaderValue::from_str(&content_type) else {
-        return;
-    };
-    // Pieces of 1 to 64 bytes, by the first byte of the body, so the parser meets every boundary split.
-    let step = body.first().map_or(64, |b| (*b as usize % 64) + 1);
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(step).map(|c| Ok(c.to_vec())).collect();
-    let req = Request::post("/api/v1/files")
-        .header(header::AUTHORIZATION, format!("Bearer {MASTER}"))
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from_stream(futures_util::stream::iter(pieces)))
-        .unwrap();
     let fx = fixture();
     fx.rt.block_on(async {
         let resp = fx.router.clone().oneshot(req).await.unwrap();

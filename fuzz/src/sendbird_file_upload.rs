@@ -6,33 +6,18 @@
 //! Checked: never a 5xx; an error is Sendbird's `{error: true, code, message}` with a 400xxx code; a 200 is
 //! a stored message of the reported type whose uploaded file has the reported size on disk.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use confab_domain::MessageId;
 use confab_service::Actor;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::fixture::{MASTER, fixture};
+use crate::fixture::{MASTER, fixture, multipart_request};
 
 pub fn run(data: &[u8]) {
-    let (boundary, body) = match data.iter().position(|&b| b == b'\n') {
-        Some(i) => (&data[..i], &data[i + 1..]),
-        None => (&b"X"[..], data),
-    };
-    let Ok(boundary) = std::str::from_utf8(boundary) else {
+    let Some(req) = multipart_request(data, "/v3/group_channels/fz/messages", ("api-token", MASTER)) else {
         return;
     };
-    let Ok(content_type) = header::HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}")) else {
-        return;
-    };
-    let step = body.first().map_or(64, |b| (*b as usize % 64) + 1);
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(step).map(|c| Ok(c.to_vec())).collect();
-    let req = Request::post("/v3/group_channels/fz/messages")
-        .header("Api-Token", MASTER)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from_stream(futures_util::stream::iter(pieces)))
-        .unwrap();
     let fx = fixture();
     let router = fx.sendbird().clone();
     fx.rt.block_on(async {

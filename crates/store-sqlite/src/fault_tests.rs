@@ -58,23 +58,18 @@ fn append(text: String) -> (WriteCmd, oneshot::Receiver<DomainResult<Outcome>>) 
     cmd(Op::Append(Box::new(NewMessage::text(cid("g"), uid("a"), text))))
 }
 
-/// Runs `before`, `op` (too large for the room left) and `after` as one batch on a database with room for a
-/// few pages only; returns the answers to `before` and `after` and the texts stored afterwards.
-async fn full_batch(op: Op) -> (Vec<DomainResult<Outcome>>, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = seeded(&dir).await;
-    let conn = open_conn(&SqliteConfig::new(&path), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
-    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
-    conn.pragma_update(None, "max_page_count", pages + 4).unwrap();
+type Answer = oneshot::Receiver<DomainResult<Outcome>>;
+
+/// Starts a writer on `conn` whose first batch is `before`, `op` and `after` (queued before it starts);
+/// returns the queue for later commands, the writer's thread and the three answers.
+fn start_batch(conn: Connection, op: Op) -> (mpsc::Sender<WriteCmd>, tokio::task::JoinHandle<()>, [Answer; 3]) {
     let (tx, rx) = mpsc::channel(8);
-    // Queued before the writer starts, so the three are one batch.
     let (a, a_rx) = append("before".into());
     let (b, b_rx) = cmd(op);
     let (c, c_rx) = append("after".into());
     for cmd in [a, b, c] {
         tx.try_send(cmd).ok().unwrap();
     }
-    drop(tx);
     let writer = Writer {
         conn,
         rx,
@@ -83,7 +78,21 @@ async fn full_batch(op: Op) -> (Vec<DomainResult<Outcome>>, Vec<String>) {
         max_batch: 16,
         recorder: Default::default(),
     };
-    tokio::task::spawn_blocking(move || writer.run()).await.unwrap();
+    let thread = tokio::task::spawn_blocking(move || writer.run());
+    (tx, thread, [a_rx, b_rx, c_rx])
+}
+
+/// Runs `before`, `op` (too large for the room left) and `after` as one batch on a database with room for a
+/// few pages only; returns the answers to `before` and `after` and the texts stored afterwards.
+async fn full_batch(op: Op) -> (Vec<DomainResult<Outcome>>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = seeded(&dir).await;
+    let conn = open_conn(&SqliteConfig::new(&path), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    conn.pragma_update(None, "max_page_count", pages + 4).unwrap();
+    let (tx, thread, [a_rx, b_rx, c_rx]) = start_batch(conn, op);
+    drop(tx);
+    thread.await.unwrap();
     let refused = b_rx.await.unwrap();
     assert!(
         matches!(refused, Err(DomainError::Unavailable(ref m)) if m == "storage full"),
@@ -212,23 +221,7 @@ async fn a_command_that_panics_fails_its_batch_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = seeded(&dir).await;
     let conn = open_conn(&SqliteConfig::new(&path), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    // Queued before the writer starts, so the three are one batch.
-    let (a, a_rx) = append("before".into());
-    let (b, b_rx) = cmd(Op::Panic);
-    let (c, c_rx) = append("after".into());
-    for cmd in [a, b, c] {
-        tx.try_send(cmd).ok().unwrap();
-    }
-    let writer = Writer {
-        conn,
-        rx,
-        bus: Arc::new(LocalBus::new(1000)),
-        runtime: tokio::runtime::Handle::current(),
-        max_batch: 16,
-        recorder: Default::default(),
-    };
-    let thread = tokio::task::spawn_blocking(move || writer.run());
+    let (tx, thread, [a_rx, b_rx, c_rx]) = start_batch(conn, Op::Panic);
     assert!(matches!(b_rx.await.unwrap(), Err(DomainError::Internal(_))));
     for rx in [a_rx, c_rx] {
         assert!(matches!(rx.await.unwrap(), Err(DomainError::Unavailable(_))));
