@@ -21,6 +21,8 @@ pub struct Fixture {
     pub rt: tokio::runtime::Runtime,
     pub service: Arc<Confab>,
     pub bus: Arc<confab_bus::LocalBus>,
+    /// The store under the service, for the parts the binary wires to it (the webhook relay).
+    store: confab_domain::ports::DynStore,
     pub hub: Arc<Hub>,
     pub router: axum::Router,
     /// alice's session, as the WebSocket upgrade resolves it.
@@ -40,7 +42,7 @@ impl Fixture {
                 let bus: confab_domain::ports::DynBus = self.bus.clone();
                 let egress = confab_egress::EgressPolicy::default();
                 let relay = confab_outbox::Relay::start(
-                    self.service.store().clone(),
+                    self.store.clone(),
                     &bus,
                     egress.clone(),
                     Default::default(),
@@ -92,13 +94,13 @@ fn build() -> Fixture {
         ..GatewayConfig::default()
     };
     let bus = Arc::new(confab_bus::LocalBus::default());
-    let (service, hub, alice, router) = rt.block_on(async {
+    let (store, service, hub, alice, router) = rt.block_on(async {
         let mut store_cfg = SqliteConfig::new(dir.path().join("fuzz.db"));
         // Durability is not what is fuzzed here: no fsync per commit, which would only slow every input down.
         store_cfg.synchronous = Synchronous::Normal;
-        let store = SqliteStore::open(store_cfg, bus.clone()).expect("store");
+        let store: confab_domain::ports::DynStore = Arc::new(SqliteStore::open(store_cfg, bus.clone()).expect("store"));
         let service = Confab::new(
-            Arc::new(store),
+            store.clone(),
             bus.clone(),
             MASTER,
             ServiceConfig {
@@ -155,12 +157,13 @@ fn build() -> Fixture {
             request_timeout: Duration::from_secs(30),
         };
         let router = confab_api_native::router(state, &limits);
-        (service, hub, alice, router)
+        (store, service, hub, alice, router)
     });
     Fixture {
         rt,
         service,
         bus,
+        store,
         hub,
         router,
         alice,

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use confab_domain::bot::{Bot, BotSettings, BotTrigger, ReplyInfo, ReplyState, UsageRecord, utc_day};
+use confab_domain::bot::{Bot, BotSettings, BotTrigger, ReplyState, UsageRecord, utc_day};
 use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, NewMessage};
 use confab_domain::ports::Subscription;
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
@@ -147,24 +147,22 @@ impl BotRuntime {
             recent: Mutex::default(),
             me: me.clone(),
         });
-        for bot in service.store().list_bots().await? {
+        for bot in service.lookup().bots().await? {
             rt.bots
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(bot.id.clone(), bot);
         }
         let mut events = service
-            .bus()
-            .subscribe_with(Subscription {
+            .subscribe(Subscription {
                 interest: BotRuntime::wants,
                 partitions: 1,
             })
             .pop()
             .expect("one partition");
         let observer: std::sync::Weak<dyn SendObserver> = Arc::downgrade(&rt) as _;
-        service.set_send_observer(observer);
         let answerer: std::sync::Weak<dyn BotAnswerer> = Arc::downgrade(&rt) as _;
-        service.set_bot_answerer(answerer);
+        service.attach_bot_runtime(observer, answerer)?;
         let weak = Arc::downgrade(&rt);
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
@@ -242,7 +240,7 @@ impl BotRuntime {
                     }
                 });
             }
-            Event::BotChanged(id) => match self.service.store().get_bot(&id).await {
+            Event::BotChanged(id) => match self.service.lookup().bot(&id).await {
                 Ok(Some(bot)) => {
                     self.bots.write().unwrap_or_else(|e| e.into_inner()).insert(id, bot);
                     self.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -291,9 +289,9 @@ impl BotRuntime {
         if let Some(c) = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(channel) {
             return Some(c.clone());
         }
-        let store = self.service.store();
-        let ch = store.get_channel(channel).await.ok()??;
-        let members = store.member_ids(channel).await.ok()?;
+        let lookup = self.service.lookup();
+        let ch = lookup.channel(channel).await.ok()??;
+        let members = lookup.member_ids(channel).await.ok()?;
         let entry = ChannelBots::new(ch.kind, members, |m| self.is_bot(m));
         self.remember_channel(channel, entry.clone());
         Some(entry)
@@ -326,7 +324,7 @@ impl BotRuntime {
         if ids.is_empty()
             && ch.kind == ChannelKind::Group
             && let Some(parent_id) = m.parent_id
-            && let Ok(Some(parent)) = self.service.store().get_message(parent_id).await
+            && let Ok(Some(parent)) = self.service.lookup().message(parent_id).await
         {
             let bots = self.bots.read().unwrap_or_else(|e| e.into_inner());
             ids = ch
@@ -371,17 +369,8 @@ impl BotRuntime {
     /// Announces a trigger to the application for the bots among `bots` that have a callback; returns those
     /// that answer with an LLM.
     async fn announce(&self, bots: Vec<Bot>, m: &Arc<Message>) -> Vec<Bot> {
-        let callbacks: Vec<Event> = bots
-            .iter()
-            .filter(|b| !b.settings.callback_url.is_empty())
-            .map(|b| Event::BotTriggered {
-                bot: b.id.clone(),
-                message: m.clone(),
-            })
-            .collect();
-        if !callbacks.is_empty() {
-            self.service.bus().publish(callbacks).await;
-        }
+        let callbacks = bots.iter().filter(|b| !b.settings.callback_url.is_empty());
+        self.service.trigger_callbacks(callbacks.map(|b| b.id.clone()), m).await;
         bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect()
     }
 
@@ -494,7 +483,7 @@ impl BotRuntime {
     async fn reply(self: Arc<Self>, bot: Bot, trigger: Arc<Message>) {
         let triggered_at = Instant::now();
         // Context: the triggering channel only, up to the trigger; read while the reply row is created.
-        let history = self.service.store().history(HistoryQuery {
+        let history = self.service.lookup().history(HistoryQuery {
             channel_id: trigger.channel_id.clone(),
             range: HistoryRange::Before(ChannelSeq(trigger.seq.0 + 1)),
             limit: bot.settings.context_messages.max(1),
@@ -539,7 +528,7 @@ impl BotRuntime {
         let opening = async {
             let history = self
                 .service
-                .store()
+                .lookup()
                 .history(HistoryQuery {
                     channel_id: trigger.channel_id.clone(),
                     range: HistoryRange::Latest,
@@ -588,14 +577,11 @@ impl BotRuntime {
     /// Creates the reply row (`generating`); `None` when it exists already (one per bot and trigger) or
     /// cannot be stored.
     async fn create_reply(&self, bot: &Bot, trigger: &Message) -> Option<Message> {
-        let mut draft = NewMessage::text(trigger.channel_id.clone(), bot.id.clone(), String::new());
-        draft.reply = Some(ReplyInfo {
-            state: ReplyState::Generating,
-            trigger_id: Some(trigger.id),
-            reason: None,
-        });
-        draft.parent_id = trigger.parent_id;
-        match self.service.store().append_message(draft).await {
+        let begun = self
+            .service
+            .begin_reply(&bot.id, &trigger.channel_id, Some(trigger.id), trigger.parent_id)
+            .await;
+        match begun {
             Ok(a) if a.duplicate => None,
             Ok(a) => Some(a.message),
             Err(e) => {
@@ -618,7 +604,6 @@ impl BotRuntime {
     /// Records usage and stores the reply's one final state.
     async fn finish(&self, bot: &Bot, trigger: &Message, reply: &Message, outcome: Outcome) {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&reply.id);
-        let store = self.service.store();
         let (state, reason) = match &outcome.end {
             End::Complete => (ReplyState::Complete, None),
             End::Truncated => (ReplyState::Complete, Some(cap::LENGTH.to_string())),
@@ -633,9 +618,8 @@ impl BotRuntime {
             metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
                 .increment(outcome.completion_tokens as u64);
         }
-        // Usage first: once clients see the final state, the usage of the reply is readable.
-        if let (Some(user), true) = (&trigger.sender_id, outcome.called) {
-            let usage = UsageRecord {
+        let usage = match (&trigger.sender_id, outcome.called) {
+            (Some(user), true) => Some(UsageRecord {
                 day: utc_day(now_millis()),
                 bot_id: bot.id.clone(),
                 user_id: user.clone(),
@@ -643,12 +627,14 @@ impl BotRuntime {
                 prompt_tokens: outcome.prompt_tokens as u64,
                 completion_tokens: outcome.completion_tokens as u64,
                 replies: 1,
-            };
-            if let Err(e) = store.record_usage(usage).await {
-                tracing::warn!(error = %e, "cannot record usage");
-            }
-        }
-        if let Err(e) = store.finish_reply(reply.id, outcome.text, state, reason).await {
+            }),
+            _ => None,
+        };
+        let finished = self
+            .service
+            .finish_reply(reply.id, outcome.text, state, reason, usage)
+            .await;
+        if let Err(e) = finished {
             tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
         }
     }
@@ -865,7 +851,7 @@ impl BotRuntime {
         let today = utc_day(now_millis());
         let rows = self
             .service
-            .store()
+            .lookup()
             .usage(&today, &today, Some(&bot.id), None)
             .await
             .map_err(|e| format!("could not check the token budget: {}", short(&e)))?;
@@ -1070,8 +1056,8 @@ impl BotAnswerer for BotRuntime {
             // Created a moment ago: the event that adds it here may not have been handled yet.
             None => self
                 .service
-                .store()
-                .get_bot(bot_id)
+                .lookup()
+                .bot(bot_id)
                 .await?
                 .ok_or_else(|| DomainError::not_found("bot", bot_id))?,
         };
@@ -1283,7 +1269,7 @@ impl BotRuntime {
             completion_tokens: outcome.completion_tokens as u64,
             replies: 1,
         };
-        if let Err(e) = self.service.store().record_usage(usage).await {
+        if let Err(e) = self.service.record_usage(usage).await {
             tracing::warn!(error = %e, "cannot record usage");
         }
     }
@@ -1450,13 +1436,15 @@ mod tests {
             session_ttl: None,
             moderation: Default::default(),
         };
-        let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg).unwrap();
         // A provider nobody listens on: early calls fail fast, which these tests do not look at.
         let mut provider = confab_llm::ProviderConfig::new("p", confab_llm::ProviderKind::OpenAiCompatible);
         provider.base_url = Some("http://127.0.0.1:9/v1".into());
         provider.model = Some("m".into());
         let catalog = Arc::new(Catalog::from_config(&[provider], Box::new(|_| None), None).unwrap());
-        service.set_provider_catalog(catalog.clone());
+        let service = Confab::builder(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg)
+            .provider_catalog(catalog.clone())
+            .build()
+            .unwrap();
         let rt = BotRuntime::start(service.clone(), catalog, RuntimeConfig::default())
             .await
             .unwrap();

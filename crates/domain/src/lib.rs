@@ -10,8 +10,11 @@ pub mod limits;
 pub mod model;
 pub mod outbox;
 pub mod ports;
+pub mod precondition;
+pub mod rules;
 
 pub use error::{DomainError, DomainResult};
 pub use event::Event;
 pub use ids::{ChannelId, ChannelSeq, FileId, MessageId, Millis, UserId, now_millis};
 pub use limits::Limits;
+pub use precondition::{Condition, Fact, Precondition};

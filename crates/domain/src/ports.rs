@@ -1,5 +1,24 @@
 //! Ports: the traits that storage and the event bus implement. The service layer depends on these only,
 //! never on a concrete backend, so SQLite, PostgreSQL or NATS plug in at the binary.
+//!
+//! # What a store keeps (checked by `confab-store-conformance`, which every backend runs)
+//! A store persists and numbers; it decides no business rule. Who may write what is the service's
+//! (`confab_domain::rules`), handed to the write as [`Precondition`]s the store tests generically, in the
+//! write's transaction. What every backend must keep:
+//! - **Durable before acknowledged**: a mutating call returns `Ok` only once its change is committed and would
+//!   survive a crash; a call that fails changed nothing.
+//! - **Gap-free sequence**: each channel's messages are numbered 1, 2, 3, … in commit order, with no gap and
+//!   no repeat, also under concurrent writers and across failed appends; a deleted message keeps its number.
+//! - **Idempotency key**: a second append with the same (sender, `client_msg_id`) returns the first message,
+//!   `duplicate: true`, and stores nothing.
+//! - **One reply per (bot, trigger)**: a second generating reply of a bot to the same trigger returns the
+//!   first; a reply is finished once, and a finished reply never changes state again.
+//! - **Preconditions in the transaction**: every [`Precondition`] of a write is tested in order inside its
+//!   transaction; the first that does not hold is the write's error, and nothing is written.
+//! - **Outbox with its change**: the rows a [`ChangeRecorder`] makes of a write's events are committed in the
+//!   same transaction as the write (both or neither), with strictly increasing ids.
+//! - **Events in commit order**: a write's events are handed to the bus, in commit order across writes,
+//!   before the call returns; a failed write publishes nothing.
 
 use std::sync::Arc;
 
@@ -15,6 +34,7 @@ use crate::model::{
     MessageFilter, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use crate::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
+use crate::precondition::Precondition;
 
 /// A client session token as stored: only the SHA-256 of the token is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,9 +90,12 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the member's read position forward (never back, never past the last message); returns it.
     async fn mark_read(&self, channel: &ChannelId, user: &UserId, seq: ChannelSeq) -> DomainResult<ChannelSeq>;
 
-    /// Stores a message with the next sequence of its channel, or returns the original of a retried send
-    /// (same sender and `client_msg_id`). Checks that the sender is a member, in the same transaction.
-    async fn append_message(&self, message: NewMessage) -> DomainResult<Appended>;
+    /// Stores a message with the next sequence of its channel, or returns the original: of a bot's reply to
+    /// the same trigger (checked first), or of a retried send (same sender and `client_msg_id`, checked after
+    /// the preconditions, so a sender who lost the right to send cannot read a message's current state by
+    /// retrying; the same key in another channel is `Invalid`). `preconditions` are checked in order in the
+    /// same transaction. A missing channel, parent or file is `NotFound`.
+    async fn append_message(&self, message: NewMessage, preconditions: Vec<Precondition>) -> DomainResult<Appended>;
     async fn get_message(&self, id: MessageId) -> DomainResult<Option<Message>>;
     async fn history(&self, query: HistoryQuery) -> DomainResult<Vec<Message>>;
     /// Like `history`, keeping only the messages `filter` matches (the limit counts those).
@@ -82,7 +105,13 @@ pub trait Store: Send + Sync + 'static {
     async fn seq_before_time(&self, channel: &ChannelId, at: Millis) -> DomainResult<ChannelSeq>;
     /// Replies to `parent`, oldest first, after the given reply id.
     async fn thread(&self, parent: MessageId, after: Option<MessageId>, limit: u32) -> DomainResult<Vec<Message>>;
-    async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message>;
+    /// Changes a message that is not deleted (`NotFound` otherwise), once `preconditions` hold.
+    async fn edit_message(
+        &self,
+        id: MessageId,
+        patch: MessagePatch,
+        preconditions: Vec<Precondition>,
+    ) -> DomainResult<Message>;
     /// Soft delete: the message keeps its sequence (no gap) but loses its content.
     async fn delete_message(&self, id: MessageId) -> DomainResult<Message>;
 

@@ -91,9 +91,10 @@ impl App {
             .egress_policy()
             .map_err(|e| anyhow::anyhow!("egress.allow_private: {e}"))?;
         let storage = phases::open_storage(&config, &egress, &shutdown).await?;
-        let service = phases::start_core(&config, master_token, &storage, &shutdown).await?;
-        let catalog = phases::providers(&config, &service, &egress).await?;
-        phases::add_send_checks(&config, &service, &catalog, &egress)?;
+        let catalog = phases::providers(&config, &storage, &egress).await?;
+        let send_checks = phases::send_checks(&config, &catalog, &egress)?;
+        let service =
+            phases::start_core(&config, master_token, &storage, catalog.clone(), send_checks, &shutdown).await?;
         let bots = phases::start_bots(&config, &service, catalog).await?;
         let hub = Hub::start(service.clone(), config.gateway());
         let router = phases::surfaces(&config, master_token, &service, &hub, &storage, egress, &shutdown).await?;

@@ -1,6 +1,6 @@
 //! The phases `App::build` assembles the server in, each a function of the previous ones' results: storage
-//! (the store, the bus and the outbox relay that records their changes), the core service, the providers and
-//! the send checks, the bots, then the surfaces (native, Sendbird, NIM, health, web), every surface wired
+//! (the store, the bus and the outbox relay that records their changes), the providers and the send checks,
+//! the core service built with them, the bots, then the surfaces (native, Sendbird, NIM, health, web), every surface wired
 //! the same way: its router with its own limits, panic and timeout answers in its own format.
 
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use confab_bus::LocalBus;
 use confab_domain::ports::{DynBus, DynStore};
 use confab_egress::EgressPolicy;
 use confab_gateway::Hub;
+use confab_service::moderation::SendHook;
 use confab_service::{Confab, ServiceConfig};
 use confab_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio_util::sync::CancellationToken;
@@ -70,52 +71,10 @@ pub async fn open_storage(
     Ok(Storage { store, bus, relay })
 }
 
-/// The core service over the storage: limits, uploads (and their sweeper), the moderation rules in force,
-/// webhook endpoints, and the housekeeping timer.
-pub async fn start_core(
-    config: &Config,
-    master_token: &str,
-    storage: &Storage,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<Confab>> {
-    let service = Confab::new(
-        storage.store.clone(),
-        storage.bus.clone(),
-        master_token,
-        ServiceConfig {
-            limits: config.limits.clone(),
-            files_dir: config.data_dir.join("files"),
-            max_upload_bytes: config.http.max_upload_bytes,
-            uploads: config.uploads.limits(),
-            session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
-            moderation: config.moderation.clone(),
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    uploads::start(&service, shutdown.clone()).await?;
-    service
-        .load_moderation_rules()
-        .await
-        .map_err(|e| anyhow::anyhow!("moderation rules: {e}"))?;
-    service.set_webhook_endpoints(storage.relay.clone());
-    let upkeep = Arc::downgrade(&service);
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            match upkeep.upgrade() {
-                Some(s) => s.housekeeping(),
-                None => break,
-            }
-        }
-    });
-    Ok(service)
-}
-
 /// The providers: the configuration's, the built-in model's, and those added through the admin API.
 pub async fn providers(
     config: &Config,
-    service: &Arc<Confab>,
+    storage: &Storage,
     egress: &EgressPolicy,
 ) -> anyhow::Result<Arc<confab_bots::Catalog>> {
     let catalog = confab_bots::Catalog::from_config(
@@ -128,41 +87,85 @@ pub async fn providers(
     .with_key_env_rule(config.provider_api.key_env_rule());
     add_builtin_provider(config, &catalog);
     catalog.load_stored(
-        service
-            .stored_providers()
+        storage
+            .store
+            .list_providers()
             .await
             .map_err(|e| anyhow::anyhow!("providers: {e}"))?,
     );
-    let catalog = Arc::new(catalog);
-    service.set_provider_catalog(catalog.clone());
-    Ok(catalog)
+    Ok(Arc::new(catalog))
 }
 
-/// The checks every message goes through after the content rules: the LLM check, then the application's
-/// pre-send webhook (the last word).
-pub fn add_send_checks(
+/// The checks every message goes through after the content rules, in order: the LLM check, then the
+/// application's pre-send webhook (the last word).
+pub fn send_checks(
     config: &Config,
-    service: &Arc<Confab>,
     catalog: &Arc<confab_bots::Catalog>,
     egress: &EgressPolicy,
-) -> anyhow::Result<()> {
-    let pre_send = match config.pre_send_webhook.hook()? {
-        Some(hook) => Some(confab_outbox::PreSendHook::new(hook, egress).map_err(|e| anyhow::anyhow!("{e}"))?),
-        None => None,
-    };
+) -> anyhow::Result<Vec<Arc<dyn SendHook>>> {
+    let mut hooks: Vec<Arc<dyn SendHook>> = Vec::new();
     if let Some(check) = config.moderation_llm.check() {
         if catalog.get(&check.provider).is_none() {
             anyhow::bail!("moderation_llm.provider: no provider {:?}", check.provider);
         }
-        service.add_send_hook(Arc::new(confab_bots::moderator::LlmModerator::new(
+        hooks.push(Arc::new(confab_bots::moderator::LlmModerator::new(
             catalog.clone(),
             check,
         )));
     }
-    if let Some(hook) = pre_send {
-        service.add_send_hook(Arc::new(hook));
+    if let Some(hook) = config.pre_send_webhook.hook()? {
+        hooks.push(Arc::new(
+            confab_outbox::PreSendHook::new(hook, egress).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ));
     }
-    Ok(())
+    Ok(hooks)
+}
+
+/// The core service over the storage, with the providers and send checks: limits, uploads (and their
+/// sweeper), the moderation rules in force, webhook endpoints, and the housekeeping timer.
+pub async fn start_core(
+    config: &Config,
+    master_token: &str,
+    storage: &Storage,
+    catalog: Arc<confab_bots::Catalog>,
+    send_checks: Vec<Arc<dyn SendHook>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Confab>> {
+    let cfg = ServiceConfig {
+        limits: config.limits.clone(),
+        files_dir: config.data_dir.join("files"),
+        max_upload_bytes: config.http.max_upload_bytes,
+        uploads: config.uploads.limits(),
+        session_ttl: (config.sessions.ttl_secs > 0).then(|| Duration::from_secs(config.sessions.ttl_secs)),
+        moderation: config.moderation.clone(),
+    };
+    let service = send_checks
+        .into_iter()
+        .fold(
+            Confab::builder(storage.store.clone(), storage.bus.clone(), master_token, cfg)
+                .provider_catalog(catalog)
+                .webhook_endpoints(storage.relay.clone()),
+            |b, hook| b.send_hook(hook),
+        )
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    uploads::start(&service, shutdown.clone()).await?;
+    service
+        .load_moderation_rules()
+        .await
+        .map_err(|e| anyhow::anyhow!("moderation rules: {e}"))?;
+    let upkeep = Arc::downgrade(&service);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            match upkeep.upgrade() {
+                Some(s) => s.housekeeping(),
+                None => break,
+            }
+        }
+    });
+    Ok(service)
 }
 
 /// The bots the configuration declares (the built-in `assistant` included), then the runtime that answers

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_domain::bot::{Bot, BotSettings, ReplyInfo, ReplyState, UsageRecord};
-use confab_domain::model::{Message, NewMessage, NewUser, UserPatch};
+use confab_domain::model::{Appended, Message, NewMessage, NewUser, UserPatch};
 use confab_domain::ports::{DynBus, DynStore};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, MessageId, UserId};
 
@@ -238,10 +238,23 @@ pub trait BotAnswerer: Send + Sync {
     ) -> DomainResult<tokio::sync::mpsc::Receiver<AnswerEvent>>;
 }
 
+/// The bot runtime as the service sees it, held weakly: the runtime owns the service, not the reverse.
+pub(crate) struct BotRuntimeLink {
+    observer: std::sync::Weak<dyn SendObserver>,
+    answerer: std::sync::Weak<dyn BotAnswerer>,
+}
+
 impl Confab {
-    /// Registers the bot answerer (held weakly, like the send observer).
-    pub fn set_bot_answerer(&self, answerer: std::sync::Weak<dyn BotAnswerer>) {
-        *self.answerer.write().unwrap_or_else(|e| e.into_inner()) = Some(answerer);
+    /// Attaches the bot runtime: what sees sends (to start replies) and answers stateless requests. Once; a
+    /// second runtime is refused (`Conflict`).
+    pub fn attach_bot_runtime(
+        &self,
+        observer: std::sync::Weak<dyn SendObserver>,
+        answerer: std::sync::Weak<dyn BotAnswerer>,
+    ) -> DomainResult<()> {
+        self.bot_runtime
+            .set(BotRuntimeLink { observer, answerer })
+            .map_err(|_| DomainError::conflict("a bot runtime is already attached"))
     }
 
     /// A bot's answer to `turns` (oldest first, the last one the user's). The application only.
@@ -267,36 +280,19 @@ impl Confab {
             });
         }
         let answerer = self
-            .answerer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|w| w.upgrade())
+            .bot_runtime
+            .get()
+            .and_then(|r| r.answerer.upgrade())
             .ok_or_else(|| DomainError::Unavailable("the bot runtime is not running".into()))?;
         answerer.answer(bot, turns).await
     }
 
-    /// Registers the observer of sends (held weakly: the observer owns the service, not the reverse).
-    pub fn set_send_observer(&self, observer: std::sync::Weak<dyn SendObserver>) {
-        *self.send_observer.write().unwrap_or_else(|e| e.into_inner()) = Some(observer);
-    }
-
     pub(crate) fn send_observer(&self) -> Option<std::sync::Arc<dyn SendObserver>> {
-        self.send_observer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|w| w.upgrade())
-    }
-
-    pub fn set_provider_catalog(&self, catalog: std::sync::Arc<dyn ProviderCatalog>) {
-        *self.providers.write().unwrap_or_else(|e| e.into_inner()) = Some(catalog);
+        self.bot_runtime.get().and_then(|r| r.observer.upgrade())
     }
 
     fn catalog(&self) -> DomainResult<std::sync::Arc<dyn ProviderCatalog>> {
         self.providers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| DomainError::Unavailable("no provider catalog".into()))
     }
@@ -437,13 +433,7 @@ impl Confab {
                 return Err(DomainError::not_found("message", id));
             }
         }
-        let mut draft = NewMessage::text(channel.clone(), bot.clone(), String::new());
-        draft.reply = Some(ReplyInfo {
-            state: ReplyState::Generating,
-            trigger_id: answers,
-            reason: None,
-        });
-        let appended = self.store.append_message(draft).await?;
+        let appended = self.begin_reply(bot, channel, answers, None).await?;
         if appended.duplicate {
             return Err(DomainError::AlreadyExists {
                 entity: "bot reply to message",
@@ -451,6 +441,65 @@ impl Confab {
             });
         }
         Ok(appended.message)
+    }
+
+    /// Stores a bot's reply in `channel`, `generating`: the one reply of `bot` to `trigger` (a second begin
+    /// returns the first, `duplicate`), in the thread of `parent` when given. The bot answers as a member, or
+    /// as invoked by a trigger that names it (see `confab_domain::rules::new_message`).
+    pub async fn begin_reply(
+        &self,
+        bot: &UserId,
+        channel: &ChannelId,
+        trigger: Option<MessageId>,
+        parent: Option<MessageId>,
+    ) -> DomainResult<Appended> {
+        let mut draft = NewMessage::text(channel.clone(), bot.clone(), String::new());
+        draft.reply = Some(ReplyInfo {
+            state: ReplyState::Generating,
+            trigger_id: trigger,
+            reason: None,
+        });
+        draft.parent_id = parent;
+        let preconditions = confab_domain::rules::new_message(&draft);
+        self.store.append_message(draft, preconditions).await
+    }
+
+    /// Puts a generating reply in its one final state, after recording the tokens it used (so once clients
+    /// see the final state, its usage is readable). A reply already final stays as it was.
+    pub async fn finish_reply(
+        &self,
+        id: MessageId,
+        text: String,
+        state: ReplyState,
+        reason: Option<String>,
+        usage: Option<UsageRecord>,
+    ) -> DomainResult<Message> {
+        if let Some(u) = usage
+            && let Err(e) = self.record_usage(u).await
+        {
+            tracing::warn!(reply = %id, error = %e, "cannot record usage");
+        }
+        self.store.finish_reply(id, text, state, reason).await
+    }
+
+    /// Adds tokens an answer used to the usage counters (for one that is not a stored reply).
+    pub async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()> {
+        self.store.record_usage(usage).await
+    }
+
+    /// Hands a member's message that triggered bots answering through their callback URL to the callback
+    /// senders (`Event::BotTriggered`, one per bot).
+    pub async fn trigger_callbacks(&self, bots: impl IntoIterator<Item = UserId>, message: &Arc<Message>) {
+        let events: Vec<Event> = bots
+            .into_iter()
+            .map(|bot| Event::BotTriggered {
+                bot,
+                message: message.clone(),
+            })
+            .collect();
+        if !events.is_empty() {
+            self.bus.publish(events).await;
+        }
     }
 
     /// The writer of a generating reply's text (see [`ReplyWriter`]).

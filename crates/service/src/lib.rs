@@ -103,26 +103,59 @@ pub struct Confab {
     upload_rate: files::UploadRate,
     presence: PresenceRegistry,
     typing: typing::TypingGate,
-    providers: std::sync::RwLock<Option<Arc<dyn bots::ProviderCatalog>>>,
-    send_observer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::SendObserver>>>,
-    answerer: std::sync::RwLock<Option<std::sync::Weak<dyn bots::BotAnswerer>>>,
+    providers: Option<Arc<dyn bots::ProviderCatalog>>,
+    /// The bot runtime, once attached (it needs the built service, so it comes after).
+    bot_runtime: std::sync::OnceLock<bots::BotRuntimeLink>,
     /// The content rules in force (configuration file, admin API, per channel).
     rules: Arc<moderation::RuleBook>,
-    webhook_endpoints: std::sync::RwLock<Option<Arc<dyn webhooks::WebhookEndpoints>>>,
-    send_hooks: std::sync::RwLock<Vec<Arc<dyn moderation::SendHook>>>,
+    webhook_endpoints: Option<Arc<dyn webhooks::WebhookEndpoints>>,
+    send_hooks: Vec<Arc<dyn moderation::SendHook>>,
 }
 
-impl Confab {
-    /// The service over its store and bus. Fails when the configuration's moderation rules do not compile.
-    pub fn new(store: DynStore, bus: DynBus, master_token: &str, cfg: ServiceConfig) -> DomainResult<Arc<Self>> {
+/// Assembles the service from its store, bus and configuration and the ports the binary plugs in; nothing
+/// changes them once built. Only the bot runtime, which is built over the service, attaches afterwards
+/// ([`Confab::attach_bot_runtime`]).
+pub struct ConfabBuilder {
+    store: DynStore,
+    bus: DynBus,
+    master: MasterToken,
+    cfg: ServiceConfig,
+    providers: Option<Arc<dyn bots::ProviderCatalog>>,
+    webhook_endpoints: Option<Arc<dyn webhooks::WebhookEndpoints>>,
+    send_hooks: Vec<Arc<dyn moderation::SendHook>>,
+}
+
+impl ConfabBuilder {
+    /// The providers bots and the admin API use (none: the provider admin API answers 503).
+    pub fn provider_catalog(mut self, catalog: Arc<dyn bots::ProviderCatalog>) -> Self {
+        self.providers = Some(catalog);
+        self
+    }
+
+    /// Where webhook endpoints are managed (none: the webhook admin API answers 503).
+    pub fn webhook_endpoints(mut self, endpoints: Arc<dyn webhooks::WebhookEndpoints>) -> Self {
+        self.webhook_endpoints = Some(endpoints);
+        self
+    }
+
+    /// Adds a check every message goes through after the content rules, in the order added (the LLM check,
+    /// then the application's pre-send webhook, which has the last word).
+    pub fn send_hook(mut self, hook: Arc<dyn moderation::SendHook>) -> Self {
+        self.send_hooks.push(hook);
+        self
+    }
+
+    /// The service. Fails when the configuration's moderation rules do not compile.
+    pub fn build(self) -> DomainResult<Arc<Confab>> {
+        let cfg = self.cfg;
         let rules = moderation::RuleBook::new(cfg.moderation.clone())
             .map_err(|e| DomainError::invalid("moderation", e.to_string()))?;
         let per_sec = NonZeroU32::new(cfg.limits.user_send_per_sec.max(1)).expect("max(1)");
         let burst = NonZeroU32::new(cfg.limits.user_send_burst.max(1)).expect("max(1)");
         Ok(Arc::new(Confab {
-            store,
-            bus,
-            master: MasterToken::new(master_token),
+            store: self.store,
+            bus: self.bus,
+            master: self.master,
             sessions: SessionCache::new(Duration::from_secs(30)),
             send_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             read_limiter: RateLimiter::keyed(
@@ -132,26 +165,37 @@ impl Confab {
             upload_rate: files::UploadRate::new(&cfg.uploads),
             presence: PresenceRegistry::default(),
             typing: typing::TypingGate::default(),
-            providers: Default::default(),
-            send_observer: Default::default(),
-            answerer: Default::default(),
+            providers: self.providers,
+            bot_runtime: Default::default(),
             rules: Arc::new(rules),
-            webhook_endpoints: Default::default(),
-            send_hooks: Default::default(),
+            webhook_endpoints: self.webhook_endpoints,
+            send_hooks: self.send_hooks,
             cfg,
         }))
+    }
+}
+
+impl Confab {
+    /// Starts assembling the service (see [`ConfabBuilder`]).
+    pub fn builder(store: DynStore, bus: DynBus, master_token: &str, cfg: ServiceConfig) -> ConfabBuilder {
+        ConfabBuilder {
+            store,
+            bus,
+            master: MasterToken::new(master_token),
+            cfg,
+            providers: None,
+            webhook_endpoints: None,
+            send_hooks: Vec::new(),
+        }
+    }
+
+    /// The service with no providers, webhook endpoints or send hooks (tests and tools).
+    pub fn new(store: DynStore, bus: DynBus, master_token: &str, cfg: ServiceConfig) -> DomainResult<Arc<Self>> {
+        Self::builder(store, bus, master_token, cfg).build()
     }
 
     pub fn limits(&self) -> &Limits {
         &self.cfg.limits
-    }
-
-    pub fn store(&self) -> &DynStore {
-        &self.store
-    }
-
-    pub fn bus(&self) -> &DynBus {
-        &self.bus
     }
 
     pub async fn ready(&self) -> bool {
@@ -620,7 +664,8 @@ impl Confab {
         }
         self.screen(actor, &mut msg, moderation::Draft::Send).await?;
         let ticket = self.send_observer().and_then(|o| o.sending(&msg));
-        let res = self.store.append_message(msg).await;
+        let preconditions = confab_domain::rules::new_message(&msg);
+        let res = self.store.append_message(msg, preconditions).await;
         let stored = res.as_ref().ok().filter(|a| !a.duplicate).map(|a| &a.message);
         if let Some(t) = ticket {
             t.settled(stored);
@@ -632,12 +677,6 @@ impl Confab {
             o.sent_by_application(m);
         }
         res
-    }
-
-    /// Adds a check every message goes through after the content rules, in the order added (the LLM check,
-    /// then the application's pre-send webhook, which has the last word).
-    pub fn add_send_hook(&self, hook: Arc<dyn moderation::SendHook>) {
-        self.send_hooks.write().unwrap_or_else(|e| e.into_inner()).push(hook);
     }
 
     pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> DomainResult<Vec<Message>> {
@@ -722,9 +761,15 @@ impl Confab {
             return Err(DomainError::not_found("message", id));
         }
         patch.validate(&self.cfg.limits)?;
+        if patch.text.as_deref() == Some("")
+            && matches!(m.kind, MessageKind::Image | MessageKind::File | MessageKind::Custom)
+        {
+            return Err(DomainError::invalid("text", "must not be empty"));
+        }
         // An edit is a send for every check (see `screen`).
         let patch = self.screen_edit(actor, &m, patch).await?;
-        self.store.edit_message(id, patch).await
+        let preconditions = confab_domain::rules::edit_by(&m.channel_id, id, actor.user());
+        self.store.edit_message(id, patch, preconditions).await
     }
 
     pub async fn delete_message(&self, actor: &Actor, id: MessageId) -> DomainResult<Message> {

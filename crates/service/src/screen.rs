@@ -77,7 +77,7 @@ impl Confab {
     /// they are created, which the content rules check as they stream). A rejection stops the write; a
     /// modification is what the next check sees.
     async fn pre_send(&self, msg: &mut NewMessage, draft: Draft) -> DomainResult<()> {
-        let hooks = self.send_hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let hooks = &self.send_hooks;
         if hooks.is_empty() || (draft == Draft::Send && msg.reply.is_some()) {
             return Ok(());
         }

@@ -1,12 +1,12 @@
 //! What the surfaces (Sendbird, NIM, the gateway) and the binary need besides the actor-checked operations,
 //! without reaching past the service to the store or the bus: their own settings, typed, each under its own
 //! namespace; a read-only lookup for rendering payloads and routing deliveries (no actor: the caller renders
-//! what the service already decided to deliver); and the event stream.
+//! what the service already decided to deliver, or the bot runtime builds a reply from); and the event stream.
 
-use confab_domain::bot::Bot;
-use confab_domain::model::{Channel, User};
+use confab_domain::bot::{Bot, UsageRecord};
+use confab_domain::model::{Channel, HistoryQuery, Message, User};
 use confab_domain::ports::{DynStore, EventStream, Subscription};
-use confab_domain::{ChannelId, DomainError, DomainResult, UserId};
+use confab_domain::{ChannelId, DomainError, DomainResult, MessageId, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -41,30 +41,55 @@ impl SurfaceSettings<'_> {
     }
 }
 
-/// Reads for rendering and routing, without an actor.
+/// Reads for rendering and routing, without an actor. A copyable handle, so its futures borrow the service,
+/// not a temporary.
+#[derive(Clone, Copy)]
 pub struct Lookup<'a> {
     store: &'a DynStore,
 }
 
-impl Lookup<'_> {
-    pub async fn user(&self, id: &UserId) -> DomainResult<Option<User>> {
+impl<'a> Lookup<'a> {
+    pub async fn user(self, id: &UserId) -> DomainResult<Option<User>> {
         self.store.get_user(id).await
     }
 
-    pub async fn channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>> {
+    pub async fn channel(self, id: &ChannelId) -> DomainResult<Option<Channel>> {
         self.store.get_channel(id).await
     }
 
-    pub async fn bot(&self, id: &UserId) -> DomainResult<Option<Bot>> {
+    pub async fn bot(self, id: &UserId) -> DomainResult<Option<Bot>> {
         self.store.get_bot(id).await
     }
 
-    pub async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>> {
+    pub async fn bots(self) -> DomainResult<Vec<Bot>> {
+        self.store.list_bots().await
+    }
+
+    pub async fn message(self, id: MessageId) -> DomainResult<Option<Message>> {
+        self.store.get_message(id).await
+    }
+
+    pub async fn history(self, query: HistoryQuery) -> DomainResult<Vec<Message>> {
+        self.store.history(query).await
+    }
+
+    /// Token usage of the days `from_day..=to_day` (YYYY-MM-DD), of one bot or user if given.
+    pub async fn usage(
+        &self,
+        from_day: &str,
+        to_day: &str,
+        bot: Option<&UserId>,
+        user: Option<&UserId>,
+    ) -> DomainResult<Vec<UsageRecord>> {
+        self.store.usage(from_day, to_day, bot, user).await
+    }
+
+    pub async fn member_ids(self, channel: &ChannelId) -> DomainResult<Vec<UserId>> {
         self.store.member_ids(channel).await
     }
 
     /// The users who share a channel of at most `max_members` members with `user` (presence goes to them).
-    pub async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>> {
+    pub async fn contacts(self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>> {
         self.store.contacts(user, max_members).await
     }
 }

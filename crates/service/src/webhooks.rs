@@ -116,16 +116,10 @@ pub trait WebhookEndpoints: Send + Sync {
 }
 
 impl Confab {
-    pub fn set_webhook_endpoints(&self, endpoints: Arc<dyn WebhookEndpoints>) {
-        *self.webhook_endpoints.write().unwrap_or_else(|e| e.into_inner()) = Some(endpoints);
-    }
-
     /// The webhook endpoints, for the application only.
     pub fn webhook_endpoints(&self, actor: &Actor) -> DomainResult<Arc<dyn WebhookEndpoints>> {
         require_admin(actor)?;
         self.webhook_endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| DomainError::Unavailable("webhooks are not enabled on this server".into()))
     }

@@ -55,7 +55,10 @@ fn cmd(op: Op) -> (WriteCmd, oneshot::Receiver<DomainResult<Outcome>>) {
 }
 
 fn append(text: String) -> (WriteCmd, oneshot::Receiver<DomainResult<Outcome>>) {
-    cmd(Op::Append(Box::new(NewMessage::text(cid("g"), uid("a"), text))))
+    cmd(Op::Append(
+        Box::new(NewMessage::text(cid("g"), uid("a"), text)),
+        Vec::new(),
+    ))
 }
 
 type Answer = oneshot::Receiver<DomainResult<Outcome>>;
@@ -111,7 +114,7 @@ async fn full_batch(op: Op) -> (Vec<DomainResult<Outcome>>, Vec<String>) {
         .unwrap();
     // Once there is room again, the store numbers on without a gap.
     let m = store
-        .append_message(NewMessage::text(cid("g"), uid("a"), "later"))
+        .append_message(NewMessage::text(cid("g"), uid("a"), "later"), Vec::new())
         .await
         .unwrap();
     assert_eq!(m.message.seq.0, stored.len() as u64 + 1);
@@ -129,7 +132,7 @@ async fn a_full_database_acknowledges_exactly_what_it_stores() {
     let cases = [
         (
             "a large message",
-            Op::Append(Box::new(NewMessage::text(cid("g"), uid("b"), big.clone()))),
+            Op::Append(Box::new(NewMessage::text(cid("g"), uid("b"), big.clone())), Vec::new()),
         ),
         (
             "a large setting",

@@ -6,6 +6,7 @@
 //!   so a rolled-back insert leaves no gap;
 //! - events reach the bus in commit order, before the write is answered.
 
+mod facts;
 mod files;
 mod queries;
 mod rows;
@@ -24,7 +25,9 @@ use confab_domain::model::{
 };
 use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, SessionRecord, Store};
-use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, UserId};
+use confab_domain::{
+    ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, Precondition, UserId,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -367,8 +370,8 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn append_message(&self, message: NewMessage) -> DomainResult<Appended> {
-        match self.write(Op::Append(Box::new(message))).await? {
+    async fn append_message(&self, message: NewMessage, preconditions: Vec<Precondition>) -> DomainResult<Appended> {
+        match self.write(Op::Append(Box::new(message), preconditions)).await? {
             Outcome::Appended(a) => Ok(*a),
             _ => Err(unexpected()),
         }
@@ -395,8 +398,13 @@ impl Store for SqliteStore {
         self.read(move |c| queries::thread(c, parent, after, limit)).await
     }
 
-    async fn edit_message(&self, id: MessageId, patch: MessagePatch) -> DomainResult<Message> {
-        match self.write(Op::Edit(id, patch)).await? {
+    async fn edit_message(
+        &self,
+        id: MessageId,
+        patch: MessagePatch,
+        preconditions: Vec<Precondition>,
+    ) -> DomainResult<Message> {
+        match self.write(Op::Edit(id, patch, preconditions)).await? {
             Outcome::Message(m) => Ok(*m),
             _ => Err(unexpected()),
         }

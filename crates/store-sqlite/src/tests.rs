@@ -64,7 +64,7 @@ async fn concurrent_sends_get_gap_free_sequences() {
         let sender = ["a", "b", "c"][i % 3];
         tasks.push(tokio::spawn(async move {
             store
-                .append_message(NewMessage::text(cid("g"), uid(sender), format!("m{i}")))
+                .append_ruled(NewMessage::text(cid("g"), uid(sender), format!("m{i}")))
                 .await
                 .unwrap()
                 .message
@@ -99,10 +99,10 @@ async fn retried_send_returns_the_original() {
     group(&store, "g", &["a"]).await;
     let mut m = NewMessage::text(cid("g"), uid("a"), "hello");
     m.client_msg_id = Some("k1".into());
-    let first = store.append_message(m.clone()).await.unwrap();
+    let first = store.append_ruled(m.clone()).await.unwrap();
     assert!(!first.duplicate);
     m.text = "different text".into();
-    let again = store.append_message(m).await.unwrap();
+    let again = store.append_ruled(m).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message.id, first.message.id);
     assert_eq!(again.message.text, "hello");
@@ -119,12 +119,12 @@ async fn non_members_cannot_send_and_failures_leave_no_gap() {
     user(&store, "b").await;
     group(&store, "g", &["a"]).await;
     let err = store
-        .append_message(NewMessage::text(cid("g"), uid("b"), "x"))
+        .append_ruled(NewMessage::text(cid("g"), uid("b"), "x"))
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::NotMember { .. }), "{err:?}");
     let err = store
-        .append_message(NewMessage::text(cid("nope"), uid("b"), "x"))
+        .append_ruled(NewMessage::text(cid("nope"), uid("b"), "x"))
         .await
         .unwrap_err();
     assert!(
@@ -132,7 +132,7 @@ async fn non_members_cannot_send_and_failures_leave_no_gap() {
         "{err:?}"
     );
     let ok = store
-        .append_message(NewMessage::text(cid("g"), uid("a"), "x"))
+        .append_ruled(NewMessage::text(cid("g"), uid("a"), "x"))
         .await
         .unwrap();
     assert_eq!(ok.message.seq, ChannelSeq(1));
@@ -203,7 +203,7 @@ async fn timestamps_map_to_sequences() {
     let mut times = Vec::new();
     for i in 0..5 {
         let m = store
-            .append_message(NewMessage::text(cid("g"), uid("a"), format!("m{i}")))
+            .append_ruled(NewMessage::text(cid("g"), uid("a"), format!("m{i}")))
             .await
             .unwrap()
             .message;
@@ -235,12 +235,12 @@ async fn filtered_history_counts_matches_only() {
         if i % 3 == 0 {
             m.custom_type = "poll".into();
         }
-        store.append_message(m).await.unwrap();
+        store.append_ruled(m).await.unwrap();
     }
     let mut admin = NewMessage::text(cid("g"), uid("a"), "notice");
     admin.sender_id = None;
     admin.kind = MessageKind::Admin;
-    store.append_message(admin).await.unwrap();
+    store.append_ruled(admin).await.unwrap();
     let q = |range, limit| HistoryQuery {
         channel_id: cid("g"),
         range,
@@ -308,7 +308,7 @@ async fn events_follow_commit_order() {
     group(&store, "g", &["a"]).await;
     for i in 0..20 {
         store
-            .append_message(NewMessage::text(cid("g"), uid("a"), format!("{i}")))
+            .append_ruled(NewMessage::text(cid("g"), uid("a"), format!("{i}")))
             .await
             .unwrap();
     }
@@ -329,14 +329,14 @@ async fn threads_count_replies_and_read_marks_only_move_forward() {
     user(&store, "b").await;
     group(&store, "g", &["a", "b"]).await;
     let parent = store
-        .append_message(NewMessage::text(cid("g"), uid("a"), "q"))
+        .append_ruled(NewMessage::text(cid("g"), uid("a"), "q"))
         .await
         .unwrap()
         .message;
     for i in 0..3 {
         let mut r = NewMessage::text(cid("g"), uid("b"), format!("r{i}"));
         r.parent_id = Some(parent.id);
-        store.append_message(r).await.unwrap();
+        store.append_ruled(r).await.unwrap();
     }
     assert_eq!(store.get_message(parent.id).await.unwrap().unwrap().reply_count, 3);
     let replies = store.thread(parent.id, None, 10).await.unwrap();
@@ -367,7 +367,7 @@ async fn data_survives_reopen() {
         user(&store, "a").await;
         group(&store, "g", &["a"]).await;
         store
-            .append_message(NewMessage::text(cid("g"), uid("a"), "kept"))
+            .append_ruled(NewMessage::text(cid("g"), uid("a"), "kept"))
             .await
             .unwrap();
     }
@@ -410,7 +410,7 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
     assert_eq!(store.list_bots().await.unwrap().len(), 1);
     group(&store, "g", &["alice", "helper"]).await;
     let trigger = store
-        .append_message(NewMessage::text(cid("g"), uid("alice"), "@helper hi"))
+        .append_ruled(NewMessage::text(cid("g"), uid("alice"), "@helper hi"))
         .await
         .unwrap()
         .message;
@@ -421,8 +421,8 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
         trigger_id: Some(trigger.id),
         reason: None,
     });
-    let first = store.append_message(reply.clone()).await.unwrap();
-    let again = store.append_message(reply).await.unwrap();
+    let first = store.append_ruled(reply.clone()).await.unwrap();
+    let again = store.append_ruled(reply).await.unwrap();
     assert!(again.duplicate, "one reply per (bot, trigger)");
     assert_eq!(first.message.id, again.message.id);
 
@@ -444,7 +444,7 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
 
     // A reply left generating is swept to interrupted, keeping its saved text.
     let t2 = store
-        .append_message(NewMessage::text(cid("g"), uid("alice"), "@helper again"))
+        .append_ruled(NewMessage::text(cid("g"), uid("alice"), "@helper again"))
         .await
         .unwrap()
         .message;
@@ -454,7 +454,7 @@ async fn bot_replies_are_one_per_trigger_and_finish_once() {
         trigger_id: Some(t2.id),
         reason: None,
     });
-    let r2 = store.append_message(r2).await.unwrap().message;
+    let r2 = store.append_ruled(r2).await.unwrap().message;
     store.save_reply_text(r2.id, "partial".into()).await.unwrap();
     assert_eq!(store.sweep_generating().await.unwrap(), 1);
     let swept = store.get_message(r2.id).await.unwrap().unwrap();
@@ -515,7 +515,7 @@ async fn the_outbox_commits_and_rolls_back_with_the_change() {
     user(&store, "b").await;
     group(&store, "g", &["a"]).await;
     store
-        .append_message(NewMessage::text(cid("g"), uid("a"), "before"))
+        .append_ruled(NewMessage::text(cid("g"), uid("a"), "before"))
         .await
         .unwrap();
     assert!(
@@ -526,19 +526,17 @@ async fn the_outbox_commits_and_rolls_back_with_the_change() {
 
     store.set_change_recorder(Arc::new(SendRecorder));
     let ok = store
-        .append_message(NewMessage::text(cid("g"), uid("a"), "one"))
+        .append_ruled(NewMessage::text(cid("g"), uid("a"), "one"))
         .await
         .unwrap();
     // Not a member: the command rolls back, its outbox row with it.
-    let refused = store
-        .append_message(NewMessage::text(cid("g"), uid("b"), "never"))
-        .await;
+    let refused = store.append_ruled(NewMessage::text(cid("g"), uid("b"), "never")).await;
     assert!(refused.is_err());
     // A retried send returns the original and records nothing new.
     let mut again = NewMessage::text(cid("g"), uid("a"), "two");
     again.client_msg_id = Some("k".into());
-    store.append_message(again.clone()).await.unwrap();
-    store.append_message(again).await.unwrap();
+    store.append_ruled(again.clone()).await.unwrap();
+    store.append_ruled(again).await.unwrap();
 
     let rows = store.outbox_after(0, 10).await.unwrap();
     let texts: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
@@ -556,7 +554,7 @@ async fn the_outbox_commits_and_rolls_back_with_the_change() {
     assert_eq!(store.prune_outbox(head).await.unwrap(), 2);
     assert_eq!(store.outbox_head().await.unwrap(), head);
     store
-        .append_message(NewMessage::text(cid("g"), uid("a"), "three"))
+        .append_ruled(NewMessage::text(cid("g"), uid("a"), "three"))
         .await
         .unwrap();
     let after = store.outbox_after(0, 10).await.unwrap();
@@ -626,7 +624,7 @@ async fn file_quotas_are_checked_with_the_insert_and_unattached_files_are_swept(
     let mut m = NewMessage::text(cid("g"), uid("a"), "");
     m.kind = confab_domain::model::MessageKind::File;
     m.file_id = Some(FileId::parse(ids[0]).unwrap());
-    store.append_message(m).await.unwrap();
+    store.append_ruled(m).await.unwrap();
     assert_eq!(
         store.delete_unattached_files(2, 10).await.unwrap(),
         vec![],
@@ -665,4 +663,12 @@ async fn a_session_token_belongs_to_one_account() {
     let err = store.create_session(session("b", None)).await.unwrap_err();
     assert!(matches!(err, DomainError::Invalid { field: "token", .. }), "{err:?}");
     assert_eq!(store.find_session(&[7; 32]).await.unwrap().unwrap().user_id, uid("a"));
+}
+
+impl SqliteStore {
+    /// Appends with the rules the service applies to every new message.
+    async fn append_ruled(&self, m: NewMessage) -> DomainResult<Appended> {
+        let rules = confab_domain::rules::new_message(&m);
+        self.append_message(m, rules).await
+    }
 }
