@@ -9,6 +9,7 @@ use crate::precondition::{Condition, Fact, Precondition};
 
 /// A new message: its channel exists; a sender has an active account and is a member, or is a bot answering a
 /// message of this channel that names it (NIM's `robotAccount` on a private message, an `@bot` in a group);
+/// a bot's reply answers a message of this channel;
 /// a thread reply's parent is a message of this channel that is not itself a reply; a file was uploaded for
 /// this channel.
 pub fn new_message(m: &NewMessage) -> Vec<Precondition> {
@@ -28,6 +29,16 @@ pub fn new_message(m: &NewMessage) -> Vec<Precondition> {
             None => member,
         };
         rules.push(Precondition::new(allowed, DomainError::not_member(sender, channel)));
+        if let Some(trigger) = m.reply.as_ref().and_then(|r| r.trigger_id) {
+            // A reply answers a message of its own channel (its one reply per trigger is keyed without it).
+            rules.push(Precondition::new(
+                Fact::MessageIn {
+                    message: trigger,
+                    channel: channel.clone(),
+                },
+                DomainError::not_found("message", trigger),
+            ));
+        }
         rules.push(Precondition::new(
             Fact::ActiveAccount(sender.clone()),
             DomainError::forbidden("the sender's account is blocked"),

@@ -668,6 +668,6 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod fault_tests;
+mod conformance;
 #[cfg(test)]
-mod tests;
+mod fault_tests;

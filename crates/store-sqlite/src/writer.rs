@@ -358,9 +358,11 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
         Op::CreateBot(u, settings) => create_bot(conn, u, settings, now, events).map(|b| Outcome::Bot(Box::new(b))),
         Op::UpdateBot(id, settings) => update_bot(conn, &id, settings, now, events).map(|b| Outcome::Bot(Box::new(b))),
         Op::SaveReplyText(id, text) => {
-            conn.prepare_cached("UPDATE messages SET text = ?2 WHERE id = ?1 AND reply_state = 'generating'")
-                .and_then(|mut s| s.execute(params![id.0, text]))
-                .map_err(db_err)?;
+            conn.prepare_cached(
+                "UPDATE messages SET text = ?2 WHERE id = ?1 AND reply_state = 'generating' AND NOT deleted",
+            )
+            .and_then(|mut s| s.execute(params![id.0, text]))
+            .map_err(db_err)?;
             Ok(Outcome::Unit)
         }
         Op::FinishReply(id, text, state, reason) => {

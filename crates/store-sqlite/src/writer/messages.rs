@@ -308,8 +308,8 @@ pub(super) fn finish_reply(
     }
     reply.state = state;
     reply.reason = reason;
-    // The sweep after a restart keeps whatever text was last saved.
-    if !text.is_empty() || state != ReplyState::Interrupted {
+    // The sweep after a restart keeps whatever text was last saved; a deleted reply keeps no content.
+    if !msg.deleted && (!text.is_empty() || state != ReplyState::Interrupted) {
         msg.text = text;
     }
     msg.updated_at = now;

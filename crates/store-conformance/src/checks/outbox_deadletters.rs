@@ -1,0 +1,297 @@
+//! The outbox (events recorded in the transaction of the change that caused them) and dead letters.
+
+use std::sync::Arc;
+
+use confab_domain::bot::ReplyState;
+use confab_domain::model::MessagePatch;
+use confab_domain::outbox::{ChangeCause, ChangeRecorder, DeadLetter, OutboxEntry, OutboxRecord, RecordedChange};
+use confab_domain::ports::DynStore;
+use confab_domain::{ChannelSeq, DomainError, Event};
+
+use crate::Backend;
+use crate::fixture::*;
+
+/// Records every event the webhook relay could announce, as `<cause> <detail>`: a message's `seq:text`, a
+/// user's id.
+struct Recorder;
+
+impl ChangeRecorder for Recorder {
+    fn record(&self, cause: ChangeCause, event: &Event) -> Option<OutboxRecord> {
+        RecordedChange::of(event)?;
+        let detail = match event {
+            Event::MessageCreated(m) | Event::MessageUpdated(m) => format!(" {}:{}", m.seq, m.text),
+            Event::UserCreated(u) => format!(" {}", u.id),
+            _ => String::new(),
+        };
+        Some(OutboxRecord {
+            event_type: event.name(),
+            channel_id: event.channel_id().cloned(),
+            payload: format!("{cause:?}{detail}").into_bytes(),
+        })
+    }
+}
+
+fn install(store: &DynStore) {
+    store.set_change_recorder(Arc::new(Recorder));
+}
+
+/// (type, payload) of each entry.
+fn rows(entries: &[OutboxEntry]) -> Vec<(&str, String)> {
+    entries
+        .iter()
+        .map(|e| (e.event_type.as_str(), String::from_utf8(e.payload.clone()).unwrap()))
+        .collect()
+}
+
+async fn all(store: &DynStore) -> Vec<OutboxEntry> {
+    store.outbox_after(0, 10_000).await.unwrap()
+}
+
+/// Until a recorder is installed, nothing is recorded: the outbox is empty and its head 0.
+pub async fn nothing_is_recorded_without_a_recorder<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    users(s, &["a"]).await;
+    group(s, "g", &["a"]).await;
+    let m = send(s, "g", "a", "hello").await;
+    let patch = MessagePatch {
+        text: Some("edited".into()),
+        ..Default::default()
+    };
+    edit(s, m.id, patch).await.unwrap();
+    assert!(all(s).await.is_empty());
+    assert_eq!(s.outbox_head().await.unwrap(), 0);
+    assert_eq!(s.prune_outbox(100).await.unwrap(), 0);
+}
+
+/// A committed change's rows are in the outbox; a refused one (a non-member's send, a taken user id)
+/// records nothing, nor does a retried send; `outbox_after` pages by id.
+pub async fn the_outbox_commits_and_rolls_back_with_the_change<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    users(s, &["a", "b"]).await;
+    group(s, "g", &["a"]).await;
+    send(s, "g", "a", "before").await;
+    install(s);
+    let ok = send(s, "g", "a", "one").await;
+    assert_err!(append(s, text("g", "b", "never")).await, DomainError::NotMember { .. });
+    assert_err!(s.create_user(new_user("a")).await, DomainError::AlreadyExists { .. });
+    let mut keyed = text("g", "a", "two");
+    keyed.client_msg_id = Some("k".into());
+    append(s, keyed.clone()).await.unwrap();
+    assert!(append(s, keyed).await.unwrap().duplicate);
+
+    let entries = all(s).await;
+    assert_eq!(
+        rows(&entries),
+        [
+            ("message.created", "Send 2:one".to_string()),
+            ("message.created", "Send 3:two".to_string())
+        ]
+    );
+    assert!(entries.iter().all(|e| e.channel_id == Some(cid("g"))));
+    assert!(entries[0].id < entries[1].id);
+    assert!(entries[0].created_at >= ok.created_at);
+    assert_eq!(s.outbox_after(entries[0].id, 10).await.unwrap(), entries[1..]);
+    assert!(s.outbox_after(entries[1].id, 10).await.unwrap().is_empty());
+    assert_eq!(s.outbox_after(0, 1).await.unwrap(), entries[..1]);
+    assert_eq!(s.outbox_head().await.unwrap(), entries[1].id);
+}
+
+/// The recorder is told which kind of write caused each event: a send (and the thread count it updates),
+/// an edit, a reply's finish or sweep, anything else.
+pub async fn recorded_changes_name_their_cause<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    install(s);
+    user(s, "a").await;
+    bot(s, "helper").await;
+    group(s, "g", &["a", "helper"]).await;
+    let hi = send(s, "g", "a", "hi").await;
+    let patch = MessagePatch {
+        text: Some("hi!".into()),
+        ..Default::default()
+    };
+    edit(s, hi.id, patch).await.unwrap();
+    let mut r = text("g", "a", "r");
+    r.parent_id = Some(hi.id);
+    let r = append(s, r).await.unwrap().message;
+    let first = append(s, reply("g", "helper", hi.id)).await.unwrap().message;
+    s.finish_reply(first.id, "done".into(), ReplyState::Complete, None)
+        .await
+        .unwrap();
+    append(s, reply("g", "helper", r.id)).await.unwrap();
+    assert_eq!(s.sweep_generating().await.unwrap(), 1);
+    s.delete_message(r.id).await.unwrap();
+    s.mark_read(&cid("g"), &uid("a"), ChannelSeq(4)).await.unwrap();
+
+    let got = all(s).await;
+    let want = [
+        ("user.created", "Other a"),
+        ("user.created", "Other helper"),
+        ("channel.created", "Other"),
+        ("message.created", "Send 1:hi"),
+        ("message.updated", "Edit 1:hi!"),
+        ("message.created", "Send 2:r"),
+        ("message.updated", "Send 1:hi!"),
+        ("message.created", "Send 3:"),
+        ("message.updated", "FinishReply 3:done"),
+        ("message.created", "Send 4:"),
+        ("message.updated", "FinishReply 4:"),
+        ("message.deleted", "Other"),
+    ];
+    assert_eq!(
+        rows(&got),
+        want.map(|(t, p)| (t, p.to_string())),
+        "read positions are not recordable"
+    );
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+/// Under concurrent writers (4 tasks of 25 sends, with refused sends among them), the outbox holds exactly
+/// the committed sends, with ids that increase in commit order (the channel's sequence order).
+pub async fn outbox_ids_increase_in_commit_order<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    let senders = ["a", "b", "c", "d"];
+    users(s, &senders).await;
+    user(s, "x").await;
+    group(s, "g", &senders).await;
+    install(s);
+    let mut tasks = Vec::new();
+    for sender in senders {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                send(&s, "g", sender, &format!("{sender}{i}")).await;
+                if i % 5 == 0 {
+                    assert_err!(
+                        append(&s, text("g", "x", "refused")).await,
+                        DomainError::NotMember { .. }
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let entries = all(s).await;
+    assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
+    let seqs: Vec<u64> = rows(&entries)
+        .iter()
+        .map(|(t, p)| {
+            assert_eq!(*t, "message.created");
+            let seq = p.strip_prefix("Send ").and_then(|r| r.split(':').next()).unwrap();
+            seq.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+    assert_eq!(s.outbox_after(entries[49].id, 10).await.unwrap(), entries[50..60]);
+}
+
+/// Pruning forgets rows up to an id and returns how many; the head stays, and ids are never reused.
+pub async fn pruned_outbox_ids_are_never_reused<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    users(s, &["a"]).await;
+    group(s, "g", &["a"]).await;
+    install(s);
+    for i in 0..3 {
+        send(s, "g", "a", &format!("m{i}")).await;
+    }
+    let entries = all(s).await;
+    let head = s.outbox_head().await.unwrap();
+    assert_eq!(head, entries[2].id);
+    assert_eq!(s.prune_outbox(entries[0].id).await.unwrap(), 1);
+    assert_eq!(all(s).await, entries[1..]);
+    assert_eq!(s.prune_outbox(head).await.unwrap(), 2);
+    assert!(all(s).await.is_empty());
+    assert_eq!(s.outbox_head().await.unwrap(), head);
+    assert_eq!(s.prune_outbox(head).await.unwrap(), 0);
+    send(s, "g", "a", "after").await;
+    let after = all(s).await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > head);
+    assert_eq!(s.outbox_head().await.unwrap(), after[0].id);
+}
+
+/// Recorded rows and the head are there after the store is opened again; ids still are never reused.
+pub async fn outbox_survives_reopen<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    users(s, &["a"]).await;
+    group(s, "g", &["a"]).await;
+    install(s);
+    for i in 0..3 {
+        send(s, "g", "a", &format!("m{i}")).await;
+    }
+    let entries = all(s).await;
+    s.prune_outbox(entries[0].id).await.unwrap();
+    let head = s.outbox_head().await.unwrap();
+
+    let env = env.reopen().await;
+    let s = &env.store;
+    assert_eq!(all(s).await, entries[1..]);
+    assert_eq!(s.outbox_head().await.unwrap(), head);
+    s.prune_outbox(head).await.unwrap();
+    let env = env.reopen().await;
+    let s = &env.store;
+    assert_eq!(s.outbox_head().await.unwrap(), head);
+    install(s);
+    send(s, "g", "a", "after").await;
+    let after = all(s).await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > head);
+}
+
+fn letter(endpoint: &str, event_id: u64, attempts: u32) -> DeadLetter {
+    DeadLetter {
+        endpoint_id: endpoint.into(),
+        event: OutboxEntry {
+            id: event_id,
+            event_type: "message.created".into(),
+            channel_id: event_id.is_multiple_of(2).then(|| cid("g")),
+            payload: vec![0, 159, 255, event_id as u8],
+            created_at: 1_700_000_000_000 + event_id as i64,
+        },
+        attempts,
+        last_error: format!("HTTP 500 ({attempts})"),
+        failed_at: 1_700_000_100_000,
+    }
+}
+
+/// Dead letters are kept per (endpoint, event): replaced by a put of the same pair, listed oldest event
+/// first after a cursor, deleted one or all (returning how many).
+pub async fn dead_letters_are_kept_per_endpoint_and_event<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    for l in [
+        letter("ep", 1, 3),
+        letter("ep", 3, 3),
+        letter("ep", 2, 3),
+        letter("other", 1, 1),
+    ] {
+        s.put_dead_letter(l).await.unwrap();
+    }
+    assert_eq!(s.get_dead_letter("ep", 2).await.unwrap(), Some(letter("ep", 2, 3)));
+    assert_eq!(s.get_dead_letter("ep", 9).await.unwrap(), None);
+    assert_eq!(s.get_dead_letter("nobody", 1).await.unwrap(), None);
+    let ids = |ls: Vec<DeadLetter>| ls.into_iter().map(|l| l.event.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_dead_letters("ep", 0, 10).await.unwrap()), [1, 2, 3]);
+    assert_eq!(ids(s.list_dead_letters("ep", 1, 1).await.unwrap()), [2]);
+    assert_eq!(
+        s.list_dead_letters("other", 0, 10).await.unwrap(),
+        [letter("other", 1, 1)]
+    );
+
+    s.put_dead_letter(letter("ep", 2, 5)).await.unwrap();
+    assert_eq!(s.get_dead_letter("ep", 2).await.unwrap(), Some(letter("ep", 2, 5)));
+    assert_eq!(s.list_dead_letters("ep", 0, 10).await.unwrap().len(), 3);
+
+    assert_eq!(s.delete_dead_letters("ep", Some(2)).await.unwrap(), 1);
+    assert_eq!(s.delete_dead_letters("ep", Some(2)).await.unwrap(), 0);
+    assert_eq!(s.delete_dead_letters("ep", None).await.unwrap(), 2);
+    assert!(s.list_dead_letters("ep", 0, 10).await.unwrap().is_empty());
+    assert_eq!(s.list_dead_letters("other", 0, 10).await.unwrap().len(), 1);
+}
