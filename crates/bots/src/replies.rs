@@ -1,0 +1,418 @@
+//! One reply to a trigger: begun through the service (one per bot and trigger), checked (trigger rate,
+//! budgets, concurrency), relayed from the provider's stream through the service's reply writer, and
+//! finished through the service in exactly one final state with its usage.
+
+use super::*;
+
+impl BotRuntime {
+    /// Handles one trigger after its commit, from start to its one final state.
+    pub(crate) async fn reply(self: Arc<Self>, bot: Bot, trigger: Arc<Message>) {
+        let triggered_at = Instant::now();
+        // Context: the triggering channel only, up to the trigger; read while the reply row is created.
+        let history = self.service.lookup().history(HistoryQuery {
+            channel_id: trigger.channel_id.clone(),
+            range: HistoryRange::Before(ChannelSeq(trigger.seq.0 + 1)),
+            limit: bot.settings.context_messages.max(1),
+        });
+        let (reply, history) = tokio::join!(self.create_reply(&bot, &trigger), history);
+        let Some(reply) = reply else {
+            return;
+        };
+        let stop = self.track(&reply);
+        let kind = self
+            .channel_bots(&trigger.channel_id)
+            .await
+            .map(|c| c.kind)
+            .unwrap_or(ChannelKind::Group);
+        let opened = match self.prepare(&bot, &trigger, kind, history).await {
+            Ok(p) => tokio::select! {
+                _ = stop.cancelled() => Err(Outcome::stopped(String::new())),
+                o = self.open(&bot, p, triggered_at) => o,
+            },
+            Err(o) => Err(o),
+        };
+        let outcome = match opened {
+            Ok(opened) => self.relay(opened, &reply, &stop).await,
+            Err(o) => o,
+        };
+        self.finish(&bot, &trigger, &reply, outcome).await;
+    }
+
+    /// Creates the reply row (`generating`); `None` when it exists already (one per bot and trigger) or
+    /// cannot be stored.
+    pub(crate) async fn create_reply(&self, bot: &Bot, trigger: &Message) -> Option<Message> {
+        let begun = self
+            .service
+            .begin_reply(&bot.id, &trigger.channel_id, Some(trigger.id), trigger.parent_id)
+            .await;
+        match begun {
+            Ok(a) if a.duplicate => None,
+            Ok(a) => Some(a.message),
+            Err(e) => {
+                tracing::warn!(bot = %bot.id, trigger = %trigger.id, error = %e, "cannot create the reply");
+                None
+            }
+        }
+    }
+
+    /// Makes a generating reply stoppable.
+    pub(crate) fn track(&self, reply: &Message) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(reply.id, token.clone());
+        token
+    }
+
+    /// Records usage and stores the reply's one final state.
+    pub(crate) async fn finish(&self, bot: &Bot, trigger: &Message, reply: &Message, outcome: Outcome) {
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&reply.id);
+        let (state, reason) = match &outcome.end {
+            End::Complete => (ReplyState::Complete, None),
+            End::Truncated => (ReplyState::Complete, Some(cap::LENGTH.to_string())),
+            End::Stopped => (ReplyState::Stopped, None),
+            End::Failed(r) => (ReplyState::Failed, Some(r.clone())),
+            End::Interrupted(r) => (ReplyState::Interrupted, Some(r.clone())),
+            End::Blocked(b) => (ReplyState::Failed, Some(b.failure_reason())),
+        };
+        metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
+        if outcome.called {
+            metrics::counter!("confab_llm_tokens_total", "kind" => "prompt").increment(outcome.prompt_tokens as u64);
+            metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
+                .increment(outcome.completion_tokens as u64);
+        }
+        let usage = match (&trigger.sender_id, outcome.called) {
+            (Some(user), true) => Some(UsageRecord {
+                day: utc_day(now_millis()),
+                bot_id: bot.id.clone(),
+                user_id: user.clone(),
+                channel_id: trigger.channel_id.clone(),
+                prompt_tokens: outcome.prompt_tokens as u64,
+                completion_tokens: outcome.completion_tokens as u64,
+                replies: 1,
+            }),
+            _ => None,
+        };
+        let finished = self
+            .service
+            .finish_reply(reply.id, outcome.text, state, reason, usage)
+            .await;
+        if let Err(e) = finished {
+            tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
+        }
+    }
+
+    /// Checks and context before the call: the user's trigger rate, the request from `history` (the
+    /// triggering channel's recent messages, ending with the trigger), the token budgets, the providers.
+    pub(crate) async fn prepare(
+        &self,
+        bot: &Bot,
+        trigger: &Message,
+        kind: ChannelKind,
+        history: Result<Vec<Message>, DomainError>,
+    ) -> Result<Prepared, Outcome> {
+        let s = &bot.settings;
+        let Some(user) = trigger.sender_id.clone() else {
+            return Err(Outcome::failed("no sender"));
+        };
+        if self.triggers.check_key(&user).is_err() {
+            return Err(Outcome::failed(
+                "Too many requests to bots; wait a minute and try again.",
+            ));
+        }
+        let history =
+            history.map_err(|e| Outcome::failed(&format!("could not read the conversation: {}", short(&e))))?;
+        let req = context::build_request(&bot.id, s, kind, &history);
+        let prompt_estimate = context::estimate_request(&req);
+        self.check_budget(bot, &user, prompt_estimate + req.max_tokens)
+            .await
+            .map_err(|msg| Outcome::failed(&msg))?;
+        let providers: Vec<Arc<dyn LlmProvider>> = std::iter::once(&s.provider)
+            .chain(&s.fallbacks)
+            .filter_map(|name| self.providers.get(name))
+            .collect();
+        if providers.is_empty() {
+            return Err(Outcome::failed("This bot's provider is not configured."));
+        }
+        Ok(Prepared {
+            req,
+            providers,
+            prompt_estimate,
+        })
+    }
+
+    /// Waits for the concurrency permits (global and per bot, with a deadline) and opens the upstream stream.
+    pub(crate) async fn open(&self, bot: &Bot, p: Prepared, triggered_at: Instant) -> Result<Opened<'_>, Outcome> {
+        let bot_sem = self.bot_semaphore(bot);
+        let permits = tokio::time::timeout(self.cfg.queue_timeout, async {
+            let a = self.global.acquire().await;
+            let b = bot_sem.acquire_owned().await;
+            (a, b)
+        })
+        .await;
+        let permits = match permits {
+            Ok((Ok(a), Ok(b))) => (a, b),
+            _ => {
+                return Err(Outcome {
+                    busy: true,
+                    ..Outcome::failed("The bot is busy right now; try again shortly.")
+                });
+            }
+        };
+        // The server's own work before the upstream call: trigger handling, context, checks.
+        metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
+        let called_at = Instant::now();
+        let max_tokens = p.req.max_tokens;
+        match Fallback::new(p.providers).stream(p.req).await {
+            Ok(stream) => Ok(Opened {
+                stream,
+                _permits: permits,
+                called_at,
+                prompt_estimate: p.prompt_estimate,
+                max_tokens,
+            }),
+            Err(e) => {
+                metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
+                Err(Outcome {
+                    text: String::new(),
+                    end: End::Failed(e.user_message()),
+                    busy: is_saturation(&e),
+                    called: true,
+                    prompt_tokens: p.prompt_estimate,
+                    completion_tokens: 0,
+                })
+            }
+        }
+    }
+
+    /// Relays the upstream stream into the reply until it ends or is stopped.
+    pub(crate) async fn relay(&self, opened: Opened<'_>, reply: &Message, stop: &CancellationToken) -> Outcome {
+        let Opened {
+            mut stream,
+            _permits,
+            called_at,
+            prompt_estimate,
+            max_tokens,
+        } = opened;
+        let mut writer = self.service.reply_writer(reply, self.cfg.save_interval);
+        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
+        let mut out = Outcome {
+            text: String::new(),
+            end: End::Complete,
+            busy: false,
+            called: true,
+            prompt_tokens: prompt_estimate,
+            completion_tokens: 0,
+        };
+        let mut usage_reported = false;
+        let mut first_token = true;
+        // An item read ahead while coalescing deltas, handled next.
+        let mut ahead: Option<Option<Result<StreamEvent, LlmError>>> = None;
+        loop {
+            let item = match ahead.take() {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {
+                        drop(stream); // closes the upstream connection
+                        out.end = End::Stopped;
+                        break;
+                    }
+                    item = stream.next() => item,
+                },
+            };
+            match item {
+                Some(Ok(StreamEvent::Delta(mut d))) => {
+                    // Deltas that already arrived go out as one frame; nothing waits for more.
+                    loop {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(StreamEvent::Delta(more)))) => d.push_str(&more),
+                            Some(other) => {
+                                ahead = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if d.is_empty() {
+                        continue;
+                    }
+                    if first_token {
+                        first_token = false;
+                        metrics::histogram!("confab_llm_time_to_first_token_seconds")
+                            .record(called_at.elapsed().as_secs_f64());
+                    }
+                    let received = Instant::now();
+                    let full = cap.take(&mut d);
+                    if let Err(blocked) = writer.push(&d).await {
+                        drop(stream); // the rest of the generation is not wanted: close the upstream connection
+                        out.end = End::Blocked(blocked);
+                        break;
+                    }
+                    // Provider delta received → handed to the fan-out.
+                    metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
+                    if full {
+                        drop(stream); // at its length limit, whatever the provider would still send
+                        out.end = End::Truncated;
+                        break;
+                    }
+                }
+                Some(Ok(StreamEvent::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                })) => {
+                    usage_reported = true;
+                    out.prompt_tokens = prompt_tokens;
+                    out.completion_tokens = completion_tokens;
+                    if cap.over_reported(completion_tokens) {
+                        drop(stream);
+                        out.end = End::Truncated;
+                        break;
+                    }
+                }
+                Some(Ok(StreamEvent::Done { finish_reason })) => {
+                    out.end = if cap::is_length(finish_reason.as_deref()) {
+                        End::Truncated
+                    } else {
+                        End::Complete
+                    };
+                    break;
+                }
+                Some(Err(e)) => {
+                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
+                    out.end = failure(&e, writer.received_len() == 0);
+                    break;
+                }
+                None => {
+                    out.end = failure(
+                        &LlmError::StreamCut("the stream ended early".into()),
+                        writer.received_len() == 0,
+                    );
+                    break;
+                }
+            }
+        }
+        let settled = writer.settle().await;
+        out.text = settled.text;
+        if let Some(blocked) = settled.blocked {
+            // Also when the blocked text was only complete at the end of the stream.
+            out.end = End::Blocked(blocked);
+        }
+        if !usage_reported {
+            out.completion_tokens = context::estimate_tokens(&out.text);
+        }
+        metrics::histogram!("confab_llm_upstream_seconds").record(called_at.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Checks the day's usage against the bot's per-user and per-bot budgets, with this call's estimate.
+    pub(crate) async fn check_budget(&self, bot: &Bot, user: &UserId, estimate: u32) -> Result<(), String> {
+        let s = &bot.settings;
+        if s.user_daily_tokens == 0 && s.bot_daily_tokens == 0 {
+            return Ok(());
+        }
+        let today = utc_day(now_millis());
+        let rows = self
+            .service
+            .lookup()
+            .usage(&today, &today, Some(&bot.id), None)
+            .await
+            .map_err(|e| format!("could not check the token budget: {}", short(&e)))?;
+        let spent = |f: &dyn Fn(&UsageRecord) -> bool| -> u64 {
+            rows.iter()
+                .filter(|r| f(r))
+                .map(|r| r.prompt_tokens + r.completion_tokens)
+                .sum()
+        };
+        if s.user_daily_tokens > 0 && spent(&|r| &r.user_id == user) + estimate as u64 > s.user_daily_tokens {
+            return Err("Your token budget with this bot is used up for today.".into());
+        }
+        if s.bot_daily_tokens > 0 && spent(&|_| true) + estimate as u64 > s.bot_daily_tokens {
+            return Err("This bot's token budget is used up for today.".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether an error says the provider is saturated rather than broken.
+pub(crate) fn is_saturation(e: &LlmError) -> bool {
+    matches!(
+        e,
+        LlmError::RateLimited { .. } | LlmError::Overloaded | LlmError::CircuitOpen { .. }
+    )
+}
+
+/// An error before any text is a failure; after some text, the reply was interrupted.
+pub(crate) fn failure(e: &LlmError, nothing_received: bool) -> End {
+    if nothing_received {
+        End::Failed(e.user_message())
+    } else {
+        End::Interrupted(e.user_message())
+    }
+}
+
+/// What a reply needs for the upstream call.
+pub(crate) struct Prepared {
+    pub(crate) req: confab_llm::ChatRequest,
+    pub(crate) providers: Vec<Arc<dyn LlmProvider>>,
+    pub(crate) prompt_estimate: u32,
+}
+
+/// An open upstream stream and the concurrency permits it holds until it ends.
+pub(crate) struct Opened<'a> {
+    pub(crate) stream: confab_llm::EventStream,
+    pub(crate) _permits: (SemaphorePermit<'a>, OwnedSemaphorePermit),
+    pub(crate) called_at: Instant,
+    pub(crate) prompt_estimate: u32,
+    /// The bot's `max_output_tokens`, enforced locally too.
+    pub(crate) max_tokens: u32,
+}
+
+pub(crate) enum End {
+    Complete,
+    /// Cut at its length limit (the bot's tokens or the byte cap, locally or by the provider): finished
+    /// `complete` with the reason [`cap::LENGTH`].
+    Truncated,
+    Stopped,
+    Failed(String),
+    Interrupted(String),
+    /// Cut by the content policy: finished `failed` with the moderation reason.
+    Blocked(ReplyBlocked),
+}
+
+pub(crate) struct Outcome {
+    pub(crate) text: String,
+    pub(crate) end: End,
+    /// Failed because the provider or the bot is saturated (rate limit, full queue, open circuit), not
+    /// broken: worth retrying later.
+    pub(crate) busy: bool,
+    /// Whether the provider was called (usage is recorded only then).
+    pub(crate) called: bool,
+    pub(crate) prompt_tokens: u32,
+    pub(crate) completion_tokens: u32,
+}
+
+impl Outcome {
+    pub(crate) fn failed(reason: &str) -> Outcome {
+        Outcome {
+            text: String::new(),
+            end: End::Failed(reason.to_string()),
+            busy: false,
+            called: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        }
+    }
+
+    pub(crate) fn stopped(text: String) -> Outcome {
+        Outcome {
+            text,
+            end: End::Stopped,
+            busy: false,
+            called: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        }
+    }
+}
