@@ -17,10 +17,11 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use confab_domain::bot::{BotSettings, BotTrigger, ReplyState};
+use confab_domain::bot::{BotSettings, BotTrigger};
 use confab_domain::model::{Message, MessageKind, NewMessage, NewUser, UserPatch};
 use confab_domain::{ChannelId, DomainError, MessageId, UserId};
 use confab_service::bots::{AnswerEvent, BotView, TurnRole};
+use confab_service::replies::ReplyEnd;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -789,15 +790,16 @@ async fn relay_stream(
     };
     // The message ends in one final state: `complete`, or `interrupted` with the failure, which is also the
     // answer; `failed` when the content policy blocked it (`finish` then answers the rejection).
-    let (state, reason) = match &failure {
-        None => (ReplyState::Complete, None),
-        Some(e) => (ReplyState::Interrupted, Some(e.message().into_owned())),
+    let end = match &failure {
+        None => ReplyEnd::Complete,
+        Some(e) => ReplyEnd::Interrupted(e.message().into_owned()),
     };
-    let done = writer.finish(state, reason).await?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(Reply(StreamedReply {
-            message: render_one(&st, &done).await?,
+    let done = writer.finish(end, None).await?;
+    match (failure, done.end) {
+        (Some(e), _) => Err(e),
+        (None, ReplyEnd::Blocked(b)) => Err(DomainError::from(b).into()),
+        (None, _) => Ok(Reply(StreamedReply {
+            message: render_one(&st, &done.message).await?,
         })),
     }
 }

@@ -64,13 +64,25 @@ impl BotAnswerer for BotRuntime {
             providers,
             prompt_estimate,
         };
+        // The content policy applies as in channels; these answers belong to none.
+        let guard = ChannelId::parse(ANSWERS_CHANNEL)
+            .ok()
+            .and_then(|c| rt.service.reply_guard(&c));
         tokio::spawn(async move {
-            let outcome = match rt.open(&bot, prepared, Instant::now()).await {
-                Ok(opened) => rt.relay_answer(opened, &tx).await,
+            let mut sink = AnswerSink {
+                tx,
+                guard,
+                text: String::new(),
+            };
+            let mut outcome = match rt.open(&bot, prepared, Instant::now()).await {
+                // The caller leaving is the only stop (the sink refuses more).
+                Ok(opened) => stream::relay(opened, &mut sink, &CancellationToken::new(), rt.cfg.max_reply_bytes).await,
                 Err(o) => o,
             };
+            let tx = sink.tx.clone();
+            outcome.end = sink.settle(outcome.end).await;
             match &outcome.end {
-                End::Failed(message) | End::Interrupted(message) => {
+                ReplyEnd::Failed(message) | ReplyEnd::Interrupted(message) => {
                     let _ = tx
                         .send(AnswerEvent::Failed {
                             busy: outcome.busy,
@@ -78,7 +90,7 @@ impl BotAnswerer for BotRuntime {
                         })
                         .await;
                 }
-                End::Blocked(b) => {
+                ReplyEnd::Blocked(b) => {
                     let _ = tx
                         .send(AnswerEvent::Rejected {
                             rule: b.rule.clone(),
@@ -86,7 +98,7 @@ impl BotAnswerer for BotRuntime {
                         })
                         .await;
                 }
-                End::Complete | End::Truncated | End::Stopped => {}
+                ReplyEnd::Complete | ReplyEnd::Truncated | ReplyEnd::Stopped => {}
             }
             rt.record_answer(&bot, &outcome).await;
         });
@@ -95,132 +107,14 @@ impl BotAnswerer for BotRuntime {
 }
 
 impl BotRuntime {
-    /// Streams an answer into `tx` until it ends, the receiver goes away (the caller left: the upstream call
-    /// is closed) or the provider fails.
-    async fn relay_answer(&self, opened: Opened<'_>, tx: &mpsc::Sender<AnswerEvent>) -> Outcome {
-        let Opened {
-            mut stream,
-            _permits,
-            called_at,
-            prompt_estimate,
-            max_tokens,
-        } = opened;
-        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
-        let mut out = Outcome {
-            text: String::new(),
-            end: End::Complete,
-            busy: false,
-            called: true,
-            prompt_tokens: prompt_estimate,
-            completion_tokens: 0,
-        };
-        let mut usage_reported = false;
-        let mut first_token = true;
-        // The content policy applies as in channels; these answers belong to none.
-        let mut guard = ChannelId::parse(ANSWERS_CHANNEL)
-            .ok()
-            .and_then(|c| self.service.reply_guard(&c));
-        loop {
-            match stream.next().await {
-                Some(Ok(StreamEvent::Delta(mut d))) => {
-                    if d.is_empty() {
-                        continue;
-                    }
-                    if first_token {
-                        first_token = false;
-                        metrics::histogram!("confab_llm_time_to_first_token_seconds")
-                            .record(called_at.elapsed().as_secs_f64());
-                    }
-                    if cap.take(&mut d) {
-                        out.end = End::Truncated; // the answer ends with this piece
-                    }
-                    out.text.push_str(&d);
-                    let released = match &mut guard {
-                        None => d,
-                        Some(g) => match g.push(&d) {
-                            Ok(released) => released,
-                            Err(blocked) => {
-                                tracing::info!(rule = %blocked.rule, "bot answer blocked by moderation");
-                                out.end = End::Blocked(blocked);
-                                break;
-                            }
-                        },
-                    };
-                    if !released.is_empty() && tx.send(AnswerEvent::Delta(released)).await.is_err() {
-                        out.end = End::Stopped;
-                        break;
-                    }
-                    if matches!(out.end, End::Truncated) {
-                        break;
-                    }
-                }
-                Some(Ok(StreamEvent::Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                })) => {
-                    usage_reported = true;
-                    out.prompt_tokens = prompt_tokens;
-                    out.completion_tokens = completion_tokens;
-                    if cap.over_reported(completion_tokens) {
-                        out.end = End::Truncated;
-                        break;
-                    }
-                }
-                Some(Ok(StreamEvent::Done { finish_reason })) => {
-                    if cap::is_length(finish_reason.as_deref()) {
-                        out.end = End::Truncated;
-                    }
-                    break;
-                }
-                Some(Err(e)) => {
-                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
-                    out.end = failure(&e, out.text.is_empty());
-                    out.busy = is_saturation(&e);
-                    break;
-                }
-                None => {
-                    out.end = failure(
-                        &LlmError::StreamCut("the stream ended early".into()),
-                        out.text.is_empty(),
-                    );
-                    break;
-                }
-            }
-        }
-        drop(stream);
-        if let Some(g) = guard {
-            let reviewed = g.finish();
-            match reviewed.blocked {
-                Some(blocked) => out.end = End::Blocked(blocked),
-                // What was held back goes out (before any failure event), unless the caller left.
-                None if !matches!(out.end, End::Stopped) && !reviewed.rest.is_empty() => {
-                    let _ = tx.send(AnswerEvent::Delta(reviewed.rest)).await;
-                }
-                None => {}
-            }
-        }
-        if !usage_reported {
-            out.completion_tokens = context::estimate_tokens(&out.text);
-        }
-        metrics::histogram!("confab_llm_upstream_seconds").record(called_at.elapsed().as_secs_f64());
-        out
-    }
-
     /// Metrics and usage of an answer outside any channel.
     async fn record_answer(&self, bot: &Bot, outcome: &Outcome) {
-        let state = match outcome.end {
-            End::Complete | End::Truncated => ReplyState::Complete,
-            End::Stopped => ReplyState::Stopped,
-            End::Failed(_) | End::Blocked(_) => ReplyState::Failed,
-            End::Interrupted(_) => ReplyState::Interrupted,
-        };
+        let (state, _) = outcome.end.stored();
         metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
+        outcome.count_tokens();
         if !outcome.called {
             return;
         }
-        metrics::counter!("confab_llm_tokens_total", "kind" => "prompt").increment(outcome.prompt_tokens as u64);
-        metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
-            .increment(outcome.completion_tokens as u64);
         let Ok(channel_id) = ChannelId::parse(ANSWERS_CHANNEL) else {
             return;
         };
@@ -235,6 +129,60 @@ impl BotRuntime {
         };
         if let Err(e) = self.service.record_usage(usage).await {
             tracing::warn!(error = %e, "cannot record usage");
+        }
+    }
+}
+
+/// A stateless answer on its way to the caller, through the content policy.
+struct AnswerSink {
+    tx: mpsc::Sender<AnswerEvent>,
+    guard: Option<ReplyGuard>,
+    /// What the provider sent (before moderation).
+    text: String,
+}
+
+impl ReplySink for AnswerSink {
+    async fn push(&mut self, piece: &str) -> Result<(), ReplyEnd> {
+        self.text.push_str(piece);
+        let released = match &mut self.guard {
+            None => piece.to_string(),
+            Some(g) => g.push(piece).map_err(|blocked| {
+                tracing::info!(rule = %blocked.rule, "bot answer blocked by moderation");
+                ReplyEnd::Blocked(blocked)
+            })?,
+        };
+        if !released.is_empty() && self.tx.send(AnswerEvent::Delta(released)).await.is_err() {
+            return Err(ReplyEnd::Stopped); // the caller left
+        }
+        Ok(())
+    }
+
+    fn received_len(&self) -> usize {
+        self.text.len()
+    }
+
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AnswerSink {
+    /// Reviews the complete answer: what the policy held back goes out (before any failure event), unless
+    /// the caller left; a block only complete at the end ends the answer `Blocked`.
+    async fn settle(self, end: ReplyEnd) -> ReplyEnd {
+        let Some(g) = self.guard else {
+            return end;
+        };
+        let reviewed = g.finish();
+        match reviewed.blocked {
+            Some(blocked) if !matches!(end, ReplyEnd::Blocked(_)) => ReplyEnd::Blocked(blocked),
+            Some(_) => end,
+            None => {
+                if end != ReplyEnd::Stopped && !reviewed.rest.is_empty() {
+                    let _ = self.tx.send(AnswerEvent::Delta(reviewed.rest)).await;
+                }
+                end
+            }
         }
     }
 }

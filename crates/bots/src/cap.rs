@@ -4,7 +4,7 @@
 //! limit does (what chat users know from assistants that stop mid-sentence at their length limit).
 
 /// The reason of a reply cut at its length limit (OpenAI's `finish_reason`).
-pub const LENGTH: &str = "length";
+pub const LENGTH: &str = confab_service::replies::LENGTH_REASON;
 
 /// Characters per token of the local count (the estimate of [`crate::context::estimate_tokens`]) with a
 /// quarter more as margin: a provider that keeps to the limit ends first, by its own count.

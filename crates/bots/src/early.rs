@@ -143,15 +143,11 @@ impl BotRuntime {
         let opened = match opened {
             Some(o) => o,
             None => tokio::select! {
-                _ = stop.cancelled() => Err(Outcome::stopped(String::new())),
+                _ = stop.cancelled() => Err(Outcome::stopped()),
                 o = &mut opening => o,
             },
         };
-        let outcome = match opened {
-            Ok(opened) => self.relay(opened, &reply, &stop).await,
-            Err(o) => o,
-        };
-        self.finish(&bot, &trigger, &reply, outcome).await;
+        self.write(&bot, &trigger, &reply, opened, &stop).await;
     }
 }
 

@@ -8,7 +8,8 @@
 //! stream (dropping it closes the HTTP connection).
 //!
 //! Here: starting and the event loop. `triggers`: which bots a message triggers; `early`: the early start;
-//! `replies`: one reply from begin to its final state; `answers`: stateless answers.
+//! `replies`: one reply from begin to its final state (the service's reply lifecycle); `stream`: the one
+//! stream loop, into a reply or a stateless answer; `answers`: stateless answers.
 
 pub mod cap;
 pub mod catalog;
@@ -18,6 +19,7 @@ pub mod moderator;
 mod answers;
 mod early;
 mod replies;
+mod stream;
 mod triggers;
 
 use early::*;
@@ -30,16 +32,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use confab_domain::bot::{Bot, BotSettings, BotTrigger, ReplyState, UsageRecord, utc_day};
+use confab_domain::bot::{Bot, BotSettings, BotTrigger, UsageRecord, utc_day};
 use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, NewMessage};
 use confab_domain::ports::Subscription;
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
 use confab_service::Confab;
 use confab_service::bots::{AnswerEvent, BotAnswerer, SendObserver, SendTicket, TurnRole};
-use confab_service::moderation::ReplyBlocked;
+use confab_service::moderation::ReplyGuard;
+use confab_service::replies::{ReplyEnd, ReplyWriter};
 use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use stream::ReplySink;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

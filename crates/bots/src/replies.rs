@@ -26,16 +26,12 @@ impl BotRuntime {
             .unwrap_or(ChannelKind::Group);
         let opened = match self.prepare(&bot, &trigger, kind, history).await {
             Ok(p) => tokio::select! {
-                _ = stop.cancelled() => Err(Outcome::stopped(String::new())),
+                _ = stop.cancelled() => Err(Outcome::stopped()),
                 o = self.open(&bot, p, triggered_at) => o,
             },
             Err(o) => Err(o),
         };
-        let outcome = match opened {
-            Ok(opened) => self.relay(opened, &reply, &stop).await,
-            Err(o) => o,
-        };
-        self.finish(&bot, &trigger, &reply, outcome).await;
+        self.write(&bot, &trigger, &reply, opened, &stop).await;
     }
 
     /// Creates the reply row (`generating`); `None` when it exists already (one per bot and trigger) or
@@ -65,23 +61,23 @@ impl BotRuntime {
         token
     }
 
-    /// Records usage and stores the reply's one final state.
-    pub(crate) async fn finish(&self, bot: &Bot, trigger: &Message, reply: &Message, outcome: Outcome) {
-        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&reply.id);
-        let (state, reason) = match &outcome.end {
-            End::Complete => (ReplyState::Complete, None),
-            End::Truncated => (ReplyState::Complete, Some(cap::LENGTH.to_string())),
-            End::Stopped => (ReplyState::Stopped, None),
-            End::Failed(r) => (ReplyState::Failed, Some(r.clone())),
-            End::Interrupted(r) => (ReplyState::Interrupted, Some(r.clone())),
-            End::Blocked(b) => (ReplyState::Failed, Some(b.failure_reason())),
+    /// Streams the opened call (or the refusal before it) into the reply, then records usage and stores the
+    /// reply's one final state: the one path of every reply the runtime writes.
+    pub(crate) async fn write(
+        &self,
+        bot: &Bot,
+        trigger: &Message,
+        reply: &Message,
+        opened: Result<Opened<'_>, Outcome>,
+        stop: &CancellationToken,
+    ) {
+        let mut writer = self.service.reply_writer(reply, self.cfg.save_interval);
+        let outcome = match opened {
+            Ok(opened) => stream::relay(opened, &mut writer, stop, self.cfg.max_reply_bytes).await,
+            Err(o) => o,
         };
-        metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
-        if outcome.called {
-            metrics::counter!("confab_llm_tokens_total", "kind" => "prompt").increment(outcome.prompt_tokens as u64);
-            metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
-                .increment(outcome.completion_tokens as u64);
-        }
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&reply.id);
+        outcome.count_tokens();
         let usage = match (&trigger.sender_id, outcome.called) {
             (Some(user), true) => Some(UsageRecord {
                 day: utc_day(now_millis()),
@@ -94,11 +90,7 @@ impl BotRuntime {
             }),
             _ => None,
         };
-        let finished = self
-            .service
-            .finish_reply(reply.id, outcome.text, state, reason, usage)
-            .await;
-        if let Err(e) = finished {
+        if let Err(e) = writer.finish(outcome.end, usage).await {
             tracing::error!(reply = %reply.id, error = %e, "cannot finish the reply; the restart sweep will");
         }
     }
@@ -175,8 +167,7 @@ impl BotRuntime {
             Err(e) => {
                 metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
                 Err(Outcome {
-                    text: String::new(),
-                    end: End::Failed(e.user_message()),
+                    end: ReplyEnd::Failed(e.user_message()),
                     busy: is_saturation(&e),
                     called: true,
                     prompt_tokens: p.prompt_estimate,
@@ -184,126 +175,6 @@ impl BotRuntime {
                 })
             }
         }
-    }
-
-    /// Relays the upstream stream into the reply until it ends or is stopped.
-    pub(crate) async fn relay(&self, opened: Opened<'_>, reply: &Message, stop: &CancellationToken) -> Outcome {
-        let Opened {
-            mut stream,
-            _permits,
-            called_at,
-            prompt_estimate,
-            max_tokens,
-        } = opened;
-        let mut writer = self.service.reply_writer(reply, self.cfg.save_interval);
-        let mut cap = cap::ReplyCap::new(max_tokens, self.cfg.max_reply_bytes);
-        let mut out = Outcome {
-            text: String::new(),
-            end: End::Complete,
-            busy: false,
-            called: true,
-            prompt_tokens: prompt_estimate,
-            completion_tokens: 0,
-        };
-        let mut usage_reported = false;
-        let mut first_token = true;
-        // An item read ahead while coalescing deltas, handled next.
-        let mut ahead: Option<Option<Result<StreamEvent, LlmError>>> = None;
-        loop {
-            let item = match ahead.take() {
-                Some(item) => item,
-                None => tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => {
-                        drop(stream); // closes the upstream connection
-                        out.end = End::Stopped;
-                        break;
-                    }
-                    item = stream.next() => item,
-                },
-            };
-            match item {
-                Some(Ok(StreamEvent::Delta(mut d))) => {
-                    // Deltas that already arrived go out as one frame; nothing waits for more.
-                    loop {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(StreamEvent::Delta(more)))) => d.push_str(&more),
-                            Some(other) => {
-                                ahead = Some(other);
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    if d.is_empty() {
-                        continue;
-                    }
-                    if first_token {
-                        first_token = false;
-                        metrics::histogram!("confab_llm_time_to_first_token_seconds")
-                            .record(called_at.elapsed().as_secs_f64());
-                    }
-                    let received = Instant::now();
-                    let full = cap.take(&mut d);
-                    if let Err(blocked) = writer.push(&d).await {
-                        drop(stream); // the rest of the generation is not wanted: close the upstream connection
-                        out.end = End::Blocked(blocked);
-                        break;
-                    }
-                    // Provider delta received → handed to the fan-out.
-                    metrics::histogram!("confab_bot_relay_seconds").record(received.elapsed().as_secs_f64());
-                    if full {
-                        drop(stream); // at its length limit, whatever the provider would still send
-                        out.end = End::Truncated;
-                        break;
-                    }
-                }
-                Some(Ok(StreamEvent::Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                })) => {
-                    usage_reported = true;
-                    out.prompt_tokens = prompt_tokens;
-                    out.completion_tokens = completion_tokens;
-                    if cap.over_reported(completion_tokens) {
-                        drop(stream);
-                        out.end = End::Truncated;
-                        break;
-                    }
-                }
-                Some(Ok(StreamEvent::Done { finish_reason })) => {
-                    out.end = if cap::is_length(finish_reason.as_deref()) {
-                        End::Truncated
-                    } else {
-                        End::Complete
-                    };
-                    break;
-                }
-                Some(Err(e)) => {
-                    metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
-                    out.end = failure(&e, writer.received_len() == 0);
-                    break;
-                }
-                None => {
-                    out.end = failure(
-                        &LlmError::StreamCut("the stream ended early".into()),
-                        writer.received_len() == 0,
-                    );
-                    break;
-                }
-            }
-        }
-        let settled = writer.settle().await;
-        out.text = settled.text;
-        if let Some(blocked) = settled.blocked {
-            // Also when the blocked text was only complete at the end of the stream.
-            out.end = End::Blocked(blocked);
-        }
-        if !usage_reported {
-            out.completion_tokens = context::estimate_tokens(&out.text);
-        }
-        metrics::histogram!("confab_llm_upstream_seconds").record(called_at.elapsed().as_secs_f64());
-        out
     }
 
     /// Checks the day's usage against the bot's per-user and per-bot budgets, with this call's estimate.
@@ -344,11 +215,11 @@ pub(crate) fn is_saturation(e: &LlmError) -> bool {
 }
 
 /// An error before any text is a failure; after some text, the reply was interrupted.
-pub(crate) fn failure(e: &LlmError, nothing_received: bool) -> End {
+pub(crate) fn failure(e: &LlmError, nothing_received: bool) -> ReplyEnd {
     if nothing_received {
-        End::Failed(e.user_message())
+        ReplyEnd::Failed(e.user_message())
     } else {
-        End::Interrupted(e.user_message())
+        ReplyEnd::Interrupted(e.user_message())
     }
 }
 
@@ -369,21 +240,9 @@ pub(crate) struct Opened<'a> {
     pub(crate) max_tokens: u32,
 }
 
-pub(crate) enum End {
-    Complete,
-    /// Cut at its length limit (the bot's tokens or the byte cap, locally or by the provider): finished
-    /// `complete` with the reason [`cap::LENGTH`].
-    Truncated,
-    Stopped,
-    Failed(String),
-    Interrupted(String),
-    /// Cut by the content policy: finished `failed` with the moderation reason.
-    Blocked(ReplyBlocked),
-}
-
+/// How an answer went: its end, and what it cost.
 pub(crate) struct Outcome {
-    pub(crate) text: String,
-    pub(crate) end: End,
+    pub(crate) end: ReplyEnd,
     /// Failed because the provider or the bot is saturated (rate limit, full queue, open circuit), not
     /// broken: worth retrying later.
     pub(crate) busy: bool,
@@ -396,8 +255,7 @@ pub(crate) struct Outcome {
 impl Outcome {
     pub(crate) fn failed(reason: &str) -> Outcome {
         Outcome {
-            text: String::new(),
-            end: End::Failed(reason.to_string()),
+            end: ReplyEnd::Failed(reason.to_string()),
             busy: false,
             called: false,
             prompt_tokens: 0,
@@ -405,14 +263,22 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn stopped(text: String) -> Outcome {
+    pub(crate) fn stopped() -> Outcome {
         Outcome {
-            text,
-            end: End::Stopped,
+            end: ReplyEnd::Stopped,
             busy: false,
             called: false,
             prompt_tokens: 0,
             completion_tokens: 0,
+        }
+    }
+
+    /// Counts the tokens of a provider call.
+    pub(crate) fn count_tokens(&self) {
+        if self.called {
+            metrics::counter!("confab_llm_tokens_total", "kind" => "prompt").increment(self.prompt_tokens as u64);
+            metrics::counter!("confab_llm_tokens_total", "kind" => "completion")
+                .increment(self.completion_tokens as u64);
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod bots;
 pub mod files;
 pub mod moderation;
 pub mod presence;
+pub mod replies;
 mod screen;
 pub mod surface;
 pub mod typing;
