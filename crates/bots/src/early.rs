@@ -229,6 +229,9 @@ impl SendObserver for BotRuntime {
     }
 
     fn sending(&self, draft: &NewMessage) -> Option<Box<dyn SendTicket>> {
+        if !self.cfg.early_start {
+            return None;
+        }
         let (kind, bots) = self.early_bots(draft)?;
         let rt = self.me.upgrade()?;
         let id = self.next_early.fetch_add(1, Ordering::Relaxed);

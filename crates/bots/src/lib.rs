@@ -58,6 +58,8 @@ pub struct RuntimeConfig {
     pub user_triggers_per_minute: u32,
     /// Longest text of one reply or answer in bytes, whatever the provider streams (see [`cap`]).
     pub max_reply_bytes: usize,
+    /// Opens the provider call while the trigger commits, when it can be decided from memory (`early`).
+    pub early_start: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +70,7 @@ impl Default for RuntimeConfig {
             save_interval: Duration::from_millis(250),
             user_triggers_per_minute: 20,
             max_reply_bytes: 64 * 1024,
+            early_start: true,
         }
     }
 }

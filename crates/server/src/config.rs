@@ -411,6 +411,10 @@ pub struct BotRuntimeConfig {
     /// Longest text of one bot reply, in bytes, whatever the provider streams (each bot's
     /// `max_output_tokens` is enforced locally too); a reply that reaches it ends `complete`, reason `length`.
     pub max_reply_bytes: usize,
+    /// Open the provider call while the triggering message commits, when the runtime can decide from memory
+    /// that it triggers a bot (see ARCHITECTURE.md, the path of one bot reply). Off: every reply starts
+    /// after the commit event.
+    pub early_start: bool,
 }
 
 impl Default for BotRuntimeConfig {
@@ -422,6 +426,7 @@ impl Default for BotRuntimeConfig {
             save_interval_ms: d.save_interval.as_millis() as u64,
             user_triggers_per_minute: d.user_triggers_per_minute,
             max_reply_bytes: d.max_reply_bytes,
+            early_start: d.early_start,
         }
     }
 }
@@ -434,6 +439,7 @@ impl BotRuntimeConfig {
             save_interval: Duration::from_millis(self.save_interval_ms.max(10)),
             user_triggers_per_minute: self.user_triggers_per_minute.max(1),
             max_reply_bytes: self.max_reply_bytes.max(1),
+            early_start: self.early_start,
         }
     }
 }
