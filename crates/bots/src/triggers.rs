@@ -90,7 +90,9 @@ impl BotRuntime {
     /// that answer with an LLM.
     pub(crate) async fn announce(&self, bots: Vec<Bot>, m: &Arc<Message>) -> Vec<Bot> {
         let callbacks = bots.iter().filter(|b| !b.settings.callback_url.is_empty());
-        self.service.trigger_callbacks(callbacks.map(|b| b.id.clone()), m).await;
+        if let Err(e) = self.service.trigger_callbacks(callbacks.map(|b| b.id.clone()), m).await {
+            tracing::error!(message = %m.id, error = %e, "cannot record the bot callbacks of a message");
+        }
         bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect()
     }
 
