@@ -83,7 +83,7 @@ fn verify_nim(h: &Hit) {
 
 /// Messages acknowledged while the application's receiver is down reach it in both formats (in the
 /// channel's order), and as the callbacks of the bot they trigger, after the server is killed with SIGKILL
-/// and started again: each once per format.
+/// and started again: each once per format. The stored bot keeps getting callbacks after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sendbird_and_nim_webhooks_and_bot_callbacks_survive_kill_9() {
     use crate::durability::{call, seed_group, send_texts, start_with, wait_ready};
@@ -215,6 +215,28 @@ async fn sendbird_and_nim_webhooks_and_bot_callbacks_survive_kill_9() {
     // of its own: once each is what a restart must keep.
     callbacks.sort_by_key(|t| t[1..].parse::<usize>().unwrap());
     assert_eq!(callbacks, expected, "once each");
+    // The bot, stored before the restart, is told of what comes after it too.
+    let (s, v) = call(
+        &http,
+        server.addr,
+        "POST",
+        "/api/v1/channels/g/messages",
+        json!({"sender_id": "bob", "text": "after the restart"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    loop {
+        let h = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("the callback of a message sent after the restart")
+            .unwrap();
+        if h.path == "/cb" {
+            verify_sendbird(&h);
+            assert_eq!(h.body["message"]["text"], "after the restart", "{}", h.body);
+            break;
+        }
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
