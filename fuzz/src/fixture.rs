@@ -33,7 +33,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// The `/v3` router (Sendbird) over the same service, with its webhook relay and callback dispatcher,
+    /// The `/v3` router (Sendbird) over the same service, with its webhook relay (webhooks and bot callbacks),
     /// built on first use (only its targets pay for it). Outbound requests stay behind the egress policy.
     pub fn sendbird(&self) -> &axum::Router {
         self.sendbird.get_or_init(|| {
@@ -46,15 +46,13 @@ impl Fixture {
                     &bus,
                     egress.clone(),
                     Default::default(),
-                    shutdown.clone(),
+                    shutdown,
                 )
                 .await
                 .expect("relay");
-                let dispatcher = confab_webhooks::Dispatcher::start(Default::default(), egress, shutdown.clone())
-                    .expect("dispatcher");
                 let hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
                     self.service.clone(),
-                    dispatcher,
+                    egress,
                     relay,
                     MASTER,
                     "fuzz".into(),
@@ -66,7 +64,7 @@ impl Fixture {
                     max_upload_request_bytes: MAX_UPLOAD as usize + 64 * 1024,
                     request_timeout: Duration::from_secs(30),
                 };
-                confab_api_sendbird::router(self.service.clone(), hooks, limits, shutdown)
+                confab_api_sendbird::router(self.service.clone(), hooks, limits)
             })
         })
     }

@@ -23,7 +23,8 @@ pub struct CreateEndpointBody {
     /// Where events are POSTed. Private, loopback and link-local destinations are refused unless the
     /// configuration allows them.
     pub url: String,
-    /// Event types (`message.sent`) or patterns (`message.*`); omitted or empty: every event.
+    /// Event types (`message.sent`) or patterns (`message.*`); omitted or empty (or `*`): every event but the
+    /// opt-in `bot.triggered`, delivered only to endpoints that name it (or `bot.*`).
     #[serde(default)]
     pub events: Vec<String>,
     #[serde(default)]
@@ -54,7 +55,8 @@ pub struct EndpointDto {
     pub description: String,
     pub enabled: bool,
     /// `standard`; `sendbird` or `nim` for the endpoint a compatibility surface keeps from its own webhook
-    /// settings (shown here with its deliveries; changed only through those settings, apart from its secret).
+    /// settings, `sendbird_callbacks` for Sendbird's bot callbacks (no URL of its own: each goes to its bot's
+    /// callback URL). Shown here with its deliveries; changed only by its surface, apart from its secret.
     pub format: String,
     pub created_at: Millis,
     pub updated_at: Millis,

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use confab_domain::bot::{BotSettings, BotTrigger};
 use confab_domain::model::{Message, MessageKind, NewMessage, NewUser, UserPatch};
 use confab_domain::{ChannelId, DomainError, MessageId, UserId};
+use confab_service::Confab;
 use confab_service::bots::{AnswerEvent, BotView, TurnRole};
 use confab_service::replies::ReplyEnd;
 use futures_util::StreamExt;
@@ -69,15 +70,19 @@ impl Extras {
 }
 
 async fn load_extras(st: &SendbirdState, id: &UserId) -> SendbirdResult<Extras> {
+    load_extras_of(&st.service, id).await
+}
+
+async fn load_extras_of(service: &Confab, id: &UserId) -> SendbirdResult<Extras> {
     // Attributes that no longer read are replaced, as if absent.
-    match st.service.settings(NAMESPACE).get::<Extras>(id.as_str()).await {
+    match service.settings(NAMESPACE).get::<Extras>(id.as_str()).await {
         Ok(Some(e)) => return Ok(e),
         Ok(None) | Err(DomainError::Internal(_)) => {}
         Err(e) => return Err(e.into()),
     }
     // A bot created through another surface gets its Sendbird attributes (and token) on first sight.
     let e = Extras::new();
-    save_extras(st, id, &e).await?;
+    service.settings(NAMESPACE).put(id.as_str(), &e).await?;
     Ok(e)
 }
 
@@ -87,8 +92,8 @@ async fn save_extras(st: &SendbirdState, id: &UserId, e: &Extras) -> SendbirdRes
 }
 
 /// The bot's token and whether callbacks list members, for [`crate::callbacks`].
-pub(crate) async fn callback_attributes(st: &SendbirdState, id: &UserId) -> SendbirdResult<(String, bool)> {
-    let e = load_extras(st, id).await?;
+pub(crate) async fn callback_attributes(service: &Confab, id: &UserId) -> SendbirdResult<(String, bool)> {
+    let e = load_extras_of(service, id).await?;
     Ok((e.bot_token, e.show_member))
 }
 

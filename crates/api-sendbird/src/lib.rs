@@ -7,7 +7,7 @@
 //! FILE as JSON with a URL or multipart with the file, ADMM; list around a timestamp or a message, view,
 //! update, delete); webhook settings and signed webhook events (see [`webhooks`]); bots (see [`bots`]):
 //! create, list, view, update, delete with our own `ai` object for LLM bots, callback bots told through
-//! `bot_message_notification` (see [`callbacks`]), join and leave channels, `send` (JSON or multipart),
+//! `bot_message_notification` (see [`callbacks`]: from the durable outbox, as webhooks are), join and leave channels, `send` (JSON or multipart),
 //! `send_stream` (a chunked body of concatenated JSON objects, parsed as it arrives, written through the
 //! service's `ReplyWriter` like LLM replies) and `ai_chatbot_replies` (JSON, or SSE on request, through the
 //! service's `BotAnswerer` port). Message and channel objects are rendered in `dto`, shared by every handler.
@@ -79,13 +79,8 @@ async fn timeout_response(_: tower::BoxError) -> SendbirdError {
     }
 }
 
-/// The `/v3` router; also starts the bot callbacks, which run until `shutdown`.
-pub fn router(
-    service: Arc<Confab>,
-    webhooks: Arc<SendbirdWebhooks>,
-    limits: SendbirdLimits,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Router {
+/// The `/v3` router.
+pub fn router(service: Arc<Confab>, webhooks: Arc<SendbirdWebhooks>, limits: SendbirdLimits) -> Router {
     let uploads = Router::new()
         .route(
             "/group_channels/{channel_url}/messages",
@@ -165,7 +160,6 @@ pub fn router(
         webhooks,
         max_body_bytes: limits.max_body_bytes,
     };
-    callbacks::start(state.clone(), shutdown);
     Router::new()
         .nest("/v3", v3)
         .with_state(state)

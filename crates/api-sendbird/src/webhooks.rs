@@ -21,7 +21,6 @@ use confab_domain::outbox::{RecordedChange, RecordedEvent};
 use confab_domain::{ChannelId, DomainError, DomainResult, UserId};
 use confab_service::Confab;
 use confab_service::webhooks::{ManagedEndpoint, WebhookEndpoints, WebhookFormat};
-use confab_webhooks::{Delivery, Dispatcher};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -90,8 +89,8 @@ impl WebhookSettings {
 
 pub struct SendbirdWebhooks {
     service: Arc<Confab>,
-    /// Bot callbacks (not webhooks: a bot's trigger, posted as it happens).
-    dispatcher: Arc<Dispatcher>,
+    /// What the application's URLs (webhooks, bot callbacks) must pass when they are set.
+    policy: confab_egress::EgressPolicy,
     endpoints: Arc<dyn WebhookEndpoints>,
     /// The master API token, Sendbird's signing key. Never logged (no `Debug`).
     key: Vec<u8>,
@@ -100,11 +99,11 @@ pub struct SendbirdWebhooks {
 }
 
 impl SendbirdWebhooks {
-    /// Loads the stored settings, registers the Sendbird format with the outbox relay and brings the
-    /// settings' endpoint in line with them.
+    /// Loads the stored settings, registers the Sendbird formats (webhooks, bot callbacks) with the outbox
+    /// relay and brings their endpoints in line: the settings' one, and the one of every bot callback.
     pub async fn start(
         service: Arc<Confab>,
-        dispatcher: Arc<Dispatcher>,
+        policy: confab_egress::EgressPolicy,
         endpoints: Arc<dyn WebhookEndpoints>,
         master_token: &str,
         app_id: String,
@@ -116,7 +115,7 @@ impl SendbirdWebhooks {
             .unwrap_or_default();
         let this = Arc::new(SendbirdWebhooks {
             service,
-            dispatcher,
+            policy,
             endpoints,
             key: master_token.as_bytes().to_vec(),
             app_id,
@@ -124,6 +123,9 @@ impl SendbirdWebhooks {
         });
         this.endpoints
             .register_format(Arc::new(SendbirdFormat(Arc::downgrade(&this))));
+        this.endpoints
+            .register_format(Arc::new(crate::callbacks::CallbackFormat(Arc::downgrade(&this))));
+        this.endpoints.put_managed(crate::callbacks::endpoint()).await?;
         // Stored settings the configuration now refuses (a URL no longer allowed) must not stop the server.
         if let Err(e) = this.keep_endpoint(&settings).await {
             tracing::error!(error = %e, "the stored Sendbird webhook settings cannot be applied");
@@ -132,7 +134,7 @@ impl SendbirdWebhooks {
     }
 
     pub fn policy(&self) -> &confab_egress::EgressPolicy {
-        self.dispatcher.policy()
+        &self.policy
     }
 
     pub fn service(&self) -> &Arc<Confab> {
@@ -141,21 +143,6 @@ impl SendbirdWebhooks {
 
     pub fn app_id(&self) -> &str {
         &self.app_id
-    }
-
-    /// Signs and queues one POST of a Sendbird payload (a bot callback) to `url`.
-    pub fn post(&self, kind: &'static str, url: &str, payload: &Value) {
-        let body = bytes::Bytes::from(payload.to_string());
-        let signature = self.sign(&body);
-        match Delivery::json(kind, self.dispatcher.policy(), url, body) {
-            Ok(d) => {
-                let d = d
-                    .header("user-agent", "SendBird")
-                    .header("x-sendbird-signature", &signature);
-                let _ = self.dispatcher.enqueue(d); // a full queue is counted and logged by the dispatcher
-            }
-            Err(e) => tracing::warn!(kind, error = %e, "sendbird callback URL refused"),
-        }
     }
 
     pub fn settings(&self) -> Arc<WebhookSettings> {

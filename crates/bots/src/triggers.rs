@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Tries at recording a message's bot callbacks while the store is unavailable.
+const CALLBACK_ATTEMPTS: u32 = 5;
+
 impl BotRuntime {
     pub(crate) async fn channel_bots(&self, channel: &ChannelId) -> Option<ChannelBots> {
         if let Some(c) = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(channel) {
@@ -89,8 +92,26 @@ impl BotRuntime {
     /// Announces a trigger to the application for the bots among `bots` that have a callback; returns those
     /// that answer with an LLM.
     pub(crate) async fn announce(&self, bots: Vec<Bot>, m: &Arc<Message>) -> Vec<Bot> {
-        let callbacks = bots.iter().filter(|b| !b.settings.callback_url.is_empty());
-        self.service.trigger_callbacks(callbacks.map(|b| b.id.clone()), m).await;
+        let callbacks: Vec<UserId> = bots
+            .iter()
+            .filter(|b| !b.settings.callback_url.is_empty())
+            .map(|b| b.id.clone())
+            .collect();
+        // Recorded in the outbox, from where they are delivered; a store that is busy for a moment is tried
+        // again, a little later each time.
+        for attempt in 1..=CALLBACK_ATTEMPTS {
+            match self.service.trigger_callbacks(callbacks.iter().cloned(), m).await {
+                Ok(()) => break,
+                Err(DomainError::Unavailable(e)) if attempt < CALLBACK_ATTEMPTS => {
+                    tracing::warn!(message = %m.id, error = %e, "cannot record bot callbacks yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    tracing::error!(message = %m.id, error = %e, "cannot record the bot callbacks of a message");
+                    break;
+                }
+            }
+        }
         bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect()
     }
 

@@ -67,8 +67,9 @@ pub enum Event {
     },
     /// A bot was created or its settings changed.
     BotChanged(UserId),
-    /// A committed message triggered a bot that has a callback URL: the application is told (the surface
-    /// that owns the bot's callback format delivers it). Not sent to clients.
+    /// A committed message triggered a bot that has a callback URL: the application is told. Announced
+    /// through the store (`Store::announce`), so the outbox records it (`bot.triggered`) and the webhook relay
+    /// delivers it in the format of the surface that owns callbacks. Not sent to clients.
     BotTriggered {
         bot: UserId,
         message: Arc<Message>,

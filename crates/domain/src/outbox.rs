@@ -109,6 +109,11 @@ pub enum RecordedChange {
     UserDeleted {
         user_id: UserId,
     },
+    /// A message (as committed) triggered a bot that the application answers (its callback URL).
+    BotTriggered {
+        bot: UserId,
+        message: Arc<Message>,
+    },
 }
 
 impl RecordedChange {
@@ -146,6 +151,10 @@ impl RecordedChange {
             },
             Event::UserCreated(u) | Event::UserUpdated(u) => RecordedChange::User { user: u.clone() },
             Event::UserDeleted(id) => RecordedChange::UserDeleted { user_id: id.clone() },
+            Event::BotTriggered { bot, message } => RecordedChange::BotTriggered {
+                bot: bot.clone(),
+                message: message.clone(),
+            },
             _ => return None,
         })
     }
@@ -153,7 +162,9 @@ impl RecordedChange {
     /// The channel whose order the event belongs to.
     pub fn channel_id(&self) -> Option<&ChannelId> {
         match self {
-            RecordedChange::Message { message } => Some(&message.channel_id),
+            RecordedChange::Message { message } | RecordedChange::BotTriggered { message, .. } => {
+                Some(&message.channel_id)
+            }
             RecordedChange::MessageDeleted { channel_id, .. } | RecordedChange::ChannelDeleted { channel_id, .. } => {
                 Some(channel_id)
             }

@@ -16,7 +16,8 @@
 //! - **Preconditions in the transaction**: every [`Precondition`] of a write is tested in order inside its
 //!   transaction; the first that does not hold is the write's error, and nothing is written.
 //! - **Outbox with its change**: the rows a [`ChangeRecorder`] makes of a write's events are committed in the
-//!   same transaction as the write (both or neither), with strictly increasing ids.
+//!   same transaction as the write (both or neither), with strictly increasing ids; an announcement without
+//!   a change of its own ([`Store::announce`]) is recorded and published like a write's events.
 //! - **Events in commit order**: a write's events are handed to the bus, in commit order across writes,
 //!   before the call returns; a failed write publishes nothing.
 
@@ -175,6 +176,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Installs what decides which committed events are recorded in the outbox (none until then).
     fn set_change_recorder(&self, recorder: Arc<dyn ChangeRecorder>);
+    /// Announces events that change no data (a bot triggered by a message already stored): commits the
+    /// outbox rows the change recorder makes of them (cause `Other`) in one transaction, then publishes them
+    /// in commit order with the other writes' events, like any write. Once it returns `Ok`, the rows are
+    /// durable: a crash cannot lose what was announced. Without a recorder it only publishes.
+    async fn announce(&self, events: Vec<Event>) -> DomainResult<()>;
     /// Recorded events after `after`, oldest first.
     async fn outbox_after(&self, after: u64, limit: u32) -> DomainResult<Vec<OutboxEntry>>;
     /// The id of the newest recorded event (0 if none ever was).

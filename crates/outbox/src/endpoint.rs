@@ -22,9 +22,19 @@ pub const EVENT_TYPES: &[&str] = &[
     "user.created",
     "user.updated",
     "user.deleted",
+    BOT_TRIGGERED,
 ];
 
-/// Which event types an endpoint takes: exact types and `prefix.*` patterns; empty means all.
+/// A message triggered a bot that the application answers (one with a callback URL). Opt-in: an endpoint
+/// takes it only when it names it (`bot.triggered` or `bot.*`), not with every event (`*` or no filter), so
+/// endpoints made before it existed do not start receiving it.
+pub const BOT_TRIGGERED: &str = "bot.triggered";
+
+/// Types an endpoint takes only when its filter names them.
+const OPT_IN: &[&str] = &[BOT_TRIGGERED];
+
+/// Which event types an endpoint takes: exact types and `prefix.*` patterns; empty (or `*`) means all but the
+/// opt-in types ([`BOT_TRIGGERED`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EventFilter(Vec<String>);
@@ -44,7 +54,12 @@ impl EventFilter {
     }
 
     pub fn matches(&self, event_type: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|p| p == "*" || pattern_matches(p, event_type))
+        let every = !OPT_IN.contains(&event_type);
+        (self.0.is_empty() && every)
+            || self
+                .0
+                .iter()
+                .any(|p| (p == "*" && every) || pattern_matches(p, event_type))
     }
 
     pub fn entries(&self) -> &[String] {
@@ -107,5 +122,24 @@ mod tests {
         assert!(EventFilter::parse(vec!["messages.*".into()]).is_err());
         assert!(EventFilter::parse(vec!["message.sen".into()]).is_err());
         assert!(!pattern_matches("message.*", "messagex.sent"));
+        // Bot triggers only for endpoints that ask for them.
+        assert!(!EventFilter::parse(vec![]).unwrap().matches(BOT_TRIGGERED));
+        assert!(!EventFilter::parse(vec!["*".into()]).unwrap().matches(BOT_TRIGGERED));
+        assert!(
+            !EventFilter::parse(vec!["bot_reply.*".into()])
+                .unwrap()
+                .matches(BOT_TRIGGERED)
+        );
+        assert!(
+            EventFilter::parse(vec!["bot.triggered".into()])
+                .unwrap()
+                .matches(BOT_TRIGGERED)
+        );
+        assert!(EventFilter::parse(vec!["bot.*".into()]).unwrap().matches(BOT_TRIGGERED));
+        assert!(
+            !EventFilter::parse(vec!["bot.*".into()])
+                .unwrap()
+                .matches("bot_reply.failed")
+        );
     }
 }

@@ -16,7 +16,26 @@ mod relay;
 pub mod signature;
 pub mod standard;
 
-pub use endpoint::{EVENT_TYPES, EventFilter};
+pub use endpoint::{BOT_TRIGGERED, EVENT_TYPES, EventFilter};
 pub use presend::{PreSendConfig, PreSendHook};
 pub use recorder::EventRecorder;
 pub use relay::{Relay, RelayConfig};
+
+/// The innermost cause of a request error (reqwest's own message hides an egress refusal behind "error
+/// sending request" and names the URL, which may carry a secret).
+pub(crate) fn short_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut innermost: Option<&dyn std::error::Error> = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        innermost = Some(s);
+        source = s.source();
+    }
+    match innermost {
+        Some(s) => s.to_string(),
+        None if e.is_connect() => "connection failed".into(),
+        None => "request failed".into(),
+    }
+}

@@ -107,7 +107,7 @@ impl PreSendHook {
             .body(body)
             .send()
             .await
-            .map_err(|e| confab_webhooks::short_error(&e))?;
+            .map_err(|e| crate::short_error(&e))?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status().as_u16()));
         }

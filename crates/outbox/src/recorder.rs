@@ -9,7 +9,7 @@ use confab_domain::model::Message;
 use confab_domain::now_millis;
 use confab_domain::outbox::{ChangeCause, ChangeRecorder, OutboxRecord, RecordedChange, RecordedEvent};
 
-use crate::endpoint::{EVENT_TYPES, EventFilter};
+use crate::endpoint::{BOT_TRIGGERED, EVENT_TYPES, EventFilter};
 
 /// Installed as the store's `ChangeRecorder`. The relay keeps its interest current.
 #[derive(Default)]
@@ -81,6 +81,7 @@ pub fn event_type(cause: ChangeCause, event: &Event) -> Option<&'static str> {
         (_, Event::UserCreated(_)) => "user.created",
         (_, Event::UserUpdated(_)) => "user.updated",
         (_, Event::UserDeleted(_)) => "user.deleted",
+        (_, Event::BotTriggered { .. }) => BOT_TRIGGERED,
         _ => return None,
     })
 }
@@ -149,6 +150,11 @@ mod tests {
         assert_eq!(event_type(ChangeCause::Send, &finished), None);
         let edited = Event::MessageUpdated(message(None));
         assert_eq!(event_type(ChangeCause::Edit, &edited), Some("message.edited"));
+        let triggered = Event::BotTriggered {
+            bot: UserId::parse("helper").unwrap(),
+            message: message(None),
+        };
+        assert_eq!(event_type(ChangeCause::Other, &triggered), Some("bot.triggered"));
     }
 
     fn message_of(ev: &Event) -> &Arc<Message> {
@@ -175,5 +181,30 @@ mod tests {
             panic!("{recorded:?}")
         };
         assert_eq!(**message, **message_of(&ev), "the whole message, as committed");
+    }
+
+    #[test]
+    fn records_bot_triggers_only_for_endpoints_that_ask() {
+        let r = EventRecorder::default();
+        let ev = Event::BotTriggered {
+            bot: UserId::parse("helper").unwrap(),
+            message: message(None),
+        };
+        r.set_interest([&EventFilter::parse(vec!["*".into()]).unwrap()]);
+        assert!(
+            r.record(ChangeCause::Other, &ev).is_none(),
+            "every event but the opt-in ones"
+        );
+        r.set_interest([&EventFilter::parse(vec!["bot.triggered".into()]).unwrap()]);
+        let rec = r.record(ChangeCause::Other, &ev).unwrap();
+        assert_eq!(
+            (rec.event_type, rec.channel_id.unwrap().as_str()),
+            ("bot.triggered", "c1")
+        );
+        let recorded: RecordedEvent = serde_json::from_slice(&rec.payload).unwrap();
+        let RecordedChange::BotTriggered { bot, message } = &recorded.change else {
+            panic!("{recorded:?}")
+        };
+        assert_eq!((bot.as_str(), message.id), ("helper", MessageId(7)));
     }
 }

@@ -196,6 +196,7 @@ impl Relay {
                             | Event::UserCreated(_)
                             | Event::UserUpdated(_)
                             | Event::UserDeleted(_)
+                            | Event::BotTriggered { .. }
                     )
                 },
                 partitions: 1,
@@ -345,7 +346,14 @@ impl Relay {
             },
         };
         // The URL passes the egress policy at every attempt: it may have been stored under a looser one.
-        let request = self.client.post(&e.url).map_err(|err| format!("egress: {err}"));
+        let request = match &rendered {
+            Err(err) => Err(err.clone()),
+            Ok(_) => match self.destination(e, entry).await {
+                Ok(Some(url)) => self.client.post(&url).map_err(|err| format!("egress: {err}")),
+                Ok(None) => return Outcome::Skipped,
+                Err(err) => Err(err),
+            },
+        };
         let result = match (&rendered, signature::secret_key(&e.secret), request) {
             (Err(err), _, _) => Err(err.clone()),
             (_, None, _) => Err("the endpoint's secret is unreadable".to_string()),
@@ -367,9 +375,21 @@ impl Relay {
                     .body(body.clone())
                     .send()
                     .await
-                    .map_err(|e| confab_webhooks::short_error(&e))
+                    .map_err(|e| crate::short_error(&e))
             }
         };
+        self.tried(e, entry, started, result, rendered.ok())
+    }
+
+    /// Counts and describes an attempt.
+    fn tried(
+        &self,
+        e: &Endpoint,
+        entry: &OutboxEntry,
+        started: Instant,
+        result: Result<reqwest::Response, String>,
+        body: Option<Bytes>,
+    ) -> Outcome {
         let elapsed = started.elapsed();
         let kind = if e.is_managed() { "outbox.compat" } else { "outbox" };
         metrics::histogram!("confab_webhook_attempt_seconds", "kind" => kind).record(elapsed.as_secs_f64());
@@ -392,7 +412,43 @@ impl Relay {
                 error,
                 delivered,
             },
-            body: rendered.ok(),
+            body,
+        }
+    }
+
+    /// Where an attempt goes: the endpoint's URL, or the one its format names for the event (`None`: passed
+    /// by).
+    async fn destination(&self, e: &Endpoint, entry: &OutboxEntry) -> Result<Option<String>, String> {
+        if !e.url.is_empty() {
+            return Ok(Some(e.url.clone()));
+        }
+        let Ok(Some(format)) = self.format_of(e) else {
+            return Err(format!("format {} names no URL", e.format));
+        };
+        let Ok(event) = serde_json::from_slice(&entry.payload) else {
+            return Ok(None);
+        };
+        format.url(&event).await.map_err(|err| format!("destination: {err}"))
+    }
+
+    /// The lane of an event: its channel, and for a format with destinations per event, its destination's
+    /// key within the channel.
+    fn lane_of(&self, e: &Endpoint, entry: &OutboxEntry) -> String {
+        let channel = entry
+            .channel_id
+            .as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default();
+        if !e.url.is_empty() {
+            return channel;
+        }
+        let sub = match (self.format_of(e), serde_json::from_slice(&entry.payload)) {
+            (Ok(Some(format)), Ok(event)) => format.lane(&event),
+            _ => None,
+        };
+        match sub {
+            Some(sub) => format!("{channel}\n{sub}"),
+            None => channel,
         }
     }
 
@@ -470,16 +526,18 @@ impl Lanes {
         // and while the last read came back full. A settled delivery alone reads nothing.
         let mut unread = true;
         loop {
-            let more = if unread && self.outstanding.len() < self.relay.cfg.buffer {
+            // An endpoint whose surface has not registered its format yet reads nothing (its lanes may depend
+            // on the format) and sends nothing; registering rings it.
+            let endpoint = Arc::new(self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone());
+            let formatted = self.relay.format_of(&endpoint).is_ok();
+            let more = if unread && formatted && self.outstanding.len() < self.relay.cfg.buffer {
                 let more = self.fetch().await;
                 unread = more;
                 more
             } else {
                 false
             };
-            let endpoint = Arc::new(self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone());
-            // An endpoint whose surface has not registered its format yet waits (registering rings it).
-            let sending = endpoint.enabled && self.relay.format_of(&endpoint).is_ok();
+            let sending = endpoint.enabled && formatted;
             while sending && self.in_flight < self.relay.cfg.per_endpoint.max(1) {
                 let Some(lane) = self.ready.pop_front() else { break };
                 let Some((head, body)) = self.lanes.get_mut(&lane).and_then(|l| {
@@ -547,10 +605,8 @@ impl Lanes {
             }
         };
         let full = entries.len() == FETCH as usize;
-        let (filter, enabled) = {
-            let e = self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner());
-            (e.events.clone(), e.enabled)
-        };
+        let endpoint = self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (filter, enabled) = (&endpoint.events, endpoint.enabled);
         let skip_through = self.shared.skip_through.load(Ordering::Acquire);
         for entry in entries {
             self.fetched = entry.id;
@@ -559,11 +615,7 @@ impl Lanes {
                 continue;
             }
             self.outstanding.insert(entry.id);
-            let key = entry
-                .channel_id
-                .as_ref()
-                .map(|c| c.as_str().to_string())
-                .unwrap_or_default();
+            let key = self.relay.lane_of(&endpoint, &entry);
             let lane = self.lanes.entry(key.clone()).or_default();
             if lane.queue.is_empty() && !lane.busy {
                 self.ready.push_back(key);
@@ -820,7 +872,10 @@ impl WebhookEndpoints for Relay {
     }
 
     async fn put_managed(&self, m: ManagedEndpoint) -> DomainResult<()> {
-        self.check_url(&m.url)?;
+        // Without a URL of its own, the format names each event's (checked at every connection).
+        if !m.url.is_empty() {
+            self.check_url(&m.url)?;
+        }
         let events = EventFilter::parse(m.events)?;
         let exists = self.workers.lock().await.contains_key(m.format);
         if exists {

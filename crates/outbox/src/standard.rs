@@ -56,6 +56,9 @@ fn data_of(change: &RecordedChange) -> Value {
         }
         RecordedChange::User { user } => json!({ "user": UserDto::new(user, false) }),
         RecordedChange::UserDeleted { user_id } => json!({ "user_id": user_id }),
+        RecordedChange::BotTriggered { bot, message } => {
+            json!({ "bot_id": bot, "message": MessageDto::from(message.as_ref()) })
+        }
     }
 }
 

@@ -210,18 +210,22 @@ impl std::fmt::Debug for NimConfig {
     }
 }
 
-/// Delivery of webhooks (the outbox relay) and bot callbacks (the dispatcher).
+/// Delivery of webhooks and bot callbacks, both by the outbox relay.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
     pub timeout_secs: u64,
-    /// Attempts per bot callback (the outbox retries webhooks until `retry_period_secs`), the first included.
+    /// No longer used: bot callbacks are retried like webhooks, until `retry_period_secs`. Still read, so
+    /// files that set it keep working.
     pub max_attempts: u32,
     /// Wait before the second attempt in milliseconds; doubled for each further one.
     pub backoff_ms: u64,
-    /// Deliveries waiting to be sent; beyond that new ones are dropped (and counted).
+    /// No longer used (the in-memory queue of bot callbacks is gone); still read.
     pub queue: usize,
+    /// No longer used; still read. In flight per endpoint: `per_endpoint`.
     pub max_in_flight: usize,
+    /// Deliveries in flight to one endpoint (each to a different channel, or for bot callbacks, a different
+    /// channel or bot).
     pub per_endpoint: usize,
     /// Older name of `[egress] allow_private`, still read (both lists apply).
     pub allow_private: Vec<String>,
@@ -273,13 +277,13 @@ impl ProviderApiConfig {
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        let d = confab_webhooks::WebhookConfig::default();
+        let d = confab_outbox::RelayConfig::default();
         WebhooksConfig {
             timeout_secs: d.timeout.as_secs(),
-            max_attempts: d.max_attempts,
+            max_attempts: 3,
             backoff_ms: d.backoff.as_millis() as u64,
-            queue: d.queue,
-            max_in_flight: d.max_in_flight,
+            queue: 10_000,
+            max_in_flight: 64,
             per_endpoint: d.per_endpoint,
             allow_private: Vec::new(),
             retry_period_secs: 24 * 3600,
@@ -297,17 +301,6 @@ impl WebhooksConfig {
             max_backoff: Duration::from_secs(self.max_backoff_secs.max(1)),
             retry_period: Duration::from_secs(self.retry_period_secs),
             ..Default::default()
-        }
-    }
-
-    pub fn delivery(&self) -> confab_webhooks::WebhookConfig {
-        confab_webhooks::WebhookConfig {
-            timeout: Duration::from_secs(self.timeout_secs.max(1)),
-            max_attempts: self.max_attempts.max(1),
-            backoff: Duration::from_millis(self.backoff_ms),
-            queue: self.queue.max(1),
-            max_in_flight: self.max_in_flight.max(1),
-            per_endpoint: self.per_endpoint.max(1),
         }
     }
 }

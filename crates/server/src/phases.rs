@@ -214,11 +214,9 @@ pub async fn surfaces(
         &limits,
     );
     let endpoints: Arc<dyn confab_service::webhooks::WebhookEndpoints> = storage.relay.clone();
-    let dispatcher = confab_webhooks::Dispatcher::start(config.webhooks.delivery(), egress, shutdown.clone())
-        .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
     let sendbird_hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
         service.clone(),
-        dispatcher,
+        egress,
         endpoints.clone(),
         master_token,
         config.sendbird.app_id.clone(),
@@ -233,7 +231,6 @@ pub async fn surfaces(
             max_upload_request_bytes: limits.max_upload_request_bytes,
             request_timeout,
         },
-        shutdown.clone(),
     );
     let nim = nim_surface(config, service, endpoints, limits.max_body_bytes, request_timeout).await?;
     let probes = health::Health::start(

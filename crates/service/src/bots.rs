@@ -263,9 +263,15 @@ impl Confab {
         self.store.record_usage(usage).await
     }
 
-    /// Hands a member's message that triggered bots answering through their callback URL to the callback
-    /// senders (`Event::BotTriggered`, one per bot).
-    pub async fn trigger_callbacks(&self, bots: impl IntoIterator<Item = UserId>, message: &Arc<Message>) {
+    /// Announces that a member's message triggered bots answering through their callback URL
+    /// (`Event::BotTriggered`, one per bot) through the store: the outbox records them durably when this
+    /// returns `Ok` (when some webhook endpoint takes `bot.triggered`), and the relay delivers them (the
+    /// Sendbird surface's callback format, to each bot's URL), retried and dead-lettered like every webhook.
+    pub async fn trigger_callbacks(
+        &self,
+        bots: impl IntoIterator<Item = UserId>,
+        message: &Arc<Message>,
+    ) -> DomainResult<()> {
         let events: Vec<Event> = bots
             .into_iter()
             .map(|bot| Event::BotTriggered {
@@ -273,9 +279,10 @@ impl Confab {
                 message: message.clone(),
             })
             .collect();
-        if !events.is_empty() {
-            self.bus.publish(events).await;
+        if events.is_empty() {
+            return Ok(());
         }
+        self.store.announce(events).await
     }
 
     /// Token usage per day, bot, user and channel (application only).

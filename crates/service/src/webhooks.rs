@@ -76,6 +76,19 @@ pub trait WebhookFormat: Send + Sync {
     async fn render(&self, event: &RecordedEvent) -> DomainResult<Option<Bytes>>;
     /// The format's own headers for one attempt (its signature, which may cover the attempt's time).
     fn sign(&self, body: &[u8]) -> Vec<(&'static str, String)>;
+    /// Where an event goes, for a format whose endpoint names no URL of its own (one endpoint for many
+    /// destinations: bot callbacks, each to its bot's URL). Asked at every attempt, so a destination changed
+    /// meanwhile takes the retries; `None` passes the event by (its destination is gone). Every URL passes
+    /// the egress policy when the relay connects, as an endpoint's own does.
+    async fn url(&self, _event: &RecordedEvent) -> DomainResult<Option<String>> {
+        Ok(None)
+    }
+    /// What keeps one destination's events in order, for a format with destinations per event: events of one
+    /// channel with the same key go one at a time, in order; different keys do not wait for each other (one
+    /// bot's failing URL does not hold back another bot's callbacks). `None`: by channel alone.
+    fn lane(&self, _event: &RecordedEvent) -> Option<String> {
+        None
+    }
 }
 
 /// The endpoint a compatibility surface keeps from its settings (Sendbird's webhook settings, NIM's
@@ -84,6 +97,7 @@ pub trait WebhookFormat: Send + Sync {
 pub struct ManagedEndpoint {
     /// The [`WebhookFormat::name`] it delivers in.
     pub format: &'static str,
+    /// Empty: the format names each event's URL ([`WebhookFormat::url`]).
     pub url: String,
     /// Event types or patterns of the outbox (see [`EndpointSpec::events`]).
     pub events: Vec<String>,

@@ -54,8 +54,10 @@
 //! - **Outbox atomicity.** With a recorder installed, a committed change's recorded events are in the outbox,
 //!   a refused or retried one records nothing, ids grow in commit order and are never reused (after pruning,
 //!   after a restart), and the recorder is told the cause of each change; dead letters are kept per
-//!   (endpoint, event). `nothing_is_recorded_without_a_recorder`,
+//!   (endpoint, event). An announcement without a data change (`Store::announce`) is recorded and published
+//!   like a write's events. `nothing_is_recorded_without_a_recorder`,
 //!   `the_outbox_commits_and_rolls_back_with_the_change`, `recorded_changes_name_their_cause`,
+//!   `announcements_are_recorded_and_published`,
 //!   `outbox_ids_increase_in_commit_order`, `pruned_outbox_ids_are_never_reused`, `outbox_survives_reopen`,
 //!   `dead_letters_are_kept_per_endpoint_and_event`.
 //! - **Durable before acknowledged.** What a write acknowledged is there after the store is opened again.
@@ -196,6 +198,7 @@ macro_rules! suite {
             outbox_ids_increase_in_commit_order,
             pruned_outbox_ids_are_never_reused,
             outbox_survives_reopen,
+            announcements_are_recorded_and_published,
             dead_letters_are_kept_per_endpoint_and_event,
             // flags
             flagged_messages_are_listed_for_review,

@@ -26,7 +26,7 @@ use confab_domain::model::{
 use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, SessionRecord, Store};
 use confab_domain::{
-    ChannelId, ChannelSeq, DomainError, DomainResult, FileId, MessageId, Millis, Precondition, UserId,
+    ChannelId, ChannelSeq, DomainError, DomainResult, Event, FileId, MessageId, Millis, Precondition, UserId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -583,6 +583,13 @@ impl Store for SqliteStore {
 
     fn set_change_recorder(&self, recorder: Arc<dyn ChangeRecorder>) {
         *self.recorder.write().unwrap_or_else(|e| e.into_inner()) = Some(recorder);
+    }
+
+    async fn announce(&self, events: Vec<Event>) -> DomainResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write(Op::Announce(events)).await.map(|_| ())
     }
 
     async fn outbox_after(&self, after: u64, limit: u32) -> DomainResult<Vec<OutboxEntry>> {

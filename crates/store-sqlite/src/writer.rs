@@ -63,6 +63,9 @@ pub enum Op {
     PutSetting(String, String, String),
     DeleteSetting(String, String),
     PruneOutbox(u64),
+    /// Changes no row: its events are recorded in the outbox (by the change recorder, as any write's) and
+    /// published (a bot triggered by a message already stored).
+    Announce(Vec<Event>),
     /// Flags a stored message (a bot reply, flagged once complete) for review.
     Flag(MessageId, Vec<String>),
     /// Approves a flag, or removes the message (deleted, as by its sender) and settles the flag.
@@ -399,6 +402,10 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                     delete_message(conn, id, now, events)?;
                 }
             }
+            Ok(Outcome::Unit)
+        }
+        Op::Announce(announced) => {
+            events.extend(announced);
             Ok(Outcome::Unit)
         }
         Op::PruneOutbox(through) => {

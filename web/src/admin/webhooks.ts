@@ -57,7 +57,7 @@ export async function webhooksTab(ctx: TabContext): Promise<void> {
       ["Id", "URL", "Format", "Events", "Enabled", "Pending", "Delivered", "Failed attempts", "Dead letters", "Actions"],
       endpoints.map((e) => [
         e.id,
-        e.url,
+        e.url || "(per event: each bot's callback URL)",
         e.format,
         e.events.join(", ") || "all",
         e.enabled ? "yes" : "no",

@@ -31,7 +31,7 @@ fn metadata() -> Value {
 }
 
 /// `confab_outbox::endpoint::EVENT_TYPES` and the prefix patterns `EventFilter::parse` accepts.
-const EVENTS: [&str; 21] = [
+const EVENTS: [&str; 23] = [
     "*",
     "message.*",
     "message.sent",
@@ -53,6 +53,8 @@ const EVENTS: [&str; 21] = [
     "user.created",
     "user.updated",
     "user.deleted",
+    "bot.*",
+    "bot.triggered",
 ];
 
 /// `EgressPolicy::check_url`: an http(s) URL (WHATWG parsing) whose host is a name or an allowed address;

@@ -1,5 +1,6 @@
-//! The Sendbird and NIM webhook formats come from the durable outbox like native webhooks: kept as managed
-//! endpoints by their surfaces' settings, delivered after a `kill -9`, shown (not changed) by the admin API.
+//! The Sendbird and NIM webhook formats, and Sendbird's bot callbacks, come from the durable outbox like
+//! native webhooks: kept as managed endpoints by their surfaces, delivered after a `kill -9`, shown (not
+//! changed) by the admin API.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,7 @@ impl Hit {
     }
 }
 
-/// One receiver for both formats (`/sb` and `/nim`), answering 503 while `down` is set.
+/// One receiver for every format (`/sb`, `/nim`, `/cb` for bot callbacks), answering 503 while `down` is set.
 async fn receiver(down: Arc<AtomicBool>) -> (String, mpsc::UnboundedReceiver<Hit>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, raw: Bytes| {
@@ -80,11 +81,12 @@ fn verify_nim(h: &Hit) {
     assert_eq!(h.header("checksum"), hex::encode(sha.finalize()));
 }
 
-/// Messages acknowledged while the application's receiver is down reach it in both formats after the
-/// server is killed with SIGKILL and started again, each once per format and in the channel's order.
+/// Messages acknowledged while the application's receiver is down reach it in both formats (in the
+/// channel's order), and as the callbacks of the bot they trigger, after the server is killed with SIGKILL
+/// and started again: each once per format. The stored bot keeps getting callbacks after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sendbird_and_nim_webhooks_survive_kill_9() {
-    use crate::durability::{seed_group, send_texts, start_with, wait_ready};
+async fn sendbird_and_nim_webhooks_and_bot_callbacks_survive_kill_9() {
+    use crate::durability::{call, seed_group, send_texts, start_with, wait_ready};
 
     let down = Arc::new(AtomicBool::new(true));
     let (base, mut rx) = receiver(down.clone()).await;
@@ -112,11 +114,28 @@ async fn sendbird_and_nim_webhooks_survive_kill_9() {
         .unwrap();
     assert_eq!(r.status(), 200);
     seed_group(&http, server.addr).await;
+    // A callback bot of `g`, triggered by every message (no privacy mode).
+    for (path, body) in [
+        (
+            "/v3/bots",
+            json!({"bot_userid": "cbbot", "bot_callback_url": format!("{base}/cb"), "is_privacy_mode": false}),
+        ),
+        ("/v3/bots/cbbot/channels", json!({"channel_urls": ["g"]})),
+    ] {
+        let r = http
+            .post(format!("http://{}{path}", server.addr))
+            .header("Api-Token", MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
     const SENT: usize = 20;
     send_texts(&http, server.addr, SENT).await;
-    // Both formats have been tried (and refused): delivery is under way when the server dies.
-    let mut tried = (false, false);
-    while tried != (true, true) {
+    // Every format has been tried (and refused): delivery is under way when the server dies.
+    let mut tried = (false, false, false);
+    while tried != (true, true, true) {
         let h = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("both formats tried")
@@ -124,9 +143,31 @@ async fn sendbird_and_nim_webhooks_survive_kill_9() {
         match h.path.as_str() {
             "/sb" => tried.0 = true,
             "/nim" => tried.1 = true,
+            "/cb" => tried.2 = true,
             other => panic!("unexpected path {other}"),
         }
     }
+    // A callback is durable once the bot runtime has decided it (after the message's commit): wait until the
+    // callbacks' endpoint has read all of them from the outbox.
+    let mut pending = 0;
+    for _ in 0..200 {
+        let (s, v) = call(
+            &http,
+            server.addr,
+            "GET",
+            "/api/v1/webhooks/endpoints/sendbird_callbacks",
+            Value::Null,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200, "{v}");
+        pending = v["pending"].as_u64().unwrap();
+        if pending == SENT as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending, SENT as u64, "callbacks recorded");
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     while rx.try_recv().is_ok() {}
@@ -134,16 +175,17 @@ async fn sendbird_and_nim_webhooks_survive_kill_9() {
     down.store(false, Ordering::SeqCst);
     let mut server = start_with(dir.path(), &args);
     wait_ready(&http, server.addr).await;
-    let (mut sendbird, mut nim) = (Vec::new(), Vec::new());
+    let (mut sendbird, mut nim, mut callbacks) = (Vec::new(), Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while sendbird.len() < SENT || nim.len() < SENT {
+    while sendbird.len() < SENT || nim.len() < SENT || callbacks.len() < SENT {
         let h = tokio::time::timeout_at(deadline, rx.recv())
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "{} Sendbird and {} NIM deliveries after the restart",
+                    "{} Sendbird, {} NIM and {} callback deliveries after the restart",
                     sendbird.len(),
-                    nim.len()
+                    nim.len(),
+                    callbacks.len()
                 )
             })
             .unwrap();
@@ -154,6 +196,12 @@ async fn sendbird_and_nim_webhooks_survive_kill_9() {
             assert_eq!(h.body["category"], "group_channel:message_send", "{}", h.body);
             assert_eq!(h.body["channel"]["channel_url"], "g");
             sendbird.push(h.body["payload"]["message"].as_str().unwrap().to_string());
+        } else if h.path == "/cb" {
+            verify_sendbird(&h);
+            assert_eq!(h.body["category"], "bot_message_notification", "{}", h.body);
+            assert_eq!(h.body["bot"]["bot_userid"], "cbbot");
+            assert_eq!(h.body["channel"]["channel_url"], "g");
+            callbacks.push(h.body["message"]["text"].as_str().unwrap().to_string());
         } else {
             verify_nim(&h);
             assert_eq!(h.body["convType"], "TEAM", "{}", h.body);
@@ -163,6 +211,32 @@ async fn sendbird_and_nim_webhooks_survive_kill_9() {
     let expected: Vec<String> = (0..SENT).map(|i| format!("m{i}")).collect();
     assert_eq!(sendbird, expected, "once each, in the channel's order");
     assert_eq!(nim, expected, "once each, in the channel's order");
+    // Callbacks go in the order the bot runtime recorded them, which decides each message's triggers in a task
+    // of its own: once each is what a restart must keep.
+    callbacks.sort_by_key(|t| t[1..].parse::<usize>().unwrap());
+    assert_eq!(callbacks, expected, "once each");
+    // The bot, stored before the restart, is told of what comes after it too.
+    let (s, v) = call(
+        &http,
+        server.addr,
+        "POST",
+        "/api/v1/channels/g/messages",
+        json!({"sender_id": "bob", "text": "after the restart"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    loop {
+        let h = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("the callback of a message sent after the restart")
+            .unwrap();
+        if h.path == "/cb" {
+            verify_sendbird(&h);
+            assert_eq!(h.body["message"]["text"], "after the restart", "{}", h.body);
+            break;
+        }
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }

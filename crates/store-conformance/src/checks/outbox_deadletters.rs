@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use confab_domain::bot::ReplyState;
-use confab_domain::model::MessagePatch;
+use confab_domain::model::{Message, MessagePatch};
 use confab_domain::outbox::{ChangeCause, ChangeRecorder, DeadLetter, OutboxEntry, OutboxRecord, RecordedChange};
 use confab_domain::ports::DynStore;
 use confab_domain::{ChannelSeq, DomainError, Event};
@@ -21,6 +21,7 @@ impl ChangeRecorder for Recorder {
         let detail = match event {
             Event::MessageCreated(m) | Event::MessageUpdated(m) => format!(" {}:{}", m.seq, m.text),
             Event::UserCreated(u) => format!(" {}", u.id),
+            Event::BotTriggered { bot, message } => format!(" {bot} {}:{}", message.seq, message.text),
             _ => String::new(),
         };
         Some(OutboxRecord {
@@ -243,6 +244,58 @@ pub async fn outbox_survives_reopen<B: Backend>(b: B) {
     let after = all(s).await;
     assert_eq!(after.len(), 1);
     assert!(after[0].id > head);
+}
+
+/// An announcement (events of no data change: a bot triggered by a stored message) is published before
+/// `announce` returns and, with a recorder, recorded like a write's events, in commit order among them; an
+/// empty one does nothing; its rows are there after the store is opened again.
+pub async fn announcements_are_recorded_and_published<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    users(s, &["a"]).await;
+    bot(s, "helper").await;
+    group(s, "g", &["a", "helper"]).await;
+    let hi = send(s, "g", "a", "hi").await;
+    let triggered = |m: &Message| Event::BotTriggered {
+        bot: uid("helper"),
+        message: Arc::new(m.clone()),
+    };
+    let mut events = env.events();
+
+    s.announce(vec![triggered(&hi)]).await.unwrap();
+    match events.already_published().await {
+        Event::BotTriggered { bot, message } if bot == uid("helper") && *message == hi => {}
+        other => panic!("announced {other:?}"),
+    }
+    assert!(all(s).await.is_empty(), "nothing is recorded without a recorder");
+    s.announce(Vec::new()).await.unwrap();
+    assert_nothing_published(s, &mut events, "an empty announcement").await;
+
+    install(s);
+    let again = send(s, "g", "a", "again").await;
+    s.announce(vec![triggered(&hi), triggered(&again)]).await.unwrap();
+    assert!(matches!(events.already_published().await, Event::MessageCreated(m) if m.id == again.id));
+    for m in [&hi, &again] {
+        match events.already_published().await {
+            Event::BotTriggered { message, .. } if message.id == m.id => {}
+            other => panic!("announced {other:?}"),
+        }
+    }
+    let entries = all(s).await;
+    assert_eq!(
+        rows(&entries),
+        [
+            ("message.created", "Send 2:again".to_string()),
+            ("bot.triggered", "Other helper 1:hi".to_string()),
+            ("bot.triggered", "Other helper 2:again".to_string()),
+        ]
+    );
+    assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(entries.iter().all(|e| e.channel_id == Some(cid("g"))));
+    drop(events);
+
+    let env = env.reopen().await;
+    assert_eq!(all(&env.store).await, entries);
 }
 
 fn letter(endpoint: &str, event_id: u64, attempts: u32) -> DeadLetter {
