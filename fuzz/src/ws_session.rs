@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
 use confab_gateway::session;
-use confab_gateway::wire::ClientFrame;
+use confab_gateway::frames::ClientFrame;
 use futures_util::{Sink, Stream};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

@@ -1,12 +1,16 @@
-// The native REST API under /api/v1, typed. Errors come back as `ApiError` with the server's code.
+// The native REST API under /api/v1, typed. Errors come back as `ApiError` with the server's code. Every
+// request body and answer is typed here or in types.ts, and openapi-checks.ts checks each against the OpenAPI
+// document.
 
 import type {
   Bot,
   BotSettings,
   Channel,
   ChannelKind,
+  FileInfo,
   Member,
   Message,
+  MessageType,
   SendInput,
   SessionToken,
   UsageRow,
@@ -56,9 +60,96 @@ export interface NewChannel {
   kind?: ChannelKind;
   id?: string;
   name?: string;
-  user_ids: string[];
+  cover_url?: string;
+  /** Members. For `direct`: the other user (session token) or both users (master token). */
+  user_ids?: string[];
   custom_type?: string;
   data?: unknown;
+}
+
+export interface ChannelPatch {
+  name?: string;
+  cover_url?: string;
+  custom_type?: string;
+  /** `null` clears the data. */
+  data?: unknown;
+}
+
+/** A send over HTTP: the socket's `send`, and for the application `sender_id` and the `admin` type. */
+export type HttpSendInput = Omit<SendInput, "message_type"> & { message_type?: MessageType; sender_id?: string };
+
+/** The body of `POST /channels/{id}/messages`: the type is `type` here, `message_type` in a socket frame. */
+export type SendMessageBody = Omit<HttpSendInput, "message_type"> & { type?: MessageType };
+
+export interface MessagePatch {
+  text?: string;
+  custom_type?: string;
+  /** `null` clears the data. */
+  data?: unknown;
+  payload?: unknown;
+}
+
+export interface NewUser {
+  id: string;
+  nickname?: string;
+  profile_url?: string;
+  metadata?: Record<string, string>;
+  is_bot?: boolean;
+}
+
+export interface UserPatch {
+  nickname?: string;
+  profile_url?: string;
+  /** Replaces the metadata as a whole. */
+  metadata?: Record<string, string>;
+}
+
+export interface NewBot {
+  id: string;
+  nickname?: string;
+  profile_url?: string;
+  /** Omitted fields take their defaults. */
+  settings: Partial<BotSettings>;
+}
+
+export interface BotPatch {
+  nickname?: string;
+  profile_url?: string;
+  /** Replaces the settings as a whole. */
+  settings?: Partial<BotSettings>;
+}
+
+export interface NewEndpoint {
+  url: string;
+  /** Event types (`message.sent`) or patterns (`message.*`); omitted or empty: every event. */
+  events?: string[];
+  description?: string;
+  enabled?: boolean;
+}
+
+export type EndpointPatch = Partial<NewEndpoint>;
+
+export interface InviteBody {
+  user_ids: string[];
+}
+
+export interface ReadBody {
+  /** Everything up to and including this sequence has been read. */
+  seq: number;
+}
+
+export interface ReadResult {
+  read_seq: number;
+}
+
+export interface ProviderName {
+  name: string;
+}
+
+/** `GET /moderation/rules`: the configuration file's rules (read-only) and the application's. */
+export interface ModerationRules {
+  file: unknown;
+  app: unknown;
 }
 
 export interface EndpointView {
@@ -105,6 +196,50 @@ export interface Flagged {
   flagged_at: number;
   reviewed_at?: number;
 }
+
+// The lists the server answers with (unwrapped by the methods below).
+export interface UserList {
+  users: User[];
+  next?: string;
+}
+export interface ChannelList {
+  channels: Channel[];
+  next?: string;
+}
+export interface MemberList {
+  members: Member[];
+  next?: string;
+}
+export interface MessageList {
+  messages: Message[];
+}
+export interface BotList {
+  bots: Bot[];
+}
+export interface UsageList {
+  usage: UsageRow[];
+}
+export interface ProviderList {
+  providers: ProviderView[];
+}
+export interface FlaggedList {
+  flagged: Flagged[];
+  /** Pass as `after` for the next page. */
+  next?: number;
+}
+export interface EndpointList {
+  endpoints: EndpointView[];
+}
+export interface AttemptList {
+  attempts: Attempt[];
+}
+export interface DeadLetterList {
+  dead_letters: DeadLetter[];
+  /** Pass as `after` for the next page. */
+  next?: number;
+}
+/** A new endpoint: the signing secret (`whsec_…`) is shown only in this answer. */
+export type CreatedEndpoint = EndpointView & { secret: string };
 
 /** A provider as listed: its configuration without any key. */
 export type ProviderView = Record<string, unknown> & { name: string; kind: string; source: string };
@@ -168,7 +303,7 @@ export class ConfabApi {
   }
 
   async listChannels(opts: { after?: string; limit?: number; user_id?: string } = {}): Promise<Page<Channel>> {
-    const r = await this.request<{ channels: Channel[]; next?: string }>("GET", "/channels", undefined, opts);
+    const r = await this.request<ChannelList>("GET", "/channels", undefined, opts);
     return { items: r.channels, next: r.next };
   }
 
@@ -192,8 +327,8 @@ export class ConfabApi {
     return this.request("POST", "/channels", c);
   }
 
-  updateChannel(id: string, patch: { name?: string; cover_url?: string; custom_type?: string; data?: unknown }) {
-    return this.request<Channel>("PATCH", `/channels/${enc(id)}`, patch);
+  updateChannel(id: string, patch: ChannelPatch): Promise<Channel> {
+    return this.request("PATCH", `/channels/${enc(id)}`, patch);
   }
 
   deleteChannel(id: string): Promise<void> {
@@ -204,7 +339,7 @@ export class ConfabApi {
     const out: Member[] = [];
     let after: string | undefined;
     do {
-      const r = await this.request<{ members: Member[]; next?: string }>(
+      const r = await this.request<MemberList>(
         "GET",
         `/channels/${enc(channelId)}/members`,
         undefined,
@@ -217,20 +352,20 @@ export class ConfabApi {
   }
 
   invite(channelId: string, userIds: string[]): Promise<Channel> {
-    return this.request("POST", `/channels/${enc(channelId)}/members`, { user_ids: userIds });
+    return this.request("POST", `/channels/${enc(channelId)}/members`, { user_ids: userIds } satisfies InviteBody);
   }
 
   leave(channelId: string): Promise<void> {
     return this.request("POST", `/channels/${enc(channelId)}/leave`);
   }
 
-  markRead(channelId: string, seq: number): Promise<{ read_seq: number }> {
-    return this.request("POST", `/channels/${enc(channelId)}/read`, { seq });
+  markRead(channelId: string, seq: number): Promise<ReadResult> {
+    return this.request("POST", `/channels/${enc(channelId)}/read`, { seq } satisfies ReadBody);
   }
 
   /** Messages ascending by `seq`: the newest without a range, else before or after a sequence. */
   async history(channelId: string, range: HistoryRange = {}): Promise<Message[]> {
-    const r = await this.request<{ messages: Message[] }>(
+    const r = await this.request<MessageList>(
       "GET",
       `/channels/${enc(channelId)}/messages`,
       undefined,
@@ -240,15 +375,17 @@ export class ConfabApi {
   }
 
   /** A send over HTTP (the WebSocket's `send` is the usual way). */
-  sendMessage(channelId: string, input: SendInput & { sender_id?: string }): Promise<Message> {
-    return this.request("POST", `/channels/${enc(channelId)}/messages`, input);
+  sendMessage(channelId: string, input: HttpSendInput): Promise<Message> {
+    const { message_type, ...rest } = input;
+    const body: SendMessageBody = message_type === undefined ? rest : { ...rest, type: message_type };
+    return this.request("POST", `/channels/${enc(channelId)}/messages`, body);
   }
 
   getMessage(id: number): Promise<Message> {
     return this.request("GET", `/messages/${id}`);
   }
 
-  editMessage(id: number, patch: { text?: string; data?: unknown }): Promise<Message> {
+  editMessage(id: number, patch: MessagePatch): Promise<Message> {
     return this.request("PATCH", `/messages/${id}`, patch);
   }
 
@@ -262,7 +399,7 @@ export class ConfabApi {
   }
 
   /** Uploads a file for a channel; send it with `file_id` and `message_type: "image" | "file"`. */
-  uploadFile(channelId: string, file: Blob, name: string): Promise<{ id: string; content_type: string }> {
+  uploadFile(channelId: string, file: Blob, name: string): Promise<FileInfo> {
     const form = new FormData();
     form.append("channel_id", channelId);
     form.append("file", file, name);
@@ -272,7 +409,7 @@ export class ConfabApi {
   // ---- the application (master token) ----
 
   async listUsers(opts: { after?: string; limit?: number } = {}): Promise<Page<User>> {
-    const r = await this.request<{ users: User[]; next?: string }>("GET", "/users", undefined, opts);
+    const r = await this.request<UserList>("GET", "/users", undefined, opts);
     return { items: r.users, next: r.next };
   }
 
@@ -280,12 +417,12 @@ export class ConfabApi {
     return this.request("GET", `/users/${enc(id)}`);
   }
 
-  createUser(u: { id: string; nickname?: string; profile_url?: string; metadata?: Record<string, string> }) {
-    return this.request<User>("POST", "/users", u);
+  createUser(u: NewUser): Promise<User> {
+    return this.request("POST", "/users", u);
   }
 
-  updateUser(id: string, patch: { nickname?: string; profile_url?: string; disabled?: boolean }) {
-    return this.request<User>("PATCH", `/users/${enc(id)}`, patch);
+  updateUser(id: string, patch: UserPatch): Promise<User> {
+    return this.request("PATCH", `/users/${enc(id)}`, patch);
   }
 
   deleteUser(id: string): Promise<void> {
@@ -298,15 +435,15 @@ export class ConfabApi {
   }
 
   async listBots(): Promise<Bot[]> {
-    return (await this.request<{ bots: Bot[] }>("GET", "/bots")).bots;
+    return (await this.request<BotList>("GET", "/bots")).bots;
   }
 
-  createBot(b: { id: string; nickname?: string; profile_url?: string; settings: Partial<BotSettings> }) {
-    return this.request<Bot>("POST", "/bots", b);
+  createBot(b: NewBot): Promise<Bot> {
+    return this.request("POST", "/bots", b);
   }
 
-  updateBot(id: string, patch: { nickname?: string; profile_url?: string; settings?: Partial<BotSettings> }) {
-    return this.request<Bot>("PATCH", `/bots/${enc(id)}`, patch);
+  updateBot(id: string, patch: BotPatch): Promise<Bot> {
+    return this.request("PATCH", `/bots/${enc(id)}`, patch);
   }
 
   deleteBot(id: string): Promise<void> {
@@ -314,15 +451,15 @@ export class ConfabApi {
   }
 
   async usage(q: { from?: string; to?: string; bot_id?: string; user_id?: string } = {}): Promise<UsageRow[]> {
-    return (await this.request<{ usage: UsageRow[] }>("GET", "/usage", undefined, q)).usage;
+    return (await this.request<UsageList>("GET", "/usage", undefined, q)).usage;
   }
 
   async listProviders(): Promise<ProviderView[]> {
-    return (await this.request<{ providers: ProviderView[] }>("GET", "/providers")).providers;
+    return (await this.request<ProviderList>("GET", "/providers")).providers;
   }
 
   /** Adds or replaces a provider; the key is named by `api_key_env`, never sent. */
-  addProvider(p: Record<string, unknown>): Promise<{ name: string }> {
+  addProvider(p: Record<string, unknown>): Promise<ProviderName> {
     return this.request("POST", "/providers", p);
   }
 
@@ -330,33 +467,33 @@ export class ConfabApi {
     return this.request("DELETE", `/providers/${enc(name)}`);
   }
 
-  moderationRules(): Promise<{ file: unknown; app: unknown }> {
+  moderationRules(): Promise<ModerationRules> {
     return this.request("GET", "/moderation/rules");
   }
 
-  setModerationRules(rules: unknown): Promise<{ file: unknown; app: unknown }> {
+  setModerationRules(rules: unknown): Promise<ModerationRules> {
     return this.request("PUT", "/moderation/rules", rules);
   }
 
   async flagged(q: { state?: string; channel_id?: string; after?: number; limit?: number } = {}) {
-    return this.request<{ flagged: Flagged[]; next?: number }>("GET", "/moderation/flags", undefined, q);
+    return this.request<FlaggedList>("GET", "/moderation/flags", undefined, q);
   }
 
-  reviewFlag(messageId: number, verdict: "approve" | "remove"): Promise<unknown> {
+  reviewFlag(messageId: number, verdict: "approve" | "remove"): Promise<Flagged> {
     return this.request("POST", `/moderation/flags/${messageId}/${verdict}`);
   }
 
   async listEndpoints(): Promise<EndpointView[]> {
-    return (await this.request<{ endpoints: EndpointView[] }>("GET", "/webhooks/endpoints")).endpoints;
+    return (await this.request<EndpointList>("GET", "/webhooks/endpoints")).endpoints;
   }
 
   /** The secret (`whsec_…`) is shown only in this answer. */
-  createEndpoint(e: { url: string; events?: string[]; description?: string; enabled?: boolean }) {
-    return this.request<EndpointView & { secret: string }>("POST", "/webhooks/endpoints", e);
+  createEndpoint(e: NewEndpoint): Promise<CreatedEndpoint> {
+    return this.request("POST", "/webhooks/endpoints", e);
   }
 
-  updateEndpoint(id: string, patch: { url?: string; events?: string[]; description?: string; enabled?: boolean }) {
-    return this.request<EndpointView>("PATCH", `/webhooks/endpoints/${enc(id)}`, patch);
+  updateEndpoint(id: string, patch: EndpointPatch): Promise<EndpointView> {
+    return this.request("PATCH", `/webhooks/endpoints/${enc(id)}`, patch);
   }
 
   deleteEndpoint(id: string): Promise<void> {
@@ -364,13 +501,13 @@ export class ConfabApi {
   }
 
   async attempts(endpointId: string): Promise<Attempt[]> {
-    return (await this.request<{ attempts: Attempt[] }>("GET", `/webhooks/endpoints/${enc(endpointId)}/attempts`))
-      .attempts;
+    return (await this.request<AttemptList>("GET", `/webhooks/endpoints/${enc(endpointId)}/attempts`)).attempts;
   }
 
+  /** The oldest dead letters (the first page of `GET .../dead_letters`). */
   async deadLetters(endpointId: string): Promise<DeadLetter[]> {
     const path = `/webhooks/endpoints/${enc(endpointId)}/dead_letters`;
-    return (await this.request<{ dead_letters: DeadLetter[] }>("GET", path)).dead_letters;
+    return (await this.request<DeadLetterList>("GET", path)).dead_letters;
   }
 
   redeliver(endpointId: string, eventId: number): Promise<Attempt> {

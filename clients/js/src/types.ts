@@ -1,4 +1,5 @@
-// The native API's objects and WebSocket frames (docs/protocol.md, /api/v1/openapi.json).
+// The native API's objects and WebSocket frames (docs/protocol.md, /api/v1/openapi.json). The objects are
+// checked against the OpenAPI document by openapi-checks.ts; the frames are the protocol's (docs/protocol.md).
 
 /** Milliseconds since the Unix epoch. */
 export type Millis = number;
@@ -192,7 +193,8 @@ export interface BotSettings {
 }
 
 export interface Bot extends User {
-  settings: BotSettings;
+  /** For the application (master token) only: a user's client sees the bot's profile, never its settings. */
+  settings?: BotSettings;
 }
 
 export interface UsageRow {

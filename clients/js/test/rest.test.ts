@@ -28,6 +28,9 @@ beforeEach(async () => {
       const after = new URL(req.url, "http://x").searchParams.get("after");
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify(after ? { channels: [{ id: "b" }] } : { channels: [{ id: "a" }], next: "a" }));
+    } else if (req.method === "POST" && req.url === "/api/v1/channels/g/messages") {
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify({ id: 1, channel_id: "g", seq: 1 }));
     } else if (req.url === "/api/v1/messages/5/stop") {
       res.writeHead(204).end();
     } else {
@@ -62,6 +65,16 @@ describe("ConfabApi", () => {
     const err = await api.me().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApiError);
     expect(err).toMatchObject({ status: 429, code: "rate_limited", message: "slow down", retryAfterMs: 2000 });
+  });
+
+  it("sends over HTTP with the type as REST names it", async () => {
+    const api = new ConfabApi({ baseUrl: base, token: "t" });
+    await api.sendMessage("g", { message_type: "image", file_id: "f1", client_msg_id: "k" });
+    await api.sendMessage("g", { text: "hi" });
+    expect(seen.map((r) => JSON.parse(r.body))).toEqual([
+      { type: "image", file_id: "f1", client_msg_id: "k" },
+      { text: "hi" },
+    ]);
   });
 
   it("builds file URLs a browser can load", () => {

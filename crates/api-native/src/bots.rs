@@ -5,9 +5,9 @@ use axum::response::IntoResponse;
 use confab_domain::bot::{BotSettings, UsageRecord, utc_day};
 use confab_domain::model::{NewUser, UserPatch};
 use confab_domain::{MessageId, now_millis};
-use confab_gateway::wire::UserDto;
 use confab_service::Actor;
 use confab_service::bots::BotView;
+use confab_wire::UserDto;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

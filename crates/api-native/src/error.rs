@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_domain::DomainError;
-use confab_gateway::wire::{error_code, error_message};
+use confab_wire::{error_code, error_message};
 use serde::Serialize;
 use utoipa::ToSchema;
 

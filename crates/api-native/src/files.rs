@@ -5,8 +5,8 @@ use axum::extract::{Multipart, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_domain::{DomainError, FileId};
-use confab_gateway::wire::FileDto;
 use confab_service::files::UploadFailed;
+use confab_wire::FileDto;
 use utoipa::ToSchema;
 
 use crate::AppState;

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::model::{HistoryQuery, HistoryRange, MessagePatch};
 use confab_domain::{ChannelSeq, DomainError, MessageId};
-use confab_gateway::wire::{MessageDto, SendMessageBody};
+use confab_wire::{MessageDto, SendMessageBody};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};

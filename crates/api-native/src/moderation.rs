@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
 use confab_domain::{DomainError, MessageId, Millis};
-use confab_gateway::wire::MessageDto;
 use confab_service::moderation::{parse_rules, rules_json};
+use confab_wire::MessageDto;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::UserId;
 use confab_domain::model::{NewUser, UserPatch};
+use confab_wire::UserDto;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -11,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::error::{ApiResult, ProblemBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
-use confab_gateway::wire::UserDto;
 
 pub fn parse_user_id(raw: &str) -> ApiResult<UserId> {
     Ok(UserId::parse(raw)?)

@@ -1,7 +1,7 @@
 //! Cheap classification of server frames.
 //!
 //! The hot path (a `message.new` or `ack` frame) is read by prefix scanning: the server writes the frame's
-//! `type`, `channel_id` and `seq` first (`crates/gateway/src/wire.rs` tests this order), and the message text
+//! `type`, `channel_id` and `seq` first (`crates/gateway/src/frames.rs` tests this order), and the message text
 //! is the first `"text":"` field. Anything that does not match the expected prefix falls back to a full JSON
 //! parse, so a change of field order costs speed, never correctness.
 

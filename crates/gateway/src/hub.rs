@@ -15,11 +15,12 @@ use axum::extract::ws::Utf8Bytes;
 use confab_domain::ports::{EventStream, Subscription};
 use confab_domain::{ChannelId, Event, UserId};
 use confab_service::Confab;
+use confab_wire::{ChannelDto, MessageDto};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{Notify, mpsc};
 
 use crate::GatewayConfig;
-use crate::wire::{ChannelDto, MessageDto, ServerFrame};
+use crate::frames::ServerFrame;
 
 /// A frame built once and shared by every recipient.
 pub struct Frame {

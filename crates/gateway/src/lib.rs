@@ -1,9 +1,10 @@
-//! The real-time edge: the fan-out hub and WebSocket sessions, and the native wire format they speak.
+//! The real-time edge: the fan-out hub and WebSocket sessions, and the protocol's frames (`frames`), which
+//! carry the native JSON shapes of `confab-wire`.
 
 pub mod flood;
+pub mod frames;
 pub mod hub;
 pub mod session;
-pub mod wire;
 
 use std::time::Duration;
 

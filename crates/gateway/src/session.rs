@@ -10,6 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use confab_domain::model::{HistoryQuery, HistoryRange};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Millis, UserId, now_millis};
 use confab_service::{Actor, Confab, SessionGrant};
+use confab_wire::{MessageDto, SendMessageBody, error_code, error_message};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -17,8 +18,8 @@ use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::flood::{FrameRate, ReadCoalescer};
+use crate::frames::{ClientFrame, ServerFrame};
 use crate::hub::{Frame, Hub, SessionHandle};
-use crate::wire::{ClientFrame, MessageDto, SendMessageBody, ServerFrame, error_code, error_message};
 
 /// Close codes of the protocol (`docs/protocol.md`).
 pub mod close {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use confab_domain::outbox::{RecordedChange, RecordedEvent};
-use confab_gateway::wire::{ChannelDto, MessageDto, UserDto};
+use confab_wire::{ChannelDto, MessageDto, UserDto};
 use serde::Serialize;
 use serde_json::{Value, json};
 

@@ -35,9 +35,9 @@ export async function botsTab(ctx: TabContext): Promise<void> {
       bots.map((b) => [
         b.id,
         b.nickname,
-        b.settings.provider || "(callback only)",
-        b.settings.model || "(provider's)",
-        b.settings.trigger,
+        b.settings?.provider || "(callback only)",
+        b.settings?.model || "(provider's)",
+        b.settings?.trigger ?? "",
         h(
           "span",
           { class: "actions" },
