@@ -733,8 +733,11 @@ export interface components {
         CreateEndpointBody: {
             description?: string;
             enabled?: boolean;
-            /** @description Event types (`message.sent`) or patterns (`message.*`); omitted or empty: every event. */
-            events?: ("*" | "message.*" | "message.sent" | "message.edited" | "message.deleted" | "bot_reply.*" | "bot_reply.completed" | "bot_reply.failed" | "bot_reply.stopped" | "bot_reply.interrupted" | "channel.*" | "channel.created" | "channel.updated" | "channel.deleted" | "member.*" | "member.joined" | "member.left" | "user.*" | "user.created" | "user.updated" | "user.deleted")[];
+            /**
+             * @description Event types (`message.sent`) or patterns (`message.*`); omitted or empty (or `*`): every event but the
+             *     opt-in `bot.triggered`, delivered only to endpoints that name it (or `bot.*`).
+             */
+            events?: ("*" | "message.*" | "message.sent" | "message.edited" | "message.deleted" | "bot_reply.*" | "bot_reply.completed" | "bot_reply.failed" | "bot_reply.stopped" | "bot_reply.interrupted" | "channel.*" | "channel.created" | "channel.updated" | "channel.deleted" | "member.*" | "member.joined" | "member.left" | "user.*" | "user.created" | "user.updated" | "user.deleted" | "bot.*" | "bot.triggered")[];
             /**
              * @description Where events are POSTed. Private, loopback and link-local destinations are refused unless the
              *     configuration allows them.
@@ -808,7 +811,8 @@ export interface components {
             failed_attempts: number;
             /**
              * @description `standard`; `sendbird` or `nim` for the endpoint a compatibility surface keeps from its own webhook
-             *     settings (shown here with its deliveries; changed only through those settings, apart from its secret).
+             *     settings, `sendbird_callbacks` for Sendbird's bot callbacks (no URL of its own: each goes to its bot's
+             *     callback URL). Shown here with its deliveries; changed only by its surface, apart from its secret.
              */
             format: string;
             id: string;
@@ -1010,7 +1014,7 @@ export interface components {
             description?: string | null;
             /** @description A disabled endpoint receives nothing: events recorded while it is disabled are not delivered to it. */
             enabled?: boolean | null;
-            events?: ("*" | "message.*" | "message.sent" | "message.edited" | "message.deleted" | "bot_reply.*" | "bot_reply.completed" | "bot_reply.failed" | "bot_reply.stopped" | "bot_reply.interrupted" | "channel.*" | "channel.created" | "channel.updated" | "channel.deleted" | "member.*" | "member.joined" | "member.left" | "user.*" | "user.created" | "user.updated" | "user.deleted")[] | null;
+            events?: ("*" | "message.*" | "message.sent" | "message.edited" | "message.deleted" | "bot_reply.*" | "bot_reply.completed" | "bot_reply.failed" | "bot_reply.stopped" | "bot_reply.interrupted" | "channel.*" | "channel.created" | "channel.updated" | "channel.deleted" | "member.*" | "member.joined" | "member.left" | "user.*" | "user.created" | "user.updated" | "user.deleted" | "bot.*" | "bot.triggered")[] | null;
             url?: string | null;
         };
         UpdateUserBody: {
