@@ -30,6 +30,7 @@ mod realtime;
 mod rest;
 mod sendbird;
 mod sendbird_bots;
+mod sendbird_callbacks;
 mod sendbird_channels;
 mod sendbird_sdk;
 mod sendbird_webhooks;
