@@ -204,10 +204,10 @@ impl BotRuntime {
                 let rt = self.clone();
                 tokio::spawn(async move {
                     let bots = rt.triggered_bots(&m).await;
-                    let answering = rt.announce(bots, &m).await;
                     if !claimed {
-                        rt.answer(answering, &m);
+                        rt.answer(bots.clone(), &m);
                     }
+                    rt.announce(&bots, &m).await;
                 });
             }
             Event::BotChanged(id) => match self.service.lookup().bot(&id).await {

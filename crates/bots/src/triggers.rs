@@ -85,13 +85,13 @@ impl BotRuntime {
                 .cloned()
                 .collect()
         };
-        let answering = self.announce(bots, &m).await;
-        self.answer(answering, &m);
+        self.answer(bots.clone(), &m);
+        self.announce(&bots, &m).await;
     }
 
-    /// Announces a trigger to the application for the bots among `bots` that have a callback; returns those
-    /// that answer with an LLM.
-    pub(crate) async fn announce(&self, bots: Vec<Bot>, m: &Arc<Message>) -> Vec<Bot> {
+    /// Announces a trigger to the application for the bots among `bots` that have a callback (after their
+    /// replies started: recording it is a commit of its own, which no reply waits for).
+    pub(crate) async fn announce(&self, bots: &[Bot], m: &Arc<Message>) {
         let callbacks: Vec<UserId> = bots
             .iter()
             .filter(|b| !b.settings.callback_url.is_empty())
@@ -112,11 +112,11 @@ impl BotRuntime {
                 }
             }
         }
-        bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect()
     }
 
-    /// Starts one reply per bot to the trigger `m`.
+    /// Starts one reply per bot of `bots` that answers with an LLM to the trigger `m`.
     pub(crate) fn answer(self: &Arc<Self>, bots: Vec<Bot>, m: &Arc<Message>) {
+        let bots: Vec<Bot> = bots.into_iter().filter(|b| b.settings.answers_with_llm()).collect();
         if !bots.is_empty() {
             self.remember_trigger(m);
         }
