@@ -153,6 +153,7 @@ pub async fn stop_reply(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// First day, `YYYY-MM-DD` (UTC); default today.
     pub from: Option<String>,

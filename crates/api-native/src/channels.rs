@@ -79,6 +79,7 @@ pub struct ReadResult {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChannelListQuery {
     pub after: Option<String>,
     pub limit: Option<u32>,

@@ -3,7 +3,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use confab_domain::model::{HistoryQuery, HistoryRange, MessagePatch};
-use confab_domain::{ChannelSeq, DomainError, MessageId};
+use confab_domain::{ChannelSeq, MessageId};
 use confab_wire::{MessageDto, SendMessageBody};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,10 +15,12 @@ use crate::error::{ApiResult, ProblemBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     /// Messages with a lower sequence (older), returned oldest first.
     pub before: Option<u64>,
-    /// Messages with a higher sequence (newer), returned oldest first.
+    /// Messages with a higher sequence (newer), returned oldest first. With `before` too: the messages
+    /// between them, oldest first.
     pub after: Option<u64>,
     /// 1 to 200 (default 50).
     pub limit: Option<u32>,
@@ -31,6 +33,7 @@ pub struct MessageList<'a> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ThreadParams {
     /// Replies after this reply id.
     pub after: Option<i64>,
@@ -80,9 +83,8 @@ pub async fn history(
     ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> ApiResult<impl IntoResponse> {
     let range = match (p.before, p.after) {
-        (Some(_), Some(_)) => return Err(DomainError::invalid("before", "give before or after, not both").into()),
         (Some(b), None) => HistoryRange::Before(ChannelSeq(b)),
-        (None, Some(a)) => HistoryRange::After(ChannelSeq(a)),
+        (None, Some(a)) | (Some(_), Some(a)) => HistoryRange::After(ChannelSeq(a)),
         (None, None) => HistoryRange::Latest,
     };
     let q = HistoryQuery {
@@ -90,7 +92,11 @@ pub async fn history(
         range,
         limit: p.limit.unwrap_or(50),
     };
-    let msgs = st.service.history(&actor, q).await?;
+    let mut msgs = st.service.history(&actor, q).await?;
+    // Both bounds: the messages between them, oldest first (read after `after`, cut at `before`).
+    if let (Some(before), Some(_)) = (p.before, p.after) {
+        msgs.retain(|m| m.seq.0 < before);
+    }
     Ok(Json(MessageList {
         messages: msgs.iter().map(MessageDto::from).collect(),
     })

@@ -50,6 +50,7 @@ pub struct FlaggedList<'a> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FlagListQuery {
     /// `pending` (default), `approved`, `removed` or `all`.

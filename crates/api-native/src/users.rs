@@ -43,6 +43,7 @@ pub struct UpdateUserBody {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Return items after this id (the `next` of the previous page).
     pub after: Option<String>,

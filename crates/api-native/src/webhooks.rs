@@ -176,6 +176,7 @@ pub struct DeadLetterList {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterQuery {
     /// Event id to list after (exclusive).

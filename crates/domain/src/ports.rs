@@ -57,10 +57,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_user(&self, id: &UserId) -> DomainResult<Option<User>>;
     async fn list_users(&self, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<User>>;
     async fn update_user(&self, id: &UserId, patch: UserPatch) -> DomainResult<User>;
-    /// Deletes the account, its sessions and memberships. Its messages stay, attributed to its id.
+    /// Deletes the account, its sessions and memberships. Its messages stay, attributed to its id, without
+    /// their idempotency keys (an account created again with this id does not inherit them).
     async fn delete_user(&self, id: &UserId) -> DomainResult<()>;
     async fn set_last_seen(&self, id: &UserId, at: Millis) -> DomainResult<()>;
 
+    /// Records a session of an existing account (`NotFound` otherwise). A token hash already another
+    /// account's is `Invalid`.
     async fn create_session(&self, session: SessionRecord) -> DomainResult<()>;
     async fn find_session(&self, token_hash: &[u8; 32]) -> DomainResult<Option<SessionRecord>>;
     async fn revoke_sessions(&self, user: &UserId) -> DomainResult<u64>;
@@ -70,6 +73,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_channel(&self, channel: NewChannel) -> DomainResult<(Channel, bool)>;
     async fn get_channel(&self, id: &ChannelId) -> DomainResult<Option<Channel>>;
     async fn update_channel(&self, id: &ChannelId, patch: ChannelPatch) -> DomainResult<Channel>;
+    /// Deletes the channel with its members, messages, flags and files' records (the files' ids come out of
+    /// the next `delete_unattached_files`).
     async fn delete_channel(&self, id: &ChannelId) -> DomainResult<()>;
     async fn list_channels(&self, after: Option<&ChannelId>, limit: u32) -> DomainResult<Vec<Channel>>;
     async fn list_member_channels(
@@ -113,15 +118,17 @@ pub trait Store: Send + Sync + 'static {
         patch: MessagePatch,
         preconditions: Vec<Precondition>,
     ) -> DomainResult<Message>;
-    /// Soft delete: the message keeps its sequence (no gap) but loses its content.
+    /// Soft delete: the message keeps its sequence (no gap) but loses its content; a thread reply no longer
+    /// counts in its parent's `reply_count`.
     async fn delete_message(&self, id: MessageId) -> DomainResult<Message>;
 
     /// Records an upload unless it would take its uploader's files or all files past `quota`
-    /// (`LimitExceeded`).
+    /// (`LimitExceeded`); a file id is taken once (`AlreadyExists`).
     async fn put_file(&self, file: FileObject, quota: FileQuota) -> DomainResult<()>;
     async fn get_file(&self, id: &FileId) -> DomainResult<Option<FileObject>>;
-    /// Forgets up to `limit` files created before `before` that no message carries (the oldest first);
-    /// returns their ids, so their bytes can be removed.
+    /// Forgets up to `limit` files: first those of deleted channels (whatever their age), then those created
+    /// before `before` that no message carries (the oldest first); returns their ids, so their bytes can be
+    /// removed.
     async fn delete_unattached_files(&self, before: Millis, limit: u32) -> DomainResult<Vec<FileId>>;
 
     /// Creates the bot's account (`is_bot`) and its settings together. A bot is deleted as a user.
@@ -166,7 +173,7 @@ pub trait Store: Send + Sync + 'static {
     /// Flags a stored message for review (a bot reply, once complete); more rules add to an existing flag.
     async fn flag_message(&self, id: MessageId, rules: Vec<String>) -> DomainResult<()>;
     /// Approves a pending flag, or removes the message (deleted as by its sender, `MessageDeleted` emitted).
-    /// The same decision again changes nothing; a different one is `AlreadyExists`.
+    /// The same decision again changes nothing; a different one is `AlreadyExists`; `Pending` is `Invalid`.
     async fn review_flag(&self, id: MessageId, state: FlagState, by: Option<UserId>) -> DomainResult<()>;
     async fn get_flag(&self, id: MessageId) -> DomainResult<Option<FlaggedMessage>>;
     async fn list_flags(&self, query: FlagQuery) -> DomainResult<Vec<FlaggedMessage>>;

@@ -31,6 +31,13 @@ pub(crate) fn put_file(conn: &Connection, f: &FileObject, quota: FileQuota) -> D
             limit: quota.per_user,
         });
     }
+    if conn
+        .prepare_cached("SELECT 1 FROM files WHERE id = ?1")
+        .and_then(|mut s| s.exists([f.id.as_str()]))
+        .map_err(db_err)?
+    {
+        return Err(DomainError::already_exists("file", &f.id));
+    }
     conn.prepare_cached(
         "INSERT INTO files (id, channel_id, uploader_id, name, size, content_type, sha256, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -55,16 +62,29 @@ pub(crate) fn put_file(conn: &Connection, f: &FileObject, quota: FileQuota) -> D
 /// carries its file). Runs in the writer: a send that attaches one of them is applied before or after,
 /// never in between.
 pub(crate) fn delete_unattached(conn: &Connection, before: Millis, limit: u32) -> DomainResult<Vec<FileId>> {
-    let ids = conn
+    // Files of deleted channels first, whatever their age: their records went with the channel.
+    let mut ids = conn
+        .prepare_cached("DELETE FROM removed_files WHERE id IN (SELECT id FROM removed_files LIMIT ?1) RETURNING id")
+        .and_then(|mut s| {
+            s.query_map([limit], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(db_err)?;
+    let left = limit.saturating_sub(ids.len() as u32);
+    if left == 0 {
+        return Ok(ids.into_iter().filter_map(|id| FileId::parse(&id).ok()).collect());
+    }
+    let unattached = conn
         .prepare_cached(
             "DELETE FROM files WHERE id IN (SELECT f.id FROM files f WHERE f.created_at < ?1 AND NOT EXISTS \
              (SELECT 1 FROM messages m WHERE m.file IS NOT NULL AND json_extract(m.file, '$.id') = f.id) \
              ORDER BY f.created_at LIMIT ?2) RETURNING id",
         )
         .and_then(|mut s| {
-            s.query_map(params![before, limit], |r| r.get::<_, String>(0))?
+            s.query_map(params![before, left], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(db_err)?;
+    ids.extend(unattached);
     Ok(ids.into_iter().filter_map(|id| FileId::parse(&id).ok()).collect())
 }

@@ -187,6 +187,18 @@ END;
 CREATE INDEX files_by_age ON files(created_at);
 CREATE INDEX messages_by_file ON messages(json_extract(file, '$.id')) WHERE file IS NOT NULL;
 "#,
+    // Files of deleted channels, whose bytes the next sweep removes; flags of messages that are gone; and the
+    // idempotency keys of deleted accounts, which a re-created account with the same id must not inherit.
+    r#"
+CREATE TABLE removed_files (
+    id  TEXT PRIMARY KEY
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO removed_files (id) SELECT id FROM files WHERE channel_id NOT IN (SELECT id FROM channels);
+DELETE FROM files WHERE channel_id NOT IN (SELECT id FROM channels);
+DELETE FROM flagged_messages WHERE message_id NOT IN (SELECT id FROM messages);
+UPDATE messages SET client_msg_id = NULL
+    WHERE client_msg_id IS NOT NULL AND sender_id IS NOT NULL AND sender_id NOT IN (SELECT id FROM users);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -316,6 +316,7 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
             Ok(Outcome::Unit)
         }
         Op::CreateSession(s) => {
+            require_users(conn, std::slice::from_ref(&s.user_id))?;
             // A token an application chose may already be its user's (kept, with the new expiry) or another
             // account's: a client signs in with the token alone, so that one is refused.
             let stored = conn

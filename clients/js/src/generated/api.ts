@@ -1474,7 +1474,12 @@ export interface operations {
     };
     list_channels: {
         parameters: {
-            query?: never;
+            query?: {
+                after?: string;
+                limit?: number;
+                /** @description Master token only: list this user's channels (default: every channel). */
+                user_id?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -1487,6 +1492,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ChannelList"];
+                };
+            };
+            /** @description a query parameter is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProblemBody"];
                 };
             };
             /** @description no token, or an unknown, revoked or expired one */
@@ -1962,7 +1976,12 @@ export interface operations {
     };
     list_members: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Return items after this id (the `next` of the previous page). */
+                after?: string;
+                /** @description Page size, 1 to 200 (default 50). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description a channel id */
@@ -2212,7 +2231,17 @@ export interface operations {
     };
     history: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Messages with a lower sequence (older), returned oldest first. */
+                before?: number;
+                /**
+                 * @description Messages with a higher sequence (newer), returned oldest first. With `before` too: the messages
+                 *     between them, oldest first.
+                 */
+                after?: number;
+                /** @description 1 to 200 (default 50). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description a channel id */
@@ -3341,7 +3370,11 @@ export interface operations {
     };
     thread: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Replies after this reply id. */
+                after?: number;
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description a message id */
@@ -3501,7 +3534,14 @@ export interface operations {
     };
     list_flags: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `pending` (default), `approved`, `removed` or `all`. */
+                state?: "pending" | "approved" | "removed" | "all";
+                channel_id?: string;
+                /** @description Message id to list after (exclusive). */
+                after?: number;
+                limit?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -4132,7 +4172,14 @@ export interface operations {
     };
     usage: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description First day, `YYYY-MM-DD` (UTC); default today. */
+                from?: string;
+                /** @description Last day, `YYYY-MM-DD` (UTC); default today. */
+                to?: string;
+                bot_id?: string;
+                user_id?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -4145,6 +4192,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UsageList"];
+                };
+            };
+            /** @description a query parameter is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProblemBody"];
                 };
             };
             /** @description no token, or an unknown, revoked or expired one */
@@ -4187,7 +4243,12 @@ export interface operations {
     };
     list_users: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Return items after this id (the `next` of the previous page). */
+                after?: string;
+                /** @description Page size, 1 to 200 (default 50). */
+                limit?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -4200,6 +4261,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UserList"];
+                };
+            };
+            /** @description a query parameter is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProblemBody"];
                 };
             };
             /** @description no token, or an unknown, revoked or expired one */
@@ -5192,7 +5262,12 @@ export interface operations {
     };
     list_dead_letters: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Event id to list after (exclusive). */
+                after?: number;
+                /** @description Page size, at most 200 (default 50). */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @description a webhook endpoint id */

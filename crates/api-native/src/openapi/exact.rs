@@ -311,6 +311,7 @@ pub(super) fn apply(doc: &mut Value) {
     s["UploadForm"]["properties"]["channel_id"] = channel_id();
 
     let paths = &mut doc["paths"];
+    query_params(paths);
     let json_body = |schema: Value| json!({"required": true, "content": {"application/json": {"schema": schema}}});
     paths["/api/v1/moderation/rules"]["put"]["requestBody"] = json_body(moderation_rules());
     paths["/api/v1/channels/{channel_id}/moderation/rules"]["put"]["requestBody"] = json_body(moderation_rules());
@@ -339,4 +340,55 @@ pub(super) fn apply(doc: &mut Value) {
         assert!(responses.is_object(), "no {method} {path}");
         responses[status] = problem(what);
     }
+}
+
+/// Query parameters as the handlers parse them (utoipa sees only `Option<String>` and `Option<u32>`).
+fn query_params(paths: &mut Value) {
+    let page_size = json!({"type": "integer", "minimum": 0, "maximum": u32::MAX,
+        "description": "Page size; 0 and values above the maximum page (200) are read as the default and 200."});
+    let seq = json!({"type": "integer", "minimum": 0, "maximum": u64::MAX});
+    let message_id = json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX});
+    let day = json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"});
+    let flag_state = json!({"enum": ["pending", "approved", "removed", "all"]});
+    for (path, name, schema) in [
+        ("/api/v1/channels", "after", channel_id()),
+        ("/api/v1/channels", "user_id", user_id()),
+        ("/api/v1/channels/{channel_id}/members", "after", user_id()),
+        ("/api/v1/users", "after", user_id()),
+        ("/api/v1/channels/{channel_id}/messages", "before", seq.clone()),
+        ("/api/v1/channels/{channel_id}/messages", "after", seq.clone()),
+        ("/api/v1/messages/{message_id}/replies", "after", message_id.clone()),
+        ("/api/v1/moderation/flags", "state", flag_state),
+        ("/api/v1/moderation/flags", "channel_id", channel_id()),
+        ("/api/v1/moderation/flags", "after", message_id),
+        ("/api/v1/usage", "from", day.clone()),
+        ("/api/v1/usage", "to", day),
+        ("/api/v1/usage", "bot_id", user_id()),
+        ("/api/v1/usage", "user_id", user_id()),
+    ] {
+        set_query_param(paths, path, name, schema);
+    }
+    let Some(paths) = paths.as_object_mut() else { return };
+    for op in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+    {
+        for p in op["parameters"].as_array_mut().into_iter().flatten() {
+            if p["in"] == "query" && p["name"] == "limit" {
+                p["schema"] = page_size.clone();
+            }
+        }
+    }
+}
+
+fn set_query_param(paths: &mut Value, path: &str, name: &str, schema: Value) {
+    let op = &mut paths[path]["get"];
+    let param = op["parameters"]
+        .as_array_mut()
+        .and_then(|ps| ps.iter_mut().find(|p| p["in"] == "query" && p["name"] == name));
+    let Some(param) = param else {
+        panic!("no query parameter {name} on GET {path}");
+    };
+    param["schema"] = schema;
 }

@@ -160,7 +160,8 @@ pub async fn channel_patches_change_only_what_they_name<B: Backend>(b: B) {
     );
 }
 
-/// Deleting a channel removes it with its members, messages and files; other channels keep theirs.
+/// Deleting a channel removes it with its members, messages, flags and files (the next sweep of unattached
+/// files returns those, whatever their age); other channels keep theirs.
 pub async fn deleting_a_channel_removes_it_and_its_messages<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -192,6 +193,11 @@ pub async fn deleting_a_channel_removes_it_and_its_messages<B: Backend>(b: B) {
     assert!(s.member_ids(&cid("g")).await.unwrap().is_empty());
     assert_eq!(s.get_member(&cid("g"), &uid("a")).await.unwrap(), None);
     assert_eq!(s.get_file(&file.id).await.unwrap(), None);
+    assert_eq!(
+        s.delete_unattached_files(0, 10).await.unwrap(),
+        std::slice::from_ref(&file.id),
+        "the next sweep returns the files of a deleted channel, whatever their age, so their bytes go too"
+    );
     let left: Vec<_> = s.list_member_channels(&uid("a"), None, 10).await.unwrap();
     assert_eq!(left.into_iter().map(|m| m.channel.id).collect::<Vec<_>>(), [cid("h")]);
     assert_eq!(s.get_message(kept.id).await.unwrap(), Some(kept));

@@ -179,8 +179,8 @@ pub async fn account_and_channel_writes_publish_their_events<B: Backend>(b: B) {
     }
 }
 
-/// Message writes publish the events that describe them: the message as stored, a thread's new count, an
-/// edit, a delete, a finished or swept reply.
+/// Message writes publish the events that describe them: the message as stored, a thread's new count (after
+/// a reply and after its delete), an edit, a delete, a finished or swept reply.
 pub async fn message_writes_publish_their_events<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -212,6 +212,9 @@ pub async fn message_writes_publish_their_events<B: Backend>(b: B) {
         } => assert_eq!((channel_id, message_id, seq), (cid("g"), r.id, r.seq)),
         other => panic!("{other:?}"),
     }
+    let recounted = s.get_message(parent.id).await.unwrap().unwrap();
+    assert_eq!(recounted.reply_count, 0);
+    assert!(matches!(events.next().await, Event::MessageUpdated(m) if *m == recounted));
 
     let first = append(s, reply("g", "helper", parent.id)).await.unwrap().message;
     assert!(matches!(events.next().await, Event::MessageCreated(m) if *m == first));

@@ -36,7 +36,7 @@ fn carrying(channel: &str, sender: &str, n: u32) -> confab_domain::model::NewMes
     m
 }
 
-/// A recorded upload reads back as recorded.
+/// A recorded upload reads back as recorded; its id is taken once (`AlreadyExists`).
 pub async fn files_read_back_as_recorded<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -46,9 +46,15 @@ pub async fn files_read_back_as_recorded<B: Backend>(b: B) {
     let app = file(2, "g", None, 7, 1_700_000_000_001);
     s.put_file(mine.clone(), ROOMY).await.unwrap();
     s.put_file(app.clone(), ROOMY).await.unwrap();
-    assert_eq!(s.get_file(&mine.id).await.unwrap(), Some(mine));
+    assert_eq!(s.get_file(&mine.id).await.unwrap(), Some(mine.clone()));
     assert_eq!(s.get_file(&app.id).await.unwrap(), Some(app));
     assert_eq!(s.get_file(&fid(3)).await.unwrap(), None);
+    let again = file(1, "g", Some("a"), 5, 1_700_000_000_002);
+    assert_err!(
+        s.put_file(again, ROOMY).await,
+        DomainError::AlreadyExists { entity: "file", .. }
+    );
+    assert_eq!(s.get_file(&mine.id).await.unwrap(), Some(mine));
 }
 
 /// An upload that would take its uploader's bytes or all bytes past the quota is `LimitExceeded` (with the

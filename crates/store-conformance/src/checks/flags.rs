@@ -22,7 +22,7 @@ fn ids(flags: Vec<FlaggedMessage>) -> Vec<MessageId> {
 
 /// A message is flagged when sent with flag rules or by `flag_message` (more rules add to its flag, each
 /// once); flags are listed oldest message first, by state, channel and page; an unknown message is
-/// `NotFound`.
+/// `NotFound`; the flags of a deleted channel go with it, so they never shorten a page.
 pub async fn flagged_messages_are_listed_for_review<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -78,10 +78,14 @@ pub async fn flagged_messages_are_listed_for_review<B: Backend>(b: B) {
         s.flag_message(MessageId(i64::MAX), vec!["spam".into()]).await,
         DomainError::NotFound { entity: "message", .. }
     );
+
+    s.delete_channel(&cid("g")).await.unwrap();
+    assert_eq!(s.get_flag(m1.id).await.unwrap(), None);
+    assert_eq!(ids(s.list_flags(query(None, None, None, 1)).await.unwrap()), [m3.id]);
 }
 
 /// A review decides once: the same decision again changes nothing, a different one is `AlreadyExists`; a
-/// message without a flag is `NotFound`.
+/// message without a flag is `NotFound`; `Pending` is no decision (`Invalid`).
 pub async fn reviews_decide_once<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -92,6 +96,10 @@ pub async fn reviews_decide_once<B: Backend>(b: B) {
     let m = append(s, m).await.unwrap().message;
     let other = send(s, "g", "a", "fine").await;
     s.flag_message(other.id, vec!["spam".into()]).await.unwrap();
+    assert_err!(
+        s.review_flag(m.id, FlagState::Pending, None).await,
+        DomainError::Invalid { field: "state", .. }
+    );
 
     s.review_flag(m.id, FlagState::Approved, Some(uid("mod")))
         .await

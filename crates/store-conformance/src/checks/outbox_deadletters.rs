@@ -140,6 +140,7 @@ pub async fn recorded_changes_name_their_cause<B: Backend>(b: B) {
         ("message.created", "Send 4:"),
         ("message.updated", "FinishReply 4:"),
         ("message.deleted", "Other"),
+        ("message.updated", "Other 1:hi!"),
     ];
     assert_eq!(
         rows(&got),

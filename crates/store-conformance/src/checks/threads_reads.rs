@@ -5,8 +5,8 @@ use confab_domain::{ChannelSeq, DomainError, MessageId};
 use crate::Backend;
 use crate::fixture::*;
 
-/// Replies are counted on their parent and listed oldest first, by page; they take the channel's next
-/// sequences like any message.
+/// Replies are counted on their parent (a deleted reply no longer) and listed oldest first, by page; they
+/// take the channel's next sequences like any message.
 pub async fn threads_count_their_replies<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -33,6 +33,10 @@ pub async fn threads_count_their_replies<B: Backend>(b: B) {
     assert_eq!(texts(&rest), ["r2"]);
     assert!(s.thread(lonely.id, None, 10).await.unwrap().is_empty());
     assert_eq!(seqs(&history(s, "g").await), [1, 2, 3, 4, 5]);
+
+    s.delete_message(replies[1].id).await.unwrap();
+    s.delete_message(replies[1].id).await.unwrap();
+    assert_eq!(s.get_message(parent.id).await.unwrap().unwrap().reply_count, 2);
 }
 
 /// A reply to a reply is `Invalid` (threads are one level deep); a parent in another channel or unknown is

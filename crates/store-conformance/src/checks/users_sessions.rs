@@ -152,13 +152,16 @@ pub async fn user_patches_change_only_what_they_name<B: Backend>(b: B) {
 }
 
 /// Deleting an account removes it, its sessions and its memberships; its messages stay, attributed to its
-/// id. Deleting it again is `NotFound`.
+/// id. Deleting it again is `NotFound`. An account created again with the same id starts afresh: the old
+/// one's idempotency keys are not its own.
 pub async fn deleting_a_user_keeps_its_messages<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
     users(s, &["a", "b"]).await;
     group(s, "g", &["a", "b"]).await;
-    let m = send(s, "g", "a", "hello").await;
+    let mut m = text("g", "a", "hello");
+    m.client_msg_id = Some("k1".into());
+    let m = append(s, m).await.unwrap().message;
     s.create_session(session(1, "a", None)).await.unwrap();
     s.create_session(session(2, "b", None)).await.unwrap();
 
@@ -181,6 +184,15 @@ pub async fn deleting_a_user_keeps_its_messages<B: Backend>(b: B) {
         s.delete_user(&uid("a")).await,
         DomainError::NotFound { entity: "user", .. }
     );
+
+    user(s, "a").await;
+    s.add_members(&cid("g"), vec![uid("a")], None).await.unwrap();
+    let mut again = text("g", "a", "hello again");
+    again.client_msg_id = Some("k1".into());
+    let again = append(s, again).await.unwrap();
+    assert!(!again.duplicate);
+    assert_ne!(again.message.id, m.id);
+    assert_eq!(again.message.text, "hello again");
 }
 
 /// The time a user was last seen is kept, and replaced by the next one.
@@ -195,7 +207,8 @@ pub async fn last_seen_is_kept<B: Backend>(b: B) {
     assert_eq!(s.get_user(&uid("a")).await.unwrap().unwrap().last_seen_at, Some(5_678));
 }
 
-/// Sessions are found by their token hash and revoked per account (returning how many were).
+/// Sessions are found by their token hash and revoked per account (returning how many were); an unknown
+/// account has none (`NotFound`).
 pub async fn sessions_are_found_and_revoked_per_user<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -217,6 +230,11 @@ pub async fn sessions_are_found_and_revoked_per_user<B: Backend>(b: B) {
         Some(uid("b"))
     );
     assert_eq!(s.revoke_sessions(&uid("a")).await.unwrap(), 0);
+    assert_err!(
+        s.create_session(session(4, "nobody", None)).await,
+        DomainError::NotFound { entity: "user", .. }
+    );
+    assert_eq!(s.find_session(&[4; 32]).await.unwrap(), None);
 }
 
 /// A token hash signs in one account: the same account again keeps it with the new expiry, another

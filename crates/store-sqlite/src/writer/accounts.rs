@@ -86,9 +86,11 @@ pub(super) fn delete_user(conn: &Connection, id: &UserId, events: &mut Vec<Event
     if n == 0 {
         return Err(DomainError::not_found("user", id));
     }
+    // Its messages stay, but their idempotency keys go: an account created again with this id starts afresh.
     for sql in [
         "DELETE FROM sessions WHERE user_id = ?1",
         "DELETE FROM bots WHERE id = ?1",
+        "UPDATE messages SET client_msg_id = NULL WHERE sender_id = ?1 AND client_msg_id IS NOT NULL",
     ] {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute([id.as_str()]))

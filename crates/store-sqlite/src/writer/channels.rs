@@ -129,9 +129,12 @@ pub(super) fn delete_channel(conn: &Connection, id: &ChannelId, events: &mut Vec
     if n == 0 {
         return Err(DomainError::not_found("channel", id));
     }
+    // The files' bytes are removed by the next sweep of unattached files, which `removed_files` feeds.
     for sql in [
         "DELETE FROM members WHERE channel_id = ?1",
+        "DELETE FROM flagged_messages WHERE channel_id = ?1",
         "DELETE FROM messages WHERE channel_id = ?1",
+        "INSERT OR IGNORE INTO removed_files (id) SELECT id FROM files WHERE channel_id = ?1",
         "DELETE FROM files WHERE channel_id = ?1",
     ] {
         conn.prepare_cached(sql)

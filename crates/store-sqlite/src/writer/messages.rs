@@ -178,6 +178,9 @@ pub(super) fn review_flag(
     by: Option<&UserId>,
     now: Millis,
 ) -> DomainResult<()> {
+    if state == FlagState::Pending {
+        return Err(DomainError::invalid("state", "a review decides: approved or removed"));
+    }
     let current: Option<String> = conn
         .prepare_cached("SELECT state FROM flagged_messages WHERE message_id = ?1")
         .and_then(|mut s| s.query_row([id.0], |r| r.get(0)).optional())
@@ -286,6 +289,15 @@ pub(super) fn delete_message(
         message_id: id,
         seq: msg.seq,
     });
+    // A thread counts the replies it shows.
+    if let Some(parent_id) = msg.parent_id {
+        conn.prepare_cached("UPDATE messages SET reply_count = max(reply_count - 1, 0) WHERE id = ?1")
+            .and_then(|mut s| s.execute([parent_id.0]))
+            .map_err(db_err)?;
+        if let Some(parent) = queries::message(conn, parent_id).map_err(db_err)? {
+            events.push(Event::MessageUpdated(Arc::new(parent)));
+        }
+    }
     Ok(msg)
 }
 
