@@ -271,7 +271,14 @@ impl Writer {
         let mut events = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             *current = i;
-            tx.batch_execute("SAVEPOINT cmd").await.map_err(BatchFailure::of)?;
+            // The previous command's savepoint is released with this one's taken, in one round trip; the
+            // last one is released by the commit.
+            let savepoint = if i == 0 {
+                "SAVEPOINT cmd"
+            } else {
+                "RELEASE SAVEPOINT cmd; SAVEPOINT cmd"
+            };
+            tx.batch_execute(savepoint).await.map_err(BatchFailure::of)?;
             let mut local = Vec::new();
             let applied = match apply(&tx, op, &mut local).await {
                 Ok(out) => match recorder {
@@ -282,9 +289,6 @@ impl Writer {
             };
             let failed = match applied {
                 Ok(out) => {
-                    tx.batch_execute("RELEASE SAVEPOINT cmd")
-                        .await
-                        .map_err(BatchFailure::of)?;
                     events.append(&mut local);
                     results.push(Ok(out));
                     continue;
@@ -296,8 +300,9 @@ impl Writer {
                     Severity::Batch => return Err(BatchFailure::Sql(e)),
                 },
             };
-            // This command only: what it wrote goes, the batch goes on.
-            tx.batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
+            // This command only: what it wrote goes, the batch goes on (at once: a transaction left in
+            // its failed state would make the COMMIT a rollback of the whole batch).
+            tx.batch_execute("ROLLBACK TO SAVEPOINT cmd")
                 .await
                 .map_err(BatchFailure::of)?;
             results.push(Err(failed));

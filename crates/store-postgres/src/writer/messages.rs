@@ -49,16 +49,21 @@ pub(super) async fn append(
     let file_json = file.as_ref().map(ser).transpose()?;
     let mentions: Vec<&str> = m.mentions.iter().map(UserId::as_str).collect();
     let reply = m.reply.as_ref();
-    // The channel's next sequence and the row, in one statement: the channel's row is locked until the
-    // commit (and the batch holds the cluster's write lock), so the sequence has no gap and no repeat.
+    // One statement: the channel's next sequence, the row, the sender's idempotency key, and the sender's
+    // read position (the sender has read its own message). The channel's row stays locked until the commit
+    // (and the batch holds the cluster's write lock), so the sequence has no gap and no repeat.
     let inserted = crate::db::row(
         tx,
         "WITH s AS (UPDATE channels SET last_seq = last_seq + 1, last_message_at = $13 WHERE id = $1 \
-         RETURNING last_seq) \
-         INSERT INTO messages (channel_id, seq, sender_id, kind, text, custom_type, data, payload, mentions, \
+         RETURNING last_seq), \
+         m AS (INSERT INTO messages (channel_id, seq, sender_id, kind, text, custom_type, data, payload, mentions, \
          client_msg_id, parent_id, file, file_id, created_at, updated_at, reply_state, trigger_id, reply_reason) \
          SELECT $1, s.last_seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16 FROM s \
-         RETURNING id, seq",
+         RETURNING id, seq), \
+         k AS (INSERT INTO message_keys (sender_id, client_msg_id, channel_id, message_id) \
+         SELECT $2, $9, $1, m.id FROM m WHERE $2::text IS NOT NULL AND $9::text IS NOT NULL), \
+         r AS (UPDATE members SET read_seq = m.seq FROM m WHERE members.channel_id = $1 AND members.user_id = $2) \
+         SELECT id, seq FROM m",
         &[
             &m.channel_id.as_str(),
             &m.sender_id.as_ref().map(|u| u.as_str()),
@@ -84,25 +89,8 @@ pub(super) async fn append(
     };
     let id = MessageId(get(&inserted, 0)?);
     let seq = ChannelSeq(get::<i64>(&inserted, 1)? as u64);
-    if let (Some(sender), Some(key)) = (&m.sender_id, &m.client_msg_id) {
-        exec(
-            tx,
-            "INSERT INTO message_keys (sender_id, client_msg_id, channel_id, message_id) VALUES ($1, $2, $3, $4)",
-            &[&sender.as_str(), key, &m.channel_id.as_str(), &id.0],
-        )
-        .await?;
-    }
     if !m.flags.is_empty() {
         insert_flag(tx, id, &m.channel_id, &m.flags, now).await?;
-    }
-    if let Some(sender) = &m.sender_id {
-        // The sender has read its own message.
-        exec(
-            tx,
-            "UPDATE members SET read_seq = $3 WHERE channel_id = $1 AND user_id = $2",
-            &[&m.channel_id.as_str(), &sender.as_str(), &(seq.0 as i64)],
-        )
-        .await?;
     }
     let message = Message {
         id,
