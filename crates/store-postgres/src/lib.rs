@@ -92,7 +92,8 @@ pub struct PostgresConfig {
     pub url: String,
     /// Connections for reads (the writer has one more of its own).
     pub pool_size: usize,
-    /// Longest a statement may run (and a write batch wait for the cluster-wide write lock).
+    /// Longest a statement may run (and a write batch wait for the cluster-wide write lock); replaces a
+    /// `statement_timeout` of the URL's options. Migrations wait this long for their lock, then run unbounded.
     pub statement_timeout: Duration,
     /// Most commands committed in one transaction.
     pub max_batch: usize,

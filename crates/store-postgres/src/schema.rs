@@ -68,6 +68,8 @@ CREATE TABLE members (
 );
 CREATE INDEX members_by_user ON members (user_id, channel_id);
 
+-- Message ids come from an identity with no cache per session (the default CACHE 1): taken under the write
+-- lock, they follow the commit order across nodes, which a cache of ids per connection would break.
 CREATE TABLE messages (
     id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     channel_id     TEXT COLLATE "C" NOT NULL,
@@ -225,6 +227,11 @@ pub(crate) async fn migrate_client(client: &mut Client, schema: &str) -> Result<
     let fail = |e: tokio_postgres::Error| PostgresError::Migrate(describe(&e));
     let tx = client.transaction().await.map_err(fail)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key("migrate", schema)])
+        .await
+        .map_err(fail)?;
+    // The wait for the lock is bounded by the statement timeout (a node that cannot start says so); the
+    // migrations themselves are not: one may rewrite a large table.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
         .await
         .map_err(fail)?;
     tx.batch_execute(
