@@ -120,6 +120,22 @@ pub trait Backend: Send + Sync + 'static {
     async fn open(&self, bus: DynBus) -> (Self::Data, DynStore);
     /// The same data opened again, after every earlier handle to it was dropped (durability checks).
     async fn reopen(&self, data: &Self::Data, bus: DynBus) -> DynStore;
+    /// Why the backend cannot be tested here (a database server that is not reachable), or `None`. Each test
+    /// of [`suite!`] asks first and, given a reason, skips visibly (see [`skipped`]). A backend that must not
+    /// be skipped (its CI requires it) panics here instead.
+    async fn unavailable(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Reports a test skipped because its backend is unavailable: one line `SKIPPED <test>: <why>` on stderr,
+/// written to the handle itself (the harness captures `eprintln!`, and hides it for a passing test).
+#[doc(hidden)]
+pub fn skipped(check: &str, why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(check);
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// Expands, in the caller's test module, to one `#[tokio::test]` per check, named as the check, that runs it
@@ -225,7 +241,11 @@ macro_rules! suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                $crate::checks::$check($backend).await;
+                let backend = $backend;
+                if let Some(why) = $crate::Backend::unavailable(&backend).await {
+                    return $crate::skipped(stringify!($check), &why);
+                }
+                $crate::checks::$check(backend).await;
             }
         )*
     };
