@@ -59,15 +59,31 @@ pub(crate) async fn put_file<C: GenericClient>(c: &C, f: &FileObject, quota: Fil
     Ok(())
 }
 
-/// Deletes the oldest files created before `before` that no message carries (a deleted message no longer
-/// carries its file). Applied by the writer under the write lock: a send that attaches one of them commits
+/// Deletes the files of deleted channels, then the oldest files created before `before` that no message
+/// carries (a deleted message no longer carries its file). Applied by the writer under the write lock: a send that attaches one of them commits
 /// before or after, never in between.
 pub(crate) async fn delete_unattached<C: GenericClient>(c: &C, before: Millis, limit: u32) -> Res<Vec<FileId>> {
+    // Files of deleted channels first, whatever their age: their records went with the channel.
+    let removed = rows(
+        c,
+        "DELETE FROM removed_files WHERE id IN (SELECT id FROM removed_files ORDER BY id LIMIT $1) RETURNING id",
+        &[&(limit as i64)],
+    )
+    .await?;
+    let mut ids = removed
+        .iter()
+        .map(|r| FileId::parse(get(r, 0)?).map_err(corrupt))
+        .collect::<Res<Vec<_>>>()?;
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let left = limit.saturating_sub(ids.len() as u32);
+    if left == 0 {
+        return Ok(ids);
+    }
     let found = rows(
         c,
         "DELETE FROM files WHERE id IN (SELECT f.id FROM files f WHERE f.created_at < $1 AND NOT EXISTS \
          (SELECT 1 FROM messages m WHERE m.file_id = f.id) ORDER BY f.created_at, f.id LIMIT $2) RETURNING id, created_at",
-        &[&before, &(limit as i64)],
+        &[&before, &(left as i64)],
     )
     .await?;
     let mut deleted = found
@@ -76,5 +92,6 @@ pub(crate) async fn delete_unattached<C: GenericClient>(c: &C, before: Millis, l
         .collect::<Res<Vec<_>>>()?;
     // RETURNING follows no order: give them back oldest first.
     deleted.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_str().cmp(b.1.as_str())));
-    Ok(deleted.into_iter().map(|(_, id)| id).collect())
+    ids.extend(deleted.into_iter().map(|(_, id)| id));
+    Ok(ids)
 }

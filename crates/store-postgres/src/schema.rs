@@ -122,6 +122,10 @@ CREATE TABLE files (
 );
 CREATE INDEX files_by_age ON files (created_at);
 CREATE INDEX files_by_channel ON files (channel_id);
+-- Files of deleted channels, whose bytes the next sweep removes.
+CREATE TABLE removed_files (
+    id  TEXT COLLATE "C" PRIMARY KEY
+);
 
 -- Bytes stored per uploader (`u:<id>`) and in all (`*`), kept by a trigger, for the quotas.
 CREATE TABLE file_usage (

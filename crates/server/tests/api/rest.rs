@@ -234,7 +234,12 @@ async fn messages_history_threads_edit_delete() {
         .await;
     assert_eq!(texts(&between), ["m2", "m3", "m4"]);
     let (_, between) = app
-        .call("GET", "/api/v1/channels/g/messages?after=1&before=5&limit=2", &alice, None)
+        .call(
+            "GET",
+            "/api/v1/channels/g/messages?after=1&before=5&limit=2",
+            &alice,
+            None,
+        )
         .await;
     assert_eq!(texts(&between), ["m2", "m3"]);
 

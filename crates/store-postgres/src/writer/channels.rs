@@ -128,11 +128,13 @@ pub(super) async fn delete_channel(tx: &Transaction<'_>, id: &ChannelId, events:
     if n == 0 {
         return Err(DomainError::not_found("channel", id).into());
     }
+    // The files' bytes are removed by the next sweep of unattached files, which `removed_files` feeds.
     for sql in [
         "DELETE FROM members WHERE channel_id = $1",
         "DELETE FROM message_keys WHERE channel_id = $1",
         "DELETE FROM flagged_messages WHERE channel_id = $1",
         "DELETE FROM messages WHERE channel_id = $1",
+        "INSERT INTO removed_files (id) SELECT id FROM files WHERE channel_id = $1 ON CONFLICT DO NOTHING",
         "DELETE FROM files WHERE channel_id = $1",
     ] {
         exec(tx, sql, &[&id.as_str()]).await?;

@@ -278,19 +278,23 @@ pub(super) async fn delete_message(
         &[&id.0, &now],
     )
     .await?;
-    if let Some(parent) = msg.parent_id {
-        exec(
-            tx,
-            "UPDATE messages SET reply_count = greatest(reply_count - 1, 0) WHERE id = $1",
-            &[&parent.0],
-        )
-        .await?;
-    }
     events.push(Event::MessageDeleted {
         channel_id: msg.channel_id.clone(),
         message_id: id,
         seq: msg.seq,
     });
+    // A thread counts the replies it shows.
+    if let Some(parent_id) = msg.parent_id {
+        exec(
+            tx,
+            "UPDATE messages SET reply_count = greatest(reply_count - 1, 0) WHERE id = $1",
+            &[&parent_id.0],
+        )
+        .await?;
+        if let Some(parent) = queries::message(tx, parent_id).await? {
+            events.push(Event::MessageUpdated(Arc::new(parent)));
+        }
+    }
     Ok(msg)
 }
 
