@@ -440,12 +440,36 @@ impl BotRuntimeConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `full`: every acknowledged write survives power loss. `normal`: survives a crash of the process.
+    /// `sqlite` (the default: one file in the data dir, one node) or `postgres` (`postgres_url`; what
+    /// several nodes share).
+    pub backend: StorageBackend,
+    /// SQLite. `full`: every acknowledged write survives power loss. `normal`: survives a crash of the
+    /// process.
     pub synchronous: Synchronous,
+    /// SQLite: read connections.
     pub readers: usize,
+    /// Most writes committed in one transaction.
     pub max_batch: usize,
     /// `/healthz` answers 503 once the store has failed every probe (a read and a write) for this long.
     pub unhealthy_after_secs: u64,
+    /// PostgreSQL: `postgres://user:password@host:port/database` (or libpq's `key=value` form); its
+    /// `options` may name the schema (`?options=-c%20search_path%3Dconfab`). Better given as
+    /// `CONFAB_STORAGE__POSTGRES_URL` than written in a file, when it holds a password.
+    pub postgres_url: String,
+    /// PostgreSQL: read connections (the writer has one more).
+    pub postgres_pool_size: usize,
+    /// PostgreSQL: longest a statement may run.
+    pub postgres_statement_timeout_secs: u64,
+    /// How long a start waits for the database to answer, retrying, before it gives up (0: one attempt).
+    pub start_timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -555,10 +579,15 @@ impl Default for Config {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageBackend::Sqlite,
             synchronous: Synchronous::Full,
             readers: 4,
             max_batch: 512,
             unhealthy_after_secs: 30,
+            postgres_url: String::new(),
+            postgres_pool_size: 8,
+            postgres_statement_timeout_secs: 30,
+            start_timeout_secs: 60,
         }
     }
 }

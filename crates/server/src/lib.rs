@@ -6,6 +6,7 @@ pub mod config;
 mod health;
 pub mod master_token;
 mod phases;
+pub mod storage;
 mod unread_body;
 mod uploads;
 

@@ -16,7 +16,6 @@ use confab_egress::EgressPolicy;
 use confab_gateway::Hub;
 use confab_service::moderation::SendHook;
 use confab_service::{Confab, ServiceConfig};
-use confab_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
@@ -30,7 +29,7 @@ pub struct Storage {
     pub relay: Arc<confab_outbox::Relay>,
 }
 
-/// Opens the store under the data dir with its bus, starts the outbox relay before anything writes (so
+/// Opens the configured store (`crate::storage`) with its bus, starts the outbox relay before anything writes (so
 /// every change it should announce is recorded, the sweep's included), and marks replies the previous run
 /// left generating as interrupted.
 pub async fn open_storage(
@@ -40,14 +39,8 @@ pub async fn open_storage(
 ) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
-    let bus = Arc::new(LocalBus::default());
-    let mut store_cfg = SqliteConfig::new(config.data_dir.join("confab.db"));
-    store_cfg.synchronous = config.storage.synchronous;
-    store_cfg.readers = config.storage.readers;
-    store_cfg.max_batch = config.storage.max_batch;
-    let store: DynStore =
-        Arc::new(SqliteStore::open(store_cfg, bus.clone()).map_err(|e| anyhow::anyhow!("opening storage: {e}"))?);
-    let bus: DynBus = bus;
+    let bus: DynBus = Arc::new(LocalBus::default());
+    let store = crate::storage::open_store(config, bus.clone()).await?;
     let relay = confab_outbox::Relay::start(
         store.clone(),
         &bus,

@@ -720,5 +720,5 @@ mod cluster_tests;
 mod conformance;
 #[cfg(test)]
 mod semantics_tests;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

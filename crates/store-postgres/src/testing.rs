@@ -19,7 +19,7 @@ use crate::{PostgresConfig, PostgresStore, target_of};
 const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
 
 /// The test database's URL.
-pub(crate) fn base_url() -> String {
+pub fn base_url() -> String {
     std::env::var("CONFAB_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_string())
 }
 
@@ -31,7 +31,7 @@ fn base_config() -> tokio_postgres::Config {
 
 /// Why PostgreSQL cannot be tested here, or `None` when it can. With `CONFAB_REQUIRE_POSTGRES=1` (CI) an
 /// unreachable server fails the test instead.
-pub(crate) async fn unavailable() -> Option<String> {
+pub async fn unavailable() -> Option<String> {
     let pg = base_config();
     let err = match pg.connect(NoTls).await {
         Ok((client, connection)) => {
@@ -53,7 +53,7 @@ pub(crate) async fn unavailable() -> Option<String> {
 }
 
 /// Skips the running test (see [`unavailable`]) when PostgreSQL is not there: true when it was skipped.
-pub(crate) async fn skip_without_postgres() -> bool {
+pub async fn skip_without_postgres() -> bool {
     match unavailable().await {
         Some(why) => {
             let thread = std::thread::current();
@@ -66,7 +66,7 @@ pub(crate) async fn skip_without_postgres() -> bool {
 }
 
 /// A schema of its own in the test database, dropped (with everything in it) when this is dropped.
-pub(crate) struct TestSchema {
+pub struct TestSchema {
     pub name: String,
 }
 

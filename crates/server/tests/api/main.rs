@@ -24,6 +24,7 @@ mod moderation_hooks;
 mod moderation_replies;
 mod nim;
 mod openapi;
+mod postgres;
 mod props;
 mod provider_egress;
 mod realtime;
