@@ -146,8 +146,16 @@ pub trait Store: Send + Sync + 'static {
         state: ReplyState,
         reason: Option<String>,
     ) -> DomainResult<Message>;
-    /// After a restart: every reply still `generating` becomes `interrupted`. Returns how many.
+    /// After a restart: every reply this node left `generating` becomes `interrupted` (with several nodes
+    /// on one database, a reply belongs to the node that appended it; others' are left alone). Returns how
+    /// many.
     async fn sweep_generating(&self) -> DomainResult<u64>;
+    /// Records that this node is alive at `at`. A node that generates replies calls it every few seconds.
+    async fn heartbeat(&self, at: Millis) -> DomainResult<()>;
+    /// Ends `interrupted` the replies other nodes left generating when they have sent no heartbeat since
+    /// `silent_since` (they died); never this node's own. Returns how many. A store only one process can
+    /// open has no other node, and sweeps nothing.
+    async fn sweep_silent_nodes(&self, silent_since: Millis) -> DomainResult<u64>;
     /// Adds to the usage counters of (day, bot, user, channel).
     async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()>;
     async fn usage(

@@ -17,6 +17,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub storage: StorageConfig,
+    /// This node among several sharing one PostgreSQL (`[cluster]`).
+    pub cluster: ClusterConfig,
     pub limits: Limits,
     pub http: HttpConfig,
     pub websocket: WebSocketConfig,
@@ -464,6 +466,29 @@ pub struct StorageConfig {
     pub start_timeout_secs: u64,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique among the nodes of one database (letters, digits, `-`, `_`; at most 64).
+    /// Empty: generated on the first start and kept in the data dir (`node_id`).
+    pub node_id: String,
+    /// How often the node tells the database it is alive.
+    pub heartbeat_secs: u64,
+    /// A node silent for this long is taken for dead: another node ends its generating replies
+    /// `interrupted`.
+    pub node_silent_after_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            heartbeat_secs: 5,
+            node_silent_after_secs: 30,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
@@ -554,6 +579,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid"),
             data_dir: PathBuf::from("./confab-data"),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             websocket: WebSocketConfig::default(),

@@ -5,6 +5,7 @@
 pub mod config;
 mod health;
 pub mod master_token;
+mod node;
 mod phases;
 pub mod storage;
 mod unread_body;

@@ -39,8 +39,9 @@ pub async fn open_storage(
 ) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let node_id = crate::node::resolve(&config.cluster, &config.data_dir)?;
     let bus: DynBus = Arc::new(LocalBus::default());
-    let store = crate::storage::open_store(config, bus.clone()).await?;
+    let store = crate::storage::open_store(config, &node_id, bus.clone()).await?;
     let relay = confab_outbox::Relay::start(
         store.clone(),
         &bus,
@@ -61,6 +62,8 @@ pub async fn open_storage(
             "marked replies left generating by the previous run as interrupted"
         );
     }
+    crate::node::start_upkeep(store.clone(), &config.cluster, shutdown.clone()).await?;
+    tracing::info!(node_id, "this node");
     Ok(Storage { store, bus, relay })
 }
 

@@ -14,7 +14,8 @@ use crate::config::StorageBackend;
 /// Longest pause between two attempts to reach the database.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-pub async fn open_store(config: &Config, bus: DynBus) -> anyhow::Result<DynStore> {
+/// `node_id` names this node among those sharing a PostgreSQL database (its generating replies are its own).
+pub async fn open_store(config: &Config, node_id: &str, bus: DynBus) -> anyhow::Result<DynStore> {
     match config.storage.backend {
         StorageBackend::Sqlite => {
             let store =
@@ -22,7 +23,8 @@ pub async fn open_store(config: &Config, bus: DynBus) -> anyhow::Result<DynStore
             Ok(Arc::new(store))
         }
         StorageBackend::Postgres => {
-            let pg = postgres_config(config)?;
+            let mut pg = postgres_config(config)?;
+            pg.node_id = node_id.to_string();
             let start_timeout = Duration::from_secs(config.storage.start_timeout_secs);
             let store = retrying(start_timeout, || PostgresStore::connect(pg.clone(), bus.clone())).await?;
             Ok(Arc::new(store))

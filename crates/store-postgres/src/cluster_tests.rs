@@ -461,6 +461,7 @@ async fn batch_of(
         max_batch: 64,
         recorder: Default::default(),
         lock_key: crate::db::lock_key("writes", &schema.name),
+        node_id: config.node_id.clone(),
     };
     tokio::spawn(writer.run());
     (answers, bus, tx)
@@ -615,4 +616,49 @@ async fn append_rate() {
         std::io::stderr(),
         "append_message: {sequential:.0}/s sequential, {concurrent:.0}/s with 64 concurrent callers"
     );
+}
+
+/// A generating reply belongs to the node that appended it: another node's restart sweep leaves it alone,
+/// and so does another node's sweep of silent nodes while its node sends heartbeats; once its node is
+/// silent, the other node ends it `interrupted`, and that node's own sweep finds nothing left.
+#[tokio::test]
+async fn replies_belong_to_their_node_until_it_falls_silent() {
+    if skip_without_postgres().await {
+        return;
+    }
+    let schema = TestSchema::create().await;
+    let (a, _) = schema.store().await;
+    let (b, bus_b) = schema.store().await;
+    seed(&a, &["alice".to_string(), "helper".to_string()]).await;
+    let trigger = send(&a, "alice", "@helper hi").await.unwrap().message;
+    let mut reply = NewMessage::text(cid("g"), uid("helper"), "");
+    reply.reply = Some(confab_domain::bot::ReplyInfo {
+        state: confab_domain::bot::ReplyState::Generating,
+        trigger_id: Some(trigger.id),
+        reason: None,
+    });
+    let reply = a.append_message(reply, Vec::new()).await.unwrap().message;
+    let state = |m: Option<confab_domain::model::Message>| m.unwrap().reply.unwrap().state;
+
+    assert_eq!(b.sweep_generating().await.unwrap(), 0, "b's restart is not a's");
+    let now = confab_domain::now_millis();
+    a.heartbeat(now).await.unwrap();
+    assert_eq!(b.sweep_silent_nodes(now - 30_000).await.unwrap(), 0, "a is alive");
+    assert_eq!(
+        state(a.get_message(reply.id).await.unwrap()),
+        confab_domain::bot::ReplyState::Generating
+    );
+
+    let mut events = bus_b.subscribe();
+    assert_eq!(b.sweep_silent_nodes(now + 1).await.unwrap(), 1, "a fell silent");
+    let ended = b.get_message(reply.id).await.unwrap().unwrap();
+    let info = ended.reply.clone().unwrap();
+    assert_eq!(info.state, confab_domain::bot::ReplyState::Interrupted);
+    assert!(info.reason.unwrap().contains("stopped"));
+    match events.next().await {
+        Some(Event::MessageUpdated(m)) => assert_eq!(*m, ended),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.sweep_generating().await.unwrap(), 0);
+    assert_eq!(b.sweep_silent_nodes(now + 1).await.unwrap(), 0);
 }

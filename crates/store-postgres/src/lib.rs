@@ -99,6 +99,13 @@ pub struct PostgresConfig {
     pub max_batch: usize,
     /// Commands waiting for the writer before senders are made to wait (backpressure).
     pub queue: usize,
+    /// This node's name in the cluster: its generating replies are its own (swept at its restart, or by
+    /// another node once it stops sending heartbeats). Unique per running node.
+    pub node_id: String,
+}
+
+fn rand_node_suffix() -> u64 {
+    rand::random()
 }
 
 impl PostgresConfig {
@@ -109,6 +116,7 @@ impl PostgresConfig {
             statement_timeout: Duration::from_secs(30),
             max_batch: 512,
             queue: 8192,
+            node_id: format!("node-{:016x}", rand_node_suffix()),
         }
     }
 
@@ -261,6 +269,7 @@ impl PostgresStore {
             max_batch: config.max_batch.max(1),
             recorder: recorder.clone(),
             lock_key: db::lock_key("writes", &schema),
+            node_id: config.node_id.clone(),
         };
         tokio::spawn(writer.run());
         Ok(PostgresStore {
@@ -573,6 +582,17 @@ impl Store for PostgresStore {
     /// is generating (the cluster will need an owner per reply for that; not done yet).
     async fn sweep_generating(&self) -> DomainResult<u64> {
         match self.write(Op::SweepGenerating).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn heartbeat(&self, at: Millis) -> DomainResult<()> {
+        self.write(Op::Heartbeat(at)).await.map(|_| ())
+    }
+
+    async fn sweep_silent_nodes(&self, silent_since: Millis) -> DomainResult<u64> {
+        match self.write(Op::SweepSilentNodes(silent_since)).await? {
             Outcome::Count(n) => Ok(n),
             _ => Err(unexpected()),
         }

@@ -92,7 +92,14 @@ CREATE TABLE messages (
     deleted        BOOLEAN NOT NULL DEFAULT FALSE,
     reply_state    TEXT,
     trigger_id     BIGINT,
-    reply_reason   TEXT
+    reply_reason   TEXT,
+    -- The node generating the reply (while `generating`): its restart, or its silence, ends it.
+    reply_node     TEXT COLLATE "C"
+);
+-- The nodes of the cluster and when each last said it was alive.
+CREATE TABLE nodes (
+    node_id       TEXT COLLATE "C" PRIMARY KEY,
+    heartbeat_at  BIGINT NOT NULL
 );
 CREATE UNIQUE INDEX messages_by_channel_seq ON messages (channel_id, seq);
 CREATE INDEX messages_by_parent ON messages (parent_id, id) WHERE parent_id IS NOT NULL;

@@ -102,15 +102,18 @@ impl TestSchema {
         client
     }
 
+    /// One node's configuration: the same node (by its id) every time, as a node restarting.
     pub fn config(&self) -> PostgresConfig {
-        PostgresConfig::new(self.url())
+        let mut config = PostgresConfig::new(self.url());
+        config.node_id = format!("node-{}", self.name);
+        config
     }
 
-    /// A store (a node) on this schema, with a bus of its own.
+    /// A store on this schema as a node of its own (a fresh node id), with a bus of its own.
     pub async fn store(&self) -> (PostgresStore, Arc<LocalBus>) {
         let bus = Arc::new(LocalBus::default());
         let dyn_bus: DynBus = bus.clone();
-        let store = PostgresStore::connect(self.config(), dyn_bus)
+        let store = PostgresStore::connect(PostgresConfig::new(self.url()), dyn_bus)
             .await
             .expect("the store connects");
         (store, bus)

@@ -66,7 +66,12 @@ pub(crate) enum Op {
     /// Persists the text of a reply still generating; no event (deltas travel separately).
     SaveReplyText(MessageId, String),
     FinishReply(MessageId, String, ReplyState, Option<String>),
+    /// This node's generating replies (and those of no node) become `interrupted`: its restart.
     SweepGenerating,
+    /// Records this node alive at the time.
+    Heartbeat(Millis),
+    /// Other nodes' generating replies become `interrupted` when the node is silent since the time.
+    SweepSilentNodes(Millis),
     RecordUsage(UsageRecord),
     PutProvider(String, String),
     DeleteProvider(String),
@@ -103,7 +108,7 @@ impl Op {
         match self {
             Op::Append(..) => ChangeCause::Send,
             Op::Edit(..) => ChangeCause::Edit,
-            Op::FinishReply(..) | Op::SweepGenerating => ChangeCause::FinishReply,
+            Op::FinishReply(..) | Op::SweepGenerating | Op::SweepSilentNodes(_) => ChangeCause::FinishReply,
             _ => ChangeCause::Other,
         }
     }
@@ -144,6 +149,8 @@ pub(crate) struct Writer {
     pub max_batch: usize,
     pub recorder: RecorderSlot,
     pub lock_key: i64,
+    /// Recorded on the generating replies this writer appends: they are this node's.
+    pub node_id: String,
 }
 
 /// Why a batch's transaction failed as a whole.
@@ -280,7 +287,7 @@ impl Writer {
             };
             tx.batch_execute(savepoint).await.map_err(BatchFailure::of)?;
             let mut local = Vec::new();
-            let applied = match apply(&tx, op, &mut local).await {
+            let applied = match apply(&tx, op, &self.node_id, &mut local).await {
                 Ok(out) => match recorder {
                     Some(r) => record_changes(&tx, r, op.cause(), &local).await.map(|()| out),
                     None => Ok(out),
@@ -344,7 +351,31 @@ async fn record_changes(
 /// Why a chosen session token that another account already has is refused.
 const TOKEN_TAKEN: &str = "is already the token of another account";
 
-async fn apply(tx: &Transaction<'_>, op: &Op, events: &mut Vec<Event>) -> Res<Outcome> {
+/// Ends `interrupted` the generating replies of `found` (rows of ids), with `reason`.
+async fn interrupt(
+    tx: &Transaction<'_>,
+    found: &[tokio_postgres::Row],
+    reason: &str,
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> Res<Outcome> {
+    let ids = found.iter().map(|r| get::<i64>(r, 0)).collect::<Res<Vec<_>>>()?;
+    for id in &ids {
+        finish_reply(
+            tx,
+            MessageId(*id),
+            "",
+            ReplyState::Interrupted,
+            Some(reason.into()),
+            now,
+            events,
+        )
+        .await?;
+    }
+    Ok(Outcome::Count(ids.len() as u64))
+}
+
+async fn apply(tx: &Transaction<'_>, op: &Op, node: &str, events: &mut Vec<Event>) -> Res<Outcome> {
     let now = now_millis();
     match op {
         Op::CreateUser(u) => create_user(tx, u, now, events).await.map(Outcome::User),
@@ -413,7 +444,7 @@ async fn apply(tx: &Transaction<'_>, op: &Op, events: &mut Vec<Event>) -> Res<Ou
             .await
             .map(|c| Outcome::Channel(c, false)),
         Op::MarkRead(id, user, seq) => mark_read(tx, id, user, *seq, events).await.map(Outcome::Seq),
-        Op::Append(m, pre) => append(tx, m, pre, now, events)
+        Op::Append(m, pre) => append(tx, m, pre, now, node, events)
             .await
             .map(|a| Outcome::Appended(Box::new(a))),
         Op::Edit(id, p, pre) => edit(tx, *id, p, pre, now, events)
@@ -441,29 +472,43 @@ async fn apply(tx: &Transaction<'_>, op: &Op, events: &mut Vec<Event>) -> Res<Ou
             .await
             .map(|m| Outcome::Message(Box::new(m))),
         Op::SweepGenerating => {
-            // Every generating reply of the database. With several nodes, a node starting must not sweep the
-            // replies another live node is generating: the cluster needs an owner per reply (its node) before
-            // a node's start may call this. Not done yet; one node (or all stopped) only.
+            // This node's replies only: the others' nodes may be generating them right now.
             let found = rows(
                 tx,
-                "SELECT id FROM messages WHERE reply_state = 'generating' ORDER BY id",
-                &[],
+                "SELECT id FROM messages WHERE reply_state = 'generating' AND (reply_node = $1 OR reply_node IS NULL) \
+                 ORDER BY id",
+                &[&node],
             )
             .await?;
-            let ids = found.iter().map(|r| get::<i64>(r, 0)).collect::<Res<Vec<_>>>()?;
-            for id in &ids {
-                finish_reply(
-                    tx,
-                    MessageId(*id),
-                    "",
-                    ReplyState::Interrupted,
-                    Some("the server restarted while this reply was being generated".into()),
-                    now,
-                    events,
-                )
-                .await?;
-            }
-            Ok(Outcome::Count(ids.len() as u64))
+            interrupt(
+                tx,
+                &found,
+                "the server restarted while this reply was being generated",
+                now,
+                events,
+            )
+            .await
+        }
+        Op::SweepSilentNodes(silent_since) => {
+            let found = rows(
+                tx,
+                "SELECT id FROM messages m WHERE reply_state = 'generating' AND reply_node IS NOT NULL \
+                 AND reply_node <> $1 AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = m.reply_node \
+                 AND n.heartbeat_at >= $2) ORDER BY id",
+                &[&node, silent_since],
+            )
+            .await?;
+            interrupt(tx, &found, "the server generating this reply stopped", now, events).await
+        }
+        Op::Heartbeat(at) => {
+            exec(
+                tx,
+                "INSERT INTO nodes (node_id, heartbeat_at) VALUES ($1, $2) ON CONFLICT (node_id) \
+                 DO UPDATE SET heartbeat_at = greatest(nodes.heartbeat_at, EXCLUDED.heartbeat_at)",
+                &[&node, at],
+            )
+            .await?;
+            Ok(Outcome::Unit)
         }
         Op::Flag(id, rules) => {
             let m = load_message(tx, *id).await?;

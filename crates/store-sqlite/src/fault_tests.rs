@@ -74,6 +74,7 @@ fn start_batch(conn: Connection, op: Op) -> (mpsc::Sender<WriteCmd>, tokio::task
         tx.try_send(cmd).ok().unwrap();
     }
     let writer = Writer {
+        _lock: tempfile::tempfile().unwrap(),
         conn,
         rx,
         bus: Arc::new(LocalBus::new(1000)),
@@ -189,6 +190,7 @@ async fn a_held_write_lock_fails_a_batch_after_one_busy_timeout() {
         waiting.push(rx);
     }
     let writer = Writer {
+        _lock: tempfile::tempfile().unwrap(),
         conn,
         rx,
         bus: Arc::new(LocalBus::new(1000)),

@@ -52,6 +52,9 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Commands waiting for the writer before senders are made to wait (backpressure).
     pub queue: usize,
+    /// How long `open` waits for the database's lock while another handle lets go of it (a store being
+    /// dropped finishes its last batch first).
+    pub lock_wait: std::time::Duration,
 }
 
 impl SqliteConfig {
@@ -62,6 +65,7 @@ impl SqliteConfig {
             readers: 4,
             max_batch: 512,
             queue: 8192,
+            lock_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -72,6 +76,42 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// Dropping it stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
+}
+
+/// Takes the lock file beside the database (`<path>.lock`), so a second process (or a second store in this
+/// one) cannot write the same database: each would number messages and sweep replies as if alone.
+fn lock_database(path: &std::path::Path, wait: std::time::Duration) -> DomainResult<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            DomainError::Unavailable(format!(
+                "cannot open {}: {e}",
+                std::path::Path::new(&lock_path).display()
+            ))
+        })?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DomainError::Unavailable(format!(
+                    "the database {} is in use by another process (another confab with the same data dir?)",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(DomainError::Unavailable(format!("cannot lock {}: {e}", path.display())));
+            }
+        }
+    }
 }
 
 /// How often the checkpointer copies new WAL frames into the database file.
@@ -117,6 +157,7 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the database and starts the writer thread.
     /// Must be called from within a tokio runtime: the writer publishes events through it.
     pub fn open(cfg: SqliteConfig, bus: DynBus) -> DomainResult<Self> {
+        let lock = lock_database(&cfg.path, cfg.lock_wait)?;
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = open_conn(&cfg, rw).map_err(db_err)?;
         schema::migrate(&mut conn).map_err(db_err)?;
@@ -136,6 +177,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let recorder = writer::RecorderSlot::default();
         let writer = Writer {
+            _lock: lock,
             recorder: recorder.clone(),
             conn,
             rx,
@@ -480,6 +522,16 @@ impl Store for SqliteStore {
         }
     }
 
+    /// One process holds the database (its lock): no other node exists to be told this one is alive.
+    async fn heartbeat(&self, _at: Millis) -> DomainResult<()> {
+        Ok(())
+    }
+
+    /// No other node can have written here (one process holds the database), so none has replies to sweep.
+    async fn sweep_silent_nodes(&self, _silent_since: Millis) -> DomainResult<u64> {
+        Ok(0)
+    }
+
     async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()> {
         self.write(Op::RecordUsage(usage)).await.map(|_| ())
     }
@@ -678,3 +730,26 @@ impl Store for SqliteStore {
 mod conformance;
 #[cfg(test)]
 mod fault_tests;
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_store_at_a_time_writes_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SqliteConfig::new(dir.path().join("store.db"));
+        cfg.lock_wait = std::time::Duration::from_millis(100);
+        let bus: DynBus = Arc::new(confab_bus::LocalBus::default());
+        let first = SqliteStore::open(cfg.clone(), bus.clone()).unwrap();
+        let Err(e) = SqliteStore::open(cfg.clone(), bus.clone()) else {
+            panic!("a second store opened a database in use");
+        };
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+
+        // Once the first lets go (its writer done), the database opens again.
+        drop(first);
+        cfg.lock_wait = std::time::Duration::from_secs(10);
+        SqliteStore::open(cfg, bus).unwrap();
+    }
+}

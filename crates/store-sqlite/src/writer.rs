@@ -113,6 +113,8 @@ pub struct WriteCmd {
 }
 
 pub struct Writer {
+    /// The database's lock file, held while this writer runs: one process writes a database at a time.
+    pub _lock: std::fs::File,
     pub conn: Connection,
     pub rx: mpsc::Receiver<WriteCmd>,
     pub bus: DynBus,

@@ -229,6 +229,19 @@ pub async fn generating_replies_are_swept_to_interrupted<B: Backend>(b: B) {
         .finish_reply(replies[2].id, "done".into(), ReplyState::Complete, None)
         .await
         .unwrap();
+    // A node never takes its own replies for a silent node's, however long since its heartbeat.
+    s.heartbeat(1).await.unwrap();
+    assert_eq!(s.sweep_silent_nodes(i64::MAX).await.unwrap(), 0);
+    assert_eq!(
+        s.get_message(replies[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reply
+            .unwrap()
+            .state,
+        ReplyState::Generating
+    );
     assert_eq!(s.sweep_generating().await.unwrap(), 2);
     let swept = s.get_message(replies[0].id).await.unwrap().unwrap();
     assert_eq!(swept.text, "partial");

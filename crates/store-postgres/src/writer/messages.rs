@@ -11,6 +11,7 @@ pub(super) async fn append(
     m: &NewMessage,
     preconditions: &[Precondition],
     now: Millis,
+    node: &str,
     events: &mut Vec<Event>,
 ) -> Res<Appended> {
     if let (Some(sender), Some(trigger_id)) = (&m.sender_id, m.reply.as_ref().and_then(|r| r.trigger_id))
@@ -57,8 +58,9 @@ pub(super) async fn append(
         "WITH s AS (UPDATE channels SET last_seq = last_seq + 1, last_message_at = $13 WHERE id = $1 \
          RETURNING last_seq), \
          m AS (INSERT INTO messages (channel_id, seq, sender_id, kind, text, custom_type, data, payload, mentions, \
-         client_msg_id, parent_id, file, file_id, created_at, updated_at, reply_state, trigger_id, reply_reason) \
-         SELECT $1, s.last_seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16 FROM s \
+         client_msg_id, parent_id, file, file_id, created_at, updated_at, reply_state, trigger_id, reply_reason, \
+         reply_node) \
+         SELECT $1, s.last_seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16, $17 FROM s \
          RETURNING id, seq), \
          k AS (INSERT INTO message_keys (sender_id, client_msg_id, channel_id, message_id) \
          SELECT $2, $9, $1, m.id FROM m WHERE $2::text IS NOT NULL AND $9::text IS NOT NULL), \
@@ -81,6 +83,7 @@ pub(super) async fn append(
             &reply.map(|r| r.state.as_str()),
             &reply.and_then(|r| r.trigger_id).map(|t| t.0),
             &reply.and_then(|r| r.reason.as_deref()),
+            &reply.filter(|r| r.state == ReplyState::Generating).map(|_| node),
         ],
     )
     .await?;
