@@ -209,6 +209,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_dead_letters(&self, endpoint: &str, after: u64, limit: u32) -> DomainResult<Vec<DeadLetter>>;
     /// `event_id: None` removes every dead letter of the endpoint. Returns how many.
     async fn delete_dead_letters(&self, endpoint: &str, event_id: Option<u64>) -> DomainResult<u64>;
+
+    /// Takes the lease `name` for `holder` until `until`, or renews it, when it is free, expired at `now`, or
+    /// already `holder`'s; true when `holder` holds it afterwards. One holder at a time among every node of
+    /// the database (one node relays an endpoint's webhooks).
+    async fn acquire_lease(&self, name: &str, holder: &str, now: Millis, until: Millis) -> DomainResult<bool>;
+    /// Gives the lease up when `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> DomainResult<()>;
 }
 
 /// A subscription to the event stream.

@@ -10,6 +10,7 @@
 //! so receivers deduplicate on it.
 
 mod endpoint;
+mod lease;
 mod presend;
 mod recorder;
 mod relay;

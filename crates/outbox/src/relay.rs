@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{CURSOR_NAMESPACE, ENDPOINT_NAMESPACE, Endpoint, EventFilter};
+use crate::lease::EndpointLease;
 use crate::recorder::EventRecorder;
 use crate::{signature, standard};
 
@@ -39,6 +40,11 @@ pub struct RelayConfig {
     pub retry_period: Duration,
     /// Events an endpoint's worker holds in memory (read ahead of delivery).
     pub buffer: usize,
+    /// This node's name: the holder of the leases of the endpoints it relays.
+    pub node_id: String,
+    /// How long an endpoint's lease lasts without renewal: after a node dies, another takes its endpoints
+    /// over within this time.
+    pub lease_ttl: Duration,
 }
 
 impl Default for RelayConfig {
@@ -50,6 +56,8 @@ impl Default for RelayConfig {
             max_backoff: Duration::from_secs(600),
             retry_period: Duration::from_secs(24 * 3600),
             buffer: 4096,
+            node_id: "local".into(),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -240,15 +248,29 @@ impl Relay {
         Ok(relay)
     }
 
-    /// Forgets outbox rows every endpoint is past.
+    /// Forgets outbox rows every endpoint is past: every endpoint of the database (other nodes may have
+    /// added some), by the cursors saved in the store (a holder saves its own at least once a second; an
+    /// endpoint's cursor is saved when it is added).
     async fn prune(&self) -> DomainResult<()> {
-        let through = {
-            let workers = self.workers.lock().await;
-            match workers.values().map(|w| w.shared.cursor.load(Ordering::Acquire)).min() {
-                Some(c) => c,
-                None => self.store.outbox_head().await?,
-            }
+        let endpoints = self.store.list_settings(ENDPOINT_NAMESPACE).await?;
+        let cursors: HashMap<String, u64> = self
+            .store
+            .list_settings(CURSOR_NAMESPACE)
+            .await?
+            .into_iter()
+            .filter_map(|(id, v)| Some((id, v.as_u64()?)))
+            .collect();
+        let mut through = match endpoints.is_empty() {
+            true => self.store.outbox_head().await?,
+            false => u64::MAX,
         };
+        for (id, _) in &endpoints {
+            match cursors.get(id) {
+                Some(c) => through = through.min(*c),
+                // Added by a node that has not saved its cursor yet: nothing is known to be past.
+                None => return Ok(()),
+            }
+        }
         if through > 0 {
             let n = self.store.prune_outbox(through).await?;
             if n > 0 {
@@ -280,21 +302,47 @@ impl Relay {
             stats: Default::default(),
         });
         let stop = self.shutdown.child_token();
-        let run = Lanes {
-            relay: self.clone(),
-            shared: shared.clone(),
-            stop: stop.clone(),
-            fetched: cursor,
-            saved_cursor: cursor,
-            outstanding: BTreeSet::new(),
-            lanes: HashMap::new(),
-            ready: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            in_flight: 0,
-            letters: mpsc::unbounded_channel(),
-        };
-        let task = tokio::spawn(run.run());
+        let task = tokio::spawn(self.clone().relay_while_held(shared.clone(), stop.clone()));
         Worker { shared, stop, task }
+    }
+
+    /// Delivers the endpoint's events while this node holds its lease; waits for it otherwise (another
+    /// node relays it), and starts again from the cursor saved by the last holder once it has it.
+    async fn relay_while_held(self: Arc<Self>, shared: Arc<Shared>, stop: CancellationToken) {
+        let id = shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).id.clone();
+        let lease = EndpointLease::new(self.store.clone(), &id, &self.cfg.node_id, self.cfg.lease_ttl);
+        while lease.acquire(&stop).await {
+            let cursor = match self.store.get_setting(CURSOR_NAMESPACE, &id).await {
+                Ok(saved) => saved
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or_else(|| shared.cursor.load(Ordering::Acquire)),
+                Err(e) => {
+                    tracing::warn!(endpoint = %id, error = %e, "cannot read the webhook cursor");
+                    tokio::time::sleep(lease.renew_every()).await;
+                    continue;
+                }
+            };
+            shared.cursor.store(cursor, Ordering::Release);
+            let lanes = Lanes {
+                relay: self.clone(),
+                shared: shared.clone(),
+                stop: stop.clone(),
+                fetched: cursor,
+                saved_cursor: cursor,
+                outstanding: BTreeSet::new(),
+                lanes: HashMap::new(),
+                ready: VecDeque::new(),
+                timers: BinaryHeap::new(),
+                in_flight: 0,
+                letters: mpsc::unbounded_channel(),
+            };
+            lanes.run(&lease).await;
+            if stop.is_cancelled() {
+                lease.release().await;
+                return;
+            }
+            tracing::warn!(endpoint = %id, "lost the webhook lease: another node relays this endpoint now");
+        }
     }
 
     async fn stop_worker(&self, w: Worker) {
@@ -519,9 +567,12 @@ struct Done {
 }
 
 impl Lanes {
-    async fn run(mut self) {
+    /// Delivers until `stop`, or until the lease is lost (then it leaves the cursor to the next holder).
+    async fn run(mut self, lease: &EndpointLease) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut last_save = Instant::now();
+        let mut renew = tokio::time::interval_at(Instant::now() + lease.renew_every(), lease.renew_every());
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Something may have been recorded since the last read: at start, after the doorbell or a poll tick,
         // and while the last read came back full. A settled delivery alone reads nothing.
         let mut unread = true;
@@ -581,6 +632,11 @@ impl Lanes {
                 }
                 _ = self.shared.doorbell.notified() => unread = true,
                 _ = tokio::time::sleep_until(wake) => unread = true,
+                _ = renew.tick() => if !lease.renew().await {
+                    // Deliveries in flight finish on their own; the next holder repeats what is above
+                    // the saved cursor.
+                    return;
+                },
             }
             let now = Instant::now();
             while let Some(Reverse((at, _))) = self.timers.peek() {

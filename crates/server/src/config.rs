@@ -295,13 +295,15 @@ impl Default for WebhooksConfig {
 }
 
 impl WebhooksConfig {
-    pub fn relay(&self) -> confab_outbox::RelayConfig {
+    /// The relay of this node (`node_id`: the holder of the endpoints' leases it relays).
+    pub fn relay(&self, node_id: &str) -> confab_outbox::RelayConfig {
         confab_outbox::RelayConfig {
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
             per_endpoint: self.per_endpoint.max(1),
             backoff: Duration::from_millis(self.backoff_ms),
             max_backoff: Duration::from_secs(self.max_backoff_secs.max(1)),
             retry_period: Duration::from_secs(self.retry_period_secs),
+            node_id: node_id.to_string(),
             ..Default::default()
         }
     }

@@ -46,7 +46,7 @@ pub async fn open_storage(
         store.clone(),
         &bus,
         egress.clone(),
-        config.webhooks.relay(),
+        config.webhooks.relay(&node_id),
         shutdown.clone(),
     )
     .await

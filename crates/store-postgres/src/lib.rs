@@ -723,6 +723,22 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn acquire_lease(&self, name: &str, holder: &str, now: Millis, until: Millis) -> DomainResult<bool> {
+        match self
+            .write(Op::AcquireLease(name.to_string(), holder.to_string(), now, until))
+            .await?
+        {
+            Outcome::Count(n) => Ok(n > 0),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> DomainResult<()> {
+        self.write(Op::ReleaseLease(name.to_string(), holder.to_string()))
+            .await
+            .map(|_| ())
+    }
+
     async fn delete_dead_letters(&self, endpoint: &str, event_id: Option<u64>) -> DomainResult<u64> {
         match self
             .write(Op::DeleteDeadLetters(endpoint.to_string(), event_id))

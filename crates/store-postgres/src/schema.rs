@@ -96,6 +96,12 @@ CREATE TABLE messages (
     -- The node generating the reply (while `generating`): its restart, or its silence, ends it.
     reply_node     TEXT COLLATE "C"
 );
+-- Leases: one holder at a time per name (a webhook endpoint's relay).
+CREATE TABLE leases (
+    name    TEXT COLLATE "C" PRIMARY KEY,
+    holder  TEXT NOT NULL,
+    until   BIGINT NOT NULL
+);
 -- The nodes of the cluster and when each last said it was alive.
 CREATE TABLE nodes (
     node_id       TEXT COLLATE "C" PRIMARY KEY,

@@ -85,6 +85,9 @@ pub(crate) enum Op {
     Flag(MessageId, Vec<String>),
     /// Approves a flag, or removes the message (deleted, as by its sender) and settles the flag.
     ReviewFlag(MessageId, FlagState, Option<UserId>),
+    /// (name, holder, now, until): takes or renews a lease; `Count(1)` when held afterwards.
+    AcquireLease(String, String, Millis, Millis),
+    ReleaseLease(String, String),
     PutDeadLetter(DeadLetter),
     DeleteDeadLetters(String, Option<u64>),
     /// Changes nothing, but goes through the queue, the write lock, a savepoint and a commit as any write
@@ -533,6 +536,26 @@ async fn apply(tx: &Transaction<'_>, op: &Op, node: &str, events: &mut Vec<Event
             let through = (*through).min(i64::MAX as u64) as i64;
             let n = exec(tx, "DELETE FROM outbox WHERE id <= $1", &[&through]).await?;
             Ok(Outcome::Count(n))
+        }
+        Op::AcquireLease(name, holder, at, until) => {
+            let n = exec(
+                tx,
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4) ON CONFLICT (name) DO UPDATE \
+                 SET holder = EXCLUDED.holder, until = EXCLUDED.until \
+                 WHERE leases.holder = EXCLUDED.holder OR leases.until < $3",
+                &[name, holder, at, until],
+            )
+            .await?;
+            Ok(Outcome::Count(n))
+        }
+        Op::ReleaseLease(name, holder) => {
+            exec(
+                tx,
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                &[name, holder],
+            )
+            .await?;
+            Ok(Outcome::Unit)
         }
         Op::PutDeadLetter(d) => {
             exec(

@@ -199,6 +199,14 @@ DELETE FROM flagged_messages WHERE message_id NOT IN (SELECT id FROM messages);
 UPDATE messages SET client_msg_id = NULL
     WHERE client_msg_id IS NOT NULL AND sender_id IS NOT NULL AND sender_id NOT IN (SELECT id FROM users);
 "#,
+    // Leases: one holder at a time per name (a webhook endpoint's relay).
+    r#"
+CREATE TABLE leases (
+    name    TEXT PRIMARY KEY,
+    holder  TEXT NOT NULL,
+    until   INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

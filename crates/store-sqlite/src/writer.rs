@@ -71,6 +71,9 @@ pub enum Op {
     /// Approves a flag, or removes the message (deleted, as by its sender) and settles the flag.
     ReviewFlag(MessageId, FlagState, Option<UserId>),
     PutDeadLetter(DeadLetter),
+    /// (name, holder, now, until): takes or renews a lease; `Count(1)` when held afterwards.
+    AcquireLease(String, String, Millis, Millis),
+    ReleaseLease(String, String),
     DeleteDeadLetters(String, Option<u64>),
     /// Changes nothing, but takes the write lock as any write does: a health probe's round trip through the
     /// queue, a savepoint and a commit.
@@ -417,6 +420,23 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                 .and_then(|mut s| s.execute([through as i64]))
                 .map_err(db_err)?;
             Ok(Outcome::Count(n as u64))
+        }
+        Op::AcquireLease(name, holder, now, until) => {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?4) ON CONFLICT (name) DO UPDATE \
+                     SET holder = excluded.holder, until = excluded.until \
+                     WHERE leases.holder = excluded.holder OR leases.until < ?3",
+                )
+                .and_then(|mut s| s.execute(params![name, holder, now, until]))
+                .map_err(db_err)?;
+            Ok(Outcome::Count(n as u64))
+        }
+        Op::ReleaseLease(name, holder) => {
+            conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")
+                .and_then(|mut s| s.execute(params![name, holder]))
+                .map_err(db_err)?;
+            Ok(Outcome::Unit)
         }
         Op::PutDeadLetter(d) => {
             conn.prepare_cached(

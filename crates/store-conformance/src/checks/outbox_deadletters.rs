@@ -349,3 +349,49 @@ pub async fn dead_letters_are_kept_per_endpoint_and_event<B: Backend>(b: B) {
     assert!(s.list_dead_letters("ep", 0, 10).await.unwrap().is_empty());
     assert_eq!(s.list_dead_letters("other", 0, 10).await.unwrap().len(), 1);
 }
+
+/// A lease has one holder: another is refused while it lasts, the holder renews it (later expiry), anyone
+/// takes it once it expired or was released; leases are independent by name; releasing another's lease
+/// changes nothing.
+pub async fn leases_have_one_holder_until_they_expire<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    assert!(s.acquire_lease("relay:a", "n1", 100, 200).await.unwrap());
+    assert!(!s.acquire_lease("relay:a", "n2", 150, 250).await.unwrap(), "held by n1");
+    assert!(
+        s.acquire_lease("relay:b", "n2", 150, 250).await.unwrap(),
+        "another name"
+    );
+    assert!(s.acquire_lease("relay:a", "n1", 190, 300).await.unwrap(), "renewed");
+    assert!(
+        !s.acquire_lease("relay:a", "n2", 250, 350).await.unwrap(),
+        "the renewal lasts"
+    );
+    assert!(
+        s.acquire_lease("relay:a", "n2", 301, 400).await.unwrap(),
+        "expired: taken over"
+    );
+    assert!(!s.acquire_lease("relay:a", "n1", 302, 400).await.unwrap());
+    s.release_lease("relay:a", "n1").await.unwrap();
+    assert!(
+        !s.acquire_lease("relay:a", "n1", 303, 400).await.unwrap(),
+        "n1 cannot release n2's lease"
+    );
+    s.release_lease("relay:a", "n2").await.unwrap();
+    assert!(s.acquire_lease("relay:a", "n1", 304, 400).await.unwrap(), "released");
+
+    let mut contenders = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        contenders.push(tokio::spawn(async move {
+            s.acquire_lease("relay:c", &format!("c{i}"), 1_000, 2_000)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = 0;
+    for c in contenders {
+        won += usize::from(c.await.unwrap());
+    }
+    assert_eq!(won, 1, "one of concurrent contenders holds the lease");
+}
