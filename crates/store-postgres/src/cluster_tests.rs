@@ -462,6 +462,7 @@ async fn batch_of(
         recorder: Default::default(),
         lock_key: crate::db::lock_key("writes", &schema.name),
         node_id: config.node_id.clone(),
+        bulk_appends: true,
     };
     tokio::spawn(writer.run());
     (answers, bus, tx)
@@ -575,8 +576,9 @@ async fn the_writer_fails_a_command_a_batch_or_retries_as_the_error_says() {
     }
 }
 
-/// A rough figure, not a check: sequential `append_message` calls per second on one store, then 64 callers
-/// at once (group commit). `cargo test -p confab-store-postgres --release -- --ignored --nocapture append_rate`
+/// Rough figures, not checks: `append_message` calls acknowledged per second on one store, by one caller
+/// at a time, then by 64 and by 512 callers at once (group commit), each for a few seconds, three times.
+/// `cargo test -p confab-store-postgres --release -- --ignored --nocapture append_rate`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn append_rate() {
@@ -589,33 +591,43 @@ async fn append_rate() {
     let senders: Vec<String> = (0..64).map(|i| format!("s{i}")).collect();
     seed(&store, &senders).await;
     let store = Arc::new(store);
+    const RUN: Duration = Duration::from_secs(3);
 
-    const SEQUENTIAL: usize = 1_000;
-    let started = Instant::now();
-    for i in 0..SEQUENTIAL {
-        send(&store, "s0", &format!("m{i}")).await.unwrap();
+    /// Appends acknowledged per second by `callers` callers sending one after another for `RUN`.
+    async fn rate(store: &Arc<PostgresStore>, senders: &[String], callers: usize) -> f64 {
+        let started = Instant::now();
+        let deadline = started + RUN;
+        let tasks: Vec<_> = (0..callers)
+            .map(|i| {
+                let (store, sender) = (store.clone(), senders[i % senders.len()].clone());
+                tokio::spawn(async move {
+                    let mut sent = 0u64;
+                    while Instant::now() < deadline {
+                        send(&store, &sender, &format!("m{sent}")).await.unwrap();
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut sent = 0;
+        for t in tasks {
+            sent += t.await.unwrap();
+        }
+        sent as f64 / started.elapsed().as_secs_f64()
     }
-    let sequential = SEQUENTIAL as f64 / started.elapsed().as_secs_f64();
 
-    const EACH: usize = 100;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for sender in senders.clone() {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..EACH {
-                send(&store, &sender, &format!("c{i}")).await.unwrap();
-            }
-        }));
+    for callers in [1, 64, 512] {
+        let mut figures = Vec::new();
+        for _ in 0..3 {
+            figures.push(format!("{:.0}", rate(&store, &senders, callers).await));
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "append_message with {callers} caller(s): {} appends/s",
+            figures.join(", ")
+        );
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let concurrent = (senders.len() * EACH) as f64 / started.elapsed().as_secs_f64();
-    let _ = writeln!(
-        std::io::stderr(),
-        "append_message: {sequential:.0}/s sequential, {concurrent:.0}/s with 64 concurrent callers"
-    );
 }
 
 /// A generating reply belongs to the node that appended it: another node's restart sweep leaves it alone,

@@ -22,7 +22,9 @@
 //! lock, so a reader that sees an id sees every smaller one.
 //!
 //! The cost: writes do not run in parallel across nodes. Throughput is one batch's round trips at a time
-//! (group commit amortizes the commit's fsync and the lock over up to `max_batch` commands per node), and
+//! (group commit amortizes the commit's fsync and the lock over up to `max_batch` commands per node; a run
+//! of consecutive sends in a batch takes a fixed number of round trips whatever its length, see
+//! `writer/bulk.rs`), and
 //! a node whose batch is slow (a slow disk, a long delete) holds everyone's writes for that long; the
 //! `statement_timeout` bounds how long a batch waits for the lock (then it fails `Unavailable`). Reads are
 //! not affected: they run on the pool, in PostgreSQL's default READ COMMITTED, never waiting for the lock.
@@ -40,14 +42,17 @@
 //!   runs on a task of its own that returns its connection to the pool when its statement is done.
 //!
 //! # Layout
-//! `writer.rs` runs the batches; `writer/{accounts,channels,messages}.rs` are the writes; `facts.rs` tests a
-//! write's preconditions; `queries.rs` and `rows.rs` read; `schema.rs` holds the migrations ([`migrate`]).
+//! `writer.rs` runs the batches; `writer/ops.rs` applies one command, with the writes of
+//! `writer/{accounts,channels,messages}.rs`; `writer/bulk.rs` applies a run of sends together (bulk
+//! statements, with the answers, rows and events of applying them one by one); `facts.rs` tests a write's
+//! preconditions; `queries.rs` and `rows.rs` read; `schema.rs` holds the migrations ([`migrate`]).
 //!
 //! # Metrics
 //! As `store-sqlite`: `confab_store_batch_commands` (commands per batch), `confab_store_commit_seconds` (a
 //! batch's transaction, lock to commit). Its own: `confab_store_lock_wait_seconds` (waiting for the
 //! cluster-wide write lock), `confab_store_batch_retries_total` (batches applied again after a serialization
-//! failure or deadlock).
+//! failure or deadlock), `confab_store_bulk_fallbacks_total` (runs of sends whose bulk statements failed,
+//! applied again one by one).
 
 mod db;
 mod error;
@@ -270,6 +275,7 @@ impl PostgresStore {
             recorder: recorder.clone(),
             lock_key: db::lock_key("writes", &schema),
             node_id: config.node_id.clone(),
+            bulk_appends: true,
         };
         tokio::spawn(writer.run());
         Ok(PostgresStore {
@@ -750,6 +756,8 @@ impl Store for PostgresStore {
     }
 }
 
+#[cfg(test)]
+mod bulk_tests;
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]

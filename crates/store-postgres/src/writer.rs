@@ -4,7 +4,9 @@
 //! `max_batch`), opens one transaction, takes the cluster-wide write lock (`pg_advisory_xact_lock`, see the
 //! crate documentation), applies each command inside its own savepoint (so one failing command does not undo
 //! the others), commits once, publishes the batch's events to the bus in commit order, and only then answers
-//! the callers. So an answer means "durable and announced". A batch whose transaction fails as a whole (the
+//! the callers. So an answer means "durable and announced". A run of consecutive appends (the common case
+//! under load) is applied together inside one savepoint, with bulk statements (`bulk.rs`); if they fail,
+//! the writer rolls back to that savepoint and applies the run's commands one by one. A batch whose transaction fails as a whole (the
 //! connection lost, the commit refused) answers every command `Unavailable` and publishes nothing; one that
 //! hits a serialization failure or a deadlock is applied again from the start.
 
@@ -34,12 +36,15 @@ use crate::rows::get;
 use crate::{files, queries};
 
 mod accounts;
+mod bulk;
 mod channels;
 mod messages;
+mod ops;
 
 use accounts::*;
 use channels::*;
 use messages::*;
+use ops::apply;
 
 /// A write, kept whole until its batch commits: a batch that must be applied again applies the same ops.
 #[derive(Debug)]
@@ -138,6 +143,20 @@ pub(crate) struct WriteCmd {
     pub reply: oneshot::Sender<DomainResult<Outcome>>,
 }
 
+/// Per schema (its write lock's key): commands the bulk path applied, and runs it gave back to the
+/// per-command path (tests).
+#[cfg(test)]
+pub(crate) static BULK_STATS: std::sync::Mutex<std::collections::BTreeMap<i64, (usize, usize)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+#[cfg(test)]
+fn bulk_stats(lock_key: i64, applied: usize, fallbacks: usize) {
+    let mut stats = BULK_STATS.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = stats.entry(lock_key).or_default();
+    entry.0 += applied;
+    entry.1 += fallbacks;
+}
+
 /// How often a batch is applied again after a serialization failure or a deadlock before it fails.
 const ATTEMPTS: u32 = 3;
 
@@ -154,6 +173,9 @@ pub(crate) struct Writer {
     pub lock_key: i64,
     /// Recorded on the generating replies this writer appends: they are this node's.
     pub node_id: String,
+    /// Whether runs of consecutive appends are applied together (`bulk`); off, every command is applied
+    /// alone (the reference the bulk path is tested against).
+    pub bulk_appends: bool,
 }
 
 /// Why a batch's transaction failed as a whole.
@@ -279,46 +301,129 @@ impl Writer {
         metrics::histogram!("confab_store_lock_wait_seconds").record(waiting.elapsed().as_secs_f64());
         let mut results = Vec::with_capacity(ops.len());
         let mut events = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
+        let mut savepoint = Savepoint::None;
+        let mut i = 0;
+        while i < ops.len() {
             *current = i;
-            // The previous command's savepoint is released with this one's taken, in one round trip; the
-            // last one is released by the commit.
-            let savepoint = if i == 0 {
-                "SAVEPOINT cmd"
-            } else {
-                "RELEASE SAVEPOINT cmd; SAVEPOINT cmd"
+            let run = match self.bulk_appends {
+                true => ops[i..].iter().take_while(|op| matches!(op, Op::Append(..))).count(),
+                false => 0,
             };
-            tx.batch_execute(savepoint).await.map_err(BatchFailure::of)?;
-            let mut local = Vec::new();
-            let applied = match apply(&tx, op, &self.node_id, &mut local).await {
-                Ok(out) => match recorder {
-                    Some(r) => record_changes(&tx, r, op.cause(), &local).await.map(|()| out),
-                    None => Ok(out),
-                },
-                Err(e) => Err(e),
-            };
-            let failed = match applied {
-                Ok(out) => {
-                    events.append(&mut local);
-                    results.push(Ok(out));
-                    continue;
+            if run < 2 {
+                results.push(
+                    self.apply_one(&tx, &ops[i], recorder, &mut savepoint, &mut events)
+                        .await?,
+                );
+                i += 1;
+                continue;
+            }
+            let cmds: Vec<bulk::Cmd<'_>> = ops[i..i + run]
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Append(m, pre) => Some((&**m, &pre[..])),
+                    _ => None,
+                })
+                .collect();
+            savepoint.take(&tx).await?;
+            match bulk::append_run(&tx, &cmds, &self.node_id, recorder, now_millis()).await {
+                Ok(applied) => {
+                    #[cfg(test)]
+                    bulk_stats(self.lock_key, applied.handled, 0);
+                    results.extend(applied.results);
+                    events.extend(applied.events);
+                    i += applied.handled;
+                    if applied.handled < run {
+                        // It depends on a message the run may have appended: applied alone, after it.
+                        *current = i;
+                        results.push(
+                            self.apply_one(&tx, &ops[i], recorder, &mut savepoint, &mut events)
+                                .await?,
+                        );
+                        i += 1;
+                    }
                 }
-                Err(Fail::Domain(e)) => e,
-                Err(Fail::Sql(e)) => match severity(&e) {
-                    Severity::Command => db_err(&e),
-                    Severity::Retry => return Err(BatchFailure::Retry(e)),
-                    Severity::Batch => return Err(BatchFailure::Sql(e)),
-                },
-            };
-            // This command only: what it wrote goes, the batch goes on (at once: a transaction left in
-            // its failed state would make the COMMIT a rollback of the whole batch).
-            tx.batch_execute("ROLLBACK TO SAVEPOINT cmd")
-                .await
-                .map_err(BatchFailure::of)?;
-            results.push(Err(failed));
+                Err(Fail::Sql(e)) if severity(&e) != Severity::Command => return Err(BatchFailure::of(e)),
+                Err(e) => {
+                    // Nothing of the run is kept: each of its commands is applied alone, and fails alone.
+                    metrics::counter!("confab_store_bulk_fallbacks_total").increment(1);
+                    #[cfg(test)]
+                    bulk_stats(self.lock_key, 0, 1);
+                    tracing::warn!(
+                        error = %e.into_domain(),
+                        run,
+                        "a run of appends failed together; applying them one by one"
+                    );
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT cmd")
+                        .await
+                        .map_err(BatchFailure::of)?;
+                    for op in &ops[i..i + run] {
+                        *current = i;
+                        results.push(self.apply_one(&tx, op, recorder, &mut savepoint, &mut events).await?);
+                        i += 1;
+                    }
+                }
+            }
         }
         tx.commit().await.map_err(BatchFailure::of)?;
         Ok((results, events))
+    }
+
+    /// One command in a savepoint of its own: what it wrote goes if it fails, and the batch goes on.
+    async fn apply_one(
+        &self,
+        tx: &Transaction<'_>,
+        op: &Op,
+        recorder: Option<&dyn ChangeRecorder>,
+        savepoint: &mut Savepoint,
+        events: &mut Vec<Event>,
+    ) -> Result<DomainResult<Outcome>, BatchFailure> {
+        savepoint.take(tx).await?;
+        let mut local = Vec::new();
+        let applied = match apply(tx, op, &self.node_id, &mut local).await {
+            Ok(out) => match recorder {
+                Some(r) => record_changes(tx, r, op.cause(), &local).await.map(|()| out),
+                None => Ok(out),
+            },
+            Err(e) => Err(e),
+        };
+        let failed = match applied {
+            Ok(out) => {
+                events.append(&mut local);
+                return Ok(Ok(out));
+            }
+            Err(Fail::Domain(e)) => e,
+            Err(Fail::Sql(e)) => match severity(&e) {
+                Severity::Command => db_err(&e),
+                Severity::Retry => return Err(BatchFailure::Retry(e)),
+                Severity::Batch => return Err(BatchFailure::Sql(e)),
+            },
+        };
+        // At once: a transaction left in its failed state would make the COMMIT a rollback of the batch.
+        tx.batch_execute("ROLLBACK TO SAVEPOINT cmd")
+            .await
+            .map_err(BatchFailure::of)?;
+        Ok(Err(failed))
+    }
+}
+
+/// The savepoint of the command (or run of appends) being applied, `cmd`, taken again for each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Savepoint {
+    None,
+    Taken,
+}
+
+impl Savepoint {
+    /// Takes `cmd` for the next command; the previous command's is released in the same round trip (the
+    /// last one is released by the commit).
+    async fn take(&mut self, tx: &Transaction<'_>) -> Result<(), BatchFailure> {
+        let sql = match self {
+            Savepoint::None => "SAVEPOINT cmd",
+            Savepoint::Taken => "RELEASE SAVEPOINT cmd; SAVEPOINT cmd",
+        };
+        tx.batch_execute(sql).await.map_err(BatchFailure::of)?;
+        *self = Savepoint::Taken;
+        Ok(())
     }
 }
 
@@ -349,318 +454,4 @@ async fn record_changes(
         }
     }
     Ok(())
-}
-
-/// Why a chosen session token that another account already has is refused.
-const TOKEN_TAKEN: &str = "is already the token of another account";
-
-/// Ends `interrupted` the generating replies of `found` (rows of ids), with `reason`.
-async fn interrupt(
-    tx: &Transaction<'_>,
-    found: &[tokio_postgres::Row],
-    reason: &str,
-    now: Millis,
-    events: &mut Vec<Event>,
-) -> Res<Outcome> {
-    let ids = found.iter().map(|r| get::<i64>(r, 0)).collect::<Res<Vec<_>>>()?;
-    for id in &ids {
-        finish_reply(
-            tx,
-            MessageId(*id),
-            "",
-            ReplyState::Interrupted,
-            Some(reason.into()),
-            now,
-            events,
-        )
-        .await?;
-    }
-    Ok(Outcome::Count(ids.len() as u64))
-}
-
-async fn apply(tx: &Transaction<'_>, op: &Op, node: &str, events: &mut Vec<Event>) -> Res<Outcome> {
-    let now = now_millis();
-    match op {
-        Op::CreateUser(u) => create_user(tx, u, now, events).await.map(Outcome::User),
-        Op::UpdateUser(id, p) => update_user(tx, id, p, now, events).await.map(Outcome::User),
-        Op::DeleteUser(id) => delete_user(tx, id, events).await.map(|_| Outcome::Unit),
-        #[cfg(test)]
-        Op::Panic => panic!("a command with a bug"),
-        #[cfg(test)]
-        Op::Raise { code, times } => {
-            use std::sync::atomic::Ordering;
-            if times
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                tx.batch_execute(&format!(
-                    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
-                ))
-                .await?;
-            }
-            Ok(Outcome::Unit)
-        }
-        Op::Ping => Ok(Outcome::Unit),
-        Op::SetLastSeen(id, at) => {
-            exec(
-                tx,
-                "UPDATE users SET last_seen_at = $2 WHERE id = $1",
-                &[&id.as_str(), at],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::CreateSession(s) => {
-            if queries::user(tx, &s.user_id).await?.is_none() {
-                return Err(DomainError::not_found("user", &s.user_id).into());
-            }
-            // A token an application chose may already be its user's (kept, with the new expiry) or another
-            // account's: a client signs in with the token alone, so that one is refused.
-            let stored = exec(
-                tx,
-                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (token_hash) DO UPDATE SET created_at = excluded.created_at, \
-                 expires_at = excluded.expires_at WHERE sessions.user_id = excluded.user_id",
-                &[&&s.token_hash[..], &s.user_id.as_str(), &s.created_at, &s.expires_at],
-            )
-            .await?;
-            if stored == 0 {
-                return Err(DomainError::invalid("token", TOKEN_TAKEN).into());
-            }
-            Ok(Outcome::Unit)
-        }
-        Op::RevokeSessions(id) => {
-            let n = exec(tx, "DELETE FROM sessions WHERE user_id = $1", &[&id.as_str()]).await?;
-            Ok(Outcome::Count(n))
-        }
-        Op::CreateChannel(c) => create_channel(tx, c, now, events)
-            .await
-            .map(|(c, created)| Outcome::Channel(c, created)),
-        Op::UpdateChannel(id, p) => update_channel(tx, id, p, now, events)
-            .await
-            .map(|c| Outcome::Channel(c, false)),
-        Op::DeleteChannel(id) => delete_channel(tx, id, events).await.map(|_| Outcome::Unit),
-        Op::AddMembers(id, users, by) => add_members(tx, id, users, by.clone(), now, events)
-            .await
-            .map(|c| Outcome::Channel(c, false)),
-        Op::RemoveMember(id, user, by) => remove_member(tx, id, user, by.clone(), events)
-            .await
-            .map(|c| Outcome::Channel(c, false)),
-        Op::MarkRead(id, user, seq) => mark_read(tx, id, user, *seq, events).await.map(Outcome::Seq),
-        Op::Append(m, pre) => append(tx, m, pre, now, node, events)
-            .await
-            .map(|a| Outcome::Appended(Box::new(a))),
-        Op::Edit(id, p, pre) => edit(tx, *id, p, pre, now, events)
-            .await
-            .map(|m| Outcome::Message(Box::new(m))),
-        Op::Delete(id) => delete_message(tx, *id, now, events)
-            .await
-            .map(|m| Outcome::Message(Box::new(m))),
-        Op::CreateBot(u, settings) => create_bot(tx, u, settings, now, events)
-            .await
-            .map(|b| Outcome::Bot(Box::new(b))),
-        Op::UpdateBot(id, settings) => update_bot(tx, id, settings, now, events)
-            .await
-            .map(|b| Outcome::Bot(Box::new(b))),
-        Op::SaveReplyText(id, text) => {
-            exec(
-                tx,
-                "UPDATE messages SET text = $2 WHERE id = $1 AND reply_state = 'generating' AND NOT deleted",
-                &[&id.0, text],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::FinishReply(id, text, state, reason) => finish_reply(tx, *id, text, *state, reason.clone(), now, events)
-            .await
-            .map(|m| Outcome::Message(Box::new(m))),
-        Op::SweepGenerating => {
-            // This node's replies only: the others' nodes may be generating them right now.
-            let found = rows(
-                tx,
-                "SELECT id FROM messages WHERE reply_state = 'generating' AND (reply_node = $1 OR reply_node IS NULL) \
-                 ORDER BY id",
-                &[&node],
-            )
-            .await?;
-            interrupt(
-                tx,
-                &found,
-                "the server restarted while this reply was being generated",
-                now,
-                events,
-            )
-            .await
-        }
-        Op::SweepSilentNodes(silent_since) => {
-            let found = rows(
-                tx,
-                "SELECT id FROM messages m WHERE reply_state = 'generating' AND reply_node IS NOT NULL \
-                 AND reply_node <> $1 AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = m.reply_node \
-                 AND n.heartbeat_at >= $2) ORDER BY id",
-                &[&node, silent_since],
-            )
-            .await?;
-            interrupt(tx, &found, "the server generating this reply stopped", now, events).await
-        }
-        Op::Heartbeat(at) => {
-            exec(
-                tx,
-                "INSERT INTO nodes (node_id, heartbeat_at) VALUES ($1, $2) ON CONFLICT (node_id) \
-                 DO UPDATE SET heartbeat_at = greatest(nodes.heartbeat_at, EXCLUDED.heartbeat_at)",
-                &[&node, at],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::Flag(id, rules) => {
-            let m = load_message(tx, *id).await?;
-            insert_flag(tx, *id, &m.channel_id, rules, now).await?;
-            Ok(Outcome::Unit)
-        }
-        Op::ReviewFlag(id, state, by) => {
-            review_flag(tx, *id, *state, by.as_ref(), now).await?;
-            if *state == FlagState::Removed {
-                let m = load_message(tx, *id).await?;
-                if !m.deleted {
-                    delete_message(tx, *id, now, events).await?;
-                }
-            }
-            Ok(Outcome::Unit)
-        }
-        Op::Announce(announced) => {
-            events.extend(announced.iter().cloned());
-            Ok(Outcome::Unit)
-        }
-        Op::PruneOutbox(through) => {
-            let through = (*through).min(i64::MAX as u64) as i64;
-            let n = exec(tx, "DELETE FROM outbox WHERE id <= $1", &[&through]).await?;
-            Ok(Outcome::Count(n))
-        }
-        Op::AcquireLease(name, holder, at, until) => {
-            let n = exec(
-                tx,
-                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4) ON CONFLICT (name) DO UPDATE \
-                 SET holder = EXCLUDED.holder, until = EXCLUDED.until \
-                 WHERE leases.holder = EXCLUDED.holder OR leases.until < $3",
-                &[name, holder, at, until],
-            )
-            .await?;
-            Ok(Outcome::Count(n))
-        }
-        Op::ReleaseLease(name, holder) => {
-            exec(
-                tx,
-                "DELETE FROM leases WHERE name = $1 AND holder = $2",
-                &[name, holder],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::PutDeadLetter(d) => {
-            exec(
-                tx,
-                "INSERT INTO webhook_dead_letters (endpoint_id, event_id, event_type, channel_id, payload, \
-                 created_at, attempts, last_error, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (endpoint_id, event_id) DO UPDATE SET event_type = excluded.event_type, \
-                 channel_id = excluded.channel_id, payload = excluded.payload, created_at = excluded.created_at, \
-                 attempts = excluded.attempts, last_error = excluded.last_error, failed_at = excluded.failed_at",
-                &[
-                    &d.endpoint_id,
-                    &(d.event.id.min(i64::MAX as u64) as i64),
-                    &d.event.event_type,
-                    &d.event.channel_id.as_ref().map(|c| c.as_str()),
-                    &d.event.payload,
-                    &d.event.created_at,
-                    &(d.attempts as i64),
-                    &d.last_error,
-                    &d.failed_at,
-                ],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::DeleteDeadLetters(endpoint, event) => {
-            let n = match event {
-                Some(id) => {
-                    exec(
-                        tx,
-                        "DELETE FROM webhook_dead_letters WHERE endpoint_id = $1 AND event_id = $2",
-                        &[endpoint, &((*id).min(i64::MAX as u64) as i64)],
-                    )
-                    .await?
-                }
-                None => {
-                    exec(
-                        tx,
-                        "DELETE FROM webhook_dead_letters WHERE endpoint_id = $1",
-                        &[endpoint],
-                    )
-                    .await?
-                }
-            };
-            Ok(Outcome::Count(n))
-        }
-        Op::PutProvider(name, json) => {
-            exec(
-                tx,
-                "INSERT INTO providers (name, config, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
-                &[name, json, &now],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::DeleteProvider(name) => {
-            let n = exec(tx, "DELETE FROM providers WHERE name = $1", &[name]).await?;
-            if n == 0 {
-                return Err(DomainError::not_found("provider", name).into());
-            }
-            Ok(Outcome::Unit)
-        }
-        Op::PutSetting(namespace, key, json) => {
-            exec(
-                tx,
-                "INSERT INTO settings (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                &[namespace, key, json, &now],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::DeleteSetting(namespace, key) => {
-            let n = exec(
-                tx,
-                "DELETE FROM settings WHERE namespace = $1 AND key = $2",
-                &[namespace, key],
-            )
-            .await?;
-            Ok(Outcome::Count(n))
-        }
-        Op::RecordUsage(u) => {
-            exec(
-                tx,
-                "INSERT INTO usage (day, bot_id, user_id, channel_id, prompt_tokens, completion_tokens, replies) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (day, bot_id, user_id, channel_id) DO UPDATE SET \
-                 prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = usage.completion_tokens + excluded.completion_tokens, \
-                 replies = usage.replies + excluded.replies",
-                &[
-                    &u.day,
-                    &u.bot_id.as_str(),
-                    &u.user_id.as_str(),
-                    &u.channel_id.as_str(),
-                    &(u.prompt_tokens.min(i64::MAX as u64) as i64),
-                    &(u.completion_tokens.min(i64::MAX as u64) as i64),
-                    &(u.replies.min(i64::MAX as u64) as i64),
-                ],
-            )
-            .await?;
-            Ok(Outcome::Unit)
-        }
-        Op::PutFile(f, quota) => files::put_file(tx, f, *quota).await.map(|_| Outcome::Unit),
-        Op::DeleteUnattachedFiles(before, limit) => files::delete_unattached(tx, *before, *limit)
-            .await
-            .map(Outcome::FileIds),
-    }
 }

@@ -95,7 +95,34 @@ pub(super) async fn append(
     if !m.flags.is_empty() {
         insert_flag(tx, id, &m.channel_id, &m.flags, now).await?;
     }
-    let message = Message {
+    let message = created(m, id, seq, file, now);
+    events.push(Event::MessageCreated(Arc::new(message.clone())));
+    if let Some(parent_id) = m.parent_id {
+        exec(
+            tx,
+            "UPDATE messages SET reply_count = reply_count + 1 WHERE id = $1",
+            &[&parent_id.0],
+        )
+        .await?;
+        if let Some(parent) = queries::message(tx, parent_id).await? {
+            events.push(Event::MessageUpdated(Arc::new(parent)));
+        }
+    }
+    Ok(Appended {
+        message,
+        duplicate: false,
+    })
+}
+
+/// A new message as stored: `m` with its id, sequence, file and time.
+pub(super) fn created(
+    m: &NewMessage,
+    id: MessageId,
+    seq: ChannelSeq,
+    file: Option<FileObject>,
+    now: Millis,
+) -> Message {
+    Message {
         id,
         channel_id: m.channel_id.clone(),
         seq,
@@ -115,23 +142,21 @@ pub(super) async fn append(
         edited: false,
         deleted: false,
         reply: m.reply.clone(),
-    };
-    events.push(Event::MessageCreated(Arc::new(message.clone())));
-    if let Some(parent_id) = m.parent_id {
-        exec(
-            tx,
-            "UPDATE messages SET reply_count = reply_count + 1 WHERE id = $1",
-            &[&parent_id.0],
-        )
-        .await?;
-        if let Some(parent) = queries::message(tx, parent_id).await? {
-            events.push(Event::MessageUpdated(Arc::new(parent)));
+    }
+}
+
+/// Stores a message's flag with all its rules (`$3`), pending review.
+pub(super) const FLAG_SQL: &str = "INSERT INTO flagged_messages (message_id, channel_id, rules, flagged_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO UPDATE SET rules = excluded.rules, state = 'pending', \
+     flagged_at = excluded.flagged_at, reviewed_at = NULL, reviewed_by = NULL";
+
+/// `rules` without repeats, in order, after those of `all`.
+pub(super) fn add_rules(all: &mut Vec<String>, rules: &[String]) {
+    for r in rules {
+        if !all.contains(r) {
+            all.push(r.clone());
         }
     }
-    Ok(Appended {
-        message,
-        duplicate: false,
-    })
 }
 
 /// Records a message for review; flagging it again (an edit whose new content matched) adds the new rules
@@ -148,19 +173,8 @@ pub(super) async fn insert_flag(
         Some(r) => get(&r, 0)?,
         None => Vec::new(),
     };
-    for r in rules {
-        if !all.contains(r) {
-            all.push(r.clone());
-        }
-    }
-    exec(
-        tx,
-        "INSERT INTO flagged_messages (message_id, channel_id, rules, flagged_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (message_id) DO UPDATE SET rules = excluded.rules, state = 'pending', \
-         flagged_at = excluded.flagged_at, reviewed_at = NULL, reviewed_by = NULL",
-        &[&id.0, &channel.as_str(), &all, &now],
-    )
-    .await?;
+    add_rules(&mut all, rules);
+    exec(tx, FLAG_SQL, &[&id.0, &channel.as_str(), &all, &now]).await?;
     Ok(())
 }
 
