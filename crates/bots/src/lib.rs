@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use confab_domain::bot::{Bot, BotSettings, BotTrigger, UsageRecord, utc_day};
 use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, NewMessage};
-use confab_domain::ports::Subscription;
+use confab_domain::ports::{Origin, Subscription};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
 use confab_service::Confab;
@@ -144,18 +144,24 @@ impl BotRuntime {
     }
 
     /// The events the runtime acts on: never the deltas, typing and presence that make most of the traffic.
-    fn wants(ev: &Event) -> bool {
-        matches!(
-            ev,
-            Event::MessageCreated(_)
-                | Event::ChannelCreated { .. }
-                | Event::BotChanged(_)
-                | Event::UserDeleted(_)
-                | Event::MembersJoined { .. }
-                | Event::MemberLeft { .. }
-                | Event::ChannelDeleted { .. }
-                | Event::ReplyStopRequested { .. }
-        )
+    ///
+    /// With several nodes, a message's triggers are decided only by the node that committed it
+    /// ([`Origin::Local`]): so a trigger starts on one node, never on two, and it is the node whose early start
+    /// (`early.rs`) may already be running it. Stop requests come from any node, since a stop asked on one
+    /// node must reach the node generating the reply; the caches of bots and channels follow changes made on
+    /// any node.
+    fn wants(ev: &Event, origin: Origin) -> bool {
+        match ev {
+            Event::MessageCreated(_) => origin == Origin::Local,
+            Event::ChannelCreated { .. }
+            | Event::BotChanged(_)
+            | Event::UserDeleted(_)
+            | Event::MembersJoined { .. }
+            | Event::MemberLeft { .. }
+            | Event::ChannelDeleted { .. }
+            | Event::ReplyStopRequested { .. } => true,
+            _ => false,
+        }
     }
 
     /// Replies being generated right now.
@@ -389,6 +395,32 @@ mod tests {
             deleted: false,
             reply: None,
         }
+    }
+
+    #[test]
+    fn triggers_come_from_this_node_only_while_stops_and_invalidations_come_from_any() {
+        let created = Event::MessageCreated(Arc::new(msg(1, "alice", "hi @bot", 1)));
+        assert!(BotRuntime::wants(&created, Origin::Local));
+        assert!(!BotRuntime::wants(&created, Origin::Remote));
+        let others = [
+            Event::ReplyStopRequested {
+                channel_id: ChannelId::parse("c").unwrap(),
+                message_id: MessageId(2),
+                by: None,
+            },
+            Event::BotChanged(UserId::parse("bot").unwrap()),
+            Event::UserDeleted(UserId::parse("bot").unwrap()),
+            Event::ChannelDeleted {
+                channel_id: ChannelId::parse("c").unwrap(),
+                members: Arc::from(Vec::new()),
+            },
+        ];
+        for ev in &others {
+            for origin in [Origin::Local, Origin::Remote] {
+                assert!(BotRuntime::wants(ev, origin), "{} from {origin:?}", ev.name());
+            }
+        }
+        assert!(!BotRuntime::wants(&Event::Resync, Origin::Remote));
     }
 
     #[test]

@@ -3,18 +3,20 @@
 //! the store's writer and so the senders); nothing is dropped. An ephemeral event (typing, presence, reply
 //! deltas: [`Event::is_ephemeral`]) never waits: it is queued only while more than half the queue is free, and
 //! dropped otherwise, so a flood of them can neither stall the writer nor take the room durable events need.
-//! A broker-backed bus for several nodes implements the same `EventBus` port.
+//! A broker-backed bus for several nodes implements the same `EventBus` port around a `LocalBus`: it hands
+//! its own node's events to [`EventBus::publish`] (origin [`Origin::Local`]) and the other nodes' events to
+//! [`LocalBus::publish_from`] with [`Origin::Remote`], and each subscriber's interest sees the origin.
 
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use confab_domain::Event;
-use confab_domain::ports::{EventBus, EventStream, Subscription};
+use confab_domain::ports::{EventBus, EventStream, Origin, Subscription};
 use tokio::sync::mpsc;
 
 /// One subscription: its interest and one queue per partition.
 struct Subscriber {
-    interest: fn(&Event) -> bool,
+    interest: fn(&Event, Origin) -> bool,
     queues: Vec<mpsc::Sender<Event>>,
 }
 
@@ -46,17 +48,11 @@ impl LocalBus {
     fn subscribers(&self) -> Arc<Vec<Subscriber>> {
         self.subscribers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-}
 
-impl Default for LocalBus {
-    fn default() -> Self {
-        LocalBus::new(65_536)
-    }
-}
-
-#[async_trait]
-impl EventBus for LocalBus {
-    async fn publish(&self, events: Vec<Event>) {
+    /// Publishes in order to every subscriber whose interest takes each event from `origin`. Durable events wait
+    /// for room in a full queue; ephemeral ones are dropped under pressure (see the crate documentation).
+    /// [`EventBus::publish`] is this with [`Origin::Local`].
+    pub async fn publish_from(&self, origin: Origin, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
@@ -66,7 +62,7 @@ impl EventBus for LocalBus {
         for ev in events {
             let ephemeral = ev.is_ephemeral();
             for sub in subs.iter() {
-                if !(sub.interest)(&ev) {
+                if !(sub.interest)(&ev, origin) {
                     continue;
                 }
                 let q = &sub.queues[Subscription::partition_of(&ev, sub.queues.len())];
@@ -86,6 +82,19 @@ impl EventBus for LocalBus {
         if dropped > 0 {
             metrics::counter!("confab_bus_ephemeral_dropped_total").increment(dropped);
         }
+    }
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        LocalBus::new(65_536)
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalBus {
+    async fn publish(&self, events: Vec<Event>) {
+        self.publish_from(Origin::Local, events).await;
     }
 
     fn subscribe(&self) -> Box<dyn EventStream> {
@@ -252,7 +261,7 @@ mod tests {
     async fn partitions_keep_each_channel_in_one_ordered_stream_and_filter_by_interest() {
         let bus = LocalBus::new(64);
         let mut parts = bus.subscribe_with(Subscription {
-            interest: |e| !matches!(e, Event::UserDeleted(_)),
+            interest: |e, _| !matches!(e, Event::UserDeleted(_)),
             partitions: 4,
         });
         let channels = ["a", "b", "c", "d", "e", "f", "g", "h"];
@@ -285,5 +294,31 @@ mod tests {
         }
         let used: std::collections::HashSet<usize> = seen.values().map(|v| v.0).collect();
         assert!(used.len() > 1, "eight channels all landed in one partition");
+    }
+
+    #[tokio::test]
+    async fn interest_sees_the_origin() {
+        let bus = LocalBus::new(64);
+        let mut local_only = bus
+            .subscribe_with(Subscription {
+                interest: |_, origin| origin == Origin::Local,
+                partitions: 1,
+            })
+            .pop()
+            .unwrap();
+        let mut every = bus.subscribe();
+        bus.publish_from(Origin::Remote, vec![durable(1)]).await;
+        bus.publish(vec![durable(2)]).await;
+        bus.publish_from(Origin::Remote, vec![Event::Resync]).await;
+        drop(bus);
+        assert_eq!(user_of(&local_only.next().await.unwrap()), "u2");
+        assert!(
+            local_only.next().await.is_none(),
+            "a remote event reached a local-only subscriber"
+        );
+        assert_eq!(user_of(&every.next().await.unwrap()), "u1");
+        assert_eq!(user_of(&every.next().await.unwrap()), "u2");
+        assert!(matches!(every.next().await, Some(Event::Resync)));
+        assert!(every.next().await.is_none());
     }
 }

@@ -226,10 +226,12 @@ pub trait EventStream: Send {
 }
 
 /// Carries events from where they happen (a store commit, a typing frame, a presence change) to every
-/// subscriber, in publish order. In process by default; a broker when several nodes serve one app.
+/// subscriber, in publish order. In process by default; a broker when several nodes serve one app, where
+/// each node's subscribers also get the other nodes' events, as [`Origin::Remote`].
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Publishes in order. Waits while a subscriber's bounded queue is full (backpressure, never loss).
+    /// Publishes in order, as [`Origin::Local`]. Waits while a subscriber's bounded queue is full
+    /// (backpressure, never loss).
     async fn publish(&self, events: Vec<Event>);
     /// Every event, in one stream.
     fn subscribe(&self) -> Box<dyn EventStream>;
@@ -240,16 +242,34 @@ pub trait EventBus: Send + Sync + 'static {
     fn subscribe_with(&self, sub: Subscription) -> Vec<Box<dyn EventStream>>;
 }
 
+/// Where an event comes from, as its subscribers see it.
+///
+/// The rule: whatever must happen **once in the cluster** for an event (starting a bot's reply to a message,
+/// say) is done by the node where the event was committed or raised, so a subscriber that acts on it takes only
+/// [`Origin::Local`] events; whatever every node must know (fan-out to its own sessions, stop requests for a
+/// reply that may be generating on this node, cache invalidations, the outbox relay's doorbell) takes both.
+/// On a single node every event is `Local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Committed or raised on this node (published through [`EventBus::publish`]).
+    Local,
+    /// Received from another node through the broker; also [`Event::Resync`], which stands for lost remote
+    /// events.
+    Remote,
+}
+
 /// What a subscriber wants from the bus: see [`EventBus::subscribe_with`].
 #[derive(Clone, Copy, Debug)]
 pub struct Subscription {
-    pub interest: fn(&Event) -> bool,
+    /// Decides, at publish time, whether this subscriber gets the event (see [`Origin`] for the rule).
+    pub interest: fn(&Event, Origin) -> bool,
     pub partitions: usize,
 }
 
 impl Subscription {
+    /// Every event, of any origin, in one stream.
     pub const ALL: Subscription = Subscription {
-        interest: |_| true,
+        interest: |_, _| true,
         partitions: 1,
     };
 

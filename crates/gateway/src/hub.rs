@@ -6,13 +6,16 @@
 //! - a shard serializes each event once and pushes the same `Arc<Frame>` to every recipient session;
 //! - each session has a bounded queue (frames and bytes). A push never waits: a full queue marks the session
 //!   overflowed and it is closed with `CLOSE_RESYNC`, so one slow client never slows the others;
-//! - no lock is held across an await: the session registry is a `std` lock taken only for the push loop.
+//! - no lock is held across an await: the session registry is a `std` lock taken only for the push loop;
+//! - the hub takes events of every origin (each node fans out every node's events to its own sessions); when
+//!   the bus says remote events may have been lost (`Event::Resync`), every session closes with
+//!   `CLOSE_RESYNC`, the slow consumer's path, and its client resumes from the store.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use confab_domain::ports::{EventStream, Subscription};
+use confab_domain::ports::{EventStream, Origin, Subscription};
 use confab_domain::{ChannelId, Event, UserId};
 use confab_service::Confab;
 use confab_wire::{ChannelDto, MessageDto};
@@ -57,7 +60,9 @@ pub struct SessionHandle {
     overflowed: AtomicBool,
     /// The account was blocked or deleted: the session closes with `REVOKED`.
     revoked: AtomicBool,
-    /// Wakes the session to close (overflow or revocation).
+    /// Events may have been lost upstream (`Event::Resync`): the session closes with `RESYNC`.
+    missed: AtomicBool,
+    /// Wakes the session to close (overflow, revocation or resync).
     pub overflow: Notify,
     /// Wakes the session to re-check its credential (some of the user's session tokens were revoked).
     pub recheck: Notify,
@@ -95,9 +100,21 @@ impl SessionHandle {
         self.revoked.load(Ordering::Relaxed)
     }
 
+    /// Closed because events may have been lost before they reached the hub, not because it read too slowly.
+    pub fn missed_events(&self) -> bool {
+        self.missed.load(Ordering::Relaxed)
+    }
+
     fn revoke(&self) {
         self.revoked.store(true, Ordering::Relaxed);
         // Also stops further frames, like an overflow.
+        self.overflowed.store(true, Ordering::Relaxed);
+        self.overflow.notify_one();
+    }
+
+    /// Closes the session as an overflow would (`RESYNC`): the client resumes from the store.
+    fn resync(&self) {
+        self.missed.store(true, Ordering::Relaxed);
         self.overflowed.store(true, Ordering::Relaxed);
         self.overflow.notify_one();
     }
@@ -147,8 +164,9 @@ impl Hub {
         hub
     }
 
-    /// The events that become frames (and the account changes that close sessions).
-    fn wants(ev: &Event) -> bool {
+    /// The events that become frames (and the account changes and resyncs that close sessions), of any origin:
+    /// a node's sessions need every node's events.
+    fn wants(ev: &Event, _origin: Origin) -> bool {
         if let Event::UserUpdated(u) = ev {
             return u.disabled;
         }
@@ -178,6 +196,7 @@ impl Hub {
             max_bytes: self.cfg.queue_bytes,
             overflowed: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
+            missed: AtomicBool::new(false),
             overflow: Notify::new(),
             recheck: Notify::new(),
         });
@@ -243,6 +262,21 @@ impl Hub {
     pub fn revoke_user(&self, user: &UserId) {
         for s in self.sessions_of([user]) {
             s.revoke();
+        }
+    }
+
+    /// Closes every open session of this node with `RESYNC`: events meant for them may have been lost.
+    pub fn resync_all(&self) {
+        let sessions: Vec<Arc<SessionHandle>> = {
+            let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            sessions.values().flatten().cloned().collect()
+        };
+        tracing::warn!(
+            sessions = sessions.len(),
+            "events may have been lost: every session resyncs"
+        );
+        for s in sessions {
+            s.resync();
         }
     }
 
@@ -472,6 +506,7 @@ impl Shard {
             Event::UserDeleted(id) => hub.revoke_user(id),
             Event::UserUpdated(u) if u.disabled => hub.revoke_user(&u.id),
             Event::SessionsRevoked(id) => hub.recheck_user(id),
+            Event::Resync => hub.resync_all(),
             Event::UserCreated(_)
             | Event::UserUpdated(_)
             | Event::BotChanged(_)

@@ -36,7 +36,8 @@ pub mod close {
     /// The credential no longer holds (session token revoked or expired, account blocked or deleted): do not
     /// reconnect with the same token.
     pub const REVOKED: u16 = 4003;
-    /// The outbound queue overflowed (the client reads too slowly): reconnect and resume from the last seq seen.
+    /// The outbound queue overflowed (the client reads too slowly), or events meant for the session may have
+    /// been lost on their way to this node: reconnect and resume from the last seq seen.
     pub const RESYNC: u16 = 4008;
     /// The user already has the most open sessions allowed (`websocket.max_sessions_per_user`).
     pub const TOO_MANY_SESSIONS: u16 = 4029;
@@ -168,10 +169,12 @@ async fn guarded(
     }
 }
 
-/// The close for a session the hub marked: revoked, or overflowed.
+/// The close for a session the hub marked: revoked, resynced, or overflowed.
 fn close_code_of(handle: &SessionHandle) -> (u16, &'static str) {
     if handle.is_revoked() {
         (close::REVOKED, "access revoked")
+    } else if handle.missed_events() {
+        (close::RESYNC, "events may have been missed; resume")
     } else {
         (close::RESYNC, "outbound queue overflow; resume")
     }

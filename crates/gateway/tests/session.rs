@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 use confab_domain::model::NewUser;
-use confab_domain::{ChannelId, Limits, UserId};
+use confab_domain::ports::Origin;
+use confab_domain::{ChannelId, Event, Limits, UserId};
 use confab_gateway::{GatewayConfig, Hub, session};
 use confab_service::{Actor, Confab, NewGroup, ServiceConfig};
 use futures_util::{Sink, Stream};
@@ -50,8 +51,8 @@ impl Sink<Message> for MemSocket {
     }
 }
 
-/// A service on a temporary store with alice and bob in group `g`, and the hub.
-async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>) {
+/// A service on a temporary store with alice and bob in group `g`, the hub, and the bus under them.
+async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>, Arc<confab_bus::LocalBus>) {
     let bus = Arc::new(confab_bus::LocalBus::default());
     let store = confab_store_sqlite::SqliteStore::open(
         confab_store_sqlite::SqliteConfig::new(dir.path().join("t.db")),
@@ -66,7 +67,7 @@ async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>) {
         session_ttl: None,
         moderation: Default::default(),
     };
-    let service = Confab::new(Arc::new(store), bus, "a-master-token-for-tests-0123456789", cfg).unwrap();
+    let service = Confab::new(Arc::new(store), bus.clone(), "a-master-token-for-tests-0123456789", cfg).unwrap();
     for id in ["alice", "bob"] {
         let user = NewUser {
             id: UserId::parse(id).unwrap(),
@@ -88,14 +89,14 @@ async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>) {
     };
     service.create_group(&Actor::Admin, group).await.unwrap();
     let hub = Hub::start(service.clone(), GatewayConfig::default());
-    (service, hub)
+    (service, hub, bus)
 }
 
 /// Runs alice's session over `frames` (the client closes after them once the final ping's pong is in) and
 /// returns the text frames it wrote.
 async fn session_of(frames: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
-    let (service, hub) = setup(&dir).await;
+    let (service, hub, _bus) = setup(&dir).await;
     let token = service
         .issue_session(&Actor::Admin, &UserId::parse("alice").unwrap())
         .await
@@ -170,4 +171,69 @@ async fn a_malformed_frame_is_answered_in_its_turn() {
         "{seen:?}"
     );
     assert_eq!(seen[0]["type"], "welcome");
+}
+
+/// Waits for the next text frame of the given type, skipping others.
+async fn next_of_type(from_server: &mut mpsc::UnboundedReceiver<Message>, kind: &str) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), from_server.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the session is open");
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+/// When the bus says events from other nodes may have been lost, every session of the node closes with
+/// 4008 (resync) — the slow consumer's code — so each client resumes from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_resync_closes_every_session_with_4008() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, hub, bus) = setup(&dir).await;
+    let mut clients = Vec::new();
+    for user in ["alice", "alice", "bob"] {
+        let token = service
+            .issue_session(&Actor::Admin, &UserId::parse(user).unwrap())
+            .await
+            .unwrap()
+            .token;
+        let grant = service.session_grant(&token).await.unwrap();
+        let (to_server, incoming) = mpsc::unbounded_channel();
+        let (out, mut from_server) = mpsc::unbounded_channel();
+        to_server.send(Message::Text(r#"{"type":"hello"}"#.into())).unwrap();
+        let task = tokio::spawn(session::run(
+            hub.clone(),
+            grant,
+            MemSocket { incoming, out },
+            CancellationToken::new(),
+        ));
+        next_of_type(&mut from_server, "welcome").await;
+        clients.push((to_server, from_server, task));
+    }
+    assert_eq!(hub.session_count(), 3);
+    bus.publish_from(Origin::Remote, vec![Event::Resync]).await;
+    for (_to_server, mut from_server, task) in clients {
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(10), from_server.recv())
+                .await
+                .expect("the session closes in time")
+            {
+                Some(Message::Close(frame)) => break frame.expect("a close code"),
+                Some(_) => continue,
+                None => panic!("the session ended without a close frame"),
+            }
+        };
+        assert_eq!(close.code, session::close::RESYNC);
+        assert_eq!(close.reason.as_str(), "events may have been missed; resume");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(hub.session_count(), 0);
 }

@@ -155,6 +155,11 @@ mod tests {
             message: message(None),
         };
         assert_eq!(event_type(ChangeCause::Other, &triggered), Some("bot.triggered"));
+        // The bus's own signal is never an application event, whatever an endpoint takes.
+        assert_eq!(event_type(ChangeCause::Other, &Event::Resync), None);
+        let r = EventRecorder::default();
+        r.set_interest([&EventFilter::parse(vec!["*".into()]).unwrap()]);
+        assert!(r.record(ChangeCause::Other, &Event::Resync).is_none());
     }
 
     fn message_of(ev: &Event) -> &Arc<Message> {

@@ -193,9 +193,10 @@ impl Relay {
         }
         store.set_change_recorder(recorder);
 
+        // Any origin: an event committed on another node also means new rows in the shared outbox.
         let mut doorbell = bus
             .subscribe_with(Subscription {
-                interest: |e| {
+                interest: |e, _| {
                     matches!(
                         e,
                         Event::MessageCreated(_)

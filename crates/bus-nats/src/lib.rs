@@ -1,0 +1,694 @@
+//! The NATS `EventBus`: several Confab nodes, sharing one store, exchange their events over NATS core
+//! subjects. Only this crate knows NATS.
+//!
+//! # How events travel
+//! A [`NatsBus`] holds a [`LocalBus`] for its own node's subscribers. [`EventBus::publish`] first hands the
+//! events to it as [`Origin::Local`] (in-node delivery exactly as with the in-process bus: same queues,
+//! backpressure and ephemeral drops), then queues each event, serialized once (JSON), for NATS, with a
+//! `Confab-Node` header naming the node. A reader task receives the other nodes' events, skips its own node's
+//! messages by that header, and hands each to the local bus as [`Origin::Remote`]. Subjects:
+//! `{prefix}.ch.{hex of the channel id}` for an event of a channel ([`Event::channel_id`]; the hex keeps ids
+//! with `.`, `*` or `>` one subject token), `{prefix}.all` for events of no channel (users, presence, bots,
+//! session revocations). Each node subscribes to `{prefix}.>`: every event (see [`Subjects::interest`]).
+//!
+//! # Ordering
+//! NATS keeps one publisher's order per subscription, and each node publishes from one task in publish
+//! order, so one node's events reach every other node in the order that node published them (its store
+//! publishes in commit order). Events of different nodes are not ordered against each other: a channel's
+//! `message.new` may arrive out of `seq` order when two nodes write to it. The store is the source of truth:
+//! sessions drop duplicates by `seq` and fill gaps from the store.
+//!
+//! # Lost events
+//! NATS core delivers at most once. Events from other nodes may be missed when this node's connection drops
+//! (until it is back), or when the client drops messages because this node fell behind (a slow consumer). In
+//! both cases the bus publishes [`Event::Resync`] to its node's subscribers (as `Remote`); the gateway closes
+//! every session with `4008`, and each client resumes from the store. After a reconnect, the resync is raised
+//! only once the subscription is in place again (a probe message of this node has come back through it), so a
+//! client that resumes at once misses nothing that follows. Events *this* node published around a lost
+//! connection (written to a dead socket) or could not queue (NATS unreachable for long: the queue is bounded,
+//! [`OUTBOUND_CAPACITY`]) may have been lost for the other nodes too: once connected again, the node sends
+//! them an `Event::Resync` on `{prefix}.all`, which they raise locally. Publishing never waits for NATS: a
+//! store's writer is never held up by the broker.
+//!
+//! Metrics: `confab_bus_nats_published_total`, `confab_bus_nats_received_total`,
+//! `confab_bus_nats_undecodable_total`, `confab_bus_nats_dropped_total` (not queued or not accepted by the
+//! client), `confab_bus_resyncs_total` (resyncs raised on this node, its own or asked by another node).
+//!
+//! Nodes of different versions: an event a node cannot decode (a variant it does not know) is counted as
+//! undecodable, logged and skipped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, Message, ServerAddr, Subscriber};
+use async_trait::async_trait;
+use bytes::Bytes;
+use confab_bus::LocalBus;
+use confab_domain::ports::{EventBus, EventStream, Origin, Subscription};
+use confab_domain::{ChannelId, Event};
+use futures_util::stream::SelectAll;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[cfg(test)]
+mod tests;
+
+/// Events queued for NATS at most; beyond, an event is dropped (and the other nodes told to resync). An
+/// ephemeral event is queued only while more than half the queue is free.
+pub const OUTBOUND_CAPACITY: usize = 65_536;
+
+/// The header naming the node that published a message.
+const NODE_HEADER: &str = "Confab-Node";
+/// The header of a node's probe, which only its sender looks at (every other node skips it).
+const PROBE_HEADER: &str = "Confab-Probe";
+/// How often the reader checks the connection even without a client event (events can be dropped).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the client pings the server: a dead connection is noticed within about two periods.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long `close` lets the queued events go out before it stops the tasks anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages handed to the local bus in one call.
+const READ_BATCH: usize = 256;
+
+/// Where and as whom a node joins the others.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// `nats://host:port` (or `tls://`), several separated by commas; may carry `user:password@`, which is
+    /// never logged nor put in an error.
+    pub url: String,
+    /// The first token(s) of every subject: nodes of one deployment share it, deployments sharing a NATS
+    /// server do not. Default `confab`.
+    pub subject_prefix: String,
+    /// This node's name, unique among the nodes (a node ignores messages carrying its own id): printable
+    /// ASCII without spaces or `:`, at most 64 characters. [`NatsConfig::new`] makes a random one.
+    pub node_id: String,
+    /// The longest wait for the first connection (and its subscription) before `connect` fails.
+    pub connect_timeout: Duration,
+}
+
+impl NatsConfig {
+    pub const DEFAULT_PREFIX: &'static str = "confab";
+
+    /// A configuration for `url` with the default prefix, a random node id and a 5 s connect timeout.
+    pub fn new(url: impl Into<String>) -> NatsConfig {
+        NatsConfig {
+            url: url.into(),
+            subject_prefix: Self::DEFAULT_PREFIX.to_string(),
+            node_id: format!("node-{:016x}", rand::random::<u64>()),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn validate(&self) -> Result<(), NatsBusError> {
+        let id = &self.node_id;
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+            return Err(NatsBusError::Config(
+                "node_id must be 1 to 64 printable ASCII characters without spaces or ':'".into(),
+            ));
+        }
+        let prefix = &self.subject_prefix;
+        let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '*' | '>'));
+        if prefix.len() > 100 || !prefix.split('.').all(token_ok) {
+            return Err(NatsBusError::Config(format!(
+                "subject_prefix {prefix:?} is not a NATS subject prefix (dot-separated tokens of printable ASCII \
+                 without '*' or '>')"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> NatsConfig {
+        NatsConfig::new("nats://127.0.0.1:4222")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsBusError {
+    #[error("NATS bus configuration: {0}")]
+    Config(String),
+    /// The first connection failed. `addr` lists the servers as `host:port` (never credentials).
+    #[error("cannot connect to NATS at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("NATS at {addr} did not confirm this node's subscription: {reason}")]
+    Subscribe { addr: String, reason: String },
+}
+
+/// The subjects of a deployment (one prefix).
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Subjects {
+        Subjects {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Where an event is published: its channel's subject, or [`Subjects::all`] for an event of no channel.
+    pub fn of(&self, event: &Event) -> String {
+        match event.channel_id() {
+            Some(c) => self.channel(c),
+            None => self.all(),
+        }
+    }
+
+    /// `{prefix}.ch.{token}`: the token is the channel id in lowercase hex, a single subject token whatever
+    /// the id holds.
+    pub fn channel(&self, channel: &ChannelId) -> String {
+        format!("{}.ch.{}", self.prefix, hex::encode(channel.as_str()))
+    }
+
+    /// `{prefix}.all`: events of no channel (users, presence, bots, session revocations, resync notices).
+    pub fn all(&self) -> String {
+        format!("{}.all", self.prefix)
+    }
+
+    /// `{prefix}.node.{hex of the node id}`: a node's probes (see the crate documentation).
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}.node.{}", self.prefix, hex::encode(node_id))
+    }
+
+    /// What a node subscribes to. Today every node takes every event (`{prefix}.>`). The reader takes a set of
+    /// subscriptions, so a later change can narrow this to [`Subjects::all`], this node's [`Subjects::node`]
+    /// and the [`Subjects::channel`] of each channel the node has sessions in (subscribing when the first of
+    /// its sessions opens, before that session reads its backlog), without touching the subjects events are
+    /// published on.
+    pub fn interest(&self) -> Vec<String> {
+        vec![format!("{}.>", self.prefix)]
+    }
+}
+
+/// Counts since the bus started (also exported as metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatsBusStats {
+    /// Events handed to the NATS client.
+    pub published: u64,
+    /// Messages from other nodes (probes aside), decodable or not.
+    pub received: u64,
+    /// Messages from other nodes that were not an event.
+    pub undecodable: u64,
+    /// Events not sent: the outbound queue was full, or the client refused them (too large).
+    pub dropped: u64,
+    /// `Event::Resync` raised on this node.
+    pub resyncs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    undecodable: AtomicU64,
+    dropped: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+/// What the client's event callback, the publisher and the reader share.
+#[derive(Default)]
+struct Shared {
+    /// The connection is down (for logging once per loss).
+    down: AtomicBool,
+    /// The client dropped messages of a subscription.
+    slow: AtomicBool,
+    /// Wakes the reader to look at the connection.
+    signal: Notify,
+    /// Wakes the publisher to tell the other nodes to resync.
+    announce: Notify,
+    /// Outbound events were dropped since the last announcement (for logging once).
+    losing: AtomicBool,
+    counters: Counters,
+}
+
+impl Shared {
+    fn on_client_event(&self, event: async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => {
+                if !self.down.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("NATS connection lost; reconnecting (events from other nodes may be missed)");
+                }
+            }
+            async_nats::Event::Connected => {
+                if self.down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("NATS connection back");
+                }
+                self.signal.notify_one();
+            }
+            async_nats::Event::SlowConsumer(_) => {
+                if !self.slow.swap(true, Ordering::AcqRel) {
+                    self.signal.notify_one();
+                }
+            }
+            async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+            async_nats::Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+            async_nats::Event::LameDuckMode => tracing::info!("NATS server entering lame duck mode"),
+            async_nats::Event::Draining | async_nats::Event::Closed => {}
+        }
+    }
+
+    /// An event of this node could not go out: the other nodes will be told to resync.
+    fn lost_outbound(&self, why: &str) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("confab_bus_nats_dropped_total").increment(1);
+        if !self.losing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                reason = why,
+                "events of this node not sent to NATS; the other nodes will resync"
+            );
+        }
+        self.announce.notify_one();
+    }
+
+    fn count_resync(&self) {
+        self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("confab_bus_resyncs_total").increment(1);
+    }
+}
+
+/// One event ready for NATS.
+struct Outbound {
+    subject: String,
+    payload: Bytes,
+}
+
+/// The `EventBus` of a node among several (see the crate documentation).
+pub struct NatsBus {
+    local: Arc<LocalBus>,
+    client: Client,
+    subjects: Subjects,
+    node_id: Arc<str>,
+    outbound: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl NatsBus {
+    /// Connects with a local bus of the default capacity; see [`NatsBus::connect_with`].
+    pub async fn connect(config: NatsConfig) -> Result<NatsBus, NatsBusError> {
+        NatsBus::connect_with(config, LocalBus::default()).await
+    }
+
+    /// Connects to NATS, subscribes, and returns once the subscription is in place (a probe of this node came
+    /// back through it), so every event another node publishes from then on reaches `local`'s subscribers.
+    /// Fails when NATS cannot be reached within `connect_timeout`; later losses of the connection are
+    /// retried forever (and end in a resync).
+    pub async fn connect_with(config: NatsConfig, local: LocalBus) -> Result<NatsBus, NatsBusError> {
+        config.validate()?;
+        let servers: Vec<ServerAddr> = config
+            .url
+            .split(',')
+            .map(|u| u.trim().parse::<ServerAddr>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| NatsBusError::Config(format!("url: {e}")))?;
+        if servers.is_empty() {
+            return Err(NatsBusError::Config("url names no server".into()));
+        }
+        let addr = servers
+            .iter()
+            .map(|s| format!("{}:{}", s.host(), s.port()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let shared = Arc::new(Shared::default());
+        let events = shared.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("confab {}", config.node_id))
+            .connection_timeout(config.connect_timeout)
+            .ping_interval(PING_INTERVAL)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                events.on_client_event(event);
+                std::future::ready(())
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| NatsBusError::Unreachable {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let subjects = Subjects::new(&config.subject_prefix);
+        let mut subscriptions = SelectAll::new();
+        for subject in subjects.interest() {
+            let sub = client.subscribe(subject).await.map_err(|e| NatsBusError::Subscribe {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+            subscriptions.push(sub);
+        }
+
+        let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+        let local = Arc::new(local);
+        let stop = CancellationToken::new();
+        let (ready_tx, ready) = oneshot::channel();
+        let reader = Reader {
+            local: local.clone(),
+            client: client.clone(),
+            shared: shared.clone(),
+            node_id: node_id.clone(),
+            probe_subject: subjects.node(&node_id),
+            connects_seen: client.statistics().connects.load(Ordering::Relaxed),
+            next_nonce: 0,
+            fence: None,
+        };
+        let reader = tokio::spawn(reader.run(subscriptions, ready_tx, stop.clone()));
+        let (outbound, queue) = mpsc::channel(OUTBOUND_CAPACITY);
+        let publisher = Publisher {
+            client: client.clone(),
+            shared: shared.clone(),
+            headers: node_headers(&node_id),
+            all_subject: subjects.all(),
+        };
+        let publisher = tokio::spawn(publisher.run(queue, stop.clone()));
+        let bus = NatsBus {
+            local,
+            client,
+            subjects,
+            node_id,
+            outbound,
+            shared,
+            closed: AtomicBool::new(false),
+            stop,
+            tasks: Mutex::new(vec![reader, publisher]),
+        };
+        match tokio::time::timeout(config.connect_timeout, ready).await {
+            Ok(Ok(())) => Ok(bus),
+            Ok(Err(_)) => Err(NatsBusError::Subscribe {
+                addr,
+                reason: "the connection closed".into(),
+            }),
+            Err(_) => Err(NatsBusError::Subscribe {
+                addr,
+                reason: format!("no answer within {:?}", config.connect_timeout),
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn stats(&self) -> NatsBusStats {
+        let c = &self.shared.counters;
+        NatsBusStats {
+            published: c.published.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking events for NATS, lets the queued ones go out (for up to a few seconds), and stops the
+    /// tasks. Publishing afterwards delivers to this node only. Dropping the bus stops the tasks at once.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for mut task in tasks {
+            if tokio::time::timeout(CLOSE_TIMEOUT, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.flush()).await;
+    }
+
+    /// The event serialized for NATS, or `None` (counted, and the other nodes told) if it cannot be.
+    fn encode(&self, event: &Event) -> Option<Outbound> {
+        match serde_json::to_vec(event) {
+            Ok(payload) => Some(Outbound {
+                subject: self.subjects.of(event),
+                payload: Bytes::from(payload),
+            }),
+            Err(e) => {
+                tracing::error!(event = event.name(), error = %e, "cannot serialize an event for NATS");
+                self.shared.lost_outbound("serialization failed");
+                None
+            }
+        }
+    }
+
+    /// Queues one event for NATS without waiting.
+    fn enqueue(&self, ephemeral: bool, out: Outbound) {
+        // Like the local bus: typing and deltas never take the room durable events need.
+        if ephemeral && self.outbound.capacity() <= OUTBOUND_CAPACITY / 2 {
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("confab_bus_nats_dropped_total").increment(1);
+            return;
+        }
+        match self.outbound.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) if ephemeral => {
+                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("confab_bus_nats_dropped_total").increment(1);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.shared.lost_outbound("outbound queue full"),
+            Err(mpsc::error::TrySendError::Closed(_)) => {} // closing
+        }
+    }
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for task in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let outbound: Vec<(bool, Outbound)> = if self.closed.load(Ordering::Acquire) {
+            Vec::new()
+        } else {
+            events
+                .iter()
+                .filter_map(|e| self.encode(e).map(|o| (e.is_ephemeral(), o)))
+                .collect()
+        };
+        self.local.publish_from(Origin::Local, events).await;
+        for (ephemeral, out) in outbound {
+            self.enqueue(ephemeral, out);
+        }
+    }
+
+    fn subscribe(&self) -> Box<dyn EventStream> {
+        self.local.subscribe()
+    }
+
+    fn subscribe_with(&self, sub: Subscription) -> Vec<Box<dyn EventStream>> {
+        self.local.subscribe_with(sub)
+    }
+}
+
+fn node_headers(node_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NODE_HEADER, node_id);
+    headers
+}
+
+/// Sends this node's events, in queue order, and the resync notices for the other nodes.
+struct Publisher {
+    client: Client,
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    all_subject: String,
+}
+
+impl Publisher {
+    async fn run(self, mut queue: mpsc::Receiver<Outbound>, stop: CancellationToken) {
+        let notice = Bytes::from(serde_json::to_vec(&Event::Resync).expect("a unit variant serializes"));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shared.announce.notified() => {
+                    self.shared.losing.store(false, Ordering::Release);
+                    tracing::info!("asking the other nodes to resync");
+                    // A notice that fails is not announced again (that would loop): the next loss asks again.
+                    if let Err(e) = self.send(self.all_subject.clone(), notice.clone()).await {
+                        tracing::warn!(error = %e, "NATS refused the resync notice");
+                    }
+                }
+                out = queue.recv() => match out {
+                    Some(out) => {
+                        if let Err(e) = self.send(out.subject, out.payload).await {
+                            tracing::warn!(error = %e, "NATS refused an event");
+                            self.shared.lost_outbound("refused by the client");
+                        }
+                    }
+                    None => break,
+                },
+                // After the queue: what was queued before `close` still goes out.
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+
+    async fn send(&self, subject: String, payload: Bytes) -> Result<(), async_nats::PublishError> {
+        self.client
+            .publish_with_headers(subject, self.headers.clone(), payload)
+            .await?;
+        self.shared.counters.published.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("confab_bus_nats_published_total").increment(1);
+        Ok(())
+    }
+}
+
+/// A probe this node waits for: when it comes back through the subscription, everything published after it
+/// reaches this node.
+struct Fence {
+    nonce: String,
+    /// Told when the first fence passes (`connect` is waiting).
+    ready: Option<oneshot::Sender<()>>,
+    /// Raise a resync when it passes (set after a reconnect).
+    resync: bool,
+}
+
+/// Receives the other nodes' events and watches the connection.
+struct Reader {
+    local: Arc<LocalBus>,
+    client: Client,
+    shared: Arc<Shared>,
+    node_id: Arc<str>,
+    probe_subject: String,
+    /// The client's count of established connections when last looked at.
+    connects_seen: u64,
+    next_nonce: u64,
+    fence: Option<Fence>,
+}
+
+impl Reader {
+    async fn run(mut self, mut subs: SelectAll<Subscriber>, ready: oneshot::Sender<()>, stop: CancellationToken) {
+        self.raise_fence(Some(ready), false).await;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = self.shared.signal.notified() => self.check_connection().await,
+                _ = check.tick() => self.check_connection().await,
+                msg = subs.next() => {
+                    let Some(msg) = msg else { break };
+                    batch.push(msg);
+                    while batch.len() < READ_BATCH {
+                        match subs.next().now_or_never() {
+                            Some(Some(msg)) => batch.push(msg),
+                            _ => break,
+                        }
+                    }
+                    self.deliver(&mut batch).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes a probe of this node and waits for it (without blocking the reader).
+    async fn raise_fence(&mut self, ready: Option<oneshot::Sender<()>>, resync: bool) {
+        self.next_nonce += 1;
+        let nonce = self.next_nonce.to_string();
+        let mut headers = node_headers(&self.node_id);
+        headers.insert(PROBE_HEADER, nonce.as_str());
+        if let Err(e) = self
+            .client
+            .publish_with_headers(self.probe_subject.clone(), headers, Bytes::new())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish this node's probe to NATS");
+        }
+        self.fence = Some(Fence { nonce, ready, resync });
+    }
+
+    /// After a reconnect, waits for the subscription to be back before raising a resync; after dropped
+    /// messages, raises one at once.
+    async fn check_connection(&mut self) {
+        let connects = self.client.statistics().connects.load(Ordering::Relaxed);
+        if connects != self.connects_seen {
+            self.connects_seen = connects;
+            let ready = self.fence.take().and_then(|f| f.ready);
+            self.raise_fence(ready, true).await;
+        }
+        if self.shared.slow.swap(false, Ordering::AcqRel) {
+            tracing::warn!("this node fell behind and NATS messages were dropped: every session resyncs");
+            self.shared.count_resync();
+            self.local.publish_from(Origin::Remote, vec![Event::Resync]).await;
+        }
+    }
+
+    /// Hands a batch of messages to the local bus, in order, as remote events.
+    async fn deliver(&mut self, batch: &mut Vec<Message>) {
+        let mut events = Vec::with_capacity(batch.len());
+        let (mut received, mut undecodable) = (0u64, 0u64);
+        for msg in batch.drain(..) {
+            let headers = msg.headers.as_ref();
+            let from = headers.and_then(|h| h.get(NODE_HEADER)).map(|v| v.as_str());
+            let probe = headers.and_then(|h| h.get(PROBE_HEADER)).map(|v| v.as_str());
+            if from == Some(&*self.node_id) {
+                // This node's own message: only its awaited probe means something.
+                if let (Some(nonce), Some(fence)) = (probe, &self.fence)
+                    && nonce == fence.nonce
+                {
+                    let fence = self.fence.take().expect("checked");
+                    if let Some(ready) = fence.ready {
+                        let _ = ready.send(());
+                    }
+                    if fence.resync {
+                        tracing::warn!("NATS subscription back: every session resyncs");
+                        self.shared.count_resync();
+                        events.push(Event::Resync);
+                        // What this node published while the connection was failing may be lost too.
+                        self.shared.announce.notify_one();
+                    }
+                }
+                continue;
+            }
+            if probe.is_some() {
+                continue; // another node's probe
+            }
+            received += 1;
+            match serde_json::from_slice::<Event>(&msg.payload) {
+                Ok(event) => {
+                    if matches!(event, Event::Resync) {
+                        tracing::warn!(from = from.unwrap_or("?"), "another node asks for a resync");
+                        self.shared.count_resync();
+                    }
+                    events.push(event);
+                }
+                Err(e) => {
+                    undecodable += 1;
+                    tracing::warn!(
+                        subject = %msg.subject,
+                        from = from.unwrap_or("?"),
+                        error = %e,
+                        "undecodable NATS message skipped"
+                    );
+                }
+            }
+        }
+        let c = &self.shared.counters;
+        if received > 0 {
+            c.received.fetch_add(received, Ordering::Relaxed);
+            metrics::counter!("confab_bus_nats_received_total").increment(received);
+        }
+        if undecodable > 0 {
+            c.undecodable.fetch_add(undecodable, Ordering::Relaxed);
+            metrics::counter!("confab_bus_nats_undecodable_total").increment(undecodable);
+        }
+        self.local.publish_from(Origin::Remote, events).await;
+    }
+}
