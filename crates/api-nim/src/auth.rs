@@ -148,8 +148,10 @@ impl Authenticator {
     }
 
     /// Refuses a verified request seen before within the window (same headers and `body`), else remembers
-    /// it. Only requests that proved the secret get here, so nobody else can fill the memory.
-    pub fn remember(&self, v: Verified, body: &[u8], now: i64) -> NimResult<()> {
+    /// it; returns the request's digest (hex) and the Unix second until which it must be remembered, for the
+    /// memory every node shares (`Confab::claim_once`). Only requests that proved the secret get here, so
+    /// nobody else can fill the memory.
+    pub fn remember(&self, v: Verified, body: &[u8], now: i64) -> NimResult<(String, i64)> {
         let mut key = v.key;
         feed(&mut key, body);
         let digest = key.finalize();
@@ -173,14 +175,15 @@ impl Authenticator {
             }
         }
         // Until its CurTime leaves the window: after that a replay fails as expired.
-        memory.seen.insert(id, v.cur_time + WINDOW_SECS);
-        Ok(())
+        let until = v.cur_time + WINDOW_SECS;
+        memory.seen.insert(id, until);
+        Ok((hex::encode(id), until))
     }
 
     /// [`Authenticator::verify`] then [`Authenticator::remember`].
     pub fn check(&self, h: &HeaderMap, body: &[u8], now: i64) -> NimResult<()> {
         let v = self.verify(h, now)?;
-        self.remember(v, body, now)
+        self.remember(v, body, now).map(|_| ())
     }
 }
 

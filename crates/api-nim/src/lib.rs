@@ -130,7 +130,19 @@ async fn handle(
     let now = now_secs();
     let verified = st.auth.verify(headers, now)?;
     let body = body.map_err(|e| NimError::param(format!("unreadable body: {}", e.body_text())))?;
-    st.auth.remember(verified, &body, now)?;
+    let (request, until) = st.auth.remember(verified, &body, now)?;
+    // The same request through another node: nodes share the memory through the store.
+    let first = st
+        .service
+        .claim_once("nim-request", &request, until.saturating_mul(1000))
+        .await
+        .map_err(|e| NimError::new(code::BUSY, format!("cannot check the request for a replay: {e}")))?;
+    if !first {
+        return Err(NimError::new(
+            code::REPEATED,
+            "repeated request: this Nonce, CurTime, CheckSum and body were already received",
+        ));
+    }
     let p = Params::parse(&body)?;
     match (module, action) {
         ("health", "liveness") => Ok(Ok200::empty()),

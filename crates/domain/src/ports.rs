@@ -216,6 +216,8 @@ pub trait Store: Send + Sync + 'static {
     async fn acquire_lease(&self, name: &str, holder: &str, now: Millis, until: Millis) -> DomainResult<bool>;
     /// Gives the lease up when `holder` holds it.
     async fn release_lease(&self, name: &str, holder: &str) -> DomainResult<()>;
+    /// Forgets the leases that expired before `before`; returns how many.
+    async fn prune_leases(&self, before: Millis) -> DomainResult<u64>;
 }
 
 /// A subscription to the event stream.

@@ -19,6 +19,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// This node among several sharing one PostgreSQL (`[cluster]`).
     pub cluster: ClusterConfig,
+    /// How events reach the other nodes (`[bus]`).
+    pub bus: BusConfig,
     pub limits: Limits,
     pub http: HttpConfig,
     pub websocket: WebSocketConfig,
@@ -491,6 +493,40 @@ impl Default for ClusterConfig {
     }
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `local` (the default: events stay in this process) or `nats` (several nodes exchange events through
+    /// the NATS server at `nats_url`; use with `[storage] backend = "postgres"`).
+    pub backend: BusBackend,
+    /// `nats://host:port`, several separated by commas; may carry `user:password@` (better given as
+    /// `CONFAB_BUS__NATS_URL`).
+    pub nats_url: String,
+    /// The first tokens of every subject: the nodes of one deployment share it.
+    pub subject_prefix: String,
+    /// The longest wait for NATS at start, retrying, before the start gives up.
+    pub start_timeout_secs: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            backend: BusBackend::Local,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "confab".into(),
+            start_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusBackend {
+    #[default]
+    Local,
+    Nats,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
@@ -582,6 +618,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./confab-data"),
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
+            bus: BusConfig::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             websocket: WebSocketConfig::default(),

@@ -42,8 +42,9 @@ fn check(id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Says this node is alive once now (before it serves), then every `heartbeat_secs`; and every few
-/// heartbeats ends the generating replies of nodes silent for `node_silent_after_secs`. Until `shutdown`.
+/// Says this node is alive once now (before it serves), then every `heartbeat_secs`, each time also ending
+/// the generating replies of nodes silent for `node_silent_after_secs` and forgetting expired leases (and
+/// claims). Until `shutdown`.
 pub async fn start_upkeep(store: DynStore, config: &ClusterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     store
         .heartbeat(now_millis())
@@ -62,6 +63,9 @@ pub async fn start_upkeep(store: DynStore, config: &ClusterConfig, shutdown: Can
             let now = now_millis();
             if let Err(e) = store.heartbeat(now).await {
                 tracing::warn!(error = %e, "cannot record this node's heartbeat");
+            }
+            if let Err(e) = store.prune_leases(now).await {
+                tracing::warn!(error = %e, "cannot forget expired leases");
             }
             match store.sweep_silent_nodes(now.saturating_sub(silent_after)).await {
                 Ok(0) => {}

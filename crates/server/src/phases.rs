@@ -10,7 +10,6 @@ use axum::Router;
 use axum::http::Request;
 use axum::routing::get;
 use confab_api_native::{AppState, HttpLimits};
-use confab_bus::LocalBus;
 use confab_domain::ports::{DynBus, DynStore};
 use confab_egress::EgressPolicy;
 use confab_gateway::Hub;
@@ -40,7 +39,7 @@ pub async fn open_storage(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let node_id = crate::node::resolve(&config.cluster, &config.data_dir)?;
-    let bus: DynBus = Arc::new(LocalBus::default());
+    let bus = crate::storage::open_bus(config, &node_id, shutdown).await?;
     let store = crate::storage::open_store(config, &node_id, bus.clone()).await?;
     let relay = confab_outbox::Relay::start(
         store.clone(),

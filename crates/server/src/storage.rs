@@ -1,15 +1,53 @@
-//! Opening the configured store: SQLite in the data dir (the default), or PostgreSQL (`[storage] backend =
-//! "postgres"`), whose start waits for the database, retrying, and says what it waits for.
+//! Opening the configured store and bus: SQLite in the data dir and the in-process bus (the default), or
+//! PostgreSQL (`[storage] backend = "postgres"`) and NATS (`[bus] backend = "nats"`), whose start waits for
+//! each, retrying, and says what it waits for.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use confab_bus::LocalBus;
+use confab_bus_nats::{NatsBus, NatsBusError, NatsConfig};
 use confab_domain::ports::{DynBus, DynStore};
 use confab_store_postgres::{PostgresConfig, PostgresError, PostgresStore};
 use confab_store_sqlite::{SqliteConfig, SqliteStore};
+use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::config::StorageBackend;
+use crate::config::{BusBackend, StorageBackend};
+
+/// The bus of this node: in-process, or NATS (closed, letting queued events out, at `shutdown`).
+pub async fn open_bus(config: &Config, node_id: &str, shutdown: &CancellationToken) -> anyhow::Result<DynBus> {
+    match config.bus.backend {
+        BusBackend::Local => Ok(Arc::new(LocalBus::default())),
+        BusBackend::Nats => {
+            let b = &config.bus;
+            let mut nats = NatsConfig::new(b.nats_url.clone());
+            nats.subject_prefix = b.subject_prefix.clone();
+            nats.node_id = node_id.to_string();
+            let start_timeout = Duration::from_secs(b.start_timeout_secs);
+            let bus = retrying("NATS", start_timeout, is_unreachable_nats, || {
+                NatsBus::connect(nats.clone())
+            })
+            .await?;
+            let bus = Arc::new(bus);
+            let closing = bus.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                closing.close().await;
+            });
+            Ok(bus)
+        }
+    }
+}
+
+fn is_unreachable_nats(e: &NatsBusError) -> bool {
+    matches!(e, NatsBusError::Unreachable { .. } | NatsBusError::Subscribe { .. })
+}
+
+fn is_unreachable_postgres(e: &PostgresError) -> bool {
+    matches!(e, PostgresError::Connect { .. })
+}
 
 /// Longest pause between two attempts to reach the database.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
@@ -26,7 +64,10 @@ pub async fn open_store(config: &Config, node_id: &str, bus: DynBus) -> anyhow::
             let mut pg = postgres_config(config)?;
             pg.node_id = node_id.to_string();
             let start_timeout = Duration::from_secs(config.storage.start_timeout_secs);
-            let store = retrying(start_timeout, || PostgresStore::connect(pg.clone(), bus.clone())).await?;
+            let store = retrying("PostgreSQL", start_timeout, is_unreachable_postgres, || {
+                PostgresStore::connect(pg.clone(), bus.clone())
+            })
+            .await?;
             Ok(Arc::new(store))
         }
     }
@@ -46,7 +87,10 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
         StorageBackend::Postgres => {
             let pg = postgres_config(config)?;
             let start_timeout = Duration::from_secs(config.storage.start_timeout_secs);
-            let applied = retrying(start_timeout, || confab_store_postgres::migrate(&pg)).await?;
+            let applied = retrying("PostgreSQL", start_timeout, is_unreachable_postgres, || {
+                confab_store_postgres::migrate(&pg)
+            })
+            .await?;
             Ok(format!("PostgreSQL schema up to date ({applied} migrations applied)"))
         }
     }
@@ -75,29 +119,35 @@ fn postgres_config(config: &Config) -> anyhow::Result<PostgresConfig> {
     Ok(c)
 }
 
-/// Runs `attempt` until it succeeds, fails for a reason waiting cannot fix, or `timeout` has passed; each
-/// failure to reach the server is logged with what it waits for.
-async fn retrying<T, F, Fut>(timeout: Duration, mut attempt: F) -> anyhow::Result<T>
+/// Runs `attempt` until it succeeds, fails for a reason waiting cannot fix (`unreachable` is false), or
+/// `timeout` has passed; each failure to reach `what` is logged as waiting for it.
+async fn retrying<T, E, F, Fut>(
+    what: &'static str,
+    timeout: Duration,
+    unreachable: fn(&E) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, PostgresError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let started = Instant::now();
     let mut pause = Duration::from_millis(200);
     loop {
         match attempt().await {
             Ok(v) => return Ok(v),
-            Err(e @ PostgresError::Connect { .. }) if started.elapsed() + pause < timeout => {
+            Err(e) if unreachable(&e) && started.elapsed() + pause < timeout => {
                 tracing::warn!(
                     error = %e,
                     waited_secs = started.elapsed().as_secs(),
                     gives_up_after_secs = timeout.as_secs(),
-                    "waiting for PostgreSQL"
+                    "waiting for {what}"
                 );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }
-            Err(e) => return Err(anyhow::anyhow!("opening storage: {e}")),
+            Err(e) => return Err(anyhow::anyhow!("opening {what}: {e}")),
         }
     }
 }
@@ -110,15 +160,20 @@ mod tests {
     async fn an_unreachable_database_is_retried_until_the_start_timeout_then_named() {
         let mut attempts = 0;
         let started = Instant::now();
-        let err = retrying(Duration::from_millis(700), || {
-            attempts += 1;
-            async {
-                Err::<(), _>(PostgresError::Connect {
-                    target: "db.example:5432".into(),
-                    reason: "connection refused".into(),
-                })
-            }
-        })
+        let err = retrying(
+            "PostgreSQL",
+            Duration::from_millis(700),
+            is_unreachable_postgres,
+            || {
+                attempts += 1;
+                async {
+                    Err::<(), _>(PostgresError::Connect {
+                        target: "db.example:5432".into(),
+                        reason: "connection refused".into(),
+                    })
+                }
+            },
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -133,7 +188,7 @@ mod tests {
     #[tokio::test]
     async fn errors_that_waiting_cannot_fix_fail_at_once() {
         let mut attempts = 0;
-        let err = retrying(Duration::from_secs(60), || {
+        let err = retrying("PostgreSQL", Duration::from_secs(60), is_unreachable_postgres, || {
             attempts += 1;
             async { Err::<(), _>(PostgresError::Url("no scheme".into())) }
         })

@@ -53,7 +53,7 @@ impl ConfabBuilder {
             .map_err(|e| DomainError::invalid("moderation", e.to_string()))?;
         let per_sec = NonZeroU32::new(cfg.limits.user_send_per_sec.max(1)).expect("max(1)");
         let burst = NonZeroU32::new(cfg.limits.user_send_burst.max(1)).expect("max(1)");
-        Ok(Arc::new(Confab {
+        let service = Arc::new(Confab {
             store: self.store,
             bus: self.bus,
             master: self.master,
@@ -72,7 +72,9 @@ impl ConfabBuilder {
             webhook_endpoints: self.webhook_endpoints,
             send_hooks: self.send_hooks,
             cfg,
-        }))
+        });
+        service.follow_invalidations();
+        Ok(service)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bots;
 mod builder;
 pub mod files;
+mod invalidation;
 pub mod moderation;
 pub mod presence;
 pub mod replies;

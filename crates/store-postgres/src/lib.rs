@@ -739,6 +739,13 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn prune_leases(&self, before: Millis) -> DomainResult<u64> {
+        match self.write(Op::PruneLeases(before)).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> DomainResult<()> {
         self.write(Op::ReleaseLease(name.to_string(), holder.to_string()))
             .await

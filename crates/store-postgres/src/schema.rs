@@ -102,6 +102,7 @@ CREATE TABLE leases (
     holder  TEXT NOT NULL,
     until   BIGINT NOT NULL
 );
+CREATE INDEX leases_by_expiry ON leases (until);
 -- The nodes of the cluster and when each last said it was alive.
 CREATE TABLE nodes (
     node_id       TEXT COLLATE "C" PRIMARY KEY,

@@ -93,6 +93,7 @@ pub(crate) enum Op {
     /// (name, holder, now, until): takes or renews a lease; `Count(1)` when held afterwards.
     AcquireLease(String, String, Millis, Millis),
     ReleaseLease(String, String),
+    PruneLeases(Millis),
     PutDeadLetter(DeadLetter),
     DeleteDeadLetters(String, Option<u64>),
     /// Changes nothing, but goes through the queue, the write lock, a savepoint and a commit as any write

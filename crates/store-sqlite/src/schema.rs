@@ -206,6 +206,7 @@ CREATE TABLE leases (
     holder  TEXT NOT NULL,
     until   INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX leases_by_expiry ON leases(until);
 "#,
 ];
 

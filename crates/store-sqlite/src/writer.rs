@@ -74,6 +74,7 @@ pub enum Op {
     /// (name, holder, now, until): takes or renews a lease; `Count(1)` when held afterwards.
     AcquireLease(String, String, Millis, Millis),
     ReleaseLease(String, String),
+    PruneLeases(Millis),
     DeleteDeadLetters(String, Option<u64>),
     /// Changes nothing, but takes the write lock as any write does: a health probe's round trip through the
     /// queue, a savepoint and a commit.
@@ -429,6 +430,13 @@ fn apply(conn: &Connection, op: Op, events: &mut Vec<Event>) -> DomainResult<Out
                      WHERE leases.holder = excluded.holder OR leases.until < ?3",
                 )
                 .and_then(|mut s| s.execute(params![name, holder, now, until]))
+                .map_err(db_err)?;
+            Ok(Outcome::Count(n as u64))
+        }
+        Op::PruneLeases(before) => {
+            let n = conn
+                .prepare_cached("DELETE FROM leases WHERE until < ?1")
+                .and_then(|mut s| s.execute([before]))
                 .map_err(db_err)?;
             Ok(Outcome::Count(n as u64))
         }

@@ -5,6 +5,7 @@ mod bot_limits;
 mod bot_triggers;
 mod bots;
 mod builtin;
+mod cluster;
 mod compat_webhooks;
 mod durability;
 mod edits;

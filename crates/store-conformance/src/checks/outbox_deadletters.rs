@@ -352,7 +352,7 @@ pub async fn dead_letters_are_kept_per_endpoint_and_event<B: Backend>(b: B) {
 
 /// A lease has one holder: another is refused while it lasts, the holder renews it (later expiry), anyone
 /// takes it once it expired or was released; leases are independent by name; releasing another's lease
-/// changes nothing.
+/// changes nothing; pruning forgets expired leases only.
 pub async fn leases_have_one_holder_until_they_expire<B: Backend>(b: B) {
     let env = open(b).await;
     let s = &env.store;
@@ -394,4 +394,12 @@ pub async fn leases_have_one_holder_until_they_expire<B: Backend>(b: B) {
         won += usize::from(c.await.unwrap());
     }
     assert_eq!(won, 1, "one of concurrent contenders holds the lease");
+
+    // Pruning forgets expired leases only: a pruned name is free, a live one is still held.
+    assert_eq!(s.prune_leases(1_500).await.unwrap(), 2, "relay:a and relay:b expired");
+    assert!(
+        !s.acquire_lease("relay:c", "someone", 1_600, 2_600).await.unwrap(),
+        "relay:c lives on"
+    );
+    assert!(s.acquire_lease("relay:b", "n3", 1_600, 2_600).await.unwrap());
 }

@@ -200,6 +200,10 @@ pub(super) async fn apply(tx: &Transaction<'_>, op: &Op, node: &str, events: &mu
             .await?;
             Ok(Outcome::Count(n))
         }
+        Op::PruneLeases(before) => {
+            let n = exec(tx, "DELETE FROM leases WHERE until < $1", &[before]).await?;
+            Ok(Outcome::Count(n))
+        }
         Op::ReleaseLease(name, holder) => {
             exec(
                 tx,
