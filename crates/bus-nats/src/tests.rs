@@ -383,20 +383,43 @@ async fn a_lost_connection_ends_in_a_resync_once_the_subscription_is_back() {
         matches!(next(&mut b_all).await, Event::Resync),
         "B's subscribers are told to resync"
     );
-    assert_eq!(b.stats().resyncs, 1);
-    // Events flow again once the resync is raised.
+    assert!(b.stats().resyncs >= 1);
+    // Events flow again once the resync is raised (a loaded machine may add a resync for a slow consumer:
+    // one more is harmless, a missing one is not).
     a.publish(vec![ev(3)]).await;
-    assert_eq!(tag(&next(&mut b_all).await), "u3");
+    assert_eq!(
+        tags_until(&mut b_all, "u3").await.last().map(String::as_str),
+        Some("u3")
+    );
     // A resync stands for remote events: a subscriber of local events only never sees it.
     b.publish(vec![ev(4)]).await;
     assert_eq!(tag(&next(&mut b_local).await), "u4");
     // B also asked A to resync, since what B sent while cut off may be lost: A gets that before B's event.
-    assert_eq!(tag(&next(&mut a_all).await), "u1");
-    assert_eq!(tag(&next(&mut a_all).await), "u2");
-    assert_eq!(tag(&next(&mut a_all).await), "u3");
-    assert!(matches!(next(&mut a_all).await, Event::Resync));
-    assert_eq!(tag(&next(&mut a_all).await), "u4");
-    assert_eq!(a.stats().resyncs, 1);
+    let seen = tags_until(&mut a_all, "u4").await;
+    let events: Vec<&str> = seen.iter().map(String::as_str).filter(|t| *t != "bus.resync").collect();
+    assert_eq!(events, ["u1", "u2", "u3", "u4"], "{seen:?}");
+    let resync_before_u4 = seen
+        .iter()
+        .position(|t| t == "bus.resync")
+        .expect("A was asked to resync");
+    assert!(
+        resync_before_u4 > seen.iter().position(|t| t == "u3").unwrap(),
+        "{seen:?}"
+    );
+    assert!(a.stats().resyncs >= 1);
+}
+
+/// Tags of the next events, up to and including `last`.
+async fn tags_until(events: &mut Box<dyn EventStream>, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let t = tag(&next(events).await);
+        let done = t == last;
+        seen.push(t);
+        if done {
+            return seen;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
