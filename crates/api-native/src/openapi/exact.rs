@@ -358,6 +358,11 @@ fn query_params(paths: &mut Value) {
         ("/api/v1/channels/{channel_id}/messages", "before", seq.clone()),
         ("/api/v1/channels/{channel_id}/messages", "after", seq.clone()),
         ("/api/v1/messages/{message_id}/replies", "after", message_id.clone()),
+        (
+            "/api/v1/webhooks/endpoints/{endpoint_id}/dead_letters",
+            "after",
+            seq.clone(),
+        ),
         ("/api/v1/moderation/flags", "state", flag_state),
         ("/api/v1/moderation/flags", "channel_id", channel_id()),
         ("/api/v1/moderation/flags", "after", message_id),
@@ -374,7 +379,13 @@ fn query_params(paths: &mut Value) {
         .filter_map(Value::as_object_mut)
         .flat_map(|item| item.values_mut())
     {
-        for p in op["parameters"].as_array_mut().into_iter().flatten() {
+        // `get_mut`: indexing would add `"parameters": null` to every operation without parameters.
+        for p in op
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if p["in"] == "query" && p["name"] == "limit" {
                 p["schema"] = page_size.clone();
             }

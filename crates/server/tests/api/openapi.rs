@@ -144,6 +144,17 @@ async fn every_operation_names_its_auth_and_its_errors() {
                 "{method} {path}: 401 iff authenticated"
             );
             assert!(op["operationId"].is_string(), "{method} {path}: no operationId");
+            if let Some(params) = op.get("parameters") {
+                let params = params
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{method} {path}: parameters is {params}, not a list"));
+                for p in params {
+                    assert!(
+                        p["in"] == "path" || p["in"] == "query",
+                        "{method} {path}: parameter {p} is neither in the path nor the query"
+                    );
+                }
+            }
             for (status, r) in responses {
                 if status.starts_with('4') {
                     assert_eq!(
