@@ -6,22 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_domain::bot::{ReplyInfo, ReplyState};
-use confab_domain::model::{ChannelKind, FileObject, FileQuota, Message, NewChannel, NewMessage, NewUser, UserPatch};
+use confab_domain::model::{ChannelKind, FileObject, FileQuota, Message, NewChannel, NewMessage, UserPatch};
 use confab_domain::outbox::{ChangeCause, ChangeRecorder, OutboxRecord};
 use confab_domain::ports::{EventBus, Store};
-use confab_domain::{ChannelId, DomainResult, Event, FileId, MessageId, Precondition, UserId, rules};
+use confab_domain::{DomainResult, Event, FileId, MessageId, Precondition, rules};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::test_data::{cid, new_user, uid};
 use crate::testing::{TestSchema, skip_without_postgres};
 use crate::writer::{BULK_STATS, Op, Outcome, WriteCmd, Writer};
-
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
-
-fn cid(s: &str) -> ChannelId {
-    ChannelId::parse(s).unwrap()
-}
 
 const FILE: &str = "0123456789abcdef0123456789abcdef";
 
@@ -52,16 +45,7 @@ async fn seed(schema: &TestSchema) -> Seeded {
         ("outsider", false),
         ("helper", true),
     ] {
-        store
-            .create_user(NewUser {
-                id: uid(id),
-                nickname: id.into(),
-                profile_url: String::new(),
-                metadata: Default::default(),
-                is_bot,
-            })
-            .await
-            .unwrap();
+        store.create_user(new_user(id, is_bot)).await.unwrap();
     }
     for (id, members) in [("g", &["alice", "bob", "carol"][..]), ("h", &["alice", "bob"][..])] {
         store

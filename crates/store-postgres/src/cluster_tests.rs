@@ -6,53 +6,24 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
-use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, NewChannel, NewMessage, NewUser};
+use confab_domain::model::{HistoryQuery, HistoryRange, NewMessage};
 use confab_domain::outbox::{ChangeCause, ChangeRecorder, OutboxRecord};
 use confab_domain::ports::{EventBus, Store};
-use confab_domain::{ChannelId, ChannelSeq, DomainError, DomainResult, Event, Limits, UserId, rules};
+use confab_domain::{ChannelSeq, DomainError, DomainResult, Event, rules};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::test_data::{cid, new_group, new_user, uid};
 use crate::testing::{TestSchema, skip_without_postgres};
 use crate::writer::{Op, Outcome, WriteCmd, Writer};
 use crate::{PostgresConfig, PostgresError, PostgresStore, migrate, schema};
 
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
-
-fn cid(s: &str) -> ChannelId {
-    ChannelId::parse(s).unwrap()
-}
-
-fn new_user(id: &str) -> NewUser {
-    NewUser {
-        id: uid(id),
-        nickname: id.into(),
-        profile_url: String::new(),
-        metadata: Default::default(),
-        is_bot: false,
-    }
-}
-
 /// Users `members` (and `outsider`), and groups `g` and `h` of the members.
 async fn seed(store: &PostgresStore, members: &[String]) {
     for u in members.iter().map(String::as_str).chain(["outsider"]) {
-        store.create_user(new_user(u)).await.unwrap();
+        store.create_user(new_user(u, false)).await.unwrap();
     }
     for id in ["g", "h"] {
-        let c = NewChannel {
-            id: cid(id),
-            kind: ChannelKind::Group,
-            name: id.into(),
-            cover_url: String::new(),
-            custom_type: String::new(),
-            data: None,
-            created_by: None,
-            members: members.iter().map(|m| uid(m)).collect(),
-            distinct_key: None,
-        };
-        c.validate(&Limits::default()).unwrap();
-        store.create_channel(c).await.unwrap();
+        store.create_channel(new_group(id, members)).await.unwrap();
     }
 }
 

@@ -333,5 +333,7 @@ mod cluster_tests;
 mod conformance;
 #[cfg(test)]
 mod semantics_tests;
+#[cfg(test)]
+mod test_data;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -2,47 +2,20 @@
 //! in line, and the suite will gain these), and what PostgreSQL changes (text without NUL, byte order).
 
 use confab_domain::flag::{FlagQuery, FlagState};
-use confab_domain::model::{ChannelKind, FileObject, FileQuota, NewChannel, NewMessage, NewUser};
+use confab_domain::model::{FileObject, FileQuota, NewMessage};
 use confab_domain::ports::{SessionRecord, Store};
-use confab_domain::{ChannelId, DomainError, FileId, Limits, MessageId, UserId, rules};
+use confab_domain::{DomainError, FileId, MessageId, rules};
 
 use crate::PostgresStore;
+use crate::test_data::{cid, new_group, new_user, uid};
 use crate::testing::{TestSchema, skip_without_postgres};
 
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
-
-fn cid(s: &str) -> ChannelId {
-    ChannelId::parse(s).unwrap()
-}
-
 async fn user(s: &PostgresStore, id: &str) {
-    s.create_user(NewUser {
-        id: uid(id),
-        nickname: id.into(),
-        profile_url: String::new(),
-        metadata: Default::default(),
-        is_bot: false,
-    })
-    .await
-    .unwrap();
+    s.create_user(new_user(id, false)).await.unwrap();
 }
 
 async fn group(s: &PostgresStore, id: &str, members: &[&str]) {
-    let c = NewChannel {
-        id: cid(id),
-        kind: ChannelKind::Group,
-        name: id.into(),
-        cover_url: String::new(),
-        custom_type: String::new(),
-        data: None,
-        created_by: None,
-        members: members.iter().map(|m| uid(m)).collect(),
-        distinct_key: None,
-    };
-    c.validate(&Limits::default()).unwrap();
-    s.create_channel(c).await.unwrap();
+    s.create_channel(new_group(id, members)).await.unwrap();
 }
 
 async fn append(s: &PostgresStore, m: NewMessage) -> Result<confab_domain::model::Appended, DomainError> {
