@@ -18,6 +18,7 @@ use axum::extract::State;
 use bytes::Bytes;
 use confab_domain::model::{Channel, Message, User};
 use confab_domain::outbox::{RecordedChange, RecordedEvent};
+use confab_domain::settings::{SettingsChange, SettingsWatch};
 use confab_domain::{ChannelId, DomainError, DomainResult, UserId};
 use confab_service::Confab;
 use confab_service::webhooks::{ManagedEndpoint, WebhookEndpoints, WebhookFormat};
@@ -130,7 +131,24 @@ impl SendbirdWebhooks {
         if let Err(e) = this.keep_endpoint(&settings).await {
             tracing::error!(error = %e, "the stored Sendbird webhook settings cannot be applied");
         }
+        tokio::spawn(follow_other_nodes(
+            Arc::downgrade(&this),
+            this.service.watch_settings(SETTINGS_NAMESPACE),
+        ));
         Ok(this)
+    }
+
+    /// Reloads the settings another node stored (the endpoint they describe follows on its own, through
+    /// the outbox relay's reload).
+    async fn reload(&self) -> DomainResult<()> {
+        let settings = self
+            .service
+            .settings(SETTINGS_NAMESPACE)
+            .get::<WebhookSettings>(SETTINGS_KEY)
+            .await?
+            .unwrap_or_default();
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        Ok(())
     }
 
     pub fn policy(&self) -> &confab_egress::EgressPolicy {
@@ -263,7 +281,7 @@ impl SendbirdWebhooks {
             if let Some(u) = lookup.user(id).await? {
                 let mut j = user_json(&u);
                 j["is_active"] = json!(true);
-                j["is_online"] = json!(self.service.is_online(&u.id));
+                j["is_online"] = json!(self.service.is_online(&u.id).await);
                 j["state"] = json!("joined");
                 out.push(j);
             }
@@ -463,6 +481,20 @@ fn valid_category(e: &str) -> bool {
             let ok = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_lowercase() || c == b'_');
             ok(a) && ok(b)
         })
+}
+
+/// Keeps this node's copy of the settings in line with the changes stored through other nodes.
+async fn follow_other_nodes(webhooks: Weak<SendbirdWebhooks>, mut watch: SettingsWatch) {
+    while let Some(change) = watch.next().await {
+        if matches!(&change, SettingsChange::Key(k) if &**k != SETTINGS_KEY) {
+            continue;
+        }
+        let Some(webhooks) = webhooks.upgrade() else { return };
+        while let Err(e) = webhooks.reload().await {
+            tracing::warn!(error = %e, "cannot reload the Sendbird webhook settings; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -279,6 +279,35 @@ impl ProviderCatalog for Catalog {
         Ok(name)
     }
 
+    fn replace_stored(&self, name: &str, config: Option<serde_json::Value>) {
+        let Some(config) = config else {
+            return self.forget_stored(name);
+        };
+        if let Err(e) = self.add(config) {
+            // The stored one no longer builds here: leaving the old one would answer with what was replaced.
+            self.forget_stored(name);
+            tracing::warn!(provider = %name, error = %e, "stored provider not loaded");
+        }
+    }
+
+    fn sync_stored(&self, stored: Vec<(String, serde_json::Value)>) {
+        let keep: std::collections::HashSet<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+        let gone: Vec<String> = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(n, e)| e.source == Source::AdminApi && !keep.contains(n.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            self.forget_stored(&name);
+        }
+        for (name, config) in stored {
+            self.replace_stored(&name, Some(config));
+        }
+    }
+
     fn remove(&self, name: &str) -> DomainResult<()> {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         match entries.get(name) {
@@ -290,6 +319,15 @@ impl ProviderCatalog for Catalog {
                 entries.remove(name);
                 Ok(())
             }
+        }
+    }
+}
+
+impl Catalog {
+    fn forget_stored(&self, name: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.get(name).is_some_and(|e| e.source == Source::AdminApi) {
+            entries.remove(name);
         }
     }
 }

@@ -71,6 +71,21 @@ const PROBE_HEADER: &str = "Confab-Probe";
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the client pings the server: a dead connection is noticed within about two periods.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest wait between two reconnection attempts: the node is back within about this long of the
+/// server's return (the client's default grows to 4 s).
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// The wait before reconnection attempt `attempts`: none for the first, then doubling from 50 ms up to
+/// [`MAX_RECONNECT_DELAY`], with up to a quarter more at random so nodes do not all come back at once.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let doubled = 50u64.saturating_mul(1 << (attempts - 2).min(16));
+    let base = Duration::from_millis(doubled).min(MAX_RECONNECT_DELAY);
+    base + base.mul_f64(rand::random::<f64>() / 4.0)
+}
+
 /// How long `close` lets the queued events go out before it stops the tasks anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages handed to the local bus in one call.
@@ -325,6 +340,7 @@ impl NatsBus {
             .connection_timeout(config.connect_timeout)
             .ping_interval(PING_INTERVAL)
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
                 events.on_client_event(event);
                 std::future::ready(())

@@ -86,6 +86,15 @@ pub enum Event {
     /// Some or all of the user's session tokens were revoked (or the account blocked): every open connection
     /// of the user re-checks its own credential and closes if it no longer holds. Not sent to clients.
     SessionsRevoked(UserId),
+    /// A setting kept by one part of the server (moderation rules, a provider added through the admin API, a
+    /// webhook endpoint, a surface's webhook settings) was written or deleted under `key` of `namespace`.
+    /// Published by the part that changed it, after the store committed the change; the same part on the
+    /// other nodes reloads that key from the store. Not stored, not recorded in the outbox, not sent to
+    /// clients, of no channel. A node that may have missed some (after [`Event::Resync`]) reloads them all.
+    SettingsChanged {
+        namespace: Arc<str>,
+        key: Arc<str>,
+    },
     /// Raised by the bus itself, never by a change: events from other nodes may have been lost (the broker
     /// connection dropped and came back, or this node fell behind and the broker client dropped messages).
     /// Every WebSocket session of the node closes with `4008` (resync), so its client resumes from the store,
@@ -118,6 +127,7 @@ impl Event {
             | Event::UserDeleted(_)
             | Event::SessionsRevoked(_)
             | Event::BotChanged(_)
+            | Event::SettingsChanged { .. }
             | Event::Resync => None,
         }
     }
@@ -144,6 +154,7 @@ impl Event {
             Event::BotTriggered { .. } => "bot.triggered",
             Event::ReplyStopRequested { .. } => "message.stop_requested",
             Event::SessionsRevoked(_) => "user.sessions_revoked",
+            Event::SettingsChanged { .. } => "settings.changed",
             Event::Resync => "bus.resync",
         }
     }
@@ -311,6 +322,10 @@ mod tests {
                 by: Some(uid("alice")),
             },
             Event::SessionsRevoked(uid("alice")),
+            Event::SettingsChanged {
+                namespace: Arc::from("moderation"),
+                key: Arc::from("channel:team.*>-x"),
+            },
             Event::Resync,
         ];
         let mut seen = std::collections::BTreeSet::new();
@@ -336,10 +351,11 @@ mod tests {
                 Event::ReplyStopRequested { .. } => 17,
                 Event::SessionsRevoked(_) => 18,
                 Event::Resync => 19,
+                Event::SettingsChanged { .. } => 20,
             };
             seen.insert(index);
         }
-        assert_eq!(seen.len(), 20, "a sample per variant");
+        assert_eq!(seen.len(), 21, "a sample per variant");
         all
     }
 

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod ports;
 pub mod precondition;
 pub mod rules;
+pub mod settings;
 
 pub use error::{DomainError, DomainResult};
 pub use event::Event;

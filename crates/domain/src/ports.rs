@@ -38,6 +38,15 @@ use crate::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
 use crate::precondition::Precondition;
 
 /// A client session token as stored: only the SHA-256 of the token is kept.
+/// What [`Store::sweep_silent_nodes`] ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SilentNodes {
+    /// Replies the silent nodes were generating, now `interrupted`.
+    pub replies: u64,
+    /// Users whose only sessions were on the silent nodes: offline now.
+    pub offline: Vec<UserId>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
     pub token_hash: [u8; 32],
@@ -153,9 +162,19 @@ pub trait Store: Send + Sync + 'static {
     /// Records that this node is alive at `at`. A node that generates replies calls it every few seconds.
     async fn heartbeat(&self, at: Millis) -> DomainResult<()>;
     /// Ends `interrupted` the replies other nodes left generating when they have sent no heartbeat since
-    /// `silent_since` (they died); never this node's own. Returns how many. A store only one process can
-    /// open has no other node, and sweeps nothing.
-    async fn sweep_silent_nodes(&self, silent_since: Millis) -> DomainResult<u64>;
+    /// `silent_since` (they died), and forgets the sessions those nodes held; never this node's own. A
+    /// store only one process can open has no other node, and sweeps nothing.
+    async fn sweep_silent_nodes(&self, silent_since: Millis) -> DomainResult<SilentNodes>;
+
+    /// Records whether this node holds a WebSocket session of `user` (its first one opened here, or its
+    /// last one here closed). True when that changed whether the user is online anywhere: no node held one
+    /// and this one does now, or this was the last node holding one.
+    async fn set_presence(&self, user: &UserId, here: bool) -> DomainResult<bool>;
+    /// Of `users`, those some node holds a session of, in no particular order.
+    async fn online_among(&self, users: &[UserId]) -> DomainResult<Vec<UserId>>;
+    /// At start: forgets the sessions this node held before it stopped (it holds none yet). Returns the
+    /// users that leaves offline everywhere.
+    async fn forget_own_presence(&self) -> DomainResult<Vec<UserId>>;
     /// Adds to the usage counters of (day, bot, user, channel).
     async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()>;
     async fn usage(

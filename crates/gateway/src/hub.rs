@@ -176,6 +176,7 @@ impl Hub {
                 | Event::BotChanged(_)
                 | Event::BotTriggered { .. }
                 | Event::ReplyStopRequested { .. }
+                | Event::SettingsChanged { .. }
         )
     }
 
@@ -511,7 +512,8 @@ impl Shard {
             | Event::UserUpdated(_)
             | Event::BotChanged(_)
             | Event::BotTriggered { .. }
-            | Event::ReplyStopRequested { .. } => {}
+            | Event::ReplyStopRequested { .. }
+            | Event::SettingsChanged { .. } => {}
         }
     }
 }

@@ -19,8 +19,8 @@ impl Layer {
     }
 }
 
-/// Held in memory and changed in place: one node's view. (Several nodes would reload on a change event;
-/// the cluster work adds that.)
+/// Held in memory and changed in place: one node's view. With several nodes, each reloads what another
+/// changed from the store when the change is announced (the service does that).
 pub struct RuleBook {
     file: Layer,
     app: RwLock<Layer>,
@@ -48,6 +48,12 @@ impl RuleBook {
     pub fn channel_rules(&self, channel: &str) -> Option<PolicyConfig> {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         channels.get(channel).map(|l| l.config.clone())
+    }
+
+    /// The channels that have rules of their own.
+    pub fn channels(&self) -> Vec<String> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        channels.keys().cloned().collect()
     }
 
     /// Replaces the application's own rules (compiled first: a bad rule changes nothing).

@@ -91,6 +91,10 @@ pub struct Endpoint {
     pub format: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Events at or below it were recorded while the endpoint was disabled: never delivered to it, by
+    /// whichever node relays it.
+    #[serde(default)]
+    pub skip_through: u64,
 }
 
 fn standard_format() -> String {

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use confab_domain::outbox::{DeadLetter, OutboxEntry};
 use confab_domain::ports::{DynBus, DynStore, Subscription};
+use confab_domain::settings::announce_setting;
 use confab_domain::{DomainError, DomainResult, Event, now_millis};
 use confab_egress::EgressPolicy;
 use confab_service::webhooks::{
@@ -28,6 +29,7 @@ use crate::recorder::EventRecorder;
 use crate::{signature, standard};
 
 mod admin;
+mod follow;
 mod lanes;
 
 use lanes::Lanes;
@@ -74,6 +76,8 @@ const FETCH: u32 = 256;
 
 pub struct Relay {
     store: DynStore,
+    /// Where endpoint changes are announced to the other nodes.
+    bus: DynBus,
     policy: EgressPolicy,
     client: confab_egress::GuardedClient,
     cfg: RelayConfig,
@@ -99,8 +103,6 @@ struct Shared {
     doorbell: Notify,
     /// Every event at or below it is delivered or dead-lettered.
     cursor: AtomicU64,
-    /// Events at or below it were recorded while the endpoint was disabled: never delivered to it.
-    skip_through: AtomicU64,
     stats: Mutex<Stats>,
 }
 
@@ -164,6 +166,7 @@ impl Relay {
         let recorder = Arc::new(EventRecorder::default());
         let relay = Arc::new_cyclic(|me| Relay {
             store: store.clone(),
+            bus: bus.clone(),
             policy,
             client,
             cfg,
@@ -192,6 +195,7 @@ impl Relay {
             relay.refresh_interest(&workers);
         }
         store.set_change_recorder(recorder);
+        relay.follow_other_nodes();
 
         // Any origin: an event committed on another node also means new rows in the shared outbox.
         let mut doorbell = bus
@@ -259,6 +263,8 @@ impl Relay {
     /// endpoint's cursor is saved when it is added).
     async fn prune(&self) -> DomainResult<()> {
         let endpoints = self.store.list_settings(ENDPOINT_NAMESPACE).await?;
+        // Also the bound on how long a lost announcement of another node's change goes unnoticed.
+        self.reload_endpoints(endpoints.clone()).await?;
         let cursors: HashMap<String, u64> = self
             .store
             .list_settings(CURSOR_NAMESPACE)
@@ -304,7 +310,6 @@ impl Relay {
             endpoint: RwLock::new(endpoint),
             doorbell: Notify::new(),
             cursor: AtomicU64::new(cursor),
-            skip_through: AtomicU64::new(0),
             stats: Default::default(),
         });
         let stop = self.shutdown.child_token();

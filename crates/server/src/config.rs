@@ -238,6 +238,9 @@ pub struct WebhooksConfig {
     pub retry_period_secs: u64,
     /// Longest wait between two attempts of an event, in seconds.
     pub max_backoff_secs: u64,
+    /// With several nodes, one relays each endpoint at a time under a lease it renews every third of this;
+    /// when that node dies, another takes the endpoint over at most this long after its last renewal.
+    pub lease_ttl_secs: u64,
 }
 
 /// Outbound requests that carry application data: webhooks, bot callbacks, and LLM providers added through
@@ -292,6 +295,7 @@ impl Default for WebhooksConfig {
             allow_private: Vec::new(),
             retry_period_secs: 24 * 3600,
             max_backoff_secs: 600,
+            lease_ttl_secs: d.lease_ttl.as_secs(),
         }
     }
 }
@@ -306,6 +310,7 @@ impl WebhooksConfig {
             max_backoff: Duration::from_secs(self.max_backoff_secs.max(1)),
             retry_period: Duration::from_secs(self.retry_period_secs),
             node_id: node_id.to_string(),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs.max(1)),
             ..Default::default()
         }
     }

@@ -2,10 +2,12 @@
 //! dir), and the upkeep that tells the others it is alive and ends the replies of nodes that died.
 
 use std::path::Path;
+use std::sync::Weak;
 use std::time::Duration;
 
 use confab_domain::now_millis;
 use confab_domain::ports::DynStore;
+use confab_service::Confab;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
@@ -43,9 +45,14 @@ fn check(id: &str) -> anyhow::Result<()> {
 }
 
 /// Says this node is alive once now (before it serves), then every `heartbeat_secs`, each time also ending
-/// the generating replies of nodes silent for `node_silent_after_secs` and forgetting expired leases (and
-/// claims). Until `shutdown`.
-pub async fn start_upkeep(store: DynStore, config: &ClusterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// the generating replies of nodes silent for `node_silent_after_secs`, announcing offline the users whose
+/// sessions were all on those nodes, and forgetting expired leases (and claims). Until `shutdown`.
+pub async fn start_upkeep(
+    store: DynStore,
+    service: Weak<Confab>,
+    config: &ClusterConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     store
         .heartbeat(now_millis())
         .await
@@ -68,9 +75,21 @@ pub async fn start_upkeep(store: DynStore, config: &ClusterConfig, shutdown: Can
                 tracing::warn!(error = %e, "cannot forget expired leases");
             }
             match store.sweep_silent_nodes(now.saturating_sub(silent_after)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(replies = n, "ended the replies of a node that stopped as interrupted"),
-                Err(e) => tracing::warn!(error = %e, "cannot sweep the replies of silent nodes"),
+                Ok(swept) => {
+                    if swept.replies > 0 {
+                        tracing::warn!(
+                            replies = swept.replies,
+                            "ended the replies of a node that stopped as interrupted"
+                        );
+                    }
+                    if !swept.offline.is_empty()
+                        && let Some(service) = service.upgrade()
+                    {
+                        tracing::info!(users = swept.offline.len(), "users of a node that stopped are offline");
+                        service.announce_offline(&swept.offline).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot sweep silent nodes"),
             }
         }
     });

@@ -61,7 +61,6 @@ pub async fn open_storage(
             "marked replies left generating by the previous run as interrupted"
         );
     }
-    crate::node::start_upkeep(store.clone(), &config.cluster, shutdown.clone()).await?;
     tracing::info!(node_id, "this node");
     Ok(Storage { store, bus, relay })
 }
@@ -149,6 +148,17 @@ pub async fn start_core(
         .load_moderation_rules()
         .await
         .map_err(|e| anyhow::anyhow!("moderation rules: {e}"))?;
+    service
+        .reset_presence()
+        .await
+        .map_err(|e| anyhow::anyhow!("presence: {e}"))?;
+    crate::node::start_upkeep(
+        storage.store.clone(),
+        Arc::downgrade(&service),
+        &config.cluster,
+        shutdown.clone(),
+    )
+    .await?;
     let upkeep = Arc::downgrade(&service);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));

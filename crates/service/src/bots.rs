@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use confab_domain::bot::{Bot, BotSettings, UsageRecord};
 use confab_domain::model::{Message, NewMessage, NewUser, UserPatch};
+use confab_domain::settings::announce_setting;
 use confab_domain::{DomainError, DomainResult, Event, UserId};
 
 use crate::{Actor, Confab, UserView, require_admin};
@@ -26,7 +27,16 @@ pub trait ProviderCatalog: Send + Sync {
     /// returns the name. Providers from the configuration file cannot be replaced.
     fn add(&self, config: serde_json::Value) -> DomainResult<String>;
     fn remove(&self, name: &str) -> DomainResult<()>;
+    /// Follows a change another node stored: rebuilds the provider added through the admin API under
+    /// `name` from `config`, or forgets it (`None`). Never touches the configuration file's providers.
+    fn replace_stored(&self, name: &str, config: Option<serde_json::Value>);
+    /// Makes the providers added through the admin API exactly the stored ones.
+    fn sync_stored(&self, stored: Vec<(String, serde_json::Value)>);
 }
+
+/// The namespace under which provider changes are announced to the other nodes (the providers themselves
+/// are stored by [`Store::put_provider`](confab_domain::ports::Store::put_provider)).
+pub const PROVIDERS_NAMESPACE: &str = "providers";
 
 /// Sees a user's message before it is stored, so work that only needs the commit at the end can start at
 /// once: the bot runtime opens the LLM call while the triggering message commits, and shows nothing of the
@@ -152,13 +162,33 @@ impl Confab {
             let _ = catalog.remove(&name);
             return Err(e);
         }
+        announce_setting(&*self.bus, PROVIDERS_NAMESPACE, &name).await;
         Ok(name)
     }
 
     pub async fn delete_provider(&self, actor: &Actor, name: &str) -> DomainResult<()> {
         require_admin(actor)?;
         self.catalog()?.remove(name)?;
-        self.store.delete_provider(name).await
+        self.store.delete_provider(name).await?;
+        announce_setting(&*self.bus, PROVIDERS_NAMESPACE, name).await;
+        Ok(())
+    }
+
+    /// Rebuilds one provider added through the admin API as the store now holds it (another node changed
+    /// it), or, with `None`, every one of them.
+    pub(crate) async fn reload_providers(&self, name: Option<&str>) -> DomainResult<()> {
+        let Some(catalog) = self.providers.clone() else {
+            return Ok(());
+        };
+        let stored = self.store.list_providers().await?;
+        match name {
+            Some(name) => {
+                let config = stored.into_iter().find(|(n, _)| n == name).map(|(_, c)| c);
+                catalog.replace_stored(name, config);
+            }
+            None => catalog.sync_stored(stored),
+        }
+        Ok(())
     }
 
     pub fn list_providers(&self, actor: &Actor) -> DomainResult<Vec<serde_json::Value>> {

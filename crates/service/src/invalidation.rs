@@ -1,14 +1,19 @@
 //! What nodes share beyond the store's data: caches that follow changes made through any node (a
 //! revocation, a blocked or deleted account on another node evicts the account's cached session tokens
 //! here as soon as the event arrives; the WebSocket sessions re-check their own credential on the same
-//! events, in the gateway), and claims that one node at most may win (a request seen once).
+//! events, in the gateway; moderation rules and providers changed through another node's admin API are
+//! reloaded from the store when announced), and claims that one node at most may win (a request seen
+//! once).
 
 use std::sync::Arc;
 
 use confab_domain::ports::Subscription;
+use confab_domain::settings::{SettingsChange, SettingsWatch};
 use confab_domain::{DomainResult, Event, Millis, now_millis};
 
 use crate::Confab;
+use crate::bots::PROVIDERS_NAMESPACE;
+use crate::moderation::RULES_NAMESPACE;
 
 impl Confab {
     /// Starts following the bus for the events that invalidate this node's caches (from any origin; this
@@ -33,6 +38,28 @@ impl Confab {
         else {
             return;
         };
+        let rules = SettingsWatch::new(&*self.bus, RULES_NAMESPACE);
+        let providers = SettingsWatch::new(&*self.bus, PROVIDERS_NAMESPACE);
+        runtime.spawn(follow_settings(
+            Arc::downgrade(self),
+            rules,
+            |service, change| async move {
+                match change {
+                    SettingsChange::Key(key) => service.reload_moderation_rules(&key).await,
+                    SettingsChange::All => service.load_moderation_rules().await,
+                }
+            },
+        ));
+        runtime.spawn(follow_settings(
+            Arc::downgrade(self),
+            providers,
+            |service, change| async move {
+                match change {
+                    SettingsChange::Key(name) => service.reload_providers(Some(&name)).await,
+                    SettingsChange::All => service.reload_providers(None).await,
+                }
+            },
+        ));
         let service = Arc::downgrade(self);
         runtime.spawn(async move {
             while let Some(event) = events.next().await {
@@ -44,6 +71,29 @@ impl Confab {
                 }
             }
         });
+    }
+}
+
+/// Applies each announced change of a namespace until the bus or the service ends. A reload that fails
+/// (the store unreachable) is retried as a reload of everything once the store answers again, so a change
+/// is never left behind.
+async fn follow_settings<F, Fut>(service: std::sync::Weak<Confab>, mut watch: SettingsWatch, apply: F)
+where
+    F: Fn(Arc<Confab>, SettingsChange) -> Fut,
+    Fut: std::future::Future<Output = DomainResult<()>>,
+{
+    while let Some(mut change) = watch.next().await {
+        loop {
+            let Some(service) = service.upgrade() else { return };
+            match apply(service, change.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?change, "cannot reload changed settings; retrying");
+                    change = SettingsChange::All;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 }
 

@@ -308,31 +308,44 @@ impl Confab {
             .get_user(id)
             .await?
             .ok_or_else(|| DomainError::not_found("user", id))?;
-        Ok(self.view_for(actor, user))
+        Ok(self.view_for(actor, user).await)
     }
 
-    fn view(&self, user: User) -> UserView {
-        let online = self.presence.is_online(&user.id);
+    async fn view(&self, user: User) -> UserView {
+        let online = self.is_online(&user.id).await;
         UserView { user, online }
     }
 
     /// A user as the actor may see it: the application and the user themselves see everything; another user
     /// sees the public profile only (the metadata is the application's, e.g. NIM's e-mail, mobile, birth date).
-    fn view_for(&self, actor: &Actor, mut user: User) -> UserView {
-        public_profile_for(actor, &mut user);
-        self.view(user)
+    async fn view_for(&self, actor: &Actor, user: User) -> UserView {
+        self.views_for(actor, vec![user]).await.pop().expect("one view")
+    }
+
+    /// [`Confab::view_for`] of several users, with one presence lookup.
+    async fn views_for(&self, actor: &Actor, mut users: Vec<User>) -> Vec<UserView> {
+        let ids: Vec<UserId> = users.iter().map(|u| u.id.clone()).collect();
+        let online = self.online_among(&ids).await;
+        users
+            .drain(..)
+            .map(|mut user| {
+                public_profile_for(actor, &mut user);
+                let online = online.contains(&user.id);
+                UserView { user, online }
+            })
+            .collect()
     }
 
     pub async fn list_users(&self, actor: &Actor, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<UserView>> {
         let users = self.store.list_users(after, self.page(limit)).await?;
-        Ok(users.into_iter().map(|u| self.view_for(actor, u)).collect())
+        Ok(self.views_for(actor, users).await)
     }
 
     pub async fn update_user(&self, actor: &Actor, id: &UserId, patch: UserPatch) -> DomainResult<UserView> {
         require_self_or_admin(actor, id)?;
         patch.validate()?;
         let user = self.store.update_user(id, patch).await?;
-        Ok(self.view(user))
+        Ok(self.view(user).await)
     }
 
     pub async fn delete_user(&self, actor: &Actor, id: &UserId) -> DomainResult<()> {
@@ -551,14 +564,16 @@ impl Confab {
     ) -> DomainResult<Vec<(Member, UserView)>> {
         self.get_channel(actor, id).await?;
         let members = self.store.list_members(id, after, self.page(limit)).await?;
-        let mut out = Vec::with_capacity(members.len());
+        let mut found = Vec::with_capacity(members.len());
         for m in members {
             // A member whose account was deleted concurrently is skipped rather than failing the page.
             if let Some(u) = self.store.get_user(&m.user_id).await? {
-                out.push((m, self.view_for(actor, u)));
+                found.push((m, u));
             }
         }
-        Ok(out)
+        let (members, users): (Vec<Member>, Vec<User>) = found.into_iter().unzip();
+        let views = self.views_for(actor, users).await;
+        Ok(members.into_iter().zip(views).collect())
     }
 
     /// Whether `user` is a member of a channel the actor may see (`None`: not a member).
@@ -739,40 +754,6 @@ impl Confab {
         Ok(())
     }
 
-    // ---- presence ----
-
-    /// Called when a WebSocket session opens; announces the user online on their first session.
-    pub async fn session_opened(&self, user: &UserId) {
-        if self.presence.opened(user) {
-            self.bus
-                .publish(vec![Event::Presence {
-                    user_id: user.clone(),
-                    online: true,
-                    last_seen_at: None,
-                }])
-                .await;
-        }
-    }
-
-    /// Called when a WebSocket session closes; on the last one, records `last_seen_at` and announces offline.
-    pub async fn session_closed(&self, user: &UserId) {
-        if self.presence.closed(user) {
-            let now = now_millis();
-            if let Err(e) = self.store.set_last_seen(user, now).await
-                && !matches!(e, DomainError::NotFound { .. })
-            {
-                tracing::warn!(user = %user, error = %e, "could not record last_seen_at");
-            }
-            self.bus
-                .publish(vec![Event::Presence {
-                    user_id: user.clone(),
-                    online: false,
-                    last_seen_at: Some(now),
-                }])
-                .await;
-        }
-    }
-
     /// Periodic upkeep: forgets rate-limit state of users who have not sent recently, so the limiter's memory
     /// follows active users, not every user ever seen.
     pub fn housekeeping(&self) {
@@ -782,14 +763,6 @@ impl Confab {
         self.read_limiter.shrink_to_fit();
         self.typing.prune(Duration::from_secs(60), std::time::Instant::now());
         self.upload_rate.housekeeping();
-    }
-
-    pub fn is_online(&self, user: &UserId) -> bool {
-        self.presence.is_online(user)
-    }
-
-    pub fn online_users(&self) -> usize {
-        self.presence.online_count()
     }
 }
 

@@ -5,6 +5,7 @@
 //! settings (namespace [`RULES_NAMESPACE`]).
 
 use confab_domain::flag::{FlagQuery, FlagState, FlaggedMessage};
+use confab_domain::settings::announce_setting;
 use confab_domain::{ChannelId, DomainError, DomainResult, MessageId};
 use serde_json::Value;
 
@@ -147,23 +148,50 @@ pub fn rules_json(rules: &PolicyConfig) -> Value {
 
 impl Confab {
     /// Installs the rule sets stored through the admin API (the application's and each channel's) beside the
-    /// configuration file's. A stored set that no longer compiles is logged and skipped, so the server still
-    /// starts with the others.
+    /// configuration file's, in place of the ones held (a channel whose rules are no longer stored loses
+    /// them). A stored set that no longer compiles is logged and skipped, so the server still starts with the
+    /// others.
     pub async fn load_moderation_rules(&self) -> DomainResult<()> {
-        for (key, value) in self.store.list_settings(RULES_NAMESPACE).await? {
-            let installed = parse_rules(value).and_then(|r| {
-                let done = match (key.as_str(), key.strip_prefix("channel:")) {
-                    (APP_RULES_KEY, _) => self.rules.set_app_rules(r),
-                    (_, Some(channel)) => self.rules.set_channel_rules(channel, Some(r)),
-                    _ => Ok(()),
-                };
-                done.map_err(|e| DomainError::invalid("rules", e.to_string()))
-            });
-            if let Err(e) = installed {
-                tracing::error!(key, error = %e, "stored moderation rules do not compile; skipped");
+        let stored = self.store.list_settings(RULES_NAMESPACE).await?;
+        let mut held: std::collections::HashSet<String> = self.rules.channels().into_iter().collect();
+        let mut app = None;
+        for (key, value) in stored {
+            if key == APP_RULES_KEY {
+                app = Some(value);
+                continue;
             }
+            if let Some(channel) = key.strip_prefix("channel:") {
+                held.remove(channel);
+            }
+            self.install_rules(&key, Some(value));
+        }
+        self.install_rules(APP_RULES_KEY, app);
+        for channel in held {
+            let _ = self.rules.set_channel_rules(&channel, None);
         }
         Ok(())
+    }
+
+    /// Reloads one stored rule set (another node changed it).
+    pub(crate) async fn reload_moderation_rules(&self, key: &str) -> DomainResult<()> {
+        let value = self.store.get_setting(RULES_NAMESPACE, key).await?;
+        self.install_rules(key, value);
+        Ok(())
+    }
+
+    /// Installs the rules stored under `key` (`None`: there are none).
+    fn install_rules(&self, key: &str, value: Option<Value>) {
+        let installed = value.map(parse_rules).transpose().and_then(|r| {
+            let done = match (key, key.strip_prefix("channel:")) {
+                (APP_RULES_KEY, _) => self.rules.set_app_rules(r.unwrap_or_default()),
+                (_, Some(channel)) => self.rules.set_channel_rules(channel, r),
+                _ => Ok(()),
+            };
+            done.map_err(|e| DomainError::invalid("rules", e.to_string()))
+        });
+        if let Err(e) = installed {
+            tracing::error!(key, error = %e, "stored moderation rules do not compile; skipped");
+        }
     }
 
     /// Drops a deleted channel's own rules, so a channel created later under the same id starts without them.
@@ -175,6 +203,7 @@ impl Confab {
             .delete_setting(RULES_NAMESPACE, &channel_rules_key(channel))
             .await?;
         let _ = self.rules.set_channel_rules(channel.as_str(), None);
+        announce_setting(&*self.bus, RULES_NAMESPACE, &channel_rules_key(channel)).await;
         Ok(())
     }
 
@@ -203,6 +232,7 @@ impl Confab {
             let _ = self.rules.set_app_rules(before);
             return Err(e);
         }
+        announce_setting(&*self.bus, RULES_NAMESPACE, APP_RULES_KEY).await;
         Ok(installed)
     }
 
@@ -239,6 +269,7 @@ impl Confab {
             let _ = self.rules.set_channel_rules(channel.as_str(), before);
             return Err(e);
         }
+        announce_setting(&*self.bus, RULES_NAMESPACE, &key).await;
         Ok(installed)
     }
 

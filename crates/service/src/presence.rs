@@ -1,17 +1,42 @@
-//! Who is online on this node: a user is online while at least one of their WebSocket sessions is open.
+//! Who is online: a user is online while some node holds at least one of their WebSocket sessions. Each
+//! node counts its own sessions here; the store records which nodes hold a user (a node's first session of
+//! the user, and its last), decides when that makes the user online or offline anywhere, and forgets the
+//! sessions of nodes that died. Presence events are announced on those changes only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-use confab_domain::UserId;
+use confab_domain::{DomainError, Event, UserId, now_millis};
 
-#[derive(Default)]
+use crate::Confab;
+
+/// Stripes of the per-user order in which this node tells the store about presence.
+const STRIPES: usize = 64;
+
 pub struct PresenceRegistry {
     sessions: Mutex<HashMap<UserId, usize>>,
+    /// The users this node last told the store it holds.
+    recorded: Mutex<HashSet<UserId>>,
+    /// A user's first session here may close while the store still records it opened: the store sees
+    /// one user's changes one at a time, in the order the counts changed.
+    turns: Vec<tokio::sync::Mutex<()>>,
+    hasher: RandomState,
+}
+
+impl Default for PresenceRegistry {
+    fn default() -> Self {
+        PresenceRegistry {
+            sessions: Default::default(),
+            recorded: Default::default(),
+            turns: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
 }
 
 impl PresenceRegistry {
-    /// Records an opened session; true if the user just came online.
+    /// Records an opened session; true if the user just came online on this node.
     pub fn opened(&self, user: &UserId) -> bool {
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let n = s.entry(user.clone()).or_insert(0);
@@ -19,7 +44,7 @@ impl PresenceRegistry {
         *n == 1
     }
 
-    /// Records a closed session; true if it was the user's last one.
+    /// Records a closed session; true if it was the user's last one on this node.
     pub fn closed(&self, user: &UserId) -> bool {
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match s.get_mut(user) {
@@ -35,15 +60,134 @@ impl PresenceRegistry {
         }
     }
 
-    pub fn is_online(&self, user: &UserId) -> bool {
+    /// Whether this node holds a session of the user.
+    pub fn is_online_here(&self, user: &UserId) -> bool {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(user)
     }
 
+    /// Users with a session on this node.
     pub fn online_count(&self) -> usize {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn turn(&self, user: &UserId) -> &tokio::sync::Mutex<()> {
+        &self.turns[(self.hasher.hash_one(user) as usize) % STRIPES]
+    }
+
+    fn recorded(&self, user: &UserId) -> bool {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner()).contains(user)
+    }
+
+    fn set_recorded(&self, user: &UserId, here: bool) {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        match here {
+            true => recorded.insert(user.clone()),
+            false => recorded.remove(user),
+        };
+    }
+}
+
+impl Confab {
+    /// Called when a WebSocket session opens; announces the user online when no node held one before.
+    pub async fn session_opened(&self, user: &UserId) {
+        if self.presence.opened(user) {
+            self.record_presence(user).await;
+        }
+    }
+
+    /// Called when a WebSocket session closes; when no node holds one any more, records `last_seen_at` and
+    /// announces the user offline.
+    pub async fn session_closed(&self, user: &UserId) {
+        if self.presence.closed(user) {
+            self.record_presence(user).await;
+        }
+    }
+
+    /// Tells the store whether this node holds the user now, if that changed since it last did. Abandoned
+    /// halfway (its session's task dropped), the next change of the user's sessions here catches up; a
+    /// store error is logged and caught up the same way.
+    async fn record_presence(&self, user: &UserId) {
+        let _turn = self.presence.turn(user).lock().await;
+        let here = self.presence.is_online_here(user);
+        if self.presence.recorded(user) == here {
+            return;
+        }
+        match self.store.set_presence(user, here).await {
+            Ok(changed) => {
+                self.presence.set_recorded(user, here);
+                if changed {
+                    self.announce_presence(user, here).await;
+                }
+            }
+            Err(e) => tracing::warn!(user = %user, error = %e, "cannot record presence"),
+        }
+    }
+
+    async fn announce_presence(&self, user: &UserId, online: bool) {
+        let last_seen_at = (!online).then(now_millis);
+        if let Some(at) = last_seen_at
+            && let Err(e) = self.store.set_last_seen(user, at).await
+            && !matches!(e, DomainError::NotFound { .. })
+        {
+            tracing::warn!(user = %user, error = %e, "could not record last_seen_at");
+        }
+        self.bus
+            .publish(vec![Event::Presence {
+                user_id: user.clone(),
+                online,
+                last_seen_at,
+            }])
+            .await;
+    }
+
+    /// Announces offline the users whose sessions were all on nodes that stopped (found by the store's
+    /// sweep of silent nodes, or of this node's previous run).
+    pub async fn announce_offline(&self, users: &[UserId]) {
+        for user in users {
+            // Back here meanwhile: online after all.
+            if !self.presence.is_online_here(user) {
+                self.announce_presence(user, false).await;
+            }
+        }
+    }
+
+    /// At start, before serving: forgets the sessions this node held in its previous run (a crash leaves
+    /// them recorded) and announces offline whom that concerns.
+    pub async fn reset_presence(&self) -> confab_domain::DomainResult<()> {
+        let offline = self.store.forget_own_presence().await?;
+        self.announce_offline(&offline).await;
+        Ok(())
+    }
+
+    /// Whether some node holds a session of the user.
+    pub async fn is_online(&self, user: &UserId) -> bool {
+        self.online_among(std::slice::from_ref(user)).await.contains(user)
+    }
+
+    /// Of `users`, those some node holds a session of (those of this node if the store cannot say).
+    pub(crate) async fn online_among(&self, users: &[UserId]) -> HashSet<UserId> {
+        let mut online: HashSet<UserId> = users
+            .iter()
+            .filter(|u| self.presence.is_online_here(u))
+            .cloned()
+            .collect();
+        if online.len() == users.len() {
+            return online;
+        }
+        let elsewhere: Vec<UserId> = users.iter().filter(|u| !online.contains(*u)).cloned().collect();
+        match self.store.online_among(&elsewhere).await {
+            Ok(found) => online.extend(found),
+            Err(e) => tracing::warn!(error = %e, "cannot read presence; showing this node's only"),
+        }
+        online
+    }
+
+    /// Users with a session on this node.
+    pub fn online_users(&self) -> usize {
+        self.presence.online_count()
     }
 }
 
@@ -58,9 +202,9 @@ mod tests {
         assert!(p.opened(&u));
         assert!(!p.opened(&u));
         assert!(!p.closed(&u));
-        assert!(p.is_online(&u));
+        assert!(p.is_online_here(&u));
         assert!(p.closed(&u));
-        assert!(!p.is_online(&u));
+        assert!(!p.is_online_here(&u));
         assert!(!p.closed(&u), "closing an unknown session is harmless");
     }
 }

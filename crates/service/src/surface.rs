@@ -5,7 +5,8 @@
 
 use confab_domain::bot::{Bot, UsageRecord};
 use confab_domain::model::{Channel, HistoryQuery, Message, User};
-use confab_domain::ports::{DynStore, EventStream, Subscription};
+use confab_domain::ports::{DynBus, DynStore, EventStream, Subscription};
+use confab_domain::settings::{SettingsWatch, announce_setting};
 use confab_domain::{ChannelId, DomainError, DomainResult, MessageId, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -13,9 +14,12 @@ use serde::de::DeserializeOwned;
 use crate::Confab;
 use crate::moderation::RULES_NAMESPACE;
 
-/// A surface's own settings under its namespace, as typed values (stored as JSON).
+/// A surface's own settings under its namespace, as typed values (stored as JSON). Every change is
+/// announced to the other nodes once stored; a surface that keeps a copy follows them with
+/// [`Confab::watch_settings`].
 pub struct SurfaceSettings<'a> {
     store: &'a DynStore,
+    bus: &'a DynBus,
     namespace: &'static str,
 }
 
@@ -32,12 +36,18 @@ impl SurfaceSettings<'_> {
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> DomainResult<()> {
         let v = serde_json::to_value(value).map_err(|e| DomainError::Internal(e.to_string()))?;
-        self.store.put_setting(self.namespace, key, v).await
+        self.store.put_setting(self.namespace, key, v).await?;
+        announce_setting(&**self.bus, self.namespace, key).await;
+        Ok(())
     }
 
     /// Removes the value; whether there was one.
     pub async fn delete(&self, key: &str) -> DomainResult<bool> {
-        self.store.delete_setting(self.namespace, key).await
+        let existed = self.store.delete_setting(self.namespace, key).await?;
+        if existed {
+            announce_setting(&**self.bus, self.namespace, key).await;
+        }
+        Ok(existed)
     }
 }
 
@@ -100,8 +110,14 @@ impl Confab {
         debug_assert_ne!(namespace, RULES_NAMESPACE, "the moderation rules are the service's");
         SurfaceSettings {
             store: &self.store,
+            bus: &self.bus,
             namespace,
         }
+    }
+
+    /// The changes other nodes make to a namespace's settings, for a part that keeps a copy of them.
+    pub fn watch_settings(&self, namespace: &'static str) -> SettingsWatch {
+        SettingsWatch::new(&*self.bus, namespace)
     }
 
     pub fn lookup(&self) -> Lookup<'_> {

@@ -60,8 +60,9 @@
 //!   `announcements_are_recorded_and_published`,
 //!   `outbox_ids_increase_in_commit_order`, `pruned_outbox_ids_are_never_reused`, `outbox_survives_reopen`,
 //!   `dead_letters_are_kept_per_endpoint_and_event`.
-//! - **Leases.** A lease has one holder until it expires or is released; its holder renews it.
-//!   `leases_have_one_holder_until_they_expire`.
+//! - **Leases and presence.** A lease has one holder until it expires or is released; its holder renews it.
+//!   A node's presence records say when a user came online or went offline.
+//!   `leases_have_one_holder_until_they_expire`, `presence_follows_the_nodes_sessions`.
 //! - **Durable before acknowledged.** What a write acknowledged is there after the store is opened again.
 //!   `a_fresh_store_is_ready_and_empty`, `users_and_sessions_survive_reopen`,
 //!   `channels_and_members_survive_reopen`, `messages_survive_reopen_with_their_seq`,
@@ -219,6 +220,7 @@ macro_rules! suite {
             announcements_are_recorded_and_published,
             dead_letters_are_kept_per_endpoint_and_event,
             leases_have_one_holder_until_they_expire,
+            presence_follows_the_nodes_sessions,
             // flags
             flagged_messages_are_listed_for_review,
             reviews_decide_once,

@@ -626,14 +626,18 @@ async fn replies_belong_to_their_node_until_it_falls_silent() {
     assert_eq!(b.sweep_generating().await.unwrap(), 0, "b's restart is not a's");
     let now = confab_domain::now_millis();
     a.heartbeat(now).await.unwrap();
-    assert_eq!(b.sweep_silent_nodes(now - 30_000).await.unwrap(), 0, "a is alive");
+    assert_eq!(
+        b.sweep_silent_nodes(now - 30_000).await.unwrap().replies,
+        0,
+        "a is alive"
+    );
     assert_eq!(
         state(a.get_message(reply.id).await.unwrap()),
         confab_domain::bot::ReplyState::Generating
     );
 
     let mut events = bus_b.subscribe();
-    assert_eq!(b.sweep_silent_nodes(now + 1).await.unwrap(), 1, "a fell silent");
+    assert_eq!(b.sweep_silent_nodes(now + 1).await.unwrap().replies, 1, "a fell silent");
     let ended = b.get_message(reply.id).await.unwrap().unwrap();
     let info = ended.reply.clone().unwrap();
     assert_eq!(info.state, confab_domain::bot::ReplyState::Interrupted);
@@ -643,5 +647,55 @@ async fn replies_belong_to_their_node_until_it_falls_silent() {
         other => panic!("{other:?}"),
     }
     assert_eq!(a.sweep_generating().await.unwrap(), 0);
-    assert_eq!(b.sweep_silent_nodes(now + 1).await.unwrap(), 0);
+    assert_eq!(b.sweep_silent_nodes(now + 1).await.unwrap().replies, 0);
+}
+
+/// A user is online while any node holds a session: the store says so only on the first node's first and
+/// the last node's last, whichever nodes they are; a silent node's sessions are forgotten by another's
+/// sweep, and a restarted node's own by itself.
+#[tokio::test]
+async fn presence_is_the_union_of_the_nodes_sessions() {
+    if skip_without_postgres().await {
+        return;
+    }
+    let schema = TestSchema::create().await;
+    let (a, _) = schema.store().await;
+    let (b, _) = schema.store().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let now = confab_domain::now_millis();
+    a.heartbeat(now).await.unwrap();
+    b.heartbeat(now).await.unwrap();
+
+    assert!(a.set_presence(&alice, true).await.unwrap(), "online: first anywhere");
+    assert!(!b.set_presence(&alice, true).await.unwrap(), "already online through a");
+    assert!(!a.set_presence(&alice, false).await.unwrap(), "still online through b");
+    assert_eq!(
+        b.online_among(&[alice.clone(), bob.clone()]).await.unwrap(),
+        vec![alice.clone()]
+    );
+    assert!(b.set_presence(&alice, false).await.unwrap(), "offline: b was the last");
+    assert!(a.online_among(std::slice::from_ref(&alice)).await.unwrap().is_empty());
+    assert!(
+        !b.set_presence(&alice, false).await.unwrap(),
+        "offline twice is no change"
+    );
+
+    // b dies holding alice and bob; a holds bob too.
+    b.set_presence(&alice, true).await.unwrap();
+    b.set_presence(&bob, true).await.unwrap();
+    a.set_presence(&bob, true).await.unwrap();
+    assert!(
+        a.sweep_silent_nodes(now - 30_000).await.unwrap().offline.is_empty(),
+        "b is alive"
+    );
+    a.heartbeat(now + 2).await.unwrap();
+    let swept = a.sweep_silent_nodes(now + 1).await.unwrap();
+    assert_eq!(swept.offline, vec![alice.clone()], "bob is still on a");
+    let mut online = a.online_among(&[alice.clone(), bob.clone()]).await.unwrap();
+    online.sort();
+    assert_eq!(online, vec![bob.clone()]);
+
+    // a restarts: what it held before is forgotten.
+    assert_eq!(a.forget_own_presence().await.unwrap(), vec![bob.clone()]);
+    assert!(a.online_among(&[bob]).await.unwrap().is_empty());
 }

@@ -77,7 +77,7 @@ use confab_domain::model::{
     MessageFilter, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
-use confab_domain::ports::{DynBus, SessionRecord, Store};
+use confab_domain::ports::{DynBus, SessionRecord, SilentNodes, Store};
 use confab_domain::{
     ChannelId, ChannelSeq, DomainError, DomainResult, Event, FileId, MessageId, Millis, Precondition, UserId,
 };

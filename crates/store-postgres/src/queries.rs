@@ -347,6 +347,18 @@ fn json_pairs(found: Vec<tokio_postgres::Row>) -> Res<Vec<(String, serde_json::V
     })
 }
 
+pub(crate) async fn online_among<C: GenericClient>(c: &C, users: &[String]) -> Res<Vec<UserId>> {
+    rows(
+        c,
+        "SELECT DISTINCT user_id FROM presence WHERE user_id = ANY($1)",
+        &[&users],
+    )
+    .await?
+    .iter()
+    .map(|r| crate::rows::user_id(r, 0))
+    .collect()
+}
+
 pub(crate) async fn providers<C: GenericClient>(c: &C) -> Res<Vec<(String, serde_json::Value)>> {
     json_pairs(rows(c, "SELECT name, config FROM providers ORDER BY name", &[]).await?)
 }

@@ -16,7 +16,7 @@ pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, col: usize) -> Res<T> {
     row.try_get(col).map_err(|e| corrupt(format!("column {col}: {e}")))
 }
 
-fn user_id(row: &Row, col: usize) -> Res<UserId> {
+pub(crate) fn user_id(row: &Row, col: usize) -> Res<UserId> {
     UserId::parse(get::<&str>(row, col)?).map_err(corrupt)
 }
 

@@ -108,6 +108,13 @@ CREATE TABLE nodes (
     node_id       TEXT COLLATE "C" PRIMARY KEY,
     heartbeat_at  BIGINT NOT NULL
 );
+-- Which node holds a WebSocket session of which user (a user is online while any node does).
+CREATE TABLE presence (
+    user_id  TEXT COLLATE "C" NOT NULL,
+    node_id  TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (user_id, node_id)
+);
+CREATE INDEX presence_by_node ON presence (node_id);
 CREATE UNIQUE INDEX messages_by_channel_seq ON messages (channel_id, seq);
 CREATE INDEX messages_by_parent ON messages (parent_id, id) WHERE parent_id IS NOT NULL;
 CREATE UNIQUE INDEX messages_by_trigger ON messages (sender_id, trigger_id) WHERE trigger_id IS NOT NULL;

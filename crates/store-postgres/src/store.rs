@@ -275,9 +275,29 @@ impl Store for PostgresStore {
         self.write(Op::Heartbeat(at)).await.map(|_| ())
     }
 
-    async fn sweep_silent_nodes(&self, silent_since: Millis) -> DomainResult<u64> {
+    async fn sweep_silent_nodes(&self, silent_since: Millis) -> DomainResult<SilentNodes> {
         match self.write(Op::SweepSilentNodes(silent_since)).await? {
-            Outcome::Count(n) => Ok(n),
+            Outcome::Swept(replies, offline) => Ok(SilentNodes { replies, offline }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn set_presence(&self, user: &UserId, here: bool) -> DomainResult<bool> {
+        match self.write(Op::SetPresence(user.clone(), here)).await? {
+            Outcome::Count(n) => Ok(n == 1),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn online_among(&self, users: &[UserId]) -> DomainResult<Vec<UserId>> {
+        let users: Vec<String> = users.iter().map(|u| u.as_str().to_string()).collect();
+        self.read(move |c| Box::pin(async move { queries::online_among(c, &users).await }))
+            .await
+    }
+
+    async fn forget_own_presence(&self) -> DomainResult<Vec<UserId>> {
+        match self.write(Op::ForgetOwnPresence).await? {
+            Outcome::Swept(_, offline) => Ok(offline),
             _ => Err(unexpected()),
         }
     }

@@ -75,8 +75,14 @@ pub(crate) enum Op {
     SweepGenerating,
     /// Records this node alive at the time.
     Heartbeat(Millis),
-    /// Other nodes' generating replies become `interrupted` when the node is silent since the time.
+    /// Other nodes' generating replies become `interrupted`, and their sessions are forgotten, when the
+    /// node is silent since the time.
     SweepSilentNodes(Millis),
+    /// This node holds (true) or no longer holds a session of the user: `Count(1)` when that changed
+    /// whether the user is online anywhere.
+    SetPresence(UserId, bool),
+    /// At start: this node's sessions from before are forgotten.
+    ForgetOwnPresence,
     RecordUsage(UsageRecord),
     PutProvider(String, String),
     DeleteProvider(String),
@@ -137,6 +143,8 @@ pub(crate) enum Outcome {
     Message(Box<confab_domain::model::Message>),
     Bot(Box<confab_domain::bot::Bot>),
     FileIds(Vec<FileId>),
+    /// Replies interrupted, and users now offline everywhere.
+    Swept(u64, Vec<UserId>),
 }
 
 pub(crate) struct WriteCmd {

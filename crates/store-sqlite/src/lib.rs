@@ -24,7 +24,7 @@ use confab_domain::model::{
     MessageFilter, MessagePatch, NewChannel, NewMessage, NewUser, User, UserPatch,
 };
 use confab_domain::outbox::{ChangeRecorder, DeadLetter, OutboxEntry};
-use confab_domain::ports::{DynBus, SessionRecord, Store};
+use confab_domain::ports::{DynBus, SessionRecord, SilentNodes, Store};
 use confab_domain::{
     ChannelId, ChannelSeq, DomainError, DomainResult, Event, FileId, MessageId, Millis, Precondition, UserId,
 };
@@ -76,6 +76,9 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// Dropping it stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
+    /// Who this process holds a WebSocket session of: presence is not data (it ends with the process),
+    /// and no other process shares the database.
+    online: Mutex<std::collections::HashSet<UserId>>,
 }
 
 /// Takes the lock file beside the database (`<path>.lock`), so a second process (or a second store in this
@@ -197,6 +200,7 @@ impl SqliteStore {
                 conns: Mutex::new(readers),
             }),
             _checkpointer: stop_checkpoints,
+            online: Default::default(),
         })
     }
 
@@ -528,8 +532,27 @@ impl Store for SqliteStore {
     }
 
     /// No other node can have written here (one process holds the database), so none has replies to sweep.
-    async fn sweep_silent_nodes(&self, _silent_since: Millis) -> DomainResult<u64> {
-        Ok(0)
+    async fn sweep_silent_nodes(&self, _silent_since: Millis) -> DomainResult<SilentNodes> {
+        Ok(SilentNodes::default())
+    }
+
+    async fn set_presence(&self, user: &UserId, here: bool) -> DomainResult<bool> {
+        let mut online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match here {
+            true => online.insert(user.clone()),
+            false => online.remove(user),
+        })
+    }
+
+    async fn online_among(&self, users: &[UserId]) -> DomainResult<Vec<UserId>> {
+        let online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(users.iter().filter(|u| online.contains(*u)).cloned().collect())
+    }
+
+    /// Presence is held in memory only: a new process starts with none.
+    async fn forget_own_presence(&self) -> DomainResult<Vec<UserId>> {
+        let mut online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(online.drain().collect())
     }
 
     async fn record_usage(&self, usage: UsageRecord) -> DomainResult<()> {

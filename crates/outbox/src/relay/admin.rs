@@ -19,6 +19,7 @@ impl WebhookEndpoints for Relay {
             format: STANDARD_FORMAT.to_string(),
             created_at: now,
             updated_at: now,
+            skip_through: 0,
         };
         let secret = endpoint.secret.clone();
         Ok((self.add(endpoint).await?, secret))
@@ -162,6 +163,7 @@ impl WebhookEndpoints for Relay {
             format: m.format.to_string(),
             created_at: now,
             updated_at: now,
+            skip_through: 0,
         };
         self.add(endpoint).await?;
         Ok(())
@@ -203,6 +205,7 @@ impl Relay {
         self.store
             .put_setting(ENDPOINT_NAMESPACE, &endpoint.id, to_json(&endpoint)?)
             .await?;
+        announce_setting(&*self.bus, ENDPOINT_NAMESPACE, &endpoint.id).await;
         let id = endpoint.id.clone();
         let relay = self.self_arc()?;
         workers.insert(id.clone(), relay.spawn(endpoint, cursor));
@@ -219,6 +222,7 @@ impl Relay {
         self.refresh_interest(&workers);
         self.stop_worker(w).await;
         self.store.delete_setting(ENDPOINT_NAMESPACE, id).await?;
+        announce_setting(&*self.bus, ENDPOINT_NAMESPACE, id).await;
         self.store.delete_setting(CURSOR_NAMESPACE, id).await?;
         self.store.delete_dead_letters(id, None).await?;
         Ok(())
@@ -237,19 +241,19 @@ impl Relay {
         updated.updated_at = now_millis();
         if updated.enabled && !was_enabled {
             // What was recorded while it was disabled stays undelivered, however far the worker has read.
-            let head = self.store.outbox_head().await?;
-            w.shared.skip_through.store(head, Ordering::Release);
+            updated.skip_through = self.store.outbox_head().await?;
         }
         self.store
             .put_setting(ENDPOINT_NAMESPACE, id, to_json(&updated)?)
             .await?;
+        announce_setting(&*self.bus, ENDPOINT_NAMESPACE, id).await;
         *w.shared.endpoint.write().unwrap_or_else(|e| e.into_inner()) = updated;
         self.refresh_interest(&workers);
         w.shared.doorbell.notify_one();
         Ok(w.shared.clone())
     }
 
-    fn self_arc(&self) -> DomainResult<Arc<Relay>> {
+    pub(super) fn self_arc(&self) -> DomainResult<Arc<Relay>> {
         self.me
             .upgrade()
             .ok_or_else(|| DomainError::Unavailable("the webhook relay has stopped".into()))

@@ -143,7 +143,7 @@ impl Lanes {
         let full = entries.len() == FETCH as usize;
         let endpoint = self.shared.endpoint.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (filter, enabled) = (&endpoint.events, endpoint.enabled);
-        let skip_through = self.shared.skip_through.load(Ordering::Acquire);
+        let skip_through = endpoint.skip_through;
         for entry in entries {
             self.fetched = entry.id;
             // A disabled endpoint is passed by what is recorded meanwhile (the outbox does not grow for it).

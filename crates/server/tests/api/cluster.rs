@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use confab::config::{BusBackend, StorageBackend};
 use confab_store_postgres::testing::{TestSchema, skip_without_postgres};
+use futures_util::SinkExt;
 use serde_json::json;
 
 use crate::helpers::*;
 
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-fn nats_url() -> String {
+pub(crate) fn nats_url() -> String {
     std::env::var("CONFAB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// True (after a visible skip line) when NATS does not answer.
-async fn skip_without_nats() -> bool {
+pub(crate) async fn skip_without_nats() -> bool {
     let url = nats_url();
     let addr = url
         .trim_start_matches("nats://")
@@ -58,6 +59,21 @@ impl Cluster {
 
     /// A node: its own data dir and node id, the cluster's database and subjects.
     async fn node(&self) -> TestApp {
+        self.node_with(|_| {}).await
+    }
+
+    /// Two nodes, and through the first: users `alice` and `bob` (their session tokens) in group `g`.
+    async fn two_nodes_with_group(&self) -> (TestApp, TestApp, String, String) {
+        let a = self.node().await;
+        let b = self.node().await;
+        let alice = a.user("alice").await;
+        let bob = a.user("bob").await;
+        a.group("g", &["alice", "bob"]).await;
+        (a, b, alice, bob)
+    }
+
+    /// A node with more configuration of its own.
+    async fn node_with(&self, more: impl FnOnce(&mut confab::Config) + Send + 'static) -> TestApp {
         let (url, prefix) = (self.schema.url(), self.prefix.clone());
         spawn_app_with(move |c| {
             c.nim.app_key = crate::nim::APP_KEY.into();
@@ -68,19 +84,32 @@ impl Cluster {
             c.bus.nats_url = nats_url();
             c.bus.subject_prefix = prefix;
             c.limits.user_send_burst = 1000;
+            more(c);
         })
         .await
+    }
+}
+
+/// Polls `check` until it holds (another node applies a change when its announcement arrives).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {CLOSE_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test]
 async fn what_one_node_commits_reaches_the_clients_of_the_others_in_order() {
     let Some(cluster) = Cluster::new().await else { return };
-    let a = cluster.node().await;
-    let b = cluster.node().await;
-    let alice = a.user("alice").await;
-    let bob = a.user("bob").await;
-    a.group("g", &["alice", "bob"]).await;
+    let (a, b, alice, bob) = cluster.two_nodes_with_group().await;
     let mut bob_on_b = b.ws(&bob, json!({})).await;
     let mut alice_on_a = a.ws(&alice, json!({})).await;
 
@@ -166,5 +195,196 @@ async fn a_nim_request_replayed_to_another_node_is_refused() {
         (s, v["code"].as_i64()),
         (200, Some(431)),
         "the replay through node b: {v}"
+    );
+}
+
+/// Moderation rules and providers changed through one node's admin API apply on the others (each node
+/// keeps them in memory and reloads what another changed when it is announced).
+#[tokio::test]
+async fn rules_and_providers_changed_on_one_node_apply_on_the_others() {
+    let Some(cluster) = Cluster::new().await else { return };
+    let a = cluster.node().await;
+    let b = cluster.node().await;
+    let alice = a.user("alice").await;
+    a.group("g", &["alice"]).await;
+    let send = async |node: &TestApp, text: &str| {
+        node.call(
+            "POST",
+            "/api/v1/channels/g/messages",
+            &alice,
+            Some(json!({ "text": text })),
+        )
+        .await
+    };
+    assert_eq!(send(&b, "hail is coming").await.0, 201);
+
+    let weather = json!({"rules": [{"name": "weather", "words": ["hail"], "action": "block",
+        "reason": "No weather talk."}]});
+    let (s, v) = a.admin("PUT", "/api/v1/moderation/rules", Some(weather)).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("node b applies node a's rules", || async {
+        send(&b, "hail again").await.0 == 422
+    })
+    .await;
+    let scary = json!({"rules": [{"name": "scary", "words": ["scary"], "action": "mask"}]});
+    let (s, v) = b.admin("PUT", "/api/v1/channels/g/moderation/rules", Some(scary)).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("node a applies node b's channel rules", || async {
+        send(&a, "so scary").await.1["text"] == "so *****"
+    })
+    .await;
+    let (s, v) = b
+        .admin("PUT", "/api/v1/moderation/rules", Some(json!({"rules": []})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("node a drops the rules node b removed", || async {
+        send(&a, "hail at last").await.0 == 201
+    })
+    .await;
+
+    let lists = async |node: &TestApp| {
+        let (s, v) = node.admin("GET", "/api/v1/providers", None).await;
+        assert_eq!(s, 200, "{v}");
+        v.to_string().contains("\"name\":\"remote\"")
+    };
+    let remote = json!({"name": "remote", "kind": "openai_compatible",
+        "base_url": "https://llm.example.com/v1", "model": "m"});
+    let (s, v) = a.admin("POST", "/api/v1/providers", Some(remote)).await;
+    assert_eq!(s, 201, "{v}");
+    eventually("node b lists node a's provider", || lists(&b)).await;
+    let (s, v) = b.admin("DELETE", "/api/v1/providers/remote", None).await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    eventually("node a forgets the provider node b deleted", || async {
+        !lists(&a).await
+    })
+    .await;
+}
+
+/// A webhook endpoint created through one node gets the events committed on every node, in channel order;
+/// a change made on another node reaches the node relaying it; and when that node stops, another takes
+/// the endpoint over from the saved cursor, skipping nothing.
+#[tokio::test]
+async fn a_webhook_endpoint_relays_every_nodes_events_and_moves_when_its_node_stops() {
+    use crate::webhook_outbox::{Script, add_endpoint, loopback, next_hook, receiver};
+    let Some(cluster) = Cluster::new().await else { return };
+    let a = cluster.node_with(loopback).await;
+    let b = cluster.node_with(loopback).await;
+    let (url, secrets, mut hooks) = receiver(Script::default()).await;
+    let alice = a.user("alice").await;
+    a.group("g", &["alice"]).await;
+    let id = add_endpoint(&a, &url, json!(["message.sent"]), &secrets).await;
+    let path = format!("/api/v1/webhooks/endpoints/{id}");
+    eventually("node b knows the endpoint", || async {
+        b.admin("GET", &path, None).await.0 == 200
+    })
+    .await;
+
+    let mut sent = 0u64;
+    for node in [&a, &b, &a, &b] {
+        for _ in 0..3 {
+            sent += 1;
+            node.send_as(&alice, "g", &format!("m{sent}")).await;
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = 0;
+    while seen.len() < sent as usize {
+        let h = next_hook(&mut hooks).await;
+        let seq = h.body["data"]["message"]["seq"].as_u64().unwrap();
+        assert!(seq > last || seen.contains(&seq), "out of order: {seq} after {last}");
+        last = last.max(seq);
+        seen.insert(seq);
+    }
+    assert_eq!(
+        seen,
+        (1..=sent).collect(),
+        "every node's messages, once the endpoint existed"
+    );
+
+    // Disabled through node b: node a, which may be the one relaying, stops delivering.
+    let (s, v) = b.admin("PATCH", &path, Some(json!({"enabled": false}))).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("node a sees the endpoint disabled", || async {
+        a.admin("GET", &path, None).await.1["enabled"] == false
+    })
+    .await;
+    let (s, v) = b.admin("PATCH", &path, Some(json!({"enabled": true}))).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("node a sees the endpoint enabled", || async {
+        a.admin("GET", &path, None).await.1["enabled"] == true
+    })
+    .await;
+
+    // Whichever node relayed it, the endpoint is b's once a stops (its lease released on the way out).
+    drop(a);
+    let from = sent + 1;
+    for _ in 0..3 {
+        sent += 1;
+        b.send_as(&alice, "g", &format!("m{sent}")).await;
+    }
+    let mut after = std::collections::BTreeSet::new();
+    while after.len() < 3 {
+        let h = next_hook(&mut hooks).await;
+        let seq = h.body["data"]["message"]["seq"].as_u64().unwrap();
+        // At least once: what the stopped holder sent above its saved cursor may come again.
+        if seq >= from {
+            after.insert(seq);
+        }
+    }
+    assert_eq!(after, (from..=sent).collect());
+}
+
+/// A user is online while any node holds a session of theirs: the contacts hear "online" once, when the
+/// first node's first session opens, and "offline" once, when the last node's last one closes; the user
+/// views of every node say the same meanwhile.
+#[tokio::test]
+async fn presence_is_the_union_of_the_nodes_sessions() {
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(cluster) = Cluster::new().await else { return };
+    let (a, b, alice, bob) = cluster.two_nodes_with_group().await;
+    let mut bob_on_a = a.ws(&bob, json!({})).await;
+    let online = async |node: &TestApp| {
+        let (s, v) = node.call("GET", "/api/v1/users/alice", &bob, None).await;
+        assert_eq!(s, 200, "{v}");
+        v["online"].as_bool().unwrap()
+    };
+    assert!(!online(&a).await);
+
+    let mut alice_on_b = b.ws(&alice, json!({})).await;
+    let f = next_of_type(&mut bob_on_a, "presence").await;
+    assert_eq!(
+        (f["user_id"].as_str(), f["online"].as_bool()),
+        (Some("alice"), Some(true)),
+        "{f}"
+    );
+    assert!(online(&a).await, "node a sees the session node b holds");
+
+    // A second session on node a, then the first (on node b) closes: alice stays online. The server sends
+    // its close frame once the session is unregistered and its presence recorded.
+    let mut alice_on_a = a.ws(&alice, json!({})).await;
+    alice_on_b.send(Message::Binary(vec![1].into())).await.unwrap();
+    assert_eq!(close_code(&mut alice_on_b, CLOSE_WAIT).await, Some(1002));
+    assert!(online(&a).await && online(&b).await, "still online through node a");
+
+    alice_on_a.send(Message::Binary(vec![1].into())).await.unwrap();
+    assert_eq!(close_code(&mut alice_on_a, CLOSE_WAIT).await, Some(1002));
+    assert!(!online(&a).await && !online(&b).await);
+    // The only presence frames of alice bob got: one online, one offline (a marker message after them
+    // bounds the wait).
+    a.send_as(&alice, "g", "marker").await;
+    let mut frames = Vec::new();
+    loop {
+        let f = next_json(&mut bob_on_a).await;
+        if f["type"] == "message.new" && f["message"]["text"] == "marker" {
+            break;
+        }
+        if f["type"] == "presence" && f["user_id"] == "alice" {
+            frames.push(f["online"].as_bool().unwrap());
+        }
+    }
+    assert_eq!(
+        frames,
+        vec![false],
+        "after the first online: one offline, when the last session closed"
     );
 }

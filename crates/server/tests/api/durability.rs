@@ -18,20 +18,40 @@ pub(crate) struct Server {
     pub addr: SocketAddr,
 }
 
+/// A failing test must not leave its servers running (they hold the test's output pipes open).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(data_dir: &Path) -> Server {
     start_with(data_dir, &[])
 }
 
 /// The real binary on a random loopback port, with `args` added to `serve` (e.g. `--config <file>`).
 pub(crate) fn start_with(data_dir: &Path, args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+    spawn_server(confab_command(data_dir).args(args))
+}
+
+/// The command that serves `data_dir` on a random loopback port with the test master token and send limits
+/// tests do not reach; more configuration goes on it (arguments, environment).
+pub(crate) fn confab_command(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_confab"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .args(args)
         .env("CONFAB_API_TOKEN", MASTER)
         .env("CONFAB_LIMITS__USER_SEND_PER_SEC", "100000")
         .env("CONFAB_LIMITS__USER_SEND_BURST", "100000")
-        .env("CONFAB_LOG", "info")
+        .env("CONFAB_LOG", "info");
+    command
+}
+
+/// Starts `command` (a [`confab_command`]) and waits until it listens.
+pub(crate) fn spawn_server(command: &mut Command) -> Server {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -106,6 +126,25 @@ async fn full_history(http: &reqwest::Client, addr: SocketAddr) -> Vec<Value> {
         }
         out.extend(page);
     }
+}
+
+/// A webhook endpoint for `message.sent` to `url`, through the admin API of a started binary: its id and
+/// its secret.
+pub(crate) async fn add_endpoint_at(http: &reqwest::Client, addr: SocketAddr, url: &str) -> (String, String) {
+    let (s, v) = call(
+        http,
+        addr,
+        "POST",
+        "/api/v1/webhooks/endpoints",
+        json!({"url": url, "events": ["message.sent"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    )
 }
 
 /// Users `alice` and `bob` and their group channel `g`, through the admin API of a started binary.

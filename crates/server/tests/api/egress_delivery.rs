@@ -6,20 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::durability::{Server, call, seed_group, send_texts, start_with, wait_ready};
+use crate::durability::{add_endpoint_at, call, seed_group, send_texts, start_with, wait_ready};
 
 /// The server process, killed when the test ends, a failed assertion included.
-struct Running(Server);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
-
 /// A receiver on 127.0.0.1 that counts the requests it gets.
 async fn counting_receiver() -> (String, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
@@ -54,22 +45,12 @@ async fn stored_private_endpoints_are_refused_after_the_policy_tightens() {
         "[egress]\nallow_private = [\"127.0.0.1\"]\n[webhooks]\nbackoff_ms = 50\nmax_backoff_secs = 1\n",
     )
     .unwrap();
-    let server = Running(start_with(dir.path(), &args));
-    wait_ready(&http, server.0.addr).await;
-    let (s, v) = call(
-        &http,
-        server.0.addr,
-        "POST",
-        "/api/v1/webhooks/endpoints",
-        json!({"url": url, "events": ["message.sent"]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    seed_group(&http, server.0.addr).await;
-    send_texts(&http, server.0.addr, 1).await;
-    let attempts = wait_attempts(&http, server.0.addr, &id, 1).await;
+    let server = start_with(dir.path(), &args);
+    wait_ready(&http, server.addr).await;
+    let (id, _) = add_endpoint_at(&http, server.addr, &url).await;
+    seed_group(&http, server.addr).await;
+    send_texts(&http, server.addr, 1).await;
+    let attempts = wait_attempts(&http, server.addr, &id, 1).await;
     assert_eq!(attempts[0]["delivered"], true, "{attempts:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     drop(server);
@@ -80,10 +61,10 @@ async fn stored_private_endpoints_are_refused_after_the_policy_tightens() {
         "[webhooks]\nbackoff_ms = 50\nmax_backoff_secs = 1\nretry_period_secs = 1\n",
     )
     .unwrap();
-    let server = Running(start_with(dir.path(), &args));
-    wait_ready(&http, server.0.addr).await;
-    send_texts(&http, server.0.addr, 1).await;
-    let attempts = wait_attempts(&http, server.0.addr, &id, 2).await;
+    let server = start_with(dir.path(), &args);
+    wait_ready(&http, server.addr).await;
+    send_texts(&http, server.addr, 1).await;
+    let attempts = wait_attempts(&http, server.addr, &id, 2).await;
     let refused = attempts
         .iter()
         .find(|a| a["delivered"] == false)
@@ -96,7 +77,7 @@ async fn stored_private_endpoints_are_refused_after_the_policy_tightens() {
     loop {
         let (_, v) = call(
             &http,
-            server.0.addr,
+            server.addr,
             "GET",
             &format!("/api/v1/webhooks/endpoints/{id}/dead_letters"),
             Value::Null,

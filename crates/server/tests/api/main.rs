@@ -6,6 +6,8 @@ mod bot_triggers;
 mod bots;
 mod builtin;
 mod cluster;
+mod cluster_crash;
+mod cluster_restarts;
 mod compat_webhooks;
 mod durability;
 mod edits;

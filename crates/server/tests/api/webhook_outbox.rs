@@ -18,14 +18,14 @@ use tokio::sync::mpsc;
 use crate::helpers::*;
 
 /// One request the receiver got, already verified.
-struct Hook {
-    id: String,
-    body: Value,
+pub(crate) struct Hook {
+    pub id: String,
+    pub body: Value,
 }
 
 /// How the receiver answers.
 #[derive(Clone, Default)]
-struct Script {
+pub(crate) struct Script {
     /// Answer 500 to the first requests for each webhook-id, this many times.
     fail_each_first: u32,
     /// Answer 503 to everything while set.
@@ -33,12 +33,12 @@ struct Script {
 }
 
 /// The secrets a receiver was given, one per endpoint that delivers to it.
-type Secrets = std::sync::Mutex<Vec<String>>;
+pub(crate) type Secrets = std::sync::Mutex<Vec<String>>;
 
 /// A receiver on loopback that verifies every request as the Standard Webhooks specification says
 /// (HMAC-SHA256 keyed with the base64-decoded part of one of the endpoints' `whsec_` secrets, over
 /// `id.timestamp.body`; timestamp within five minutes) and hands over those it accepted or refused on purpose.
-async fn receiver(script: Script) -> (String, Arc<Secrets>, mpsc::UnboundedReceiver<Hook>) {
+pub(crate) async fn receiver(script: Script) -> (String, Arc<Secrets>, mpsc::UnboundedReceiver<Hook>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let secret = Arc::new(Secrets::default());
     let seen: Arc<std::sync::Mutex<HashMap<String, u32>>> = Arc::default();
@@ -106,14 +106,14 @@ pub(crate) fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, 
         .any(|s| s == expected)
 }
 
-async fn next_hook(rx: &mut mpsc::UnboundedReceiver<Hook>) -> Hook {
+pub(crate) async fn next_hook(rx: &mut mpsc::UnboundedReceiver<Hook>) -> Hook {
     tokio::time::timeout(Duration::from_secs(15), rx.recv())
         .await
         .expect("a webhook within 15 s")
         .expect("receiver alive")
 }
 
-fn loopback(c: &mut confab::Config) {
+pub(crate) fn loopback(c: &mut confab::Config) {
     c.webhooks.allow_private = vec!["127.0.0.1".into()];
     c.webhooks.backoff_ms = 50;
     // The tests send faster than a person would.
@@ -121,7 +121,7 @@ fn loopback(c: &mut confab::Config) {
     c.limits.user_send_burst = 1000;
 }
 
-async fn add_endpoint(app: &TestApp, url: &str, events: Value, secret: &Secrets) -> String {
+pub(crate) async fn add_endpoint(app: &TestApp, url: &str, events: Value, secret: &Secrets) -> String {
     let (s, v) = app
         .admin(
             "POST",
@@ -389,7 +389,7 @@ async fn private_destinations_are_refused_unless_allowed() {
 /// SIGKILL and started again: they were recorded in the same transaction as the messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_delivery_survives_kill_9() {
-    use crate::durability::{call, seed_group, send_texts, start_with, wait_ready};
+    use crate::durability::{add_endpoint_at, seed_group, send_texts, start_with, wait_ready};
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("confab.toml");
@@ -406,17 +406,8 @@ async fn outbox_delivery_survives_kill_9() {
 
     let mut server = start_with(dir.path(), &args);
     wait_ready(&http, server.addr).await;
-    let (s, v) = call(
-        &http,
-        server.addr,
-        "POST",
-        "/api/v1/webhooks/endpoints",
-        json!({"url": url, "events": ["message.sent"]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 201, "{v}");
-    secret.lock().unwrap().push(v["secret"].as_str().unwrap().to_string());
+    let (_, key) = add_endpoint_at(&http, server.addr, &url).await;
+    secret.lock().unwrap().push(key);
     seed_group(&http, server.addr).await;
     let acked: HashSet<u64> = send_texts(&http, server.addr, 40).await.into_iter().collect();
     // The endpoint has seen (and refused) at least the first event: delivery is under way.

@@ -403,3 +403,32 @@ pub async fn leases_have_one_holder_until_they_expire<B: Backend>(b: B) {
     );
     assert!(s.acquire_lease("relay:b", "n3", 1_600, 2_600).await.unwrap());
 }
+
+/// One node's presence: the store says the user changed (online anywhere, offline everywhere) only on this
+/// node's first record and its last; what it holds is what `online_among` finds; a restart forgets it.
+pub async fn presence_follows_the_nodes_sessions<B: Backend>(b: B) {
+    let env = open(b).await;
+    let s = &env.store;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    assert!(s.set_presence(&alice, true).await.unwrap(), "came online");
+    assert!(!s.set_presence(&alice, true).await.unwrap(), "already online");
+    assert!(s.set_presence(&bob, true).await.unwrap());
+    let mut online = s
+        .online_among(&[alice.clone(), bob.clone(), uid("carol")])
+        .await
+        .unwrap();
+    online.sort();
+    assert_eq!(online, vec![alice.clone(), bob.clone()]);
+    assert!(s.set_presence(&alice, false).await.unwrap(), "went offline");
+    assert!(!s.set_presence(&alice, false).await.unwrap(), "already offline");
+    assert_eq!(
+        s.online_among(&[alice.clone(), bob.clone()]).await.unwrap(),
+        vec![bob.clone()]
+    );
+    assert!(
+        s.sweep_silent_nodes(i64::MAX).await.unwrap().offline.is_empty(),
+        "never this node's own"
+    );
+    assert_eq!(s.forget_own_presence().await.unwrap(), vec![bob.clone()]);
+    assert!(s.online_among(&[bob]).await.unwrap().is_empty());
+}

@@ -30,6 +30,28 @@ async fn interrupt(
     Ok(Outcome::Count(ids.len() as u64))
 }
 
+/// Of the users whose presence rows were just deleted, those no node holds a session of any more.
+async fn now_offline(tx: &Transaction<'_>, gone: &[tokio_postgres::Row]) -> Res<Vec<UserId>> {
+    let mut users = gone
+        .iter()
+        .map(|r| crate::rows::user_id(r, 0))
+        .collect::<Res<Vec<_>>>()?;
+    users.sort();
+    users.dedup();
+    let names: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+    let left = rows(
+        tx,
+        "SELECT DISTINCT user_id FROM presence WHERE user_id = ANY($1)",
+        &[&names],
+    )
+    .await?
+    .iter()
+    .map(|r| crate::rows::user_id(r, 0))
+    .collect::<Res<std::collections::HashSet<_>>>()?;
+    users.retain(|u| !left.contains(u));
+    Ok(users)
+}
+
 pub(super) async fn apply(tx: &Transaction<'_>, op: &Op, node: &str, events: &mut Vec<Event>) -> Res<Outcome> {
     let now = now_millis();
     match op {
@@ -153,7 +175,62 @@ pub(super) async fn apply(tx: &Transaction<'_>, op: &Op, node: &str, events: &mu
                 &[&node, silent_since],
             )
             .await?;
-            interrupt(tx, &found, "the server generating this reply stopped", now, events).await
+            let Outcome::Count(replies) =
+                interrupt(tx, &found, "the server generating this reply stopped", now, events).await?
+            else {
+                unreachable!("interrupt counts")
+            };
+            let gone = rows(
+                tx,
+                "DELETE FROM presence p WHERE node_id <> $1 AND NOT EXISTS (SELECT 1 FROM nodes n \
+                 WHERE n.node_id = p.node_id AND n.heartbeat_at >= $2) RETURNING user_id",
+                &[&node, silent_since],
+            )
+            .await?;
+            let offline = now_offline(tx, &gone).await?;
+            Ok(Outcome::Swept(replies, offline))
+        }
+        Op::SetPresence(user, here) => {
+            // One decision at a time per user across the nodes (the write lock serialises them anyway;
+            // this keeps it true if presence ever leaves the writer).
+            let elsewhere = crate::db::row(
+                tx,
+                "SELECT count(*) FROM presence WHERE user_id = $1 AND node_id <> $2",
+                &[&user.as_str(), &node],
+            )
+            .await?
+            .map(|r| get::<i64>(&r, 0))
+            .transpose()?
+            .unwrap_or(0);
+            let changed = match here {
+                true => {
+                    exec(
+                        tx,
+                        "INSERT INTO presence (user_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&user.as_str(), &node],
+                    )
+                    .await?
+                }
+                false => {
+                    exec(
+                        tx,
+                        "DELETE FROM presence WHERE user_id = $1 AND node_id = $2",
+                        &[&user.as_str(), &node],
+                    )
+                    .await?
+                }
+            };
+            Ok(Outcome::Count(u64::from(changed == 1 && elsewhere == 0)))
+        }
+        Op::ForgetOwnPresence => {
+            let gone = rows(
+                tx,
+                "DELETE FROM presence WHERE node_id = $1 RETURNING user_id",
+                &[&node],
+            )
+            .await?;
+            let offline = now_offline(tx, &gone).await?;
+            Ok(Outcome::Swept(0, offline))
         }
         Op::Heartbeat(at) => {
             exec(
