@@ -81,7 +81,7 @@ async fn follow_reply(ws: &mut Ws, bot: &str) -> (String, Value, Vec<u64>) {
 }
 
 /// Waits until `n` replies of `bot` are final; returns their final messages in the order they finished.
-async fn finished_replies(ws: &mut Ws, bot: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn finished_replies(ws: &mut Ws, bot: &str, n: usize) -> Vec<Value> {
     let mut done = Vec::new();
     while done.len() < n {
         let f = next_json(ws).await;

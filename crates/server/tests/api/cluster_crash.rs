@@ -371,3 +371,80 @@ async fn the_node_relaying_a_webhook_endpoint_killed_mid_relay_skips_nothing() {
         deliveries - sent as usize
     );
 }
+
+/// The node generating a reply is killed: another node ends the reply `interrupted` once the dead node has
+/// been silent for `node_silent_after_secs` (3 s here), and a client on the other node sees that final
+/// state; the reply never stays `generating`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_whose_node_dies_ends_interrupted_through_another_node() {
+    use confab_llm::fake::{Behaviour, FakeProvider};
+
+    use crate::helpers::{next_json_within, next_of_type, send_json};
+    let Some((_schema, shared)) = Shared::of_this_test().await else {
+        return;
+    };
+    let fake = FakeProvider::start().await;
+    fake.set_default(Behaviour::endless("tick "));
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "[[providers]]\nname = \"fake\"\nkind = \"openai_compatible\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+            fake.openai_base_url()
+        ),
+    )
+    .unwrap();
+    let Nodes {
+        mut servers,
+        dirs: _dirs,
+        addrs,
+        http,
+    } = start_nodes(&shared, 2, &[("CONFAB_CONFIG", config.path().to_str().unwrap())]).await;
+    let bot = json!({"id": "helper", "settings": {"provider": "fake"}});
+    let (s, v) = call(&http, addrs[0], "POST", "/api/v1/bots", bot).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &http,
+        addrs[0],
+        "POST",
+        "/api/v1/channels/g/members",
+        json!({"user_ids": ["helper"]}),
+    )
+    .await
+    .unwrap();
+    assert!(s == 200 || s == 201, "{s} {v}");
+    let bob = session_of(&http, addrs[0], "bob").await;
+    let (mut bob_on_b, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws?token={bob}", addrs[1]))
+        .await
+        .unwrap();
+    send_json(&mut bob_on_b, json!({"type": "hello", "resume": {}})).await;
+    assert_eq!(next_of_type(&mut bob_on_b, "welcome").await["type"], "welcome");
+
+    let body = json!({"sender_id": "alice", "text": "@helper go on"});
+    let (s, v) = call(&http, addrs[0], "POST", "/api/v1/channels/g/messages", body)
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let id = loop {
+        let f = next_of_type(&mut bob_on_b, "message.new").await;
+        if f["message"]["sender_id"] == "helper" {
+            break f["message"]["id"].clone();
+        }
+    };
+    let _ = next_of_type(&mut bob_on_b, "message.delta").await;
+    servers[0].child.kill().unwrap(); // SIGKILL, mid-reply
+    servers[0].child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let fin = loop {
+        let f = next_json_within(&mut bob_on_b, Duration::from_secs(30)).await;
+        if f["type"] == "message.updated" && f["message"]["id"] == id && f["message"]["reply"]["state"] != "generating"
+        {
+            break f["message"].clone();
+        }
+    };
+    assert_eq!(fin["reply"]["state"], "interrupted", "{fin}");
+    eprintln!(
+        "reply of a dead node: interrupted {} ms after its node was killed (silent after 3 s, heartbeat 1 s)",
+        killed.elapsed().as_millis()
+    );
+}
