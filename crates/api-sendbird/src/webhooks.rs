@@ -276,12 +276,13 @@ impl SendbirdWebhooks {
 
     pub(crate) async fn users_json(&self, ids: &[UserId]) -> DomainResult<Value> {
         let lookup = self.service.lookup();
+        let online = self.service.online_among(ids).await;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(u) = lookup.user(id).await? {
                 let mut j = user_json(&u);
                 j["is_active"] = json!(true);
-                j["is_online"] = json!(self.service.is_online(&u.id).await);
+                j["is_online"] = json!(online.contains(&u.id));
                 j["state"] = json!("joined");
                 out.push(j);
             }

@@ -39,7 +39,14 @@ struct Shared {
     latency: Mutex<Histogram<u64>>,
 }
 
-pub async fn run(target: &Target, api: &Api, o: &FanoutOpts, out: &mut Map<String, Value>) -> Result<()> {
+/// The publisher connects to `target`; receiving member `i` to `members_at[i % len]`.
+pub async fn run(
+    target: &Target,
+    members_at: &[Target],
+    api: &Api,
+    o: &FanoutOpts,
+    out: &mut Map<String, Value>,
+) -> Result<()> {
     let prefix = format!("b{}", unix_ms());
     let channel = format!("{prefix}-fanout");
     let publisher_id = format!("{prefix}-pub");
@@ -87,7 +94,7 @@ pub async fn run(target: &Target, api: &Api, o: &FanoutOpts, out: &mut Map<Strin
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     let mut connecting = JoinSet::new();
     for (i, token) in tokens[..o.members].iter().enumerate() {
-        let (permits, target, token) = (permits.clone(), target.clone(), token.clone());
+        let (permits, target, token) = (permits.clone(), members_at[i % members_at.len()].clone(), token.clone());
         connecting.spawn(async move {
             let r = ws::open_limited(&permits, &target, &token, None, ws::receiver_config()).await;
             (i, r)

@@ -47,6 +47,11 @@ struct Cli {
     /// Base URL of the server (plain http on a loopback address).
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Several nodes of one cluster (comma-separated base URLs): the fan-out's receiving members and the
+    /// send clients connect to them in turn, while setup and the fan-out's publisher use `--url`. With
+    /// `--url A --nodes B`, every delivery crosses from node A to node B.
+    #[arg(long, global = true, value_delimiter = ',')]
+    nodes: Vec<String>,
     /// The server's master API token, used to create the benchmark's users and channels.
     #[arg(long, global = true, env = "CONFAB_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -504,6 +509,16 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
         bail!("the master token is required: pass --token or set CONFAB_API_TOKEN");
     };
     let api = rest::Api::new(&target.http_base, token)?;
+    let spread: Vec<Target> = match cli.nodes.is_empty() {
+        true => vec![target.clone()],
+        false => cli.nodes.iter().map(|u| Target::parse(u)).collect::<Result<_>>()?,
+    };
+    if !cli.nodes.is_empty() {
+        out.insert(
+            "nodes".into(),
+            json!(spread.iter().map(|t| &t.http_base).collect::<Vec<_>>()),
+        );
+    }
     match &cli.command {
         Command::Fanout(a) => {
             let o = fanout::FanoutOpts {
@@ -513,7 +528,7 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
                 rate: a.rate,
                 drain: a.drain,
             };
-            fanout::run(target, &api, &o, out).await
+            fanout::run(target, &spread, &api, &o, out).await
         }
         Command::Send(a) => {
             let o = send::SendOpts {
@@ -526,7 +541,7 @@ async fn run(cli: &Cli, target: &Target, out: &mut Map<String, Value>) -> Result
                 Some(addr) => Some(webhook_sink::Sink::start(&api, addr).await?),
                 None => None,
             };
-            send::run(target, &api, &o, out).await?;
+            send::run(&spread, &api, &o, out).await?;
             if let Some(sink) = sink {
                 send::await_webhooks(&sink, a.drain, out).await;
                 api.delete_webhook_endpoint(&sink.endpoint_id).await?;

@@ -44,7 +44,8 @@ struct ClientReport {
     last_answer: Option<Instant>,
 }
 
-pub async fn run(target: &Target, api: &Api, o: &SendOpts, out: &mut Map<String, Value>) -> Result<()> {
+/// Client `i` connects to `nodes[i % len]`.
+pub async fn run(nodes: &[Target], api: &Api, o: &SendOpts, out: &mut Map<String, Value>) -> Result<()> {
     let prefix = format!("b{}", unix_ms());
     let users: Vec<String> = (0..o.clients).map(|i| format!("{prefix}-s{i}")).collect();
     let groups: Vec<(String, Vec<String>)> = users
@@ -72,7 +73,7 @@ pub async fn run(target: &Target, api: &Api, o: &SendOpts, out: &mut Map<String,
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     let mut connecting = JoinSet::new();
     for (i, token) in tokens.iter().enumerate() {
-        let (permits, target, token) = (permits.clone(), target.clone(), token.clone());
+        let (permits, target, token) = (permits.clone(), nodes[i % nodes.len()].clone(), token.clone());
         connecting.spawn(async move {
             let config = ws::sender_config().read_buffer_size(16 * 1024);
             (i, ws::open_limited(&permits, &target, &token, None, config).await)

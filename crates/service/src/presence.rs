@@ -168,7 +168,7 @@ impl Confab {
     }
 
     /// Of `users`, those some node holds a session of (those of this node if the store cannot say).
-    pub(crate) async fn online_among(&self, users: &[UserId]) -> HashSet<UserId> {
+    pub async fn online_among(&self, users: &[UserId]) -> HashSet<UserId> {
         let mut online: HashSet<UserId> = users
             .iter()
             .filter(|u| self.presence.is_online_here(u))
