@@ -103,11 +103,8 @@ pub async fn download(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let id = FileId::parse(&id)?;
-    let (obj, path) = st.service.open_file(&actor, &id).await?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| DomainError::Unavailable(format!("file storage: {e}")))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let (obj, bytes) = st.service.open_file(&actor, &id).await?;
+    let body = Body::from_stream(bytes);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(

@@ -262,9 +262,9 @@ impl Relay {
     /// added some), by the cursors saved in the store (a holder saves its own at least once a second; an
     /// endpoint's cursor is saved when it is added).
     async fn prune(&self) -> DomainResult<()> {
-        let endpoints = self.store.list_settings(ENDPOINT_NAMESPACE).await?;
         // Also the bound on how long a lost announcement of another node's change goes unnoticed.
-        self.reload_endpoints(endpoints.clone()).await?;
+        self.reload_endpoints().await?;
+        let endpoints = self.store.list_settings(ENDPOINT_NAMESPACE).await?;
         let cursors: HashMap<String, u64> = self
             .store
             .list_settings(CURSOR_NAMESPACE)

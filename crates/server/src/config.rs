@@ -1,6 +1,10 @@
 //! Configuration: defaults, then the optional TOML file, then `CONFAB_SECTION__KEY` environment variables.
 //! The listen address and data dir also come from command-line flags (see `main.rs`).
 
+mod files;
+
+pub use files::{FilesBackend, FilesConfig};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +55,8 @@ pub struct Config {
     /// The web chat and admin console served at `/` and `/admin`.
     pub web: WebConfig,
     pub uploads: UploadsConfig,
+    /// Where uploaded files' bytes are kept (`[files]`).
+    pub files: FilesConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -642,6 +648,7 @@ impl Default for Config {
             moderation_llm: ModerationLlmConfig::default(),
             web: WebConfig::default(),
             uploads: UploadsConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }

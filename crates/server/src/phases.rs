@@ -26,6 +26,8 @@ pub struct Storage {
     pub bus: DynBus,
     /// The outbox relay: the durable record of changes for webhooks, and their delivery.
     pub relay: Arc<confab_outbox::Relay>,
+    /// Where uploaded files' bytes are.
+    pub blobs: Arc<dyn confab_service::blobs::FileBlobs>,
 }
 
 /// Opens the configured store (`crate::storage`) with its bus, starts the outbox relay before anything writes (so
@@ -41,6 +43,7 @@ pub async fn open_storage(
     let node_id = crate::node::resolve(&config.cluster, &config.data_dir)?;
     let bus = crate::storage::open_bus(config, &node_id, shutdown).await?;
     let store = crate::storage::open_store(config, &node_id, bus.clone()).await?;
+    let blobs = crate::storage::open_files(config, &node_id).await?;
     let relay = confab_outbox::Relay::start(
         store.clone(),
         &bus,
@@ -62,7 +65,12 @@ pub async fn open_storage(
         );
     }
     tracing::info!(node_id, "this node");
-    Ok(Storage { store, bus, relay })
+    Ok(Storage {
+        store,
+        bus,
+        relay,
+        blobs,
+    })
 }
 
 /// The providers: the configuration's, the built-in model's, and those added through the admin API.
@@ -138,7 +146,8 @@ pub async fn start_core(
         .fold(
             Confab::builder(storage.store.clone(), storage.bus.clone(), master_token, cfg)
                 .provider_catalog(catalog)
-                .webhook_endpoints(storage.relay.clone()),
+                .webhook_endpoints(storage.relay.clone())
+                .file_blobs(storage.blobs.clone()),
             |b, hook| b.send_hook(hook),
         )
         .build()

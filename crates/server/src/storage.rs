@@ -1,6 +1,7 @@
-//! Opening the configured store and bus: SQLite in the data dir and the in-process bus (the default), or
-//! PostgreSQL (`[storage] backend = "postgres"`) and NATS (`[bus] backend = "nats"`), whose start waits for
-//! each, retrying, and says what it waits for.
+//! Opening the configured store, bus and file storage: SQLite in the data dir, the in-process bus and the data
+//! dir's `files/` (the default), or PostgreSQL (`[storage] backend = "postgres"`) and NATS (`[bus] backend =
+//! "nats"`), whose start waits for each, retrying, and says what it waits for, and an S3 bucket (`[files]
+//! backend = "s3"`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,12 +9,14 @@ use std::time::{Duration, Instant};
 use confab_bus::LocalBus;
 use confab_bus_nats::{NatsBus, NatsBusError, NatsConfig};
 use confab_domain::ports::{DynBus, DynStore};
+use confab_files_object::ObjectBlobs;
+use confab_service::blobs::{FileBlobs, LocalBlobs};
 use confab_store_postgres::{PostgresConfig, PostgresError, PostgresStore};
 use confab_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::config::{BusBackend, StorageBackend};
+use crate::config::{BusBackend, FilesBackend, StorageBackend};
 
 /// The bus of this node: in-process, or NATS (closed, letting queued events out, at `shutdown`).
 pub async fn open_bus(config: &Config, node_id: &str, shutdown: &CancellationToken) -> anyhow::Result<DynBus> {
@@ -51,6 +54,24 @@ fn is_unreachable_postgres(e: &PostgresError) -> bool {
 
 /// Longest pause between two attempts to reach the database.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// Where this node keeps uploaded files' bytes: the data dir's `files/`, or an object store (checked with a
+/// write at start, so a wrong bucket, endpoint or credential stops the start with the store's reason).
+pub async fn open_files(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn FileBlobs>> {
+    let blobs: Arc<dyn FileBlobs> = match config.files.backend {
+        FilesBackend::Local => Arc::new(LocalBlobs::new(config.data_dir.join("files"))),
+        FilesBackend::S3 => {
+            let blobs = ObjectBlobs::s3(&config.files.s3()).map_err(|e| anyhow::anyhow!("[files] {e}"))?;
+            blobs
+                .probe(node_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("[files] cannot write to {}: {e}", blobs.describe()))?;
+            Arc::new(blobs)
+        }
+    };
+    tracing::info!(files = %blobs.describe(), "uploaded files");
+    Ok(blobs)
+}
 
 /// `node_id` names this node among those sharing a PostgreSQL database (its generating replies are its own).
 pub async fn open_store(config: &Config, node_id: &str, bus: DynBus) -> anyhow::Result<DynStore> {

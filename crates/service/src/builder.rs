@@ -11,7 +11,7 @@ use governor::{Quota, RateLimiter};
 
 use crate::auth::{MasterToken, SessionCache};
 use crate::presence::PresenceRegistry;
-use crate::{Confab, ServiceConfig, bots, files, moderation, typing, webhooks};
+use crate::{Confab, ServiceConfig, blobs, bots, files, moderation, typing, webhooks};
 
 /// Assembles the service from its store, bus and configuration and the ports the binary plugs in; nothing
 /// changes them once built. Only the bot runtime, which is built over the service, attaches afterwards
@@ -24,9 +24,16 @@ pub struct ConfabBuilder {
     providers: Option<Arc<dyn bots::ProviderCatalog>>,
     webhook_endpoints: Option<Arc<dyn webhooks::WebhookEndpoints>>,
     send_hooks: Vec<Arc<dyn moderation::SendHook>>,
+    blobs: Option<Arc<dyn blobs::FileBlobs>>,
 }
 
 impl ConfabBuilder {
+    /// Where uploaded files' bytes are kept (default: the directory `files_dir`).
+    pub fn file_blobs(mut self, blobs: Arc<dyn blobs::FileBlobs>) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
     /// The providers bots and the admin API use (none: the provider admin API answers 503).
     pub fn provider_catalog(mut self, catalog: Arc<dyn bots::ProviderCatalog>) -> Self {
         self.providers = Some(catalog);
@@ -71,6 +78,9 @@ impl ConfabBuilder {
             rules: Arc::new(rules),
             webhook_endpoints: self.webhook_endpoints,
             send_hooks: self.send_hooks,
+            blobs: self
+                .blobs
+                .unwrap_or_else(|| Arc::new(blobs::LocalBlobs::new(cfg.files_dir.clone()))),
             cfg,
         });
         service.follow_invalidations();
@@ -89,6 +99,7 @@ impl Confab {
             providers: None,
             webhook_endpoints: None,
             send_hooks: Vec::new(),
+            blobs: None,
         }
     }
 

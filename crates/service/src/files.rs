@@ -5,7 +5,7 @@
 //! are removed after a while; partial uploads a crash left behind are removed at start.
 
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use confab_domain::model::{FileObject, FileQuota};
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::generate_token;
+use crate::blobs::{ByteStream, io_err};
 use crate::{Actor, Confab};
 
 /// Bytes kept from the start of an upload for content sniffing.
@@ -144,19 +145,6 @@ impl Drop for TmpFile {
     }
 }
 
-/// fsync of a directory: makes the entries created or renamed in it durable.
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    tokio::fs::File::open(dir).await?.sync_all().await?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
-fn io_err(e: std::io::Error) -> DomainError {
-    DomainError::Unavailable(format!("file storage: {e}"))
-}
-
 /// The content type, from the bytes alone.
 pub fn sniff_content_type(head: &[u8]) -> String {
     if let Some(kind) = infer::get(head) {
@@ -194,10 +182,6 @@ pub enum UploadFailed<E> {
 }
 
 impl Confab {
-    fn file_path(&self, id: &FileId) -> PathBuf {
-        self.cfg.files_dir.join(&id.as_str()[..2]).join(id.as_str())
-    }
-
     /// Starts an upload for a channel the actor belongs to, within the actor's upload rate.
     pub async fn begin_upload(&self, actor: &Actor, channel: &ChannelId) -> DomainResult<Upload> {
         self.get_channel(actor, channel).await?;
@@ -225,7 +209,7 @@ impl Confab {
         })
     }
 
-    pub async fn finish_upload(&self, mut up: Upload, name: &str) -> DomainResult<FileObject> {
+    pub async fn finish_upload(&self, up: Upload, name: &str) -> DomainResult<FileObject> {
         if up.size == 0 {
             up.abort().await;
             return Err(DomainError::invalid("file", "must not be empty"));
@@ -234,27 +218,13 @@ impl Confab {
             up.abort().await;
             return Err(io_err(e));
         }
-        let final_path = self.file_path(&up.id);
-        let dir = final_path.parent().expect("has parent");
-        if let Err(e) = tokio::fs::create_dir_all(dir).await {
+        if let Err(e) = self.blobs.put(&up.id, &up.tmp.path, up.size).await {
             up.abort().await;
-            return Err(io_err(e));
+            return Err(e);
         }
-        if let Err(e) = tokio::fs::rename(&up.tmp.path, &final_path).await {
-            up.abort().await;
-            return Err(io_err(e));
-        }
-        up.tmp.armed = false;
-        // The rename (and a new shard directory) is durable only once the directories are synced.
-        let synced = async {
-            sync_dir(dir).await?;
-            sync_dir(&self.cfg.files_dir).await
-        }
-        .await;
-        if let Err(e) = synced {
-            let _ = tokio::fs::remove_file(&final_path).await;
-            return Err(io_err(e));
-        }
+        // Moved into place, or copied: either way the spooled file is no longer needed.
+        drop(up.file);
+        up.tmp.remove().await;
         let obj = FileObject {
             id: up.id,
             channel_id: up.channel_id,
@@ -266,7 +236,9 @@ impl Confab {
             created_at: now_millis(),
         };
         if let Err(e) = self.store.put_file(obj.clone(), self.cfg.uploads.quota()).await {
-            let _ = tokio::fs::remove_file(&final_path).await;
+            if let Err(gone) = self.blobs.delete(&obj.id).await {
+                tracing::warn!(file = %obj.id, error = %gone, "cannot remove the bytes of a refused upload");
+            }
             return Err(e);
         }
         Ok(obj)
@@ -329,10 +301,8 @@ impl Confab {
         loop {
             let ids = self.store.delete_unattached_files(before, SWEEP_BATCH).await?;
             for id in &ids {
-                match tokio::fs::remove_file(self.file_path(id)).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(file = %id, error = %e, "cannot remove an unattached file"),
+                if let Err(e) = self.blobs.delete(id).await {
+                    tracing::warn!(file = %id, error = %e, "cannot remove an unattached file");
                 }
             }
             removed += ids.len();
@@ -342,8 +312,8 @@ impl Confab {
         }
     }
 
-    /// The file and where its bytes are, if the actor is a member of the channel it was uploaded for.
-    pub async fn open_file(&self, actor: &Actor, id: &FileId) -> DomainResult<(FileObject, PathBuf)> {
+    /// The file and its bytes, if the actor is a member of the channel it was uploaded for.
+    pub async fn open_file(&self, actor: &Actor, id: &FileId) -> DomainResult<(FileObject, ByteStream)> {
         let obj = self
             .store
             .get_file(id)
@@ -354,8 +324,8 @@ impl Confab {
         {
             return Err(DomainError::not_found("file", id));
         }
-        let path = self.file_path(id);
-        Ok((obj, path))
+        let bytes = self.blobs.get(id).await?;
+        Ok((obj, bytes))
     }
 }
 

@@ -3,6 +3,7 @@
 //! of its own.
 
 pub mod auth;
+pub mod blobs;
 pub mod bots;
 mod builder;
 pub mod files;
@@ -39,7 +40,7 @@ use presence::PresenceRegistry;
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
     pub limits: Limits,
-    /// Where uploads are kept.
+    /// Where uploads are spooled (`tmp/`) and, unless other [`blobs::FileBlobs`] are plugged in, kept.
     pub files_dir: PathBuf,
     pub max_upload_bytes: u64,
     pub uploads: files::UploadLimits,
@@ -113,6 +114,8 @@ pub struct Confab {
     rules: Arc<moderation::RuleBook>,
     webhook_endpoints: Option<Arc<dyn webhooks::WebhookEndpoints>>,
     send_hooks: Vec<Arc<dyn moderation::SendHook>>,
+    /// Where uploaded files' bytes are.
+    blobs: Arc<dyn blobs::FileBlobs>,
 }
 
 impl Confab {

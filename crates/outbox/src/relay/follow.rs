@@ -25,10 +25,7 @@ impl Relay {
                 let Some(relay) = weak.upgrade() else { return };
                 let done = match change {
                     SettingsChange::Key(id) => relay.reload_endpoint(&id).await,
-                    SettingsChange::All => match relay.store.list_settings(ENDPOINT_NAMESPACE).await {
-                        Ok(stored) => relay.reload_endpoints(stored).await,
-                        Err(e) => Err(e),
-                    },
+                    SettingsChange::All => relay.reload_endpoints().await,
                 };
                 if let Err(e) = done {
                     tracing::warn!(error = %e, "cannot reload the webhook endpoints; the next prune will");
@@ -37,18 +34,21 @@ impl Relay {
         });
     }
 
-    /// Brings one endpoint's worker in line with the store.
+    /// Brings one endpoint's worker in line with the store. Read under the workers' lock, which this node's
+    /// own changes hold while they write the store: what is read is never older than what the workers hold.
     async fn reload_endpoint(&self, id: &str) -> DomainResult<()> {
-        let stored = self.store.get_setting(ENDPOINT_NAMESPACE, id).await?;
         let mut workers = self.workers.lock().await;
+        let stored = self.store.get_setting(ENDPOINT_NAMESPACE, id).await?;
         self.apply_stored(&mut workers, id, stored).await?;
         self.refresh_interest(&workers);
         Ok(())
     }
 
-    /// Brings every worker in line with the endpoints the store holds (all of them, by id).
-    pub(super) async fn reload_endpoints(&self, stored: Vec<(String, serde_json::Value)>) -> DomainResult<()> {
+    /// Brings every worker in line with the endpoints the store holds, read under the workers' lock (an
+    /// endpoint this node adds or deletes meanwhile is never taken for one deleted or still there).
+    pub(super) async fn reload_endpoints(&self) -> DomainResult<()> {
         let mut workers = self.workers.lock().await;
+        let stored = self.store.list_settings(ENDPOINT_NAMESPACE).await?;
         let gone: Vec<String> = workers
             .keys()
             .filter(|id| !stored.iter().any(|(s, _)| s == *id))
@@ -101,5 +101,69 @@ impl Relay {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use confab_bus::LocalBus;
+    use confab_domain::ports::{DynBus, DynStore};
+    use confab_service::webhooks::{EndpointSpec, WebhookEndpoints};
+    use confab_store_sqlite::{SqliteConfig, SqliteStore};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::RelayConfig;
+
+    /// A reload racing this node's own additions and deletions never stops an endpoint just added nor
+    /// brings back one just deleted (it reads the store under the lock those changes hold).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reloads_racing_local_changes_keep_the_workers_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus: DynBus = Arc::new(LocalBus::default());
+        let store: DynStore =
+            Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("confab.db")), bus.clone()).unwrap());
+        let stop = CancellationToken::new();
+        let relay = Relay::start(
+            store,
+            &bus,
+            EgressPolicy::default(),
+            RelayConfig::default(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let spec = || EndpointSpec {
+            url: "https://hooks.example.com/in".into(),
+            events: vec!["message.*".into()],
+            description: String::new(),
+            enabled: true,
+        };
+        let mut kept = Vec::new();
+        for i in 0..30 {
+            let reloads = {
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    for _ in 0..3 {
+                        relay.reload_endpoints().await.unwrap();
+                    }
+                })
+            };
+            let (view, _) = relay.create(spec()).await.unwrap();
+            if i % 3 == 0 {
+                relay.delete(&view.id).await.unwrap();
+            } else {
+                kept.push(view.id);
+            }
+            reloads.await.unwrap();
+        }
+        relay.reload_endpoints().await.unwrap();
+        let mut held: Vec<String> = relay.list().await.unwrap().into_iter().map(|e| e.id).collect();
+        held.sort();
+        kept.sort();
+        assert_eq!(held, kept);
+        stop.cancel();
     }
 }

@@ -471,3 +471,67 @@ async fn a_trigger_gets_one_reply_in_the_cluster_and_a_stop_reaches_its_node() {
         "{fin}"
     );
 }
+
+/// With `[files] backend = "s3"` (an S3 API server, moto's), a file uploaded through one node is served by
+/// the other, byte for byte, and only to members; its bytes are one object of the shared bucket.
+#[tokio::test]
+async fn a_file_uploaded_through_one_node_is_served_by_the_other_from_the_bucket() {
+    use confab::config::FilesBackend;
+    use confab_files_object::testing::{Moto, test_credentials};
+
+    use crate::files::upload;
+    let Some(cluster) = Cluster::new().await else { return };
+    let Some(moto) = Moto::start() else { return };
+    test_credentials();
+    moto.create_bucket("cluster-files").await;
+    let endpoint = moto.endpoint();
+    let s3 = move |c: &mut confab::Config| {
+        c.files.backend = FilesBackend::S3;
+        c.files.s3_bucket = "cluster-files".into();
+        c.files.s3_region = "us-east-1".into();
+        c.files.s3_endpoint = endpoint.clone();
+        c.files.s3_prefix = "uploads".into();
+        c.files.s3_allow_http = true;
+    };
+    let a = cluster.node_with(s3.clone()).await;
+    let b = cluster.node_with(s3).await;
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let eve = a.user("eve").await;
+    a.group("g", &["alice", "bob"]).await;
+
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (s, f) = upload(&a, &alice, "g", "data.bin", bytes.clone(), "application/octet-stream").await;
+    assert_eq!(s, 201, "{f}");
+    let id = f["id"].as_str().unwrap().to_string();
+    let get = async |node: &TestApp, token: &str| {
+        let r = node
+            .http
+            .get(node.url(&format!("/api/v1/files/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    };
+    let (s, served) = get(&b, &bob).await;
+    assert_eq!(s, 200);
+    assert!(served == bytes, "node b serves the bytes node a stored");
+    assert_eq!(get(&b, &eve).await.0, 404, "only members");
+    // Read straight from the bucket, past both nodes.
+    let bucket = confab_files_object::ObjectBlobs::s3(&confab_files_object::S3Config {
+        bucket: "cluster-files".into(),
+        region: "us-east-1".into(),
+        endpoint: moto.endpoint(),
+        prefix: "uploads".into(),
+        allow_http: true,
+    })
+    .unwrap();
+    let id = confab_domain::FileId::parse(&id).unwrap();
+    let mut stream = confab_service::blobs::FileBlobs::get(&bucket, &id).await.unwrap();
+    let mut stored = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        stored.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(stored == bytes, "the object in the bucket is the file");
+}
