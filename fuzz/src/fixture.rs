@@ -6,9 +6,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use confab_api_native::{AppState, HttpLimits};
-use confab_domain::model::NewUser;
-use confab_domain::{ChannelId, Limits, UserId};
+use confab_domain::model::{FileObject, NewUser};
+use confab_domain::{ChannelId, FileId, Limits, UserId};
 use confab_gateway::{GatewayConfig, Hub};
+use confab_service::blobs::{FileBlobs, LocalBlobs};
 use confab_service::{Actor, Confab, NewGroup, ServiceConfig, SessionGrant};
 use confab_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,8 @@ pub struct Fixture {
     /// The store under the service, for the parts the binary wires to it (the webhook relay).
     store: confab_domain::ports::DynStore,
     pub hub: Arc<Hub>,
+    /// Where the service keeps uploaded files' bytes.
+    pub blobs: Arc<LocalBlobs>,
     pub router: axum::Router,
     /// alice's session, as the WebSocket upgrade resolves it.
     pub alice: SessionGrant,
@@ -33,6 +36,18 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A stored file's record and the length of its bytes as read back through the service; then its bytes
+    /// are removed, which keeps the fixture's disk use bounded over a long run.
+    pub async fn read_back_and_forget(&self, id: &FileId) -> (FileObject, u64) {
+        let (obj, mut bytes) = self.service.open_file(&Actor::Admin, id).await.expect("stored");
+        let mut len = 0u64;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut bytes).await {
+            len += chunk.expect("readable").len() as u64;
+        }
+        let _ = FileBlobs::delete(&*self.blobs, id).await;
+        (obj, len)
+    }
+
     /// The `/v3` router (Sendbird) over the same service, with its webhook relay (webhooks and bot callbacks),
     /// built on first use (only its targets pay for it). Outbound requests stay behind the egress policy.
     pub fn sendbird(&self) -> &axum::Router {
@@ -41,15 +56,10 @@ impl Fixture {
                 let shutdown = CancellationToken::new();
                 let bus: confab_domain::ports::DynBus = self.bus.clone();
                 let egress = confab_egress::EgressPolicy::default();
-                let relay = confab_outbox::Relay::start(
-                    self.store.clone(),
-                    &bus,
-                    egress.clone(),
-                    Default::default(),
-                    shutdown,
-                )
-                .await
-                .expect("relay");
+                let relay =
+                    confab_outbox::Relay::start(self.store.clone(), &bus, egress.clone(), Default::default(), shutdown)
+                        .await
+                        .expect("relay");
                 let hooks = confab_api_sendbird::webhooks::SendbirdWebhooks::start(
                     self.service.clone(),
                     egress,
@@ -92,12 +102,13 @@ fn build() -> Fixture {
         ..GatewayConfig::default()
     };
     let bus = Arc::new(confab_bus::LocalBus::default());
+    let blobs = Arc::new(LocalBlobs::new(dir.path().join("files")));
     let (store, service, hub, alice, router) = rt.block_on(async {
         let mut store_cfg = SqliteConfig::new(dir.path().join("fuzz.db"));
         // Durability is not what is fuzzed here: no fsync per commit, which would only slow every input down.
         store_cfg.synchronous = Synchronous::Normal;
         let store: confab_domain::ports::DynStore = Arc::new(SqliteStore::open(store_cfg, bus.clone()).expect("store"));
-        let service = Confab::new(
+        let service = Confab::builder(
             store.clone(),
             bus.clone(),
             MASTER,
@@ -110,6 +121,8 @@ fn build() -> Fixture {
                 moderation: Default::default(),
             },
         )
+        .file_blobs(blobs.clone())
+        .build()
         .expect("service");
         for id in ["alice", "bob"] {
             let user = NewUser {
@@ -163,6 +176,7 @@ fn build() -> Fixture {
         bus,
         store,
         hub,
+        blobs,
         router,
         alice,
         gateway,

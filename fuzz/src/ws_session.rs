@@ -15,8 +15,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
-use confab_gateway::session;
 use confab_gateway::frames::ClientFrame;
+use confab_gateway::session;
 use futures_util::{Sink, Stream};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
