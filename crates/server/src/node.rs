@@ -46,7 +46,8 @@ fn check(id: &str) -> anyhow::Result<()> {
 
 /// Says this node is alive once now (before it serves), then every `heartbeat_secs`, each time also ending
 /// the generating replies of nodes silent for `node_silent_after_secs`, announcing offline the users whose
-/// sessions were all on those nodes, and forgetting expired leases (and claims). Until `shutdown`.
+/// sessions were all on those nodes, telling the store what it missed of this node's sessions, and
+/// forgetting expired leases (and claims). Until `shutdown`.
 pub async fn start_upkeep(
     store: DynStore,
     service: Weak<Confab>,
@@ -70,6 +71,9 @@ pub async fn start_upkeep(
             let now = now_millis();
             if let Err(e) = store.heartbeat(now).await {
                 tracing::warn!(error = %e, "cannot record this node's heartbeat");
+            }
+            if let Some(service) = service.upgrade() {
+                service.reconcile_presence().await;
             }
             if let Err(e) = store.prune_leases(now).await {
                 tracing::warn!(error = %e, "cannot forget expired leases");

@@ -81,6 +81,16 @@ impl PresenceRegistry {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner()).contains(user)
     }
 
+    /// Users whose sessions here the store does not know as they are: a change it could not record (the
+    /// database away), or one still being recorded.
+    fn unrecorded(&self) -> Vec<UserId> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = recorded.iter().filter(|u| !sessions.contains_key(*u));
+        let new = sessions.keys().filter(|u| !recorded.contains(*u));
+        gone.chain(new).cloned().collect()
+    }
+
     fn set_recorded(&self, user: &UserId, here: bool) {
         let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         match here {
@@ -123,6 +133,14 @@ impl Confab {
                 }
             }
             Err(e) => tracing::warn!(user = %user, error = %e, "cannot record presence"),
+        }
+    }
+
+    /// Tells the store what it missed of this node's sessions (a change it could not record while the
+    /// database was away). The node's upkeep calls it every heartbeat.
+    pub async fn reconcile_presence(&self) {
+        for user in self.presence.unrecorded() {
+            self.record_presence(&user).await;
         }
     }
 
@@ -206,5 +224,21 @@ mod tests {
         assert!(p.closed(&u));
         assert!(!p.is_online_here(&u));
         assert!(!p.closed(&u), "closing an unknown session is harmless");
+    }
+
+    #[test]
+    fn what_the_store_was_not_told_is_found_again() {
+        let p = PresenceRegistry::default();
+        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+        p.opened(&a);
+        assert_eq!(p.unrecorded(), vec![a.clone()], "opened, not recorded yet");
+        p.set_recorded(&a, true);
+        assert!(p.unrecorded().is_empty());
+        p.opened(&b);
+        p.set_recorded(&b, true);
+        p.closed(&b);
+        assert_eq!(p.unrecorded(), vec![b.clone()], "closed, the store still has it");
+        p.set_recorded(&b, false);
+        assert!(p.unrecorded().is_empty());
     }
 }

@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::SinkExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{nats_url, skip_without_nats};
 use crate::cluster_crash::{
     Nodes, Shared, check_history, expect_followed, follow_channel, history, session_of, start_nodes,
 };
 use crate::durability::call;
-use crate::helpers::skip_unless_required;
+use crate::helpers::{close_code, next_of_type, send_json, skip_unless_required};
 
 /// A port free right now on loopback (for a server that must come back on the same one).
 fn free_port() -> u16 {
@@ -321,6 +323,21 @@ async fn a_postgresql_restart_mid_load_loses_nothing_and_the_nodes_come_back() {
     let bob = session_of(&http, addrs[0], "bob").await;
     let (seen, until) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(u64::MAX)));
     let follower = tokio::spawn(follow_channel(vec![addrs[1]], bob, seen.clone(), until.clone()));
+    // Alice is online through node b; her session closes while the database is away.
+    let alice = session_of(&http, addrs[0], "alice").await;
+    let (mut alice_on_b, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws?token={alice}", addrs[1]))
+        .await
+        .unwrap();
+    send_json(&mut alice_on_b, json!({"type": "hello", "resume": {}})).await;
+    next_of_type(&mut alice_on_b, "welcome").await;
+    let online = async || {
+        let (s, v) = call(&http, addrs[0], "GET", "/api/v1/users/alice", serde_json::Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{v}");
+        v["online"].as_bool().unwrap()
+    };
+    assert!(online().await);
 
     let load = Load::start(&http, &addrs);
     load.until_acked(200).await;
@@ -333,8 +350,20 @@ async fn a_postgresql_restart_mid_load_loses_nothing_and_the_nodes_come_back() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(load.acked() <= during + 2, "acknowledged while the database was down");
+    // The server closes it once the close is handled (its presence write failing meanwhile).
+    alice_on_b.send(Message::Binary(vec![1].into())).await.unwrap();
+    assert_eq!(close_code(&mut alice_on_b, Duration::from_secs(60)).await, Some(1002));
     pg.up();
     let back = all_ready(&http, &addrs, BACK_WITHIN).await;
+    // The store learns what it missed: alice is offline on every node.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while online().await {
+        assert!(
+            Instant::now() < deadline,
+            "alice still online after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     load.until_acked(load.acked() + 200).await;
     let refused = load.refused.load(Ordering::Relaxed);
     let acked = load.finish().await;
