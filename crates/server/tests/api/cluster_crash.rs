@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{nats_url, skip_without_nats};
 use crate::durability::{Server, add_endpoint_at, call, confab_command, seed_group, spawn_server, wait_ready};
+use crate::helpers::{Ws, next_of_type, send_json};
 
 /// Where the nodes of one test meet.
 pub(crate) struct Shared {
@@ -162,6 +163,30 @@ pub(crate) async fn session_of(http: &reqwest::Client, addr: SocketAddr, user: &
     v["token"].as_str().unwrap().to_string()
 }
 
+/// A WebSocket session of `user` on the node at `addr`, welcomed.
+pub(crate) async fn session_socket(http: &reqwest::Client, admin_at: SocketAddr, addr: SocketAddr, user: &str) -> Ws {
+    let token = session_of(http, admin_at, user).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ws?token={token}"))
+        .await
+        .unwrap();
+    send_json(&mut ws, json!({"type": "hello", "resume": {}})).await;
+    next_of_type(&mut ws, "welcome").await;
+    ws
+}
+
+/// Bob following `g` through `nodes` ([`follow_channel`]): the task, the seqs he got, and the last seq to
+/// wait for (`u64::MAX` until known).
+pub(crate) async fn bob_follows(
+    http: &reqwest::Client,
+    admin_at: SocketAddr,
+    nodes: Vec<SocketAddr>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<u64>>>, Arc<AtomicU64>) {
+    let bob = session_of(http, admin_at, "bob").await;
+    let (seen, until) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(u64::MAX)));
+    let follower = tokio::spawn(follow_channel(nodes, bob, seen.clone(), until.clone()));
+    (follower, seen, until)
+}
+
 /// A WebSocket client of `g` that follows the channel through whichever node answers: when its node goes
 /// away it connects to the next one, resuming after the last seq it got. Records every seq it is given,
 /// until it has the one `until` names (`u64::MAX` until the test knows the last).
@@ -217,10 +242,7 @@ async fn kill_9_of_one_node_under_load_loses_nothing_and_its_clients_resume_else
     } = start_nodes(&shared, 3, &[]).await;
 
     // Bob follows g through the node that will die, then through the survivors.
-    let bob = session_of(&http, addrs[0], "bob").await;
-    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
     let victim = 2;
-    let stop_at = Arc::new(AtomicU64::new(u64::MAX));
 
     // One sender per node; the victim's sender moves to a survivor and retries the send it lost.
     let acked: Arc<Mutex<HashMap<String, (i64, u64)>>> = Arc::default();
@@ -253,12 +275,7 @@ async fn kill_9_of_one_node_under_load_loses_nothing_and_its_clients_resume_else
             }
         }));
     }
-    let follower = tokio::spawn(follow_channel(
-        vec![addrs[victim], addrs[0], addrs[1]],
-        bob,
-        seen.clone(),
-        stop_at.clone(),
-    ));
+    let (follower, seen, stop_at) = bob_follows(&http, addrs[0], vec![addrs[victim], addrs[0], addrs[1]]).await;
 
     while acked.lock().unwrap().len() < 300 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -379,7 +396,7 @@ async fn the_node_relaying_a_webhook_endpoint_killed_mid_relay_skips_nothing() {
 async fn a_reply_whose_node_dies_ends_interrupted_through_another_node() {
     use confab_llm::fake::{Behaviour, FakeProvider};
 
-    use crate::helpers::{next_json_within, next_of_type, send_json};
+    use crate::helpers::next_json_within;
     let Some((_schema, shared)) = Shared::of_this_test().await else {
         return;
     };
@@ -413,12 +430,7 @@ async fn a_reply_whose_node_dies_ends_interrupted_through_another_node() {
     .await
     .unwrap();
     assert!(s == 200 || s == 201, "{s} {v}");
-    let bob = session_of(&http, addrs[0], "bob").await;
-    let (mut bob_on_b, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws?token={bob}", addrs[1]))
-        .await
-        .unwrap();
-    send_json(&mut bob_on_b, json!({"type": "hello", "resume": {}})).await;
-    assert_eq!(next_of_type(&mut bob_on_b, "welcome").await["type"], "welcome");
+    let mut bob_on_b = session_socket(&http, addrs[0], addrs[1], "bob").await;
 
     let body = json!({"sender_id": "alice", "text": "@helper go on"});
     let (s, v) = call(&http, addrs[0], "POST", "/api/v1/channels/g/messages", body)

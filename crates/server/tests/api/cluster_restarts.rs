@@ -19,10 +19,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{nats_url, skip_without_nats};
 use crate::cluster_crash::{
-    Nodes, Shared, check_history, expect_followed, follow_channel, history, session_of, start_nodes,
+    Nodes, Shared, bob_follows, check_history, expect_followed, history, session_socket, start_nodes,
 };
 use crate::durability::call;
-use crate::helpers::{close_code, next_of_type, send_json, skip_unless_required};
+use crate::helpers::{close_code, skip_unless_required};
 
 /// A port free right now on loopback (for a server that must come back on the same one).
 fn free_port() -> u16 {
@@ -320,16 +320,9 @@ async fn a_postgresql_restart_mid_load_loses_nothing_and_the_nodes_come_back() {
         addrs,
         http,
     } = start_nodes(&shared, 2, &[]).await;
-    let bob = session_of(&http, addrs[0], "bob").await;
-    let (seen, until) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(u64::MAX)));
-    let follower = tokio::spawn(follow_channel(vec![addrs[1]], bob, seen.clone(), until.clone()));
+    let (follower, seen, until) = bob_follows(&http, addrs[0], vec![addrs[1]]).await;
     // Alice is online through node b; her session closes while the database is away.
-    let alice = session_of(&http, addrs[0], "alice").await;
-    let (mut alice_on_b, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws?token={alice}", addrs[1]))
-        .await
-        .unwrap();
-    send_json(&mut alice_on_b, json!({"type": "hello", "resume": {}})).await;
-    next_of_type(&mut alice_on_b, "welcome").await;
+    let mut alice_on_b = session_socket(&http, addrs[0], addrs[1], "alice").await;
     let online = async || {
         let (s, v) = call(&http, addrs[0], "GET", "/api/v1/users/alice", serde_json::Value::Null)
             .await
@@ -398,11 +391,9 @@ async fn a_nats_restart_mid_load_loses_nothing_and_sessions_resynchronize() {
         addrs,
         http,
     } = start_nodes(&shared, 2, &[]).await;
-    let bob = session_of(&http, addrs[0], "bob").await;
-    let (seen, until) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(u64::MAX)));
     // Bob follows on node b; every message is sent through node a, so each reaches him through NATS (or
     // through the store, after a resync).
-    let follower = tokio::spawn(follow_channel(vec![addrs[1]], bob, seen.clone(), until.clone()));
+    let (follower, seen, until) = bob_follows(&http, addrs[0], vec![addrs[1]]).await;
     let load = Load::start(&http, &addrs[..1]);
     load.until_acked(200).await;
     nats.kill();
