@@ -68,11 +68,23 @@ bench() {
   echo "# cpu after:  $(cpu)"
 }
 
+# NATS messages each node has published and received from the others so far (a node takes only the
+# channels its sessions are in: in `send`, each client's group has its one member on one node).
+received() {
+  local out=""
+  for i in $(seq 0 $(($1 - 1))); do
+    out="$out node$i=$(curl -sf -H "Authorization: Bearer $CONFAB_API_TOKEN" "$(url "$i")/metrics" |
+      awk '/^confab_bus_nats_(published|received)_total/ {printf "%s%s", sep, $2; sep = "/"}')"
+  done
+  echo "# nats messages published/received:$out"
+}
+
 for n in 1 2 3; do
   start_cluster "$n"
   for _ in $(seq "$RUNS"); do
     bench --url "$(url 0)" --nodes "$(nodes "$n")" send --clients 100 --duration 10s
   done
+  received "$n"
   for _ in $(seq "$RUNS"); do
     bench --url "$(url 0)" --nodes "$(nodes "$n")" fanout --members 1000 --messages 2000 --window 64
   done

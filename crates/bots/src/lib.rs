@@ -159,7 +159,8 @@ impl BotRuntime {
             | Event::MembersJoined { .. }
             | Event::MemberLeft { .. }
             | Event::ChannelDeleted { .. }
-            | Event::ReplyStopRequested { .. } => true,
+            | Event::ReplyStopRequested { .. }
+            | Event::Resync => true,
             _ => false,
         }
     }
@@ -251,6 +252,17 @@ impl BotRuntime {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&channel_id);
+            }
+            // Changes of bots and members from other nodes may have been lost: what was cached is reloaded.
+            Event::Resync => {
+                match self.service.lookup().bots().await {
+                    Ok(bots) => {
+                        let bots = bots.into_iter().map(|b| (b.id.clone(), b)).collect();
+                        *self.bots.write().unwrap_or_else(|e| e.into_inner()) = bots;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reload the bots after a resync"),
+                }
+                self.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
             Event::ReplyStopRequested { message_id, .. } => {
                 if let Some(t) = self.active.lock().unwrap_or_else(|e| e.into_inner()).get(&message_id) {
@@ -420,7 +432,10 @@ mod tests {
                 assert!(BotRuntime::wants(ev, origin), "{} from {origin:?}", ev.name());
             }
         }
-        assert!(!BotRuntime::wants(&Event::Resync, Origin::Remote));
+        assert!(
+            BotRuntime::wants(&Event::Resync, Origin::Remote),
+            "caches reload after lost events"
+        );
     }
 
     #[test]

@@ -8,13 +8,39 @@
 //! `Confab-Node` header naming the node. A reader task receives the other nodes' events, skips its own node's
 //! messages by that header, and hands each to the local bus as [`Origin::Remote`]. Subjects:
 //! `{prefix}.ch.{hex of the channel id}` for an event of a channel ([`Event::channel_id`]; the hex keeps ids
-//! with `.`, `*` or `>` one subject token), `{prefix}.all` for events of no channel (users, presence, bots,
-//! session revocations). Each node subscribes to `{prefix}.>`: every event (see [`Subjects::interest`]).
+//! with `.`, `*` or `>` one subject token), `{prefix}.all` for events every node needs: those of no channel
+//! (users, presence, bots, session revocations, settings), membership changes ([`Event::is_membership`]),
+//! requests to stop a reply (the node generating it may have no session in the channel) and the outbox's
+//! doorbell ([`Event::OutboxAppended`]).
+//!
+//! # Which events a node takes
+//! A node subscribes to `{prefix}.all`, to its own probe subject, and to the subject of each channel a
+//! *watched* user is in: a user with a session on this node ([`EventBus::watch_user`]; the gateway's
+//! sessions tell it through the service). So a node receives the messages, edits, typing, receipts and
+//! reply deltas of the channels its sessions need, and no other (`interest`). The set changes with:
+//! - a user's first session here: the bus watches the user, then follows the channels the store lists for
+//!   them, and the session reads its backlog only once those subscriptions are confirmed (a probe of this
+//!   node came back after them), so nothing committed in between is missed;
+//! - membership events (from any node, all on `{prefix}.all`): a watched user joining a channel this node
+//!   did not follow subscribes to it. Events of the channel published between the join and the subscription
+//!   did not reach this node, so once the subscription is confirmed the bus raises
+//!   [`Event::ChannelCatchUp`] for the users who joined: their sessions read what follows the join from the
+//!   store. A join from another node also raises it at once when the channel was already followed: the
+//!   channel's events come through another subscription than the join, and may have been taken first;
+//! - the last watched member leaving, the channel deleted, or the user's last session closing: unsubscribed.
+//!
+//! Subscribers learn which channels are followed with [`EventBus::follows`] (the gateway fans out only
+//! those; a local event of another channel, a message sent through the REST API say, reaches no session
+//! here). Every node still sees every membership event, so the members cached for fan-out and by the bots
+//! stay right whichever channels are followed.
 //!
 //! # Ordering
 //! NATS keeps one publisher's order per subscription, and each node publishes from one task in publish
-//! order, so one node's events reach every other node in the order that node published them (its store
-//! publishes in commit order). Events of different nodes are not ordered against each other: a channel's
+//! order, so one node's events of one subject reach every other node in the order that node published them
+//! (its store publishes in commit order): a channel's events, or those of `{prefix}.all`. Events of
+//! different subjects arrive through different subscriptions and may interleave differently (a membership
+//! change and the channel's messages around it, say: hence the catch-up above). Events of different nodes
+//! are not ordered against each other: a channel's
 //! `message.new` may arrive out of `seq` order when two nodes write to it. The store is the source of truth:
 //! sessions drop duplicates by `seq` and fill gaps from the store.
 //!
@@ -32,30 +58,35 @@
 //!
 //! Metrics: `confab_bus_nats_published_total`, `confab_bus_nats_received_total`,
 //! `confab_bus_nats_undecodable_total`, `confab_bus_nats_dropped_total` (not queued or not accepted by the
-//! client), `confab_bus_resyncs_total` (resyncs raised on this node, its own or asked by another node).
+//! client), `confab_bus_resyncs_total` (resyncs raised on this node, its own or asked by another node),
+//! `confab_bus_nats_followed_channels` (channels subscribed to now).
 //!
 //! Nodes of different versions: an event a node cannot decode (a variant it does not know) is counted as
 //! undecodable, logged and skipped.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{Client, HeaderMap, Message, ServerAddr, Subscriber};
+use async_nats::{Client, HeaderMap, Message, ServerAddr};
 use async_trait::async_trait;
 use bytes::Bytes;
 use confab_bus::LocalBus;
 use confab_domain::ports::{EventBus, EventStream, Origin, Subscription};
-use confab_domain::{ChannelId, Event};
+use confab_domain::{ChannelId, Event, UserId};
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod interest;
 mod tasks;
 #[cfg(test)]
 mod tests;
+
+use interest::Interest;
 
 use tasks::{Publisher, Reader};
 
@@ -88,6 +119,8 @@ fn reconnect_delay(attempts: usize) -> Duration {
 
 /// How long `close` lets the queued events go out before it stops the tasks anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for the subscriptions of a user's channels before their first session goes on anyway.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages handed to the local bus in one call.
 const READ_BATCH: usize = 256;
 
@@ -171,6 +204,9 @@ impl Subjects {
 
     /// Where an event is published: its channel's subject, or [`Subjects::all`] for an event of no channel.
     pub fn of(&self, event: &Event) -> String {
+        if event.is_membership() || matches!(event, Event::ReplyStopRequested { .. }) {
+            return self.all();
+        }
         match event.channel_id() {
             Some(c) => self.channel(c),
             None => self.all(),
@@ -193,13 +229,10 @@ impl Subjects {
         format!("{}.node.{}", self.prefix, hex::encode(node_id))
     }
 
-    /// What a node subscribes to. Today every node takes every event (`{prefix}.>`). The reader takes a set of
-    /// subscriptions, so a later change can narrow this to [`Subjects::all`], this node's [`Subjects::node`]
-    /// and the [`Subjects::channel`] of each channel the node has sessions in (subscribing when the first of
-    /// its sessions opens, before that session reads its backlog), without touching the subjects events are
-    /// published on.
-    pub fn interest(&self) -> Vec<String> {
-        vec![format!("{}.>", self.prefix)]
+    /// What a node always subscribes to: [`Subjects::all`] and its own [`Subjects::node`]; the
+    /// [`Subjects::channel`] of each followed channel comes and goes with the node's sessions.
+    pub fn interest(&self, node_id: &str) -> Vec<String> {
+        vec![self.all(), self.node(node_id)]
     }
 }
 
@@ -238,6 +271,9 @@ struct Shared {
     signal: Notify,
     /// Wakes the publisher to tell the other nodes to resync.
     announce: Notify,
+    /// Which channels this node follows; its pending commands wake the reader through `follow`.
+    interest: Mutex<Interest>,
+    follow: Notify,
     /// Outbound events were dropped since the last announcement (for logging once).
     losing: AtomicBool,
     counters: Counters,
@@ -280,6 +316,17 @@ impl Shared {
             );
         }
         self.announce.notify_one();
+    }
+
+    fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
+        self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the reader if the bookkeeping decided something.
+    fn decided(&self, interest: &Interest) {
+        if interest.has_pending() {
+            self.follow.notify_one();
+        }
     }
 
     fn count_resync(&self) {
@@ -353,12 +400,12 @@ impl NatsBus {
             })?;
         let subjects = Subjects::new(&config.subject_prefix);
         let mut subscriptions = SelectAll::new();
-        for subject in subjects.interest() {
+        for subject in subjects.interest(&config.node_id) {
             let sub = client.subscribe(subject).await.map_err(|e| NatsBusError::Subscribe {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
-            subscriptions.push(sub);
+            subscriptions.push(tasks::Feed::fixed(sub));
         }
 
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
@@ -371,9 +418,11 @@ impl NatsBus {
             shared: shared.clone(),
             node_id: node_id.clone(),
             probe_subject: subjects.node(&node_id),
+            subjects: subjects.clone(),
             connects_seen: client.statistics().connects.load(Ordering::Relaxed),
             next_nonce: 0,
-            fence: None,
+            fences: VecDeque::new(),
+            followed: std::collections::HashSet::new(),
         };
         let reader = tokio::spawn(reader.run(subscriptions, ready_tx, stop.clone()));
         let (outbound, queue) = mpsc::channel(OUTBOUND_CAPACITY);
@@ -416,6 +465,11 @@ impl NatsBus {
         &self.subjects
     }
 
+    /// The channels this node takes events of now (see the crate documentation).
+    pub fn followed_channels(&self) -> usize {
+        self.shared.interest().followed_count()
+    }
+
     pub fn stats(&self) -> NatsBusStats {
         let c = &self.shared.counters;
         NatsBusStats {
@@ -441,8 +495,12 @@ impl NatsBus {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.flush()).await;
     }
 
-    /// The event serialized for NATS, or `None` (counted, and the other nodes told) if it cannot be.
+    /// The event serialized for NATS, or `None` (counted, and the other nodes told) if it cannot be; `None`
+    /// also for a catch-up, which concerns this node only.
     fn encode(&self, event: &Event) -> Option<Outbound> {
+        if matches!(event, Event::ChannelCatchUp { .. }) {
+            return None;
+        }
         match serde_json::to_vec(event) {
             Ok(payload) => Some(Outbound {
                 subject: self.subjects.of(event),
@@ -499,6 +557,14 @@ impl EventBus for NatsBus {
                 .filter_map(|e| self.encode(e).map(|o| (e.is_ephemeral(), o)))
                 .collect()
         };
+        if events.iter().any(Event::is_membership) {
+            // Decided before the subscribers see the events, so `follows` already answers for them.
+            let mut interest = self.shared.interest();
+            for event in events.iter().filter(|e| e.is_membership()) {
+                interest.membership(event, Origin::Local);
+            }
+            self.shared.decided(&interest);
+        }
         self.local.publish_from(Origin::Local, events).await;
         for (ephemeral, out) in outbound {
             self.enqueue(ephemeral, out);
@@ -511,6 +577,37 @@ impl EventBus for NatsBus {
 
     fn subscribe_with(&self, sub: Subscription) -> Vec<Box<dyn EventStream>> {
         self.local.subscribe_with(sub)
+    }
+
+    fn follows_users(&self) -> bool {
+        true
+    }
+
+    fn follows(&self, channel: &ChannelId) -> bool {
+        self.shared.interest().follows(channel)
+    }
+
+    fn watch_user(&self, user: &UserId) {
+        self.shared.interest().watch(user);
+    }
+
+    async fn follow_channels(&self, user: &UserId, channels: Vec<ChannelId>) {
+        let (confirmed, wait) = oneshot::channel();
+        {
+            let mut interest = self.shared.interest();
+            interest.listed(user, channels, confirmed);
+            self.shared.decided(&interest);
+        }
+        // NATS away: its return raises a resync, which closes the sessions anyway.
+        if tokio::time::timeout(FOLLOW_TIMEOUT, wait).await.is_err() {
+            tracing::warn!(user = %user, "NATS did not confirm the subscriptions of a user's channels in time");
+        }
+    }
+
+    fn unwatch_user(&self, user: &UserId) {
+        let mut interest = self.shared.interest();
+        interest.unwatch(user);
+        self.shared.decided(&interest);
     }
 }
 

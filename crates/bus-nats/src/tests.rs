@@ -2,6 +2,7 @@
 //! subject prefix of its own, so tests run in parallel. Without a server they skip visibly (one `SKIPPED`
 //! line on stderr), or fail with `CONFAB_REQUIRE_NATS=1`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,8 +64,44 @@ fn config(url: &str, prefix: &str, node: &str) -> NatsConfig {
     }
 }
 
+/// A node that follows the channels of [`ev`] and [`read`] for a watched user, as if it held a session of a
+/// member of them.
 async fn node(url: &str, prefix: &str, node: &str) -> NatsBus {
+    let bus = bare_node(url, prefix, node).await;
+    let channels = std::iter::once("team.*>".to_string()).chain((1..7).map(|k| format!("c.{k}")));
+    follow(&bus, "watcher", channels.map(|c| cid(&c)).collect()).await;
+    bus
+}
+
+/// Nodes `a` and `b` following no channel, or `None` (after a visible skip) without NATS.
+async fn two_bare_nodes() -> Option<(NatsBus, NatsBus)> {
+    if skip_without_nats().await {
+        return None;
+    }
+    let (url, prefix) = (nats_url(), prefix());
+    let a = bare_node(&url, &prefix, "a").await;
+    let b = bare_node(&url, &prefix, "b").await;
+    Some((a, b))
+}
+
+/// A node that follows no channel.
+async fn bare_node(url: &str, prefix: &str, node: &str) -> NatsBus {
     NatsBus::connect(config(url, prefix, node)).await.expect("connects")
+}
+
+/// Watches `user` and follows `channels` for them, as a user's first session on a node does.
+async fn follow(bus: &NatsBus, user: &str, channels: Vec<ChannelId>) {
+    let user = uid(user);
+    bus.watch_user(&user);
+    bus.follow_channels(&user, channels).await;
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn cid(s: &str) -> ChannelId {
+    ChannelId::parse(s).unwrap()
 }
 
 /// A durable event of a channel whose id needs the hex token, tagged with `n`.
@@ -192,7 +229,10 @@ fn subjects_keep_any_channel_id_in_one_token() {
         "confab.prod.all"
     );
     assert_eq!(s.of(&Event::Resync), "confab.prod.all");
-    assert_eq!(s.interest(), ["confab.prod.>"]);
+    assert_eq!(
+        s.interest("n1"),
+        ["confab.prod.all", &format!("confab.prod.node.{}", hex::encode("n1"))]
+    );
 }
 
 #[tokio::test]
@@ -265,7 +305,7 @@ async fn an_event_reaches_the_other_node_as_remote_and_its_own_node_as_local_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_nodes_order_is_kept_for_a_thousand_events() {
+async fn one_nodes_order_is_kept_per_subject_for_a_thousand_events() {
     if skip_without_nats().await {
         return;
     }
@@ -273,14 +313,23 @@ async fn one_nodes_order_is_kept_for_a_thousand_events() {
     let a = node(&url, &prefix, "a").await;
     let b = node(&url, &prefix, "b").await;
     let mut b_all = b.subscribe();
-    // Over many subjects: channels, and events of no channel.
+    // Over many subjects (channels, and events of no channel): each subject's order is kept, and the
+    // subjects interleave as their subscriptions are read.
     let events: Vec<Event> = (0..1000)
         .map(|n| match n % 7 {
             0 => Event::UserDeleted(UserId::parse(&format!("u{n}")).unwrap()),
             k => read(&format!("c.{k}"), n),
         })
         .collect();
-    let want: Vec<String> = events.iter().map(tag).collect();
+    let subjects = Subjects::new(&prefix);
+    let by_subject = |events: &[Event]| {
+        let mut by: HashMap<String, Vec<String>> = HashMap::new();
+        for e in events {
+            by.entry(subjects.of(e)).or_default().push(tag(e));
+        }
+        by
+    };
+    let want = by_subject(&events);
     let mut rest = events;
     let mut size = 1;
     while !rest.is_empty() {
@@ -290,9 +339,9 @@ async fn one_nodes_order_is_kept_for_a_thousand_events() {
     }
     let mut seen = Vec::with_capacity(1000);
     for _ in 0..1000 {
-        seen.push(tag(&next(&mut b_all).await));
+        seen.push(next(&mut b_all).await);
     }
-    assert_eq!(seen, want);
+    assert_eq!(by_subject(&seen), want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,8 +440,9 @@ async fn a_lost_connection_ends_in_a_resync_once_the_subscription_is_back() {
         tags_until(&mut b_all, "u3").await.last().map(String::as_str),
         Some("u3")
     );
-    // A resync stands for remote events: a subscriber of local events only never sees it.
-    b.publish(vec![ev(4)]).await;
+    // A resync stands for remote events: a subscriber of local events only never sees it. (An event of no
+    // channel, on the subject of B's request below, whose order against it is then kept.)
+    b.publish(vec![Event::UserDeleted(uid("u4"))]).await;
     assert_eq!(tag(&next(&mut b_local).await), "u4");
     // B also asked A to resync, since what B sent while cut off may be lost: A gets that before B's event.
     let seen = tags_until(&mut a_all, "u4").await;
@@ -437,8 +487,14 @@ async fn a_node_back_from_a_lost_connection_sends_what_it_queued_and_asks_the_ot
     a.publish(vec![ev(1)]).await; // queued while cut off
     assert_eq!(tag(&next(&mut a_all).await), "u1", "delivered on A at once");
     proxy.restore();
-    assert_eq!(tag(&next(&mut b_all).await), "u1", "sent once A is back");
-    assert!(matches!(next(&mut b_all).await, Event::Resync), "A asks B to resync");
+    // Two subjects: the event and A's request may come in either order.
+    let mut seen = [tag(&next(&mut b_all).await), tag(&next(&mut b_all).await)];
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["bus.resync", "u1"],
+        "u1 sent once A is back, and A asks B to resync"
+    );
     assert!(matches!(next(&mut a_all).await, Event::Resync), "A resyncs itself");
     assert_eq!(b.stats().resyncs, 1);
 }
@@ -482,4 +538,131 @@ fn reconnection_attempts_wait_at_most_a_second_and_a_quarter() {
         assert!(d <= MAX_RECONNECT_DELAY.mul_f64(1.25), "{attempts}: {d:?}");
     }
     assert!(reconnect_delay(64) >= MAX_RECONNECT_DELAY);
+}
+
+fn joined(channel: &str, last_seq: u64, user: &str) -> Event {
+    Event::MembersJoined {
+        channel: crate::interest::tests::channel(channel, last_seq),
+        user_ids: Arc::from(vec![uid(user)]),
+        by: None,
+    }
+}
+
+fn left(channel: &str, user: &str) -> Event {
+    Event::MemberLeft {
+        channel: crate::interest::tests::channel(channel, 0),
+        user_id: uid(user),
+        by: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_only_the_channels_of_its_watched_users() {
+    let Some((a, b)) = two_bare_nodes().await else { return };
+    follow(&b, "bob", vec![cid("g")]).await;
+    assert!(b.follows(&cid("g")) && !b.follows(&cid("h")));
+    assert_eq!(b.followed_channels(), 1);
+    let mut b_remote = remote_only(&b);
+    // A thousand events of a channel nobody on B is in, then one of B's channel, then one of no channel.
+    let others: Vec<Event> = (0..1000).map(|n| read("h", n)).collect();
+    a.publish(others).await;
+    a.publish(vec![read("g", 1001), Event::UserDeleted(uid("u1002"))]).await;
+    let mut seen = [tag(&next(&mut b_remote).await), tag(&next(&mut b_remote).await)];
+    seen.sort();
+    assert_eq!(seen, ["u1001", "u1002"]);
+    assert_eq!(b.stats().received, 2, "NATS never sent B the other channel's events");
+    // A node with a session in h takes them.
+    let c = bare_node(&nats_url(), &a.subjects().prefix, "c").await;
+    follow(&c, "carol", vec![cid("h")]).await;
+    let mut c_remote = remote_only(&c);
+    a.publish(vec![read("h", 7)]).await;
+    assert_eq!(tag(&next(&mut c_remote).await), "u7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_user_joining_through_another_node_follows_the_channel_and_catches_up() {
+    let Some((a, b)) = two_bare_nodes().await else { return };
+    follow(&b, "bob", vec![]).await;
+    let mut b_remote = remote_only(&b);
+    // Events published right after the join, before B can have subscribed.
+    a.publish(vec![joined("g", 5, "bob"), read("g", 6), read("g", 7)]).await;
+    assert!(matches!(next(&mut b_remote).await, Event::MembersJoined { .. }));
+    // Whatever of g arrived, the catch-up comes once B's subscription is in place.
+    let catch_up = loop {
+        match next(&mut b_remote).await {
+            Event::ReadUpTo { .. } => continue,
+            other => break other,
+        }
+    };
+    match catch_up {
+        Event::ChannelCatchUp {
+            channel_id,
+            after,
+            user_ids,
+        } => {
+            assert_eq!(
+                (channel_id, after, &*user_ids),
+                (cid("g"), ChannelSeq(5), &[uid("bob")][..])
+            );
+        }
+        other => panic!("expected a catch-up, got {}", other.name()),
+    }
+    assert!(b.follows(&cid("g")));
+    // From then on g's events reach B.
+    a.publish(vec![read("g", 8)]).await;
+    assert_eq!(tags_until(&mut b_remote, "u8").await.last().unwrap(), "u8");
+
+    // Bob leaves: B no longer takes g (a later event of no channel arrives alone).
+    a.publish(vec![left("g", "bob")]).await;
+    assert!(matches!(next(&mut b_remote).await, Event::MemberLeft { .. }));
+    assert!(!b.follows(&cid("g")), "decided before the subscribers see the leave");
+    // NATS has ended the subscription once a later one is confirmed.
+    follow(&b, "bert", vec![cid("k")]).await;
+    let before = b.stats().received;
+    a.publish(vec![read("g", 9), Event::UserDeleted(uid("u10"))]).await;
+    assert_eq!(tag(&next(&mut b_remote).await), "u10");
+    assert_eq!(b.stats().received, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_committed_on_the_node_follows_the_channel_and_catches_up_once_subscribed() {
+    let Some((a, b)) = two_bare_nodes().await else { return };
+    follow(&b, "bob", vec![]).await;
+    let mut b_remote = remote_only(&b);
+    let mut b_local = local_only(&b);
+    b.publish(vec![joined("g", 3, "bob")]).await;
+    assert!(b.follows(&cid("g")), "decided before the subscribers see the join");
+    assert!(matches!(next(&mut b_local).await, Event::MembersJoined { .. }));
+    assert!(matches!(
+        next(&mut b_remote).await,
+        Event::ChannelCatchUp {
+            after: ChannelSeq(3),
+            ..
+        }
+    ));
+    a.publish(vec![read("g", 4)]).await;
+    assert_eq!(tag(&next(&mut b_remote).await), "u4");
+    // A second join of a channel followed already, committed here: the channel's events come in order.
+    follow(&b, "bea", vec![]).await;
+    b.publish(vec![joined("g", 4, "bea"), Event::UserDeleted(uid("u5"))])
+        .await;
+    a.publish(vec![Event::UserDeleted(uid("u6"))]).await;
+    assert_eq!(tag(&next(&mut b_remote).await), "u6", "no catch-up for bea");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_session_of_a_user_unfollows_their_channels() {
+    let Some((a, b)) = two_bare_nodes().await else { return };
+    follow(&b, "bob", vec![cid("g"), cid("h")]).await;
+    follow(&b, "bea", vec![cid("g")]).await;
+    b.unwatch_user(&uid("bob"));
+    assert!(b.follows(&cid("g")) && !b.follows(&cid("h")));
+    b.unwatch_user(&uid("bea"));
+    assert_eq!(b.followed_channels(), 0);
+    let mut b_remote = remote_only(&b);
+    // The reader unsubscribes in order with its later commands: once a later subscription is confirmed, NATS
+    // has ended the earlier ones.
+    follow(&b, "bert", vec![cid("k")]).await;
+    a.publish(vec![read("g", 1), Event::UserDeleted(uid("u2"))]).await;
+    assert_eq!(tag(&next(&mut b_remote).await), "u2");
 }

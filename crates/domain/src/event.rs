@@ -102,6 +102,21 @@ pub enum Event {
     /// ephemeral (it is never dropped). Delivered as [`Origin::Remote`](crate::ports::Origin::Remote), since it
     /// stands for remote events: a subscriber that takes only local events never sees it.
     Resync,
+    /// Raised by a bus shared between nodes, never by a change, and never sent to another node: `user_ids`,
+    /// who have sessions on this node and just joined the channel (at `after`, the channel's last sequence
+    /// when they joined), may have missed some of its events while this node was starting to take the
+    /// channel's events from the broker. Their sessions read what follows `after` from the store. Delivered
+    /// as [`Origin::Remote`](crate::ports::Origin::Remote), after the events it follows.
+    ChannelCatchUp {
+        channel_id: ChannelId,
+        after: ChannelSeq,
+        user_ids: Arc<[UserId]>,
+    },
+    /// This node's commits added rows to the webhook outbox, which every node shares: the relays of the
+    /// other nodes look for the rows of the endpoints they hold (a node takes only the events of the channels
+    /// its own sessions are in, so it cannot tell from the channels' events). Published by the relay,
+    /// coalesced; not stored, not recorded in the outbox, not sent to clients, of no channel.
+    OutboxAppended,
 }
 
 impl Event {
@@ -116,7 +131,8 @@ impl Event {
             | Event::ReadUpTo { channel_id, .. }
             | Event::Typing { channel_id, .. }
             | Event::ReplyDelta { channel_id, .. }
-            | Event::ReplyStopRequested { channel_id, .. } => Some(channel_id),
+            | Event::ReplyStopRequested { channel_id, .. }
+            | Event::ChannelCatchUp { channel_id, .. } => Some(channel_id),
             Event::ChannelCreated { channel, .. }
             | Event::MembersJoined { channel, .. }
             | Event::MemberLeft { channel, .. } => Some(&channel.id),
@@ -128,8 +144,22 @@ impl Event {
             | Event::SessionsRevoked(_)
             | Event::BotChanged(_)
             | Event::SettingsChanged { .. }
+            | Event::OutboxAppended
             | Event::Resync => None,
         }
+    }
+
+    /// Changes who belongs to a channel (or whether it exists): events every node of a cluster needs, whatever
+    /// channels its sessions are in, since caches of members and the choice of which channels' events a node
+    /// takes follow them.
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            Event::ChannelCreated { .. }
+                | Event::MembersJoined { .. }
+                | Event::MemberLeft { .. }
+                | Event::ChannelDeleted { .. }
+        )
     }
 
     /// A short, stable name for logs, metrics and (later) webhook event types.
@@ -156,6 +186,8 @@ impl Event {
             Event::SessionsRevoked(_) => "user.sessions_revoked",
             Event::SettingsChanged { .. } => "settings.changed",
             Event::Resync => "bus.resync",
+            Event::ChannelCatchUp { .. } => "bus.channel_catch_up",
+            Event::OutboxAppended => "outbox.appended",
         }
     }
 
@@ -327,6 +359,12 @@ mod tests {
                 key: Arc::from("channel:team.*>-x"),
             },
             Event::Resync,
+            Event::ChannelCatchUp {
+                channel_id: cid(),
+                after: ChannelSeq(3),
+                user_ids: Arc::from(vec![uid("alice")]),
+            },
+            Event::OutboxAppended,
         ];
         let mut seen = std::collections::BTreeSet::new();
         for e in &all {
@@ -352,10 +390,12 @@ mod tests {
                 Event::SessionsRevoked(_) => 18,
                 Event::Resync => 19,
                 Event::SettingsChanged { .. } => 20,
+                Event::ChannelCatchUp { .. } => 21,
+                Event::OutboxAppended => 22,
             };
             seen.insert(index);
         }
-        assert_eq!(seen.len(), 21, "a sample per variant");
+        assert_eq!(seen.len(), 23, "a sample per variant");
         all
     }
 

@@ -100,6 +100,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_members(&self, channel: &ChannelId, after: Option<&UserId>, limit: u32) -> DomainResult<Vec<Member>>;
     /// Every member id of a channel (for fan-out).
     async fn member_ids(&self, channel: &ChannelId) -> DomainResult<Vec<UserId>>;
+    /// Every channel the user is a member of, by id (what a node takes from the other nodes for the user's
+    /// sessions).
+    async fn member_channel_ids(&self, user: &UserId) -> DomainResult<Vec<ChannelId>>;
     /// Users who share with `user` at least one channel of at most `max_members` members (for presence).
     async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>>;
     /// Moves the member's read position forward (never back, never past the last message); returns it.
@@ -261,6 +264,27 @@ pub trait EventBus: Send + Sync + 'static {
     /// at publish time, so a partitioned consumer needs no routing task of its own and never wakes for events
     /// it would ignore.
     fn subscribe_with(&self, sub: Subscription) -> Vec<Box<dyn EventStream>>;
+
+    /// Whether the bus takes from the other nodes only the events of the channels this node's users are in
+    /// (see [`EventBus::watch_user`]); then the node tells it whose sessions it holds. False in process.
+    fn follows_users(&self) -> bool {
+        false
+    }
+    /// Whether this node takes the channel's events from the other nodes. Every channel in process; with a
+    /// broker, the channels of the users watched (and of none else), as decided before the events that change
+    /// it (a watched user joining) reach the subscribers.
+    fn follows(&self, _channel: &ChannelId) -> bool {
+        true
+    }
+    /// The user's first session opened on this node: from now on the bus follows every channel the user
+    /// joins. Then give it the channels the user was already in with [`EventBus::follow_channels`].
+    fn watch_user(&self, _user: &UserId) {}
+    /// The channels the store listed for a user watched since before the listing (those the user left in
+    /// between are skipped). Returns once the other nodes' events of those channels reach this node (or, with
+    /// the broker away, after a bounded wait: its return raises [`Event::Resync`] anyway).
+    async fn follow_channels(&self, _user: &UserId, _channels: Vec<ChannelId>) {}
+    /// The user's last session on this node closed: the bus stops following the channels it followed for them.
+    fn unwatch_user(&self, _user: &UserId) {}
 }
 
 /// Where an event comes from, as its subscribers see it.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
+use confab_domain::model::Channel;
 use confab_domain::ports::{EventStream, Origin, Subscription};
 use confab_domain::{ChannelId, Event, UserId};
 use confab_service::Confab;
@@ -30,6 +31,17 @@ pub struct Frame {
     pub text: Utf8Bytes,
     /// Set on `message.new` frames: the session uses it to drop duplicates and fill gaps.
     pub seq: Option<(ChannelId, u64)>,
+    /// Not written: tells the session where a channel its user joined starts for it.
+    pub mark: Option<ChannelMark>,
+}
+
+/// The user joined `channel` when its last sequence was `after`: the session owes the client the messages
+/// after it (and none before), and with `fill` reads them from the store at once (the node may have missed
+/// some of them, see `Event::ChannelCatchUp`).
+pub struct ChannelMark {
+    pub channel: ChannelId,
+    pub after: u64,
+    pub fill: bool,
 }
 
 impl Frame {
@@ -37,6 +49,19 @@ impl Frame {
         Arc::new(Frame {
             text: Utf8Bytes::from(text),
             seq: None,
+            mark: None,
+        })
+    }
+
+    fn mark(channel: &ChannelId, after: u64, fill: bool) -> Arc<Frame> {
+        Arc::new(Frame {
+            text: Utf8Bytes::default(),
+            seq: None,
+            mark: Some(ChannelMark {
+                channel: channel.clone(),
+                after,
+                fill,
+            }),
         })
     }
 }
@@ -126,6 +151,9 @@ pub struct Hub {
     sessions: RwLock<FxHashMap<UserId, Vec<Arc<SessionHandle>>>>,
     /// Bumped whenever a session opens or closes.
     generation: AtomicU64,
+    /// Bumped when events may have been lost (`Event::Resync`, which only one shard sees): every shard then
+    /// forgets the members it cached, since membership changes may be among the lost events.
+    members_epoch: AtomicU64,
     next_id: AtomicU64,
     pub(crate) stats: HubStats,
 }
@@ -150,6 +178,7 @@ impl Hub {
             cfg,
             sessions: RwLock::new(FxHashMap::default()),
             generation: AtomicU64::new(0),
+            members_epoch: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             stats: HubStats::default(),
         });
@@ -158,6 +187,7 @@ impl Hub {
                 hub: Arc::downgrade(&hub),
                 service: service.clone(),
                 channels: FxHashMap::default(),
+                members_epoch: 0,
             };
             tokio::spawn(shard.run(events));
         }
@@ -177,6 +207,7 @@ impl Hub {
                 | Event::BotTriggered { .. }
                 | Event::ReplyStopRequested { .. }
                 | Event::SettingsChanged { .. }
+                | Event::OutboxAppended
         )
     }
 
@@ -276,6 +307,7 @@ impl Hub {
             sessions = sessions.len(),
             "events may have been lost: every session resyncs"
         );
+        self.members_epoch.fetch_add(1, Ordering::AcqRel);
         for s in sessions {
             s.resync();
         }
@@ -317,6 +349,8 @@ struct Shard {
     hub: std::sync::Weak<Hub>,
     service: Arc<Confab>,
     channels: FxHashMap<ChannelId, ChannelFanout>,
+    /// The hub's `members_epoch` the cache was filled under.
+    members_epoch: u64,
 }
 
 const MEMBER_CACHE_MAX: usize = 100_000;
@@ -366,6 +400,18 @@ impl Shard {
     }
 
     async fn handle(&mut self, hub: &Hub, ev: Event) {
+        let epoch = hub.members_epoch.load(Ordering::Acquire);
+        if epoch != self.members_epoch {
+            self.channels.clear();
+            self.members_epoch = epoch;
+        }
+        if let Some(channel) = ev.channel_id()
+            && !ev.is_membership()
+            && !self.service.follows_channel(channel)
+        {
+            // No session of this node is in it (a message sent here through the REST API, say).
+            return;
+        }
         match &ev {
             Event::MessageCreated(m) => {
                 let frame = Arc::new(Frame {
@@ -378,6 +424,7 @@ impl Shard {
                         .to_json(),
                     ),
                     seq: Some((m.channel_id.clone(), m.seq.0)),
+                    mark: None,
                 });
                 self.send_to_channel(hub, &m.channel_id, &frame, None).await;
             }
@@ -402,11 +449,15 @@ impl Shard {
                 self.send_to_channel(hub, channel_id, &frame, None).await;
             }
             Event::ChannelCreated { channel, members } => {
+                if !self.service.follows_channel(&channel.id) {
+                    return; // none of its members has a session here
+                }
                 self.remember(&channel.id, members.iter().cloned().collect());
                 let frame = Self::frame(ServerFrame::ChannelCreated {
                     channel: ChannelDto::new(channel),
                 });
                 self.send_to_channel(hub, &channel.id, &frame, None).await;
+                Self::mark_joined(hub, channel, members);
             }
             Event::ChannelUpdated(channel) => {
                 let frame = Self::frame(ServerFrame::ChannelUpdated {
@@ -422,6 +473,14 @@ impl Shard {
                 hub.push_all(&hub.sessions_of(members.iter()), &frame, None);
             }
             Event::MembersJoined { channel, user_ids, by } => {
+                if !self.service.follows_channel(&channel.id) {
+                    // No member has a session here; a cached entry stays right for when one does.
+                    if let Some(fan) = self.channels.get_mut(&channel.id) {
+                        fan.members.extend(user_ids.iter().cloned());
+                        fan.generation = u64::MAX;
+                    }
+                    return;
+                }
                 if let Some(fan) = self.channel(&channel.id).await {
                     fan.members.extend(user_ids.iter().cloned());
                     fan.generation = u64::MAX;
@@ -432,6 +491,7 @@ impl Shard {
                     by: by.as_ref().map(|u| u.as_str()),
                 });
                 self.send_to_channel(hub, &channel.id, &frame, None).await;
+                Self::mark_joined(hub, channel, user_ids);
             }
             Event::MemberLeft { channel, user_id, by } => {
                 let frame = Self::frame(ServerFrame::MemberLeft {
@@ -439,11 +499,13 @@ impl Shard {
                     user_id: user_id.as_str(),
                     by: by.as_ref().map(|u| u.as_str()),
                 });
-                if let Some(fan) = self.channel(&channel.id).await {
+                if let Some(fan) = self.channels.get_mut(&channel.id) {
                     fan.members.remove(user_id);
                     fan.generation = u64::MAX;
                 }
-                self.send_to_channel(hub, &channel.id, &frame, None).await;
+                if self.service.follows_channel(&channel.id) {
+                    self.send_to_channel(hub, &channel.id, &frame, None).await;
+                }
                 // The member who left learns it too.
                 hub.push_all(&hub.sessions_of(std::iter::once(user_id)), &frame, None);
             }
@@ -508,12 +570,29 @@ impl Shard {
             Event::UserUpdated(u) if u.disabled => hub.revoke_user(&u.id),
             Event::SessionsRevoked(id) => hub.recheck_user(id),
             Event::Resync => hub.resync_all(),
+            Event::ChannelCatchUp {
+                channel_id,
+                after,
+                user_ids,
+            } => {
+                let mark = Frame::mark(channel_id, after.0, true);
+                hub.push_all(&hub.sessions_of(user_ids.iter()), &mark, None);
+            }
             Event::UserCreated(_)
             | Event::UserUpdated(_)
             | Event::BotChanged(_)
             | Event::BotTriggered { .. }
             | Event::ReplyStopRequested { .. }
-            | Event::SettingsChanged { .. } => {}
+            | Event::SettingsChanged { .. }
+            | Event::OutboxAppended => {}
+        }
+    }
+
+    /// Tells the sessions of the users who joined where the channel starts for them.
+    fn mark_joined(hub: &Hub, channel: &Channel, joined: &[UserId]) {
+        let sessions = hub.sessions_of(joined.iter());
+        if !sessions.is_empty() {
+            hub.push_all(&sessions, &Frame::mark(&channel.id, channel.last_seq.0, false), None);
         }
     }
 }

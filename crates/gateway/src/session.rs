@@ -120,21 +120,33 @@ pub async fn run<S: Socket>(hub: Arc<Hub>, grant: SessionGrant, mut socket: S, s
             return;
         }
     };
-    hub.service.session_opened(&user).await;
-    let mut session = Session {
-        service: hub.service.clone(),
-        hub: hub.clone(),
-        actor: Actor::User(user.clone()),
-        user: user.clone(),
-        grant,
-        reads: ReadCoalescer::new(cfg.read_interval),
-        last_sent: FxHashMap::default(),
-        last_activity: Instant::now(),
+    // Before the backlog too: on a node among several, the events of the user's channels reach it from then on.
+    let code = match hub.service.session_opened(&user).await {
+        Ok(()) => {
+            let mut session = Session {
+                service: hub.service.clone(),
+                hub: hub.clone(),
+                actor: Actor::User(user.clone()),
+                user: user.clone(),
+                grant,
+                reads: ReadCoalescer::new(cfg.read_interval),
+                last_sent: FxHashMap::default(),
+                last_activity: Instant::now(),
+            };
+            let code = session.serve(&mut socket, &handle, rx, resume, shutdown).await;
+            if !matches!(code, Some((close::REVOKED, _))) {
+                session.flush_reads().await;
+            }
+            code
+        }
+        Err(e) => {
+            tracing::warn!(user = %user, error = %e, "cannot follow the channels of a new session's user");
+            Some((
+                close::SERVER_ERROR,
+                "the server could not load your channels; reconnect",
+            ))
+        }
     };
-    let code = session.serve(&mut socket, &handle, rx, resume, shutdown).await;
-    if !matches!(code, Some((close::REVOKED, _))) {
-        session.flush_reads().await;
-    }
     hub.unregister(&handle);
     hub.service.session_closed(&user).await;
     if let Some((code, reason)) = code {
@@ -553,6 +565,18 @@ impl Session {
     ) -> Result<(), axum::Error> {
         for frame in batch.drain(..) {
             handle.dequeued(frame.text.len());
+            if let Some(mark) = &frame.mark {
+                // The user joined the channel at `after`: what came before is not owed, what follows is.
+                let last = self.last_sent.entry(mark.channel.clone()).or_insert(mark.after);
+                *last = (*last).max(mark.after);
+                if mark.fill {
+                    let from = *last;
+                    if let Err(e) = self.send_history(socket, &mark.channel, from, u64::MAX).await? {
+                        tracing::debug!(channel = %mark.channel, error = %e, "catch-up failed");
+                    }
+                }
+                continue;
+            }
             if let Some((channel, seq)) = &frame.seq {
                 match self.last_sent.get_mut(channel) {
                     Some(last) if *seq <= *last => continue, // already sent by a resume or gap fill

@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use confab_domain::model::NewUser;
+use confab_domain::model::{NewMessage, NewUser};
 use confab_domain::ports::Origin;
-use confab_domain::{ChannelId, Event, Limits, UserId};
+use confab_domain::{ChannelId, ChannelSeq, Event, Limits, UserId};
 use confab_gateway::{GatewayConfig, Hub, session};
 use confab_service::{Actor, Confab, NewGroup, ServiceConfig};
 use futures_util::{Sink, Stream};
@@ -54,9 +54,18 @@ impl Sink<Message> for MemSocket {
 /// A service on a temporary store with alice and bob in group `g`, the hub, and the bus under them.
 async fn setup(dir: &tempfile::TempDir) -> (Arc<Confab>, Arc<Hub>, Arc<confab_bus::LocalBus>) {
     let bus = Arc::new(confab_bus::LocalBus::default());
+    setup_with(dir, bus.clone(), bus).await
+}
+
+/// [`setup`] with the store publishing its commits on `commits` (the hub listens to `bus`).
+async fn setup_with(
+    dir: &tempfile::TempDir,
+    bus: Arc<confab_bus::LocalBus>,
+    commits: Arc<confab_bus::LocalBus>,
+) -> (Arc<Confab>, Arc<Hub>, Arc<confab_bus::LocalBus>) {
     let store = confab_store_sqlite::SqliteStore::open(
         confab_store_sqlite::SqliteConfig::new(dir.path().join("t.db")),
-        bus.clone(),
+        commits,
     )
     .unwrap();
     let cfg = ServiceConfig {
@@ -176,15 +185,9 @@ async fn a_malformed_frame_is_answered_in_its_turn() {
 /// Waits for the next text frame of the given type, skipping others.
 async fn next_of_type(from_server: &mut mpsc::UnboundedReceiver<Message>, kind: &str) -> Value {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), from_server.recv())
-            .await
-            .expect("a frame in time")
-            .expect("the session is open");
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == kind {
-                return v;
-            }
+        let v = next_of_type_any(from_server).await;
+        if v["type"] == kind {
+            return v;
         }
     }
 }
@@ -236,4 +239,87 @@ async fn a_bus_resync_closes_every_session_with_4008() {
             .unwrap();
     }
     assert_eq!(hub.session_count(), 0);
+}
+
+/// A node among several may miss a channel's events around a user's join (it starts taking them from the
+/// broker only then): the bus's catch-up has the user's sessions read what followed the join from the store,
+/// in order, and the events that come afterwards are not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_sends_what_followed_the_join_from_the_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(confab_bus::LocalBus::default());
+    // The store's commits never reach the hub: as if another node made them and this one missed them.
+    let commits = Arc::new(confab_bus::LocalBus::default());
+    let (service, hub, bus) = setup_with(&dir, bus, commits).await;
+    let (alice, bob) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
+    let g = ChannelId::parse("g").unwrap();
+    let token = service.issue_session(&Actor::Admin, &bob).await.unwrap().token;
+    let grant = service.session_grant(&token).await.unwrap();
+    let (to_server, incoming) = mpsc::unbounded_channel();
+    let (out, mut from_server) = mpsc::unbounded_channel();
+    to_server.send(Message::Text(r#"{"type":"hello"}"#.into())).unwrap();
+    let _task = tokio::spawn(session::run(
+        hub,
+        grant,
+        MemSocket { incoming, out },
+        CancellationToken::new(),
+    ));
+    next_of_type(&mut from_server, "welcome").await;
+
+    let mut sent = Vec::new();
+    for n in 1..=5 {
+        let m = NewMessage::text(g.clone(), alice.clone(), format!("m{n}"));
+        sent.push(service.send(&Actor::User(alice.clone()), m).await.unwrap().message);
+    }
+    // Bob joined when the channel's last seq was 1; the node caught the channel's events from seq 4 on.
+    bus.publish_from(
+        Origin::Remote,
+        vec![
+            Event::ChannelCatchUp {
+                channel_id: g.clone(),
+                after: ChannelSeq(1),
+                user_ids: Arc::from(vec![bob.clone()]),
+            },
+            Event::MessageCreated(Arc::new(sent[3].clone())),
+            Event::MessageCreated(Arc::new(sent[4].clone())),
+        ],
+    )
+    .await;
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&5) {
+        seqs.push(
+            next_of_type(&mut from_server, "message.new").await["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs, [2, 3, 4, 5]);
+    // Nothing more: a ping's answer comes next.
+    to_server
+        .send(Message::Text(r#"{"type":"ping","req_id":"p"}"#.into()))
+        .unwrap();
+    let next = loop {
+        let v = next_of_type_any(&mut from_server).await;
+        if v["type"] != "presence" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (next["type"].as_str(), next["req_id"].as_str()),
+        (Some("pong"), Some("p")),
+        "{next}"
+    );
+}
+
+/// The next text frame.
+async fn next_of_type_any(from_server: &mut mpsc::UnboundedReceiver<Message>) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), from_server.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the session is open");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use confab_domain::outbox::{DeadLetter, OutboxEntry};
-use confab_domain::ports::{DynBus, DynStore, Subscription};
+use confab_domain::ports::{DynBus, DynStore, Origin, Subscription};
 use confab_domain::settings::announce_setting;
 use confab_domain::{DomainError, DomainResult, Event, now_millis};
 use confab_egress::EgressPolicy;
@@ -149,6 +149,25 @@ impl Shared {
     }
 }
 
+/// Events whose commit may have added rows to the outbox.
+pub(super) fn rings_doorbell(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::MessageCreated(_)
+            | Event::MessageUpdated(_)
+            | Event::MessageDeleted { .. }
+            | Event::ChannelCreated { .. }
+            | Event::ChannelUpdated(_)
+            | Event::ChannelDeleted { .. }
+            | Event::MembersJoined { .. }
+            | Event::MemberLeft { .. }
+            | Event::UserCreated(_)
+            | Event::UserUpdated(_)
+            | Event::UserDeleted(_)
+            | Event::BotTriggered { .. }
+    )
+}
+
 impl Relay {
     /// Loads the endpoints, installs the recorder in the store (so call this before anything writes that
     /// should be announced, e.g. the sweep of replies interrupted by a restart) and starts a worker per
@@ -197,30 +216,19 @@ impl Relay {
         store.set_change_recorder(recorder);
         relay.follow_other_nodes();
 
-        // Any origin: an event committed on another node also means new rows in the shared outbox.
+        // Any origin: an event committed on another node also means new rows in the shared outbox, and so does
+        // another node's announcement of its rows (this node may not take the events of their channels).
         let mut doorbell = bus
             .subscribe_with(Subscription {
-                interest: |e, _| {
-                    matches!(
-                        e,
-                        Event::MessageCreated(_)
-                            | Event::MessageUpdated(_)
-                            | Event::MessageDeleted { .. }
-                            | Event::ChannelCreated { .. }
-                            | Event::ChannelUpdated(_)
-                            | Event::ChannelDeleted { .. }
-                            | Event::MembersJoined { .. }
-                            | Event::MemberLeft { .. }
-                            | Event::UserCreated(_)
-                            | Event::UserUpdated(_)
-                            | Event::UserDeleted(_)
-                            | Event::BotTriggered { .. }
-                    )
+                interest: |e, origin| match e {
+                    Event::OutboxAppended => origin == Origin::Remote,
+                    e => rings_doorbell(e),
                 },
                 partitions: 1,
             })
             .pop()
             .expect("one partition");
+        relay.announce_own_rows();
         let weak = Arc::downgrade(&relay);
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-use confab_domain::{DomainError, Event, UserId, now_millis};
+use confab_domain::{ChannelId, DomainError, DomainResult, Event, UserId, now_millis};
 
 use crate::Confab;
 
@@ -18,6 +18,8 @@ pub struct PresenceRegistry {
     sessions: Mutex<HashMap<UserId, usize>>,
     /// The users this node last told the store it holds.
     recorded: Mutex<HashSet<UserId>>,
+    /// The users whose channels the bus follows (a bus among several nodes; see `EventBus::watch_user`).
+    followed: Mutex<HashSet<UserId>>,
     /// A user's first session here may close while the store still records it opened: the store sees
     /// one user's changes one at a time, in the order the counts changed.
     turns: Vec<tokio::sync::Mutex<()>>,
@@ -29,6 +31,7 @@ impl Default for PresenceRegistry {
         PresenceRegistry {
             sessions: Default::default(),
             recorded: Default::default(),
+            followed: Default::default(),
             turns: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
         }
@@ -91,6 +94,18 @@ impl PresenceRegistry {
         gone.chain(new).cloned().collect()
     }
 
+    fn is_followed(&self, user: &UserId) -> bool {
+        self.followed.lock().unwrap_or_else(|e| e.into_inner()).contains(user)
+    }
+
+    fn set_followed(&self, user: &UserId, followed: bool) {
+        let mut set = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+        match followed {
+            true => set.insert(user.clone()),
+            false => set.remove(user),
+        };
+    }
+
     fn set_recorded(&self, user: &UserId, here: bool) {
         let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         match here {
@@ -101,18 +116,61 @@ impl PresenceRegistry {
 }
 
 impl Confab {
-    /// Called when a WebSocket session opens; announces the user online when no node held one before.
-    pub async fn session_opened(&self, user: &UserId) {
-        if self.presence.opened(user) {
+    /// Called when a WebSocket session opens, before it reads its backlog; announces the user online when no
+    /// node held one before. On a node among several, returns once the events of the user's channels reach
+    /// this node; an error (the store could not list them) means the session cannot be served: it closes, and
+    /// [`Confab::session_closed`] is still called.
+    pub async fn session_opened(&self, user: &UserId) -> DomainResult<()> {
+        let first = self.presence.opened(user);
+        let followed = self.follow_user(user).await;
+        if first {
             self.record_presence(user).await;
         }
+        followed
     }
 
     /// Called when a WebSocket session closes; when no node holds one any more, records `last_seen_at` and
     /// announces the user offline.
     pub async fn session_closed(&self, user: &UserId) {
         if self.presence.closed(user) {
+            self.unfollow_user(user).await;
             self.record_presence(user).await;
+        }
+    }
+
+    /// Whether this node takes the channel's events from the other nodes (every channel on a single node).
+    pub fn follows_channel(&self, channel: &ChannelId) -> bool {
+        self.bus.follows(channel)
+    }
+
+    /// Has the bus follow the user's channels, unless it already does (the user's other session here got
+    /// there first; a later session waits for it, since each one reads its backlog only after).
+    async fn follow_user(&self, user: &UserId) -> DomainResult<()> {
+        if !self.bus.follows_users() {
+            return Ok(());
+        }
+        let _turn = self.presence.turn(user).lock().await;
+        if self.presence.is_followed(user) {
+            return Ok(());
+        }
+        // Watched first: a channel joined while the store lists them is followed either way.
+        self.bus.watch_user(user);
+        let channels = self.store.member_channel_ids(user).await?;
+        self.bus.follow_channels(user, channels).await;
+        self.presence.set_followed(user, true);
+        Ok(())
+    }
+
+    /// The user's last session here closed: the bus stops following their channels (unless a new session
+    /// came meanwhile).
+    async fn unfollow_user(&self, user: &UserId) {
+        if !self.bus.follows_users() {
+            return;
+        }
+        let _turn = self.presence.turn(user).lock().await;
+        if !self.presence.is_online_here(user) {
+            self.bus.unwatch_user(user);
+            self.presence.set_followed(user, false);
         }
     }
 

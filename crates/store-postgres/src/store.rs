@@ -138,6 +138,12 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn member_channel_ids(&self, user: &UserId) -> DomainResult<Vec<ChannelId>> {
+        let user = user.clone();
+        self.read(move |c| Box::pin(async move { queries::user_channel_ids(c, &user).await }))
+            .await
+    }
+
     async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>> {
         let user = user.clone();
         self.read(move |c| Box::pin(async move { queries::contacts(c, &user, max_members).await }))

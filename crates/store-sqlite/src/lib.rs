@@ -404,6 +404,11 @@ impl Store for SqliteStore {
         self.read(move |c| queries::member_ids(c, &channel)).await
     }
 
+    async fn member_channel_ids(&self, user: &UserId) -> DomainResult<Vec<ChannelId>> {
+        let user = user.clone();
+        self.read(move |c| queries::user_channel_ids(c, &user)).await
+    }
+
     async fn contacts(&self, user: &UserId, max_members: u32) -> DomainResult<Vec<UserId>> {
         let user = user.clone();
         self.read(move |c| queries::contacts(c, &user, max_members)).await

@@ -2,9 +2,15 @@
 //! creates, changes or deletes an endpoint, this node starts, updates or stops its worker. So the events
 //! committed here are recorded for every endpoint, and any node can take over an endpoint's lease.
 
+use confab_domain::ports::Origin;
 use confab_domain::settings::{SettingsChange, SettingsWatch};
+use futures_util::FutureExt;
 
 use super::*;
+
+/// The least time between two announcements of this node's outbox rows: the most a relay on another node
+/// waits past a commit for its webhooks, beside its own delivery.
+const ANNOUNCE_SPACING: Duration = Duration::from_millis(5);
 
 impl Relay {
     /// Applies the endpoint changes other nodes announce, until shutdown. A lost announcement is caught up
@@ -30,6 +36,43 @@ impl Relay {
                 if let Err(e) = done {
                     tracing::warn!(error = %e, "cannot reload the webhook endpoints; the next prune will");
                 }
+            }
+        });
+    }
+
+    /// On a node among several: tells the other nodes' relays when this node's commits may have added rows
+    /// to the outbox ([`Event::OutboxAppended`]), at most one announcement per [`ANNOUNCE_SPACING`] however
+    /// many commits, and none while no endpoint exists.
+    pub(super) fn announce_own_rows(self: &Arc<Self>) {
+        if !self.bus.follows_users() {
+            return; // a single node, or a bus that takes every event: the events themselves ring
+        }
+        let Some(mut commits) = self
+            .bus
+            .subscribe_with(Subscription {
+                interest: |e, origin| origin == Origin::Local && rings_doorbell(e),
+                partitions: 1,
+            })
+            .pop()
+        else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    commit = commits.next() => if commit.is_none() { return },
+                }
+                while let Some(Some(_)) = commits.next().now_or_never() {}
+                let Some(relay) = weak.upgrade() else { return };
+                let endpoints = relay.workers.try_lock().map_or(true, |w| !w.is_empty());
+                if endpoints {
+                    relay.bus.publish(vec![Event::OutboxAppended]).await;
+                }
+                drop(relay);
+                tokio::time::sleep(ANNOUNCE_SPACING).await;
             }
         });
     }

@@ -41,13 +41,13 @@ pub(crate) async fn skip_without_nats() -> bool {
 }
 
 /// A cluster's shared place: a schema of its own and a subject prefix of its own.
-struct Cluster {
+pub(crate) struct Cluster {
     schema: TestSchema,
     prefix: String,
 }
 
 impl Cluster {
-    async fn new() -> Option<Cluster> {
+    pub(crate) async fn new() -> Option<Cluster> {
         if skip_without_postgres().await || skip_without_nats().await {
             return None;
         }
@@ -58,7 +58,7 @@ impl Cluster {
     }
 
     /// A node: its own data dir and node id, the cluster's database and subjects.
-    async fn node(&self) -> TestApp {
+    pub(crate) async fn node(&self) -> TestApp {
         self.node_with(|_| {}).await
     }
 

@@ -7,6 +7,7 @@ mod bots;
 mod builtin;
 mod cluster;
 mod cluster_crash;
+mod cluster_follow;
 mod cluster_restarts;
 mod compat_webhooks;
 mod durability;

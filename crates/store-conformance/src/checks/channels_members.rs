@@ -35,6 +35,7 @@ pub async fn channels_are_created_with_their_members<B: Backend>(b: B) {
     assert_eq!(c.created_at, c.updated_at);
     assert_eq!(s.get_channel(&cid("g")).await.unwrap(), Some(c));
     assert_eq!(sorted(s.member_ids(&cid("g")).await.unwrap()), [uid("a"), uid("b")]);
+    assert_eq!(s.member_channel_ids(&uid("b")).await.unwrap(), [cid("g")]);
 
     assert_err!(
         s.create_channel(new_group("g", &["a"])).await,
@@ -191,6 +192,7 @@ pub async fn deleting_a_channel_removes_it_and_its_messages<B: Backend>(b: B) {
     assert_eq!(s.get_message(gone.id).await.unwrap(), None);
     assert!(history(s, "g").await.is_empty());
     assert!(s.member_ids(&cid("g")).await.unwrap().is_empty());
+    assert!(!s.member_channel_ids(&uid("a")).await.unwrap().contains(&cid("g")));
     assert_eq!(s.get_member(&cid("g"), &uid("a")).await.unwrap(), None);
     assert_eq!(s.get_file(&file.id).await.unwrap(), None);
     assert_eq!(
