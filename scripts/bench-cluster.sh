@@ -74,9 +74,9 @@ received() {
   local out=""
   for i in $(seq 0 $(($1 - 1))); do
     out="$out node$i=$(curl -sf -H "Authorization: Bearer $CONFAB_API_TOKEN" "$(url "$i")/metrics" |
-      awk '/^confab_bus_nats_(published|received)_total/ {printf "%s%s", sep, $2; sep = "/"}')"
+      awk '/^confab_bus_nats_(published|received)_total/ {sub(/^confab_bus_nats_/, "", $1); sub(/_total$/, "", $1); printf "%s%s=%s", sep, $1, $2; sep = ","}')"
   done
-  echo "# nats messages published/received:$out"
+  echo "# nats messages:$out"
 }
 
 for n in 1 2 3; do
