@@ -117,12 +117,7 @@ impl BotRuntime {
             recent: Mutex::default(),
             me: me.clone(),
         });
-        for bot in service.lookup().bots().await? {
-            rt.bots
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(bot.id.clone(), bot);
-        }
+        rt.load_bots().await?;
         let mut events = service
             .subscribe(Subscription {
                 interest: BotRuntime::wants,
@@ -163,6 +158,13 @@ impl BotRuntime {
             | Event::Resync => true,
             _ => false,
         }
+    }
+
+    /// Replaces the bots known with those of the store.
+    async fn load_bots(&self) -> Result<(), DomainError> {
+        let bots = self.service.lookup().bots().await?;
+        *self.bots.write().unwrap_or_else(|e| e.into_inner()) = bots.into_iter().map(|b| (b.id.clone(), b)).collect();
+        Ok(())
     }
 
     /// Replies being generated right now.
@@ -255,12 +257,8 @@ impl BotRuntime {
             }
             // Changes of bots and members from other nodes may have been lost: what was cached is reloaded.
             Event::Resync => {
-                match self.service.lookup().bots().await {
-                    Ok(bots) => {
-                        let bots = bots.into_iter().map(|b| (b.id.clone(), b)).collect();
-                        *self.bots.write().unwrap_or_else(|e| e.into_inner()) = bots;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot reload the bots after a resync"),
+                if let Err(e) = self.load_bots().await {
+                    tracing::warn!(error = %e, "cannot reload the bots after a resync");
                 }
                 self.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }

@@ -2,6 +2,10 @@
 //! node counts its own sessions here; the store records which nodes hold a user (a node's first session of
 //! the user, and its last), decides when that makes the user online or offline anywhere, and forgets the
 //! sessions of nodes that died. Presence events are announced on those changes only.
+//!
+//! The same first and last session of a user on this node tell a bus shared between nodes which channels'
+//! events to take (`EventBus::watch_user`): the user's channels, subscribed before the first session reads
+//! its backlog.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
