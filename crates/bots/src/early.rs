@@ -139,6 +139,9 @@ impl BotRuntime {
             self.forget_early(early_id);
             return; // not stored, a retry of an earlier send, or its reply exists: the upstream call is dropped
         };
+        let span = tracing::Span::current();
+        span.record("trigger_id", trigger.id.0);
+        span.record("reply_id", reply.id.0);
         let stop = self.track(&reply);
         let opened = match opened {
             Some(o) => o,
@@ -224,7 +227,7 @@ impl SendObserver for BotRuntime {
         }
         if let Some(rt) = self.me.upgrade() {
             let m = Arc::new(stored.clone());
-            tokio::spawn(async move { rt.invoked_by_application(m).await });
+            tokio::spawn(async move { rt.invoked_by_application(m).await }.in_current_span());
         }
     }
 
@@ -234,6 +237,9 @@ impl SendObserver for BotRuntime {
         }
         let (kind, bots) = self.early_bots(draft)?;
         let rt = self.me.upgrade()?;
+        // Decided within the send's span: the replies are its children, in its trace.
+        let trigger_span = tracing::debug_span!("bot.trigger", channel_id = %draft.channel_id, early = true,
+            bots = bots.len());
         let id = self.next_early.fetch_add(1, Ordering::Relaxed);
         // What the model sees of the trigger until it is stored (id and seq are unknown yet).
         let trigger = Message {
@@ -262,7 +268,8 @@ impl SendObserver for BotRuntime {
             let (tx, rx) = oneshot::channel();
             waiting.push(tx);
             let (rt, trigger) = (rt.clone(), trigger.clone());
-            tokio::spawn(async move { rt.reply_early(bot, trigger, kind, rx, id).await });
+            let span = trigger_span.in_scope(|| reply_span(&bot, &trigger.channel_id, None, true));
+            tokio::spawn(async move { rt.reply_early(bot, trigger, kind, rx, id).await }.instrument(span));
         }
         self.early.lock().unwrap_or_else(|e| e.into_inner()).push(EarlyTrigger {
             id,

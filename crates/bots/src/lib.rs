@@ -37,15 +37,16 @@ use confab_domain::model::{ChannelKind, HistoryQuery, HistoryRange, Message, New
 use confab_domain::ports::{Origin, Subscription};
 use confab_domain::{ChannelId, ChannelSeq, DomainError, Event, MessageId, UserId, now_millis};
 use confab_llm::{Fallback, LlmError, LlmProvider, StreamEvent};
-use confab_service::Confab;
 use confab_service::bots::{AnswerEvent, BotAnswerer, SendObserver, SendTicket, TurnRole};
 use confab_service::moderation::ReplyGuard;
 use confab_service::replies::{ReplyEnd, ReplyWriter};
+use confab_service::{Confab, TraceFollower};
 use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use stream::ReplySink;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -86,11 +87,14 @@ pub struct BotRuntime {
     active: Mutex<HashMap<MessageId, CancellationToken>>,
     global: Semaphore,
     per_bot: Mutex<HashMap<UserId, Arc<Semaphore>>>,
+    slots: replies::SlotGauges,
     triggers: DefaultKeyedRateLimiter<UserId>,
     /// Triggers seen before their commit (see [`SendObserver`]); short-lived, so a small list.
     early: Mutex<Vec<EarlyTrigger>>,
     next_early: AtomicU64,
     recent: Mutex<RecentTriggers>,
+    /// Continues the trace of each new message's send (see `Confab::send_span`).
+    traces: TraceFollower,
     me: std::sync::Weak<BotRuntime>,
 }
 
@@ -112,9 +116,11 @@ impl BotRuntime {
             channels: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             per_bot: Mutex::new(HashMap::new()),
+            slots: replies::SlotGauges::new(),
             early: Mutex::new(Vec::new()),
             next_early: AtomicU64::new(1),
             recent: Mutex::default(),
+            traces: service.follow_send_traces(),
             me: me.clone(),
         });
         rt.load_bots().await?;
@@ -187,6 +193,8 @@ impl BotRuntime {
     async fn on_event(self: &Arc<Self>, ev: Event) {
         match ev {
             Event::MessageCreated(m) => {
+                // Taken for every new message, whatever becomes of it below (see `Confab::send_span`).
+                let sent_in = self.service.send_span(self.traces, &m);
                 let sender_is_bot = m.sender_id.as_ref().is_none_or(|s| self.is_bot(s));
                 if sender_is_bot || m.reply.is_some() || m.deleted {
                     return; // bots never trigger bots: no loops
@@ -209,15 +217,25 @@ impl BotRuntime {
                 if no_bots {
                     return;
                 }
-                // Decided off the event loop, so a burst of triggers never delays stops or other events.
+                // Decided off the event loop, so a burst of triggers never delays stops or other events; under
+                // the send's span, when traced, so its replies (children of this one) join the send's trace.
+                let span = match &sent_in {
+                    Some(send) => tracing::debug_span!(parent: send, "bot.trigger", channel_id = %m.channel_id,
+                        message_id = m.id.0, early = false, bots = tracing::field::Empty),
+                    None => tracing::Span::none(),
+                };
                 let rt = self.clone();
-                tokio::spawn(async move {
-                    let bots = rt.triggered_bots(&m).await;
-                    if !claimed {
-                        rt.answer(bots.clone(), &m);
+                tokio::spawn(
+                    async move {
+                        let bots = rt.triggered_bots(&m).await;
+                        tracing::Span::current().record("bots", bots.len());
+                        if !claimed {
+                            rt.answer(bots.clone(), &m);
+                        }
+                        rt.announce(&bots, &m).await;
                     }
-                    rt.announce(&bots, &m).await;
-                });
+                    .instrument(span),
+                );
             }
             Event::BotChanged(id) => match self.service.lookup().bot(&id).await {
                 Ok(Some(bot)) => {

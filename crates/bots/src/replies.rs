@@ -18,6 +18,7 @@ impl BotRuntime {
         let Some(reply) = reply else {
             return;
         };
+        tracing::Span::current().record("reply_id", reply.id.0);
         let stop = self.track(&reply);
         let kind = self
             .channel_bots(&trigger.channel_id)
@@ -137,14 +138,16 @@ impl BotRuntime {
     /// Waits for the concurrency permits (global and per bot, with a deadline) and opens the upstream stream.
     pub(crate) async fn open(&self, bot: &Bot, p: Prepared, triggered_at: Instant) -> Result<Opened<'_>, Outcome> {
         let bot_sem = self.bot_semaphore(bot);
+        let waiting = Slot::enter(&self.slots.waiting);
         let permits = tokio::time::timeout(self.cfg.queue_timeout, async {
             let a = self.global.acquire().await;
             let b = bot_sem.acquire_owned().await;
             (a, b)
         })
         .await;
+        drop(waiting);
         let permits = match permits {
-            Ok((Ok(a), Ok(b))) => (a, b),
+            Ok((Ok(a), Ok(b))) => (a, b, Slot::enter(&self.slots.in_flight)),
             _ => {
                 return Err(Outcome {
                     busy: true,
@@ -156,15 +159,30 @@ impl BotRuntime {
         metrics::histogram!("confab_bot_overhead_seconds").record(triggered_at.elapsed().as_secs_f64());
         let called_at = Instant::now();
         let max_tokens = p.req.max_tokens;
-        match Fallback::new(p.providers).stream(p.req).await {
-            Ok(stream) => Ok(Opened {
-                stream,
-                _permits: permits,
-                called_at,
-                prompt_estimate: p.prompt_estimate,
-                max_tokens,
-            }),
+        // The provider call, from here to the end of its stream (`stream::relay`).
+        let span = tracing::debug_span!("llm.call", otel.kind = "client", bot_id = %bot.id,
+            provider = tracing::field::Empty, model = p.req.model.as_deref(), max_tokens,
+            prompt_tokens = tracing::field::Empty, completion_tokens = tracing::field::Empty,
+            end = tracing::field::Empty, error = tracing::field::Empty, otel.status_code = tracing::field::Empty);
+        match Fallback::new(p.providers)
+            .stream_with_provider(p.req)
+            .instrument(span.clone())
+            .await
+        {
+            Ok((provider, stream)) => {
+                span.record("provider", provider.as_str());
+                Ok(Opened {
+                    stream,
+                    _permits: permits,
+                    called_at,
+                    prompt_estimate: p.prompt_estimate,
+                    max_tokens,
+                    span,
+                })
+            }
             Err(e) => {
+                span.record("error", error_kind(&e));
+                span.record("otel.status_code", "error");
                 metrics::counter!("confab_llm_errors_total", "kind" => error_kind(&e)).increment(1);
                 Err(Outcome {
                     end: ReplyEnd::Failed(e.user_message()),
@@ -206,6 +224,13 @@ impl BotRuntime {
     }
 }
 
+/// The span of one reply, from its trigger to its final state (under the trigger's span: the send's when the
+/// reply starts early, else `bot.trigger`).
+pub(crate) fn reply_span(bot: &Bot, channel: &ChannelId, trigger: Option<MessageId>, early: bool) -> tracing::Span {
+    tracing::debug_span!("bot.reply", bot_id = %bot.id, channel_id = %channel, trigger_id = trigger.map(|t| t.0),
+        early, reply_id = tracing::field::Empty)
+}
+
 /// Whether an error says the provider is saturated rather than broken.
 pub(crate) fn is_saturation(e: &LlmError) -> bool {
     matches!(
@@ -230,14 +255,49 @@ pub(crate) struct Prepared {
     pub(crate) prompt_estimate: u32,
 }
 
+/// `confab_bot_replies_waiting` (replies and answers waiting for a concurrency slot, global or the bot's) and
+/// `confab_bot_replies_in_flight` (those holding both: their upstream call opening or streaming). Made once,
+/// when the runtime starts, so both show from the start.
+pub(crate) struct SlotGauges {
+    waiting: metrics::Gauge,
+    in_flight: metrics::Gauge,
+}
+
+impl SlotGauges {
+    pub(crate) fn new() -> SlotGauges {
+        SlotGauges {
+            waiting: metrics::gauge!("confab_bot_replies_waiting"),
+            in_flight: metrics::gauge!("confab_bot_replies_in_flight"),
+        }
+    }
+}
+
+/// One reply counted in a gauge until dropped (also when its task is cancelled while it waits).
+pub(crate) struct Slot<'a>(&'a metrics::Gauge);
+
+impl<'a> Slot<'a> {
+    fn enter(gauge: &'a metrics::Gauge) -> Slot<'a> {
+        gauge.increment(1.0);
+        Slot(gauge)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// An open upstream stream and the concurrency permits it holds until it ends.
 pub(crate) struct Opened<'a> {
     pub(crate) stream: confab_llm::EventStream,
-    pub(crate) _permits: (SemaphorePermit<'a>, OwnedSemaphorePermit),
+    pub(crate) _permits: (SemaphorePermit<'a>, OwnedSemaphorePermit, Slot<'a>),
     pub(crate) called_at: Instant,
     pub(crate) prompt_estimate: u32,
     /// The bot's `max_output_tokens`, enforced locally too.
     pub(crate) max_tokens: u32,
+    /// `llm.call`, which the stream loop continues.
+    pub(crate) span: tracing::Span,
 }
 
 /// How an answer went: its end, and what it cost.

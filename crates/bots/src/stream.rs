@@ -37,12 +37,29 @@ pub(crate) async fn relay(
     stop: &CancellationToken,
     max_reply_bytes: usize,
 ) -> Outcome {
+    let span = opened.span.clone();
+    let out = relay_stream(opened, sink, stop, max_reply_bytes)
+        .instrument(span.clone())
+        .await;
+    span.record("prompt_tokens", out.prompt_tokens);
+    span.record("completion_tokens", out.completion_tokens);
+    span.record("end", out.end.stored().0.as_str());
+    out
+}
+
+async fn relay_stream(
+    opened: Opened<'_>,
+    sink: &mut impl ReplySink,
+    stop: &CancellationToken,
+    max_reply_bytes: usize,
+) -> Outcome {
     let Opened {
         mut stream,
         _permits,
         called_at,
         prompt_estimate,
         max_tokens,
+        span: _,
     } = opened;
     let mut cap = cap::ReplyCap::new(max_tokens, max_reply_bytes);
     let mut out = Outcome {
@@ -87,8 +104,9 @@ pub(crate) async fn relay(
                 }
                 if first_token {
                     first_token = false;
-                    metrics::histogram!("confab_llm_time_to_first_token_seconds")
-                        .record(called_at.elapsed().as_secs_f64());
+                    let ttft = called_at.elapsed();
+                    metrics::histogram!("confab_llm_time_to_first_token_seconds").record(ttft.as_secs_f64());
+                    tracing::debug!(ttft_ms = ttft.as_millis() as u64, "first token");
                 }
                 let received = Instant::now();
                 let full = cap.take(&mut d);

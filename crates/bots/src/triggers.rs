@@ -121,7 +121,8 @@ impl BotRuntime {
             self.remember_trigger(m);
         }
         for bot in bots {
-            tokio::spawn(self.clone().reply(bot, m.clone()));
+            let span = reply_span(&bot, &m.channel_id, Some(m.id), false);
+            tokio::spawn(self.clone().reply(bot, m.clone()).instrument(span));
         }
     }
 }

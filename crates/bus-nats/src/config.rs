@@ -115,3 +115,34 @@ impl Subjects {
         vec![self.all(), self.node(node_id)]
     }
 }
+
+/// Whether the NATS server at `url` (a comma-separated list is tried in order) accepts a connection and
+/// answers a round trip, within `timeout`; `confab check-config` asks before a start would wait for it.
+pub async fn probe(url: &str, timeout: Duration) -> Result<(), NatsBusError> {
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| NatsBusError::Config(format!("url: {e}")))?;
+    let addr = servers
+        .iter()
+        .map(|s| format!("{}:{}", s.host(), s.port()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unreachable = |reason: String| NatsBusError::Unreachable {
+        addr: addr.clone(),
+        reason,
+    };
+    let attempt = async {
+        let client = async_nats::ConnectOptions::new()
+            .name("confab check-config")
+            .connection_timeout(timeout)
+            .connect(servers.clone())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        client.flush().await.map_err(|e| unreachable(e.to_string()))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {} s", timeout.as_secs()))))
+}

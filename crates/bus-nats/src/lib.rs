@@ -87,7 +87,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use config::{NatsBusError, NatsConfig, Subjects};
+pub use config::{NatsBusError, NatsConfig, Subjects, probe};
 use interest::Interest;
 
 use tasks::{Publisher, Reader};
@@ -271,6 +271,14 @@ impl NatsBus {
             .collect::<Vec<_>>()
             .join(", ");
         let shared = Arc::new(Shared::default());
+        // Counted only when something goes wrong: registered now, so they show (at zero) before that.
+        for name in [
+            "confab_bus_resyncs_total",
+            "confab_bus_nats_dropped_total",
+            "confab_bus_nats_undecodable_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         let events = shared.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("confab {}", config.node_id))

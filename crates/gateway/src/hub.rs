@@ -18,10 +18,11 @@ use axum::extract::ws::Utf8Bytes;
 use confab_domain::model::Channel;
 use confab_domain::ports::{EventStream, Origin, Subscription};
 use confab_domain::{ChannelId, Event, UserId};
-use confab_service::Confab;
+use confab_service::{Confab, TraceFollower};
 use confab_wire::{ChannelDto, MessageDto};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 use crate::GatewayConfig;
 use crate::frames::ServerFrame;
@@ -112,6 +113,14 @@ impl SessionHandle {
         Push::Queued
     }
 
+    /// The frames in the queue, and its fill (0 to 1): by frames or by bytes, whichever is fuller.
+    fn fill(&self) -> (usize, f64) {
+        let frames = self.tx.max_capacity() - self.tx.capacity();
+        let by_frames = frames as f64 / self.tx.max_capacity() as f64;
+        let by_bytes = self.queued_bytes.load(Ordering::Relaxed) as f64 / self.max_bytes.max(1) as f64;
+        (frames, by_frames.max(by_bytes).min(1.0))
+    }
+
     /// Called by the session's writer for each frame it takes off the queue.
     pub fn dequeued(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -156,6 +165,10 @@ pub struct Hub {
     members_epoch: AtomicU64,
     next_id: AtomicU64,
     pub(crate) stats: HubStats,
+    /// `confab_ws_frames_queued_total` and `confab_ws_overflow_closes_total`, made once (each push loop adds
+    /// to them with one atomic each; a node with no slow consumer shows zero closes).
+    frames_queued: metrics::Counter,
+    overflow_closes: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -181,10 +194,17 @@ impl Hub {
             members_epoch: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             stats: HubStats::default(),
+            frames_queued: metrics::counter!("confab_ws_frames_queued_total"),
+            overflow_closes: metrics::counter!("confab_ws_overflow_closes_total"),
         });
+        hub.overflow_closes.increment(0);
+        metrics::gauge!("confab_ws_sessions").increment(0.0);
+        tokio::spawn(Hub::sample_queues(Arc::downgrade(&hub)));
+        let traces = service.follow_send_traces();
         for events in streams {
             let shard = Shard {
                 hub: Arc::downgrade(&hub),
+                traces,
                 service: service.clone(),
                 channels: FxHashMap::default(),
                 members_epoch: 0,
@@ -284,10 +304,38 @@ impl Hub {
                 Push::Closing => {}
             }
         }
-        metrics::counter!("confab_ws_frames_queued_total").increment(pushed);
+        self.frames_queued.increment(pushed);
         if overflowed > 0 {
-            metrics::counter!("confab_ws_overflow_closes_total").increment(overflowed);
+            self.overflow_closes.increment(overflowed);
         }
+    }
+
+    /// Every second, while the hub lives: `confab_ws_queued_frames` (frames waiting in the outbound queues of
+    /// all the node's sessions) and `confab_ws_queue_fill_max` (the fullest queue's fill, 0 to 1, by frames
+    /// or bytes, whichever is fuller; a session reaching 1 is closed as a slow consumer). Sampled, so the
+    /// push path pays nothing for them; one pass over the registry under its read lock.
+    async fn sample_queues(hub: std::sync::Weak<Hub>) {
+        let queued = metrics::gauge!("confab_ws_queued_frames");
+        let fullest = metrics::gauge!("confab_ws_queue_fill_max");
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(hub) = hub.upgrade() else { break };
+            let (mut frames, mut fill) = (0usize, 0f64);
+            {
+                let sessions = hub.sessions.read().unwrap_or_else(|e| e.into_inner());
+                for s in sessions.values().flatten() {
+                    let (n, f) = s.fill();
+                    frames += n;
+                    fill = fill.max(f);
+                }
+            }
+            queued.set(frames as f64);
+            fullest.set(fill);
+        }
+        queued.set(0.0);
+        fullest.set(0.0);
     }
 
     /// Closes every open session of `user` (with `REVOKED`).
@@ -347,6 +395,8 @@ impl ChannelFanout {
 /// One fan-out worker. Owns the member cache of the channels hashed to it, so no lock guards it.
 struct Shard {
     hub: std::sync::Weak<Hub>,
+    /// Continues the trace of each new message's send (see `Confab::send_span`).
+    traces: TraceFollower,
     service: Arc<Confab>,
     channels: FxHashMap<ChannelId, ChannelFanout>,
     /// The hub's `members_epoch` the cache was filled under.
@@ -400,6 +450,11 @@ impl Shard {
     }
 
     async fn handle(&mut self, hub: &Hub, ev: Event) {
+        // Taken for every new message, whatever becomes of the event below (see `Confab::send_span`).
+        let sent_in = match &ev {
+            Event::MessageCreated(m) => self.service.send_span(self.traces, m),
+            _ => None,
+        };
         let epoch = hub.members_epoch.load(Ordering::Acquire);
         if epoch != self.members_epoch {
             self.channels.clear();
@@ -414,19 +469,29 @@ impl Shard {
         }
         match &ev {
             Event::MessageCreated(m) => {
-                let frame = Arc::new(Frame {
-                    text: Utf8Bytes::from(
-                        ServerFrame::MessageNew {
-                            channel_id: m.channel_id.as_str(),
-                            seq: m.seq.0,
-                            message: MessageDto::from(&**m),
-                        }
-                        .to_json(),
-                    ),
-                    seq: Some((m.channel_id.clone(), m.seq.0)),
-                    mark: None,
-                });
-                self.send_to_channel(hub, &m.channel_id, &frame, None).await;
+                // A span only under a traced send: the fan-out of every other event costs nothing.
+                let span = match &sent_in {
+                    Some(send) => tracing::debug_span!(parent: send, "gateway.fanout",
+                        channel_id = %m.channel_id, seq = m.seq.0, message_id = m.id.0),
+                    None => tracing::Span::none(),
+                };
+                async {
+                    let frame = Arc::new(Frame {
+                        text: Utf8Bytes::from(
+                            ServerFrame::MessageNew {
+                                channel_id: m.channel_id.as_str(),
+                                seq: m.seq.0,
+                                message: MessageDto::from(&**m),
+                            }
+                            .to_json(),
+                        ),
+                        seq: Some((m.channel_id.clone(), m.seq.0)),
+                        mark: None,
+                    });
+                    self.send_to_channel(hub, &m.channel_id, &frame, None).await;
+                }
+                .instrument(span)
+                .await;
             }
             Event::MessageUpdated(m) => {
                 let frame = Self::frame(ServerFrame::MessageUpdated {

@@ -16,6 +16,7 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::flood::{FrameRate, ReadCoalescer};
 use crate::frames::{ClientFrame, ServerFrame};
@@ -405,27 +406,33 @@ impl Session {
                 req_id,
                 channel_id,
                 body,
-            } => Some(
-                async move {
-                    let res = match SendMessageBody::from(*body).into_new_message(channel_id) {
-                        Ok(msg) => service.send(&actor, msg).await,
-                        Err(e) => Err(e),
-                    };
-                    Some(match res {
-                        Ok(a) => ServerFrame::Ack {
-                            req_id: req_id.as_deref(),
-                            channel_id: a.message.channel_id.as_str(),
-                            seq: a.message.seq.0,
-                            message_id: a.message.id.0,
-                            duplicate: a.duplicate,
-                            message: MessageDto::from(&a.message),
-                        }
-                        .to_json(),
-                        Err(e) => error_frame(req_id.as_deref(), &e),
-                    })
-                }
-                .boxed(),
-            ),
+            } => {
+                // A trace of its own per request, not one under the connection that lives for hours.
+                let span =
+                    tracing::debug_span!(parent: None, "ws.send", otel.kind = "server", channel_id = %channel_id);
+                Some(
+                    async move {
+                        let res = match SendMessageBody::from(*body).into_new_message(channel_id) {
+                            Ok(msg) => service.send(&actor, msg).await,
+                            Err(e) => Err(e),
+                        };
+                        Some(match res {
+                            Ok(a) => ServerFrame::Ack {
+                                req_id: req_id.as_deref(),
+                                channel_id: a.message.channel_id.as_str(),
+                                seq: a.message.seq.0,
+                                message_id: a.message.id.0,
+                                duplicate: a.duplicate,
+                                message: MessageDto::from(&a.message),
+                            }
+                            .to_json(),
+                            Err(e) => error_frame(req_id.as_deref(), &e),
+                        })
+                    }
+                    .instrument(span)
+                    .boxed(),
+                )
+            }
             ClientFrame::Typing { channel_id, active } => Some(
                 async move {
                     match service.typing(&actor, &channel_id, active).await {

@@ -6,6 +6,7 @@ use eventsource_stream::Event;
 use reqwest::header::ACCEPT;
 use serde::Serialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::http::{self, ApiKey, SseParser};
@@ -128,6 +129,9 @@ impl LlmProvider for AnthropicProvider {
 
     async fn stream(&self, req: ChatRequest) -> Result<EventStream, LlmError> {
         let body = self.body(&req)?;
+        // Until the response's head: connecting, sending, the provider's queue and prompt processing.
+        let span = tracing::debug_span!("llm.request", otel.kind = "client", provider = %self.name,
+            provider.kind = "anthropic", model = body.model, http.response.status_code = tracing::field::Empty);
         let resp = self
             .client
             .post(self.url.clone())
@@ -136,9 +140,11 @@ impl LlmProvider for AnthropicProvider {
             .header("anthropic-version", ANTHROPIC_VERSION)
             .json(&body)
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|e| http::map_send_error(e, Some(&self.key)))?;
-        tracing::debug!(provider = %self.name, status = resp.status().as_u16(), "messages response");
+        span.record("http.response.status_code", resp.status().as_u16());
+        span.in_scope(|| tracing::debug!(provider = %self.name, status = resp.status().as_u16(), "messages response"));
         if !resp.status().is_success() {
             return Err(http::error_from_response(resp, Some(&self.key)).await);
         }

@@ -307,6 +307,8 @@ impl FakeProvider {
             .route("/v1/chat/completions", post(serve))
             .route("/openai/deployments/{deployment}/chat/completions", post(serve))
             .route("/v1/messages", post(serve))
+            .route("/v1/models", axum::routing::get(models))
+            .route("/openai/models", axum::routing::get(models))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -476,6 +478,30 @@ impl Drop for InFlight {
             self.shared.disconnects.send_modify(|d| *d += 1);
         }
     }
+}
+
+/// The model list (`GET /v1/models`, Azure's `/openai/models`): the key is checked like a completion's.
+async fn models(State(s): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (format, given) = if uri.path().starts_with("/openai/") {
+        (WireFormat::Azure, header("api-key"))
+    } else if let Some(k) = header("x-api-key") {
+        (WireFormat::Anthropic, Some(k))
+    } else {
+        (
+            WireFormat::OpenAi,
+            header("authorization").and_then(|v| v.strip_prefix("Bearer ")),
+        )
+    };
+    if let Some(expected) = lock(&s.required_key).clone()
+        && given != Some(expected.as_str())
+    {
+        let msg = format!("Incorrect API key provided: {}", given.unwrap_or(""));
+        return error_response(format, 401, &("authentication_error".into(), msg));
+    }
+    axum::response::IntoResponse::into_response(axum::Json(
+        json!({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}),
+    ))
 }
 
 /// Every route: the wire format is the route's.

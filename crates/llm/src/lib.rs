@@ -17,6 +17,7 @@ mod error;
 mod fallback;
 mod http;
 mod openai;
+pub mod probe;
 mod reliable;
 
 #[cfg(feature = "fake")]

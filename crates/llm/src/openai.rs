@@ -5,6 +5,7 @@ use std::time::Duration;
 use eventsource_stream::Event;
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::config::{ProviderConfig, ProviderKind, TokenLimitParam};
 use crate::http::{self, ApiKey, SseParser};
@@ -108,11 +109,22 @@ impl ChatCompletions {
                 Auth::ApiKeyHeader => rb.header("api-key", key.header_value("")),
             };
         }
+        // Until the response's head: connecting, sending, the provider's queue and prompt processing.
+        let kind = match self.auth {
+            Auth::Bearer => "openai",
+            Auth::ApiKeyHeader => "azure_openai",
+        };
+        let span = tracing::debug_span!("llm.request", otel.kind = "client", provider = %self.name,
+            provider.kind = kind, model = body.model, http.response.status_code = tracing::field::Empty);
         let resp = rb
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|e| http::map_send_error(e, self.key.as_ref()))?;
-        tracing::debug!(provider = %self.name, status = resp.status().as_u16(), "chat completions response");
+        span.record("http.response.status_code", resp.status().as_u16());
+        span.in_scope(|| {
+            tracing::debug!(provider = %self.name, status = resp.status().as_u16(), "chat completions response");
+        });
         if !resp.status().is_success() {
             return Err(http::error_from_response(resp, self.key.as_ref()).await);
         }

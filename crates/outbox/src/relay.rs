@@ -2,7 +2,7 @@
 //! subscribes to. See the crate documentation for the guarantees.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -348,7 +348,8 @@ impl Relay {
                 stop: stop.clone(),
                 fetched: cursor,
                 saved_cursor: cursor,
-                outstanding: BTreeSet::new(),
+                outstanding: BTreeMap::new(),
+                metrics: lanes::EndpointMetrics::new(&id),
                 lanes: HashMap::new(),
                 ready: VecDeque::new(),
                 timers: BinaryHeap::new(),

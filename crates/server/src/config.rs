@@ -1,10 +1,14 @@
 //! Configuration: defaults, then the optional TOML file, then `CONFAB_SECTION__KEY` environment variables.
 //! The listen address and data dir also come from command-line flags (see `main.rs`).
 
+mod backup;
 mod files;
 mod nodes;
 mod outbound;
+mod telemetry;
+pub use telemetry::TelemetryConfig;
 
+pub use backup::BackupConfig;
 pub use files::{FilesBackend, FilesConfig};
 pub use nodes::{BusBackend, BusConfig, ClusterConfig, StorageBackend, StorageConfig};
 pub use outbound::{EgressConfig, PreSendWebhookConfig, ProviderApiConfig, WebhooksConfig};
@@ -19,7 +23,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -60,6 +64,10 @@ pub struct Config {
     pub uploads: UploadsConfig,
     /// Where uploaded files' bytes are kept (`[files]`).
     pub files: FilesConfig,
+    /// OpenTelemetry traces over OTLP (`[telemetry]`; off while `otlp_endpoint` is empty).
+    pub telemetry: TelemetryConfig,
+    /// Scheduled backups (`[backup]`).
+    pub backup: BackupConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -399,6 +407,8 @@ impl Default for Config {
             web: WebConfig::default(),
             uploads: UploadsConfig::default(),
             files: FilesConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -446,16 +456,20 @@ impl Config {
     /// Defaults, then the TOML file (if any), then nested environment variables such as
     /// `CONFAB_LIMITS__USER_SEND_PER_SEC=50` (a double underscore separates section and key).
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, Box<figment::Error>> {
+        Self::figment(file).extract().map_err(Box::new)
+    }
+
+    /// Where [`Config::load`] reads from, in order (later sources win).
+    pub fn figment(file: Option<&std::path::Path>) -> Figment {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(
+        fig.merge(
             Env::prefixed("CONFAB_")
                 .split("__")
                 .filter(|k| k.as_str().contains('.')),
-        );
-        fig.extract().map_err(Box::new)
+        )
     }
 
     /// The egress policy: `[egress] allow_private` and the older `[webhooks] allow_private` together.

@@ -2,12 +2,15 @@
 //! router, and serves HTTP/WebSocket on a listener until shutdown. `run` takes its listener and shutdown
 //! signal as arguments so tests bind port 0.
 
+pub mod backup;
+pub mod check;
 pub mod config;
 mod health;
 pub mod master_token;
 mod node;
 mod phases;
 pub mod storage;
+pub mod telemetry;
 mod unread_body;
 mod uploads;
 
@@ -54,8 +57,15 @@ fn metrics_handle() -> Option<&'static metrics_exporter_prometheus::PrometheusHa
             let buckets = [
                 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ];
+            // Commands per group commit: counts, not seconds.
+            let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("confab_store_batch_commands".into()),
+                    &batch,
+                )
                 .ok()?
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
@@ -98,6 +108,7 @@ impl App {
         let service =
             phases::start_core(&config, master_token, &storage, catalog.clone(), send_checks, &shutdown).await?;
         let bots = phases::start_bots(&config, &service, catalog).await?;
+        backup::spawn_scheduled(&config, shutdown.clone());
         let hub = Hub::start(service.clone(), config.gateway());
         let router = phases::surfaces(&config, master_token, &service, &hub, &storage, egress, &shutdown).await?;
         Ok(App {

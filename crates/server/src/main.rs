@@ -5,7 +5,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use confab::master_token::{self, Source};
 use confab::{App, Config};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -23,8 +22,51 @@ enum Command {
     /// Start the server.
     Serve(ServeArgs),
     /// Bring the configured store's schema up to date, then exit (`serve` also does it on start; run this
-    /// first where operators apply schema changes themselves).
+    /// first where operators apply schema changes themselves); `--dry-run` lists what it would apply.
     Migrate(MigrateArgs),
+    /// Copy a server's data (database, uploaded files, credentials) into one file, while it runs.
+    Backup(BackupArgs),
+    /// Bring a backup back as a new data dir.
+    Restore(RestoreArgs),
+    /// Check a configuration: unknown keys, wrong types, contradictions, weak secrets, and whether the
+    /// database, NATS, the object store, the providers and the webhooks answer. Exits non-zero on an error.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckConfigArgs {
+    /// The TOML configuration file to check (the environment's CONFAB_* variables apply too, as in `serve`).
+    #[arg(long, env = "CONFAB_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data dir `serve` would use.
+    #[arg(long, env = "CONFAB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Check only the file and the environment; do not contact the dependencies.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The backup file to write (a .tar.gz); it must not exist.
+    #[arg(long)]
+    to: PathBuf,
+    /// The data dir of the server to back up.
+    #[arg(long, env = "CONFAB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Optional TOML configuration file (see confab.example.toml).
+    #[arg(long, env = "CONFAB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup file written by `confab backup`.
+    #[arg(long)]
+    from: PathBuf,
+    /// The data dir to create (it must not exist or be empty); then `confab serve --data-dir DIR`.
+    #[arg(long)]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -35,6 +77,9 @@ struct MigrateArgs {
     /// Optional TOML configuration file (see confab.example.toml).
     #[arg(long, env = "CONFAB_CONFIG")]
     config: Option<PathBuf>,
+    /// Print the schema's version and each migration that would be applied, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -56,25 +101,14 @@ struct ServeArgs {
     dev_login: bool,
 }
 
-fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let done = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Migrate(args) => migrate(args),
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
+        Command::CheckConfig(args) => check_config(args),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -87,7 +121,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    init_logging("text");
+    let _logs = confab::telemetry::init("text", &Default::default())?;
     let mut config = Config::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     if let Some(d) = args.data_dir {
         config.data_dir = d;
@@ -96,14 +130,82 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let done = runtime.block_on(confab::storage::migrate(&config))?;
+    let done = runtime.block_on(confab::storage::migrate(&config, args.dry_run))?;
     println!("{done}");
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
+fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    let started = std::time::Instant::now();
+    let manifest = confab::backup::backup(&config, &args.to)?;
+    let size = std::fs::metadata(&args.to).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backup written to {} ({:.1} MiB in {:.1} s): {}",
+        args.to.display(),
+        size as f64 / (1024.0 * 1024.0),
+        started.elapsed().as_secs_f64(),
+        manifest.summary()
+    );
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let manifest = confab::backup::restore(&args.from, &args.data_dir)?;
+    println!(
+        "restored into {}: {}; start it with confab serve --data-dir {}",
+        args.data_dir.display(),
+        manifest.summary(),
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
+/// The configuration `serve` starts with: loaded and checked as `confab check-config` does (without asking
+/// the dependencies), refusing on an error with the same messages; warnings are printed and the start goes on.
+fn checked_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut loaded = confab::check::load(args.config.as_deref()).map_err(|findings| {
+        confab::check::report(&findings);
+        anyhow::anyhow!(
+            "refusing to start: the configuration has {} errors (listed above)",
+            findings.len()
+        )
+    })?;
+    if let Some(d) = &args.data_dir {
+        loaded.config.data_dir = d.clone();
+    }
+    let findings = confab::check::values(&loaded, &|k| std::env::var(k).ok());
+    if confab::check::report(&findings) {
+        let errors = findings
+            .iter()
+            .filter(|f| f.severity == confab::check::Severity::Error)
+            .count();
+        anyhow::bail!("refusing to start: the configuration has {errors} errors (listed above)");
+    }
+    Ok(loaded.config)
+}
+
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let fine = runtime.block_on(confab::check::check_config(
+        args.config.as_deref(),
+        args.data_dir.as_deref(),
+        !args.offline,
+    ));
+    anyhow::ensure!(fine, "the configuration has errors");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = checked_config(&args)?;
+    // Spans still queued are exported when the server has stopped (`telemetry.shutdown()` below).
+    let telemetry = confab::telemetry::init(&args.log_format, &config.telemetry)?;
     if let Some(l) = args.listen {
         config.listen = l;
     }
@@ -124,14 +226,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("confab")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let done = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "confab listening");
         let app = App::build(config, &token).await?;
         app.run(listener, shutdown_signal()).await
-    })
+    });
+    // The tasks still running end (and their spans with them) before the spans still queued are exported.
+    drop(runtime);
+    telemetry.shutdown();
+    done
 }
 
 async fn shutdown_signal() {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::Request;
 use axum::routing::get;
 use confab_api_native::{AppState, HttpLimits};
 use confab_domain::ports::{DynBus, DynStore};
@@ -264,15 +263,21 @@ pub async fn surfaces(
                 }),
         );
     let mut router = native.merge(sendbird).merge(nim).merge(health);
+    if config.telemetry.enabled() {
+        // Traced requests are named by their route (`POST /api/v1/channels/{channel_id}/messages`).
+        router = router.route_layer(axum::middleware::from_fn(crate::telemetry::name_by_route));
+    }
     if config.web.enabled {
         router = router.merge(confab_webui::router());
     }
     // Method and path only: query strings may carry tokens and are never logged.
     Ok(router
         .layer(axum::middleware::from_fn(unread_body::close_after_unread_body))
-        .layer(TraceLayer::new_for_http().make_span_with(
-            |req: &Request<_>| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
-        )))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(crate::telemetry::http_span)
+                .on_response(crate::telemetry::on_response),
+        ))
 }
 
 /// The NIM surface: its app key and secret (configured, from the environment, or generated into the data

@@ -94,27 +94,74 @@ pub async fn open_store(config: &Config, node_id: &str, bus: DynBus) -> anyhow::
     }
 }
 
-/// Brings the configured store's schema up to date (`confab migrate`); returns what it did, for the operator.
-pub async fn migrate(config: &Config) -> anyhow::Result<String> {
+/// Brings the configured store's schema up to date (`confab migrate`), or with `dry_run` says what that would
+/// apply and changes nothing (reads only: the SQLite file is opened read-only, PostgreSQL in a read-only
+/// transaction without the migration lock); returns the report for the operator: the store, its schema
+/// version, and each migration applied or to apply.
+pub async fn migrate(config: &Config, dry_run: bool) -> anyhow::Result<String> {
     match config.storage.backend {
         StorageBackend::Sqlite => {
-            let path = sqlite_config(config).path;
+            let sqlite = sqlite_config(config);
+            let path = sqlite.path.clone();
+            let store = format!("SQLite database {}", path.display());
+            let failed = |e: confab_domain::DomainError| anyhow::anyhow!("opening storage: {e}");
+            let latest = confab_store_sqlite::latest_version();
+            if dry_run {
+                let version = confab_store_sqlite::schema_version(&path).map_err(failed)?;
+                let pending = confab_store_sqlite::pending_migrations(&path).map_err(failed)?;
+                return Ok(migration_report(&store, version, latest, &pending, true));
+            }
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
-            SqliteStore::open(sqlite_config(config), Arc::new(confab_bus::LocalBus::default()))
-                .map_err(|e| anyhow::anyhow!("opening storage: {e}"))?;
-            Ok(format!("SQLite schema up to date in {}", path.display()))
+            let applied = confab_store_sqlite::apply_migrations(&sqlite).map_err(failed)?;
+            let version = confab_store_sqlite::schema_version(&path).map_err(failed)?;
+            Ok(migration_report(&store, version, latest, &applied, false))
         }
         StorageBackend::Postgres => {
             let pg = postgres_config(config)?;
+            let store = format!("PostgreSQL at {}", pg.target());
             let start_timeout = Duration::from_secs(config.storage.start_timeout_secs);
-            let applied = retrying("PostgreSQL", start_timeout, is_unreachable_postgres, || {
-                confab_store_postgres::migrate(&pg)
+            let latest = confab_store_postgres::latest_version();
+            let (version, migrations) = retrying("PostgreSQL", start_timeout, is_unreachable_postgres, || {
+                let pg = pg.clone();
+                async move {
+                    let migrations = if dry_run {
+                        confab_store_postgres::pending_migrations(&pg).await?
+                    } else {
+                        confab_store_postgres::apply_migrations(&pg).await?
+                    };
+                    Ok::<_, PostgresError>((confab_store_postgres::schema_version(&pg).await?, migrations))
+                }
             })
             .await?;
-            Ok(format!("PostgreSQL schema up to date ({applied} migrations applied)"))
+            Ok(migration_report(&store, version, latest, &migrations, dry_run))
         }
     }
+}
+
+/// What `confab migrate` prints: the store and its schema version, then one line per migration applied (or,
+/// in a dry run, to apply), `  v9 files: …`.
+fn migration_report(store: &str, version: u32, latest: u32, migrations: &[(u32, &str)], dry_run: bool) -> String {
+    let count = match migrations.len() {
+        1 => "1 migration".to_string(),
+        n => format!("{n} migrations"),
+    };
+    let mut out = if migrations.is_empty() && version > latest {
+        format!(
+            "{store}: schema version {version}, newer than this release's {latest}: nothing to apply (a newer \
+             release migrated it; this one runs against it)"
+        )
+    } else if migrations.is_empty() {
+        format!("{store}: schema version {version}: up to date")
+    } else if dry_run {
+        format!("{store}: schema version {version}; would apply {count} (dry run: nothing changed):")
+    } else {
+        format!("{store}: applied {count}, schema version {version} now:")
+    };
+    for (v, name) in migrations {
+        out.push_str(&format!("\n  v{v} {name}"));
+    }
+    out
 }
 
 fn sqlite_config(config: &Config) -> SqliteConfig {
@@ -125,7 +172,7 @@ fn sqlite_config(config: &Config) -> SqliteConfig {
     c
 }
 
-fn postgres_config(config: &Config) -> anyhow::Result<PostgresConfig> {
+pub(crate) fn postgres_config(config: &Config) -> anyhow::Result<PostgresConfig> {
     let s = &config.storage;
     if s.postgres_url.trim().is_empty() {
         anyhow::bail!(
@@ -217,6 +264,59 @@ mod tests {
         .unwrap_err();
         assert_eq!(attempts, 1);
         assert!(err.to_string().contains("invalid PostgreSQL URL"), "{err}");
+    }
+
+    #[test]
+    fn migration_reports_name_the_store_the_version_and_each_migration() {
+        let store = "SQLite database /data/confab.db";
+        let pending = [(10, "files: removed files of deleted channels"), (11, "leases")];
+        assert_eq!(
+            migration_report(store, 9, 11, &pending, true),
+            "SQLite database /data/confab.db: schema version 9; would apply 2 migrations (dry run: nothing \
+             changed):\n  v10 files: removed files of deleted channels\n  v11 leases"
+        );
+        assert_eq!(
+            migration_report(store, 11, 11, &pending[1..], false),
+            "SQLite database /data/confab.db: applied 1 migration, schema version 11 now:\n  v11 leases"
+        );
+        for dry_run in [true, false] {
+            assert_eq!(
+                migration_report(store, 11, 11, &[], dry_run),
+                "SQLite database /data/confab.db: schema version 11: up to date"
+            );
+        }
+        let newer = migration_report("PostgreSQL at db:5432", 2, 1, &[], true);
+        assert!(
+            newer.contains("schema version 2, newer than this release's 1: nothing to apply"),
+            "{newer}"
+        );
+    }
+
+    /// `--dry-run` on a data dir without a database lists every migration and creates nothing; applying
+    /// says what it applied; the dry run then finds nothing.
+    #[tokio::test]
+    async fn migrate_dry_run_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let all = confab_store_sqlite::migrations();
+        let dry = migrate(&config, true).await.unwrap();
+        assert!(dry.contains("schema version 0; would apply"), "{dry}");
+        assert_eq!(dry.lines().count(), 1 + all.len(), "{dry}");
+        assert!(dry.contains(&format!("\n  v1 {}", all[0].name)), "{dry}");
+        assert!(!config.data_dir.exists(), "a dry run creates nothing");
+        let applied = migrate(&config, false).await.unwrap();
+        assert!(
+            applied.contains(&format!("applied {} migrations", all.len())),
+            "{applied}"
+        );
+        let again = migrate(&config, true).await.unwrap();
+        assert!(
+            again.ends_with(&format!("schema version {}: up to date", all.len())),
+            "{again}"
+        );
     }
 
     #[test]

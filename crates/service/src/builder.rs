@@ -81,6 +81,8 @@ impl ConfabBuilder {
             blobs: self
                 .blobs
                 .unwrap_or_else(|| Arc::new(blobs::LocalBlobs::new(cfg.files_dir.clone()))),
+            traces: Default::default(),
+            sent: crate::sent::SentCounters::new(),
             cfg,
         });
         service.follow_invalidations();

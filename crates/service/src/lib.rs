@@ -12,7 +12,9 @@ pub mod moderation;
 pub mod presence;
 pub mod replies;
 mod screen;
+mod sent;
 pub mod surface;
+mod traces;
 pub mod typing;
 pub mod webhooks;
 
@@ -36,6 +38,7 @@ pub use auth::SessionGrant;
 use auth::{MasterToken, SessionCache, generate_token, sha256};
 pub use builder::ConfabBuilder;
 use presence::PresenceRegistry;
+pub use traces::TraceFollower;
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -116,6 +119,10 @@ pub struct Confab {
     send_hooks: Vec<Arc<dyn moderation::SendHook>>,
     /// Where uploaded files' bytes are.
     blobs: Arc<dyn blobs::FileBlobs>,
+    /// The spans of sends, for the consumers of their events (see [`Confab::follow_send_traces`]).
+    traces: traces::SendTraces,
+    /// `confab_messages_total`, by kind and actor.
+    sent: sent::SentCounters,
 }
 
 impl Confab {
@@ -589,6 +596,10 @@ impl Confab {
 
     /// Sends a message. A user sends as themselves (rate limited); the application may send as any member,
     /// or an admin message with no sender. Durable when this returns.
+    #[tracing::instrument(level = "debug", name = "confab.send", skip_all, fields(
+        channel_id = %msg.channel_id, sender_id = actor.user().or(msg.sender_id.as_ref()).map(UserId::as_str),
+        kind = ?msg.kind, message_id, seq, duplicate, error, otel.status_code,
+    ))]
     pub async fn send(&self, actor: &Actor, mut msg: NewMessage) -> DomainResult<Appended> {
         match actor {
             Actor::User(u) => {
@@ -602,11 +613,19 @@ impl Confab {
             }
             Actor::Admin => {}
         }
-        self.screen(actor, &mut msg, moderation::Draft::Send).await?;
+        self.screen(actor, &mut msg, moderation::Draft::Send)
+            .await
+            .inspect_err(traces::record_error)?;
         let ticket = self.send_observer().and_then(|o| o.sending(&msg));
         let preconditions = confab_domain::rules::new_message(&msg);
-        let res = self.store.append_message(msg, preconditions).await;
+        let kind = msg.kind;
+        let traced = self.traces.register(&tracing::Span::current(), &msg);
+        let res = traces::appending(self.store.append_message(msg, preconditions)).await;
+        self.traces.settle(traced, &res);
         let stored = res.as_ref().ok().filter(|a| !a.duplicate).map(|a| &a.message);
+        if stored.is_some() {
+            self.sent.count(kind, actor);
+        }
         if let Some(t) = ticket {
             t.settled(stored);
         }

@@ -196,6 +196,7 @@ impl ReplyWriter {
     /// Ends the reply: reviews and stores the final text in its one final state (`end`, or `Blocked` when
     /// the content policy refused it, whatever `end` says), after recording the tokens it used (so once
     /// clients see the final state, its usage is readable). A reply already final stays as it was.
+    #[tracing::instrument(level = "debug", name = "reply.finish", skip_all, fields(message_id = self.id.0, state, reason))]
     pub async fn finish(self, end: ReplyEnd, usage: Option<UsageRecord>) -> DomainResult<FinishedReply> {
         let (store, id) = (self.store.clone(), self.id);
         let settled = self.settle().await;
@@ -209,6 +210,9 @@ impl ReplyWriter {
             tracing::warn!(reply = %id, error = %e, "cannot record usage");
         }
         let (state, reason) = end.stored();
+        let span = tracing::Span::current();
+        span.record("state", state.as_str());
+        span.record("reason", reason.as_deref());
         metrics::counter!("confab_bot_replies_total", "state" => state.as_str()).increment(1);
         let message = store.finish_reply(id, settled.text, state, reason).await?;
         Ok(FinishedReply { message, end })
@@ -265,7 +269,11 @@ impl Confab {
         });
         draft.parent_id = parent;
         let preconditions = confab_domain::rules::new_message(&draft);
-        self.store.append_message(draft, preconditions).await
+        // The reply's own `message.new` continues the trace of the span beginning it (a bot's reply).
+        let traced = self.traces.register(&tracing::Span::current(), &draft);
+        let res = crate::traces::appending(self.store.append_message(draft, preconditions)).await;
+        self.traces.settle(traced, &res);
+        res
     }
 
     /// The writer of a generating reply's text (see [`ReplyWriter`]).

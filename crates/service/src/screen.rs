@@ -5,6 +5,8 @@
 use confab_domain::model::{Message, MessagePatch, NewMessage};
 use confab_domain::{DomainError, DomainResult};
 
+use tracing::Instrument;
+
 use crate::moderation::{self, Draft, HookVerdict};
 use crate::{Actor, Confab};
 
@@ -12,6 +14,7 @@ impl Confab {
     /// Screens a message about to be stored (`Draft::Send`) or the content an edit will give a stored one
     /// (`Draft::Edit`, `msg` being the message as edited). A refusal stops the write; a rewrite (masking, a
     /// hook's modification) and flags are left in `msg`.
+    #[tracing::instrument(level = "debug", name = "send.screen", skip_all, fields(edit = draft != Draft::Send))]
     pub(crate) async fn screen(&self, actor: &Actor, msg: &mut NewMessage, draft: Draft) -> DomainResult<()> {
         if let Actor::User(u) = actor {
             // Bot context reaches a bot's instructions, which only the application's server may write.
@@ -85,17 +88,21 @@ impl Confab {
             if !hook.applies(msg, draft) {
                 continue;
             }
-            let verdict = match hook.check(msg, draft).await {
+            // One span per check: the LLM check, the application's pre-send webhook.
+            let span = tracing::debug_span!("send.hook", hook = hook.name(), outcome = tracing::field::Empty);
+            let verdict = match hook.check(msg, draft).instrument(span.clone()).await {
                 Ok(v) => v,
                 // One rule for every check without a verdict.
                 Err(e) if hook.fail_open() => {
                     tracing::warn!(hook = hook.name(), error = %e, "a send check gave no verdict; allowed (fail_open)");
                     count_outcome(hook.name(), "failed_open");
+                    span.record("outcome", "failed_open");
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(hook = hook.name(), error = %e, "a send check gave no verdict; refused");
                     count_outcome(hook.name(), "failed_closed");
+                    span.record("outcome", "failed_closed");
                     return Err(DomainError::Rejected {
                         rule: hook.name().into(),
                         reason: moderation::UNCHECKED_REASON.into(),
@@ -109,6 +116,7 @@ impl Confab {
                 HookVerdict::Modify { .. } => "modify",
             };
             count_outcome(hook.name(), outcome);
+            span.record("outcome", outcome);
             match verdict {
                 HookVerdict::Allow => {}
                 HookVerdict::Flag { rule } => {
@@ -141,12 +149,22 @@ impl Confab {
         if msg.text.is_empty() || !ContentGuard::is_active(rules, &msg.channel_id) {
             return Ok(());
         }
+        let span = tracing::debug_span!("moderation.rules", verdict = tracing::field::Empty).entered();
         match rules.review(&msg.channel_id, &msg.text) {
             moderation::Review::Reject { rule, reason } => {
+                span.record("verdict", "reject");
                 tracing::info!(channel = %msg.channel_id, rule, "message rejected by moderation");
                 Err(DomainError::Rejected { rule, reason })
             }
             moderation::Review::Allow { rewritten, flagged_by } => {
+                span.record(
+                    "verdict",
+                    match (&rewritten, flagged_by.is_empty()) {
+                        (_, false) => "flag",
+                        (Some(_), true) => "mask",
+                        (None, true) => "allow",
+                    },
+                );
                 if let Some(text) = rewritten {
                     msg.text = text;
                 }

@@ -88,6 +88,7 @@ use tokio_postgres::NoTls;
 
 pub use error::PostgresError;
 use error::{Res, describe};
+pub use schema::Migration;
 use writer::{Op, Outcome, WriteCmd, Writer};
 
 /// Where the database is and how the store uses it.
@@ -205,10 +206,45 @@ async fn connect_once(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Cli
 /// start); returns how many it applied. Safe to run from several nodes at once: they take turns under an
 /// advisory lock, and each migration is applied once. [`PostgresStore::connect`] runs it too.
 pub async fn migrate(config: &PostgresConfig) -> Result<usize, PostgresError> {
+    apply_migrations(config).await.map(|applied| applied.len())
+}
+
+/// [`migrate`], returning the migrations it applied (version, name), oldest first.
+pub async fn apply_migrations(config: &PostgresConfig) -> Result<Vec<(u32, &'static str)>, PostgresError> {
     let pg = config.connection()?;
     let mut client = connect_once(&pg).await?;
     let schema = check_schema(&client, &pg).await?;
     schema::migrate_client(&mut client, &schema).await
+}
+
+/// Every migration this release knows, oldest first.
+pub fn migrations() -> &'static [Migration] {
+    schema::MIGRATIONS
+}
+
+/// The version of the newest migration this release knows.
+pub fn latest_version() -> u32 {
+    schema::latest_version()
+}
+
+/// The schema's version (the newest migration applied; 0 before the first), read in a read-only
+/// transaction that creates nothing and takes no lock. It may be newer than [`latest_version`]: a newer
+/// release migrated the schema, and this one runs against it (every migration is additive).
+pub async fn schema_version(config: &PostgresConfig) -> Result<u32, PostgresError> {
+    let pg = config.connection()?;
+    let mut client = connect_once(&pg).await?;
+    check_schema(&client, &pg).await?;
+    let version = schema::current_version(&mut client).await?;
+    Ok(u32::try_from(version).unwrap_or(0))
+}
+
+/// The migrations (version, name) [`migrate`] would apply, oldest first, read like [`schema_version`]
+/// (every one when the schema has none yet; none when it is newer than this release's).
+pub async fn pending_migrations(config: &PostgresConfig) -> Result<Vec<(u32, &'static str)>, PostgresError> {
+    let pg = config.connection()?;
+    let mut client = connect_once(&pg).await?;
+    check_schema(&client, &pg).await?;
+    Ok(schema::after(schema::current_version(&mut client).await?))
 }
 
 /// The schema the tables live in: `search_path`'s first existing one.
@@ -243,6 +279,8 @@ fn pool(pg: &tokio_postgres::Config, size: usize, wait: Duration) -> Result<Pool
 /// The store. Each handle has its own writer task and pools; several handles (nodes) may share a schema.
 pub struct PostgresStore {
     writer: mpsc::Sender<WriteCmd>,
+    /// `confab_store_writer_queue` (see [`writer::Queued`]).
+    queued: metrics::Gauge,
     recorder: writer::RecorderSlot,
     readers: Pool,
 }
@@ -281,12 +319,14 @@ impl PostgresStore {
         tokio::spawn(writer.run());
         Ok(PostgresStore {
             writer: tx,
+            queued: metrics::gauge!("confab_store_writer_queue"),
             recorder,
             readers,
         })
     }
 
     async fn write(&self, op: Op) -> DomainResult<Outcome> {
+        let _queued = writer::Queued::enter(&self.queued);
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteCmd { op, reply })
@@ -337,3 +377,5 @@ mod semantics_tests;
 mod test_data;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(test)]
+mod upgrade_tests;

@@ -19,9 +19,24 @@ use tokio_postgres::Client;
 use crate::db::lock_key;
 use crate::error::{PostgresError, describe};
 
-/// Each entry upgrades the schema from version `index` to `index + 1`. Append only: an applied entry never
-/// changes (a node running older code reads a newer schema; see [`migrate_client`]).
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+/// One step of the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The version recorded in `confab_schema_migrations` once it is applied: 1, 2, 3… without gaps.
+    pub version: u32,
+    /// What it does, in a few words (for `confab migrate`).
+    pub name: &'static str,
+    /// The script, applied once. Never edited once released.
+    pub sql: &'static str,
+}
+
+/// Each entry upgrades the schema from version `version - 1` to `version`. Append only: an applied entry never
+/// changes (`tests/migrations.rs` keeps the SHA-256 of each), and each is additive (a node running older code
+/// reads a newer schema; see [`migrate_client`]).
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "accounts, channels, messages, files, bots, outbox, flags, leases, nodes",
+    sql: r#"
 CREATE TABLE users (
     id            TEXT COLLATE "C" PRIMARY KEY,
     nickname      TEXT NOT NULL,
@@ -243,12 +258,30 @@ CREATE TABLE flagged_messages (
 );
 CREATE INDEX flagged_by_state ON flagged_messages (state, message_id);
 CREATE INDEX flagged_by_channel ON flagged_messages (channel_id, message_id);
-"#];
+"#,
+}];
+
+/// The version of the newest migration this release knows.
+pub(crate) fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The migrations (version, name) after `version`, oldest first.
+pub(crate) fn after(version: i64) -> Vec<(u32, &'static str)> {
+    MIGRATIONS
+        .iter()
+        .filter(|m| m.version as i64 > version)
+        .map(|m| (m.version, m.name))
+        .collect()
+}
 
 /// Applies the migrations not applied yet, in one transaction holding the schema's migration lock (taken
-/// first, so a second node starting at the same time waits and then finds them applied). Returns how many it
-/// applied.
-pub(crate) async fn migrate_client(client: &mut Client, schema: &str) -> Result<usize, PostgresError> {
+/// first, so a second node starting at the same time waits and then finds them applied). Returns those it
+/// applied (version, name).
+pub(crate) async fn migrate_client(
+    client: &mut Client,
+    schema: &str,
+) -> Result<Vec<(u32, &'static str)>, PostgresError> {
     let fail = |e: tokio_postgres::Error| PostgresError::Migrate(describe(&e));
     let tx = client.transaction().await.map_err(fail)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key("migrate", schema)])
@@ -271,30 +304,52 @@ pub(crate) async fn migrate_client(client: &mut Client, schema: &str) -> Result<
         .await
         .and_then(|r| r.try_get(0))
         .map_err(fail)?;
-    if current as usize > MIGRATIONS.len() {
+    if current > latest_version() as i64 {
         // Rolling upgrades: a node of an older release may run against a schema migrated further. Every
         // migration is additive, so it can; it says so once.
         tracing::warn!(
             schema = %schema,
             database = current,
-            known = MIGRATIONS.len(),
+            known = latest_version(),
             "the database schema is newer than this release"
         );
     }
-    let mut applied = 0;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        tx.batch_execute(sql).await.map_err(fail)?;
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| m.version as i64 > current) {
+        tx.batch_execute(m.sql).await.map_err(fail)?;
         tx.execute(
             "INSERT INTO confab_schema_migrations (version, applied_at) VALUES ($1, $2)",
-            &[&((i + 1) as i64), &confab_domain::now_millis()],
+            &[&(m.version as i64), &confab_domain::now_millis()],
         )
         .await
         .map_err(fail)?;
-        applied += 1;
+        applied.push((m.version, m.name));
     }
     tx.commit().await.map_err(fail)?;
-    if applied > 0 {
-        tracing::info!(schema = %schema, applied, "database schema migrated");
+    if !applied.is_empty() {
+        tracing::info!(schema = %schema, applied = applied.len(), "database schema migrated");
     }
     Ok(applied)
+}
+
+/// The schema's version (the newest migration recorded; 0 before the first), read in a read-only
+/// transaction: it creates nothing (not even `confab_schema_migrations`) and takes no lock.
+pub(crate) async fn current_version(client: &mut Client) -> Result<i64, PostgresError> {
+    let fail = |e: tokio_postgres::Error| PostgresError::Migrate(describe(&e));
+    let tx = client.build_transaction().read_only(true).start().await.map_err(fail)?;
+    let recorded: bool = tx
+        .query_one("SELECT to_regclass('confab_schema_migrations') IS NOT NULL", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(fail)?;
+    let version = if recorded {
+        tx.query_one("SELECT coalesce(max(version), 0) FROM confab_schema_migrations", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(fail)?
+    } else {
+        0
+    };
+    tx.commit().await.map_err(fail)?;
+    Ok(version)
 }

@@ -6,6 +6,7 @@
 //!   so a rolled-back insert leaves no gap;
 //! - events reach the bus in commit order, before the write is answered.
 
+pub mod backup;
 mod facts;
 mod files;
 mod queries;
@@ -32,6 +33,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use writer::{Op, Outcome, WriteCmd, Writer, db_err};
+
+pub use schema::{Migration, apply_migrations, latest_version, migrations, pending_migrations, schema_version};
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -72,6 +75,8 @@ impl SqliteConfig {
 
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteCmd>,
+    /// `confab_store_writer_queue` (see [`writer::Queued`]).
+    queued: metrics::Gauge,
     recorder: writer::RecorderSlot,
     readers: Arc<ReadPool>,
     /// Dropping it stops the checkpointer thread.
@@ -163,7 +168,7 @@ impl SqliteStore {
         let lock = lock_database(&cfg.path, cfg.lock_wait)?;
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = open_conn(&cfg, rw).map_err(db_err)?;
-        schema::migrate(&mut conn).map_err(db_err)?;
+        schema::migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             .map_err(db_err)?;
         let checkpoint_conn = open_conn(&cfg, rw).map_err(db_err)?;
@@ -194,6 +199,7 @@ impl SqliteStore {
             .map_err(|e| DomainError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
+            queued: metrics::gauge!("confab_store_writer_queue"),
             recorder,
             readers: Arc::new(ReadPool {
                 permits: Arc::new(Semaphore::new(readers.len())),
@@ -205,6 +211,7 @@ impl SqliteStore {
     }
 
     async fn write(&self, op: Op) -> DomainResult<Outcome> {
+        let _queued = writer::Queued::enter(&self.queued);
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteCmd { op, reply })

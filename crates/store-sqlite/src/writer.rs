@@ -111,6 +111,24 @@ pub enum Outcome {
     FileIds(Vec<FileId>),
 }
 
+/// Counts a write in `confab_store_writer_queue` from the moment it is asked of the writer until it is answered
+/// (or its caller gives up): waiting for room in a full queue, queued, or in the batch being applied. One
+/// atomic add each way.
+pub(crate) struct Queued<'a>(&'a metrics::Gauge);
+
+impl<'a> Queued<'a> {
+    pub(crate) fn enter(gauge: &'a metrics::Gauge) -> Queued<'a> {
+        gauge.increment(1.0);
+        Queued(gauge)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 pub struct WriteCmd {
     pub op: Op,
     pub reply: oneshot::Sender<DomainResult<Outcome>>,

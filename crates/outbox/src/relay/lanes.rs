@@ -1,6 +1,8 @@
 //! An endpoint's worker while it holds the lease: reads the outbox into lanes (one per channel and key),
 //! keeps one event per lane in flight, retries with backoff, dead-letters, and moves the cursor.
 
+use confab_domain::Millis;
+
 use super::*;
 
 /// An event waiting for its turn in a lane.
@@ -27,8 +29,8 @@ pub(super) struct Lanes {
     /// The newest event read from the outbox.
     pub(super) fetched: u64,
     pub(super) saved_cursor: u64,
-    /// Read and not yet delivered or dead-lettered.
-    pub(super) outstanding: BTreeSet<u64>,
+    /// Read and not yet delivered or dead-lettered, with its commit time.
+    pub(super) outstanding: BTreeMap<u64, Millis>,
     pub(super) lanes: HashMap<String, Lane>,
     /// Lanes whose head can go now.
     pub(super) ready: VecDeque<String>,
@@ -38,6 +40,39 @@ pub(super) struct Lanes {
     /// Events whose dead letter has been stored (by a task of its own, so that many are stored at once, in
     /// one commit of the store's writer, instead of the worker waiting for each).
     pub(super) letters: (mpsc::UnboundedSender<u64>, mpsc::UnboundedReceiver<u64>),
+    pub(super) metrics: EndpointMetrics,
+}
+
+/// An endpoint's series, labelled with its id: endpoints are few (made by the application's administrators,
+/// plus one per compatibility surface whose webhooks are configured), so the label stays bounded. Set by the
+/// node relaying the endpoint (the lease holder); back to zero when it stops (lease lost, endpoint deleted).
+pub(super) struct EndpointMetrics {
+    /// `confab_webhook_lag_events`: outbox rows past the endpoint's cursor (the outbox head less the cursor).
+    lag_events: metrics::Gauge,
+    /// `confab_webhook_lag_seconds`: how long ago the oldest event read and not yet settled was committed.
+    lag_seconds: metrics::Gauge,
+    /// `confab_webhook_dead_letters_total`: events given up after the retry period.
+    dead_letters: metrics::Counter,
+}
+
+impl EndpointMetrics {
+    pub(super) fn new(endpoint: &str) -> EndpointMetrics {
+        let id = endpoint.to_string();
+        let m = EndpointMetrics {
+            lag_events: metrics::gauge!("confab_webhook_lag_events", "endpoint" => id.clone()),
+            lag_seconds: metrics::gauge!("confab_webhook_lag_seconds", "endpoint" => id.clone()),
+            dead_letters: metrics::counter!("confab_webhook_dead_letters_total", "endpoint" => id),
+        };
+        m.dead_letters.increment(0);
+        m
+    }
+}
+
+impl Drop for EndpointMetrics {
+    fn drop(&mut self) {
+        self.lag_events.set(0.0);
+        self.lag_seconds.set(0.0);
+    }
 }
 
 /// How an attempt of a lane's head ended.
@@ -51,6 +86,7 @@ impl Lanes {
     pub(super) async fn run(mut self, lease: &EndpointLease) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut last_save = Instant::now();
+        let mut lag_reported: Option<Instant> = None;
         let mut renew = tokio::time::interval_at(Instant::now() + lease.renew_every(), lease.renew_every());
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Something may have been recorded since the last read: at start, after the doorbell or a poll tick,
@@ -88,6 +124,10 @@ impl Lanes {
                 last_save = Instant::now();
             }
             self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).pending = self.outstanding.len() as u64;
+            if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                self.report_lag(!unread).await;
+                lag_reported = Some(Instant::now());
+            }
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             let wake = match (more, next_timer) {
                 (true, _) => Instant::now(),
@@ -150,7 +190,7 @@ impl Lanes {
             if !enabled || entry.id <= skip_through || !filter.matches(&entry.event_type) {
                 continue;
             }
-            self.outstanding.insert(entry.id);
+            self.outstanding.insert(entry.id, entry.created_at);
             let key = self.relay.lane_of(&endpoint, &entry);
             let lane = self.lanes.entry(key.clone()).or_default();
             if lane.queue.is_empty() && !lane.busy {
@@ -208,6 +248,7 @@ impl Lanes {
                 .clone();
             tracing::warn!(endpoint = %endpoint_id, event = head.entry.id, attempts = head.attempts,
                 "webhook event dead-lettered");
+            self.metrics.dead_letters.increment(1);
             let letter = DeadLetter {
                 endpoint_id,
                 event: (*head.entry).clone(),
@@ -238,10 +279,33 @@ impl Lanes {
         self.outstanding.remove(&head.entry.id);
     }
 
+    /// Sets the endpoint's lag: in events, the outbox head less the cursor; in seconds, the age of the oldest
+    /// event read and not yet settled. `caught_up`: the last read reached the end of the outbox, so the newest
+    /// event read is the head (newer rows ring the doorbell); otherwise (reading is behind, the buffer full)
+    /// the head is asked of the store, at most once a second.
+    async fn report_lag(&self, caught_up: bool) {
+        let head = match caught_up {
+            true => self.fetched,
+            false => match self.relay.store.outbox_head().await {
+                Ok(head) => head,
+                Err(_) => return,
+            },
+        };
+        let cursor = self.shared.cursor.load(Ordering::Acquire);
+        self.metrics.lag_events.set(head.saturating_sub(cursor) as f64);
+        let oldest = self.outstanding.first_key_value().map(|(_, at)| *at);
+        let age = oldest.map_or(0, |at| (now_millis() - at).max(0));
+        self.metrics.lag_seconds.set(age as f64 / 1000.0);
+    }
+
     /// Moves the cursor past every settled event; saves it when `save` (at most once a second while busy,
     /// and on stop). Returns whether it saved.
     async fn advance_cursor(&mut self, save: bool) -> bool {
-        let cursor = self.outstanding.first().map(|first| first - 1).unwrap_or(self.fetched);
+        let cursor = self
+            .outstanding
+            .first_key_value()
+            .map(|(first, _)| first - 1)
+            .unwrap_or(self.fetched);
         self.shared.cursor.store(cursor, Ordering::Release);
         if !save || cursor == self.saved_cursor {
             return false;

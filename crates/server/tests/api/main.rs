@@ -1,15 +1,18 @@
 //! Integration tests: the real server on a random loopback port, over real HTTP and WebSocket.
 
 mod abandoned;
+mod backup;
 mod bot_limits;
 mod bot_triggers;
 mod bots;
 mod builtin;
+mod check_config;
 mod cluster;
 mod cluster_crash;
 mod cluster_follow;
 mod cluster_restarts;
 mod compat_webhooks;
+mod dashboard;
 mod durability;
 mod edits;
 mod egress_delivery;
