@@ -119,6 +119,9 @@ pub fn unpack(
         out.sync_all()?;
         found.push(hashing.entry(&name));
     }
+    // The tar reader stops at the end-of-archive blocks; reading the compressed stream to its end makes the
+    // decoder check the gzip trailer (CRC-32 and length of everything, padding included).
+    std::io::copy(&mut tar.into_inner(), &mut std::io::sink()).context("the archive is damaged")?;
     let manifest = manifest.context("the archive has no manifest: incomplete or not a Confab backup")?;
     Ok((manifest, found))
 }

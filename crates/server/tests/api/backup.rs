@@ -290,14 +290,20 @@ async fn a_damaged_or_truncated_backup_is_refused_and_leaves_nothing() {
 
     let truncated = root.path().join("truncated.tar.gz");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    refused(&truncated, &root.path().join("r1")).await;
+    refused(&truncated, &root.path().join("t")).await;
     // A flipped byte inside the compressed stream: the gzip checksum or an entry's SHA-256 catches it.
-    let mut flipped = bytes.clone();
-    let at = flipped.len() / 3;
-    flipped[at] ^= 0x55;
-    let damaged = root.path().join("damaged.tar.gz");
-    std::fs::write(&damaged, &flipped).unwrap();
-    refused(&damaged, &root.path().join("r2")).await;
+    // Every position after the gzip header: wherever the damage lands (an entry, a tar header, padding, the
+    // trailer), the restore refuses it.
+    for (i, at) in [12, bytes.len() / 3, bytes.len() / 2, bytes.len() - 30, bytes.len() - 5]
+        .into_iter()
+        .enumerate()
+    {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x55;
+        let damaged = root.path().join(format!("damaged-{i}.tar.gz"));
+        std::fs::write(&damaged, &flipped).unwrap();
+        refused(&damaged, &root.path().join(format!("r{i}"))).await;
+    }
 }
 
 async fn refused(archive: &Path, into: &Path) {
