@@ -20,7 +20,8 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(path: &Path) -> anyhow::Result<Writer> {
-        let file = File::create_new(path).with_context(|| format!("cannot create {}", path.display()))?;
+        // The archive holds the credentials of the data dir: readable by its owner only.
+        let file = create_private(path).with_context(|| format!("cannot create {}", path.display()))?;
         // Level 1: the database compresses well at any level; a backup should not take long.
         let gz = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), Compression::fast());
         Ok(Writer {
@@ -112,7 +113,7 @@ pub fn unpack(
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let mut out = File::create_new(&dest)
+        let mut out = create_private(&dest)
             .with_context(|| format!("cannot create {} (twice in the archive?)", dest.display()))?;
         let mut hashing = Hashing::new(&mut entry);
         std::io::copy(&mut hashing, &mut out).with_context(|| format!("unpacking {name}"))?;
@@ -124,6 +125,15 @@ pub fn unpack(
     std::io::copy(&mut tar.into_inner(), &mut std::io::sink()).context("the archive is damaged")?;
     let manifest = manifest.context("the archive has no manifest: incomplete or not a Confab backup")?;
     Ok((manifest, found))
+}
+
+/// A new file only its owner may read (mode 0600 on Unix), as the data dir's credentials are.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// A reader that hashes and counts what passes through.

@@ -175,6 +175,9 @@ async fn a_backup_under_write_load_restores_every_acknowledged_message_file_and_
     }
     assert!(ok, "{out}");
     assert!(out.contains("backup written to"), "{out}");
+    // It holds the credentials: readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
     eprintln!("{out}(acknowledged while it ran: {during})");
 
     // Restoring into a directory that holds something is refused; into a new one it works.
@@ -200,6 +203,14 @@ async fn a_backup_under_write_load_restores_every_acknowledged_message_file_and_
     ])
     .await;
     assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::metadata(restored.join("confab.db"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     for name in confab::backup::DATA_FILES {
         assert_eq!(
             std::fs::read(data.join(name)).ok(),
