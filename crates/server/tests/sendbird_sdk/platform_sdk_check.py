@@ -16,6 +16,7 @@ from sendbird_platform_sdk.api import bot_api, group_channel_api, message_api, u
 from sendbird_platform_sdk.model.create_a_bot_request import CreateABotRequest
 from sendbird_platform_sdk.model.create_a_group_channel_request import CreateAGroupChannelRequest
 from sendbird_platform_sdk.model.create_a_user_request import CreateAUserRequest
+from sendbird_platform_sdk.model.create_user_token_request import CreateUserTokenRequest
 from sendbird_platform_sdk.model.invite_as_members_request import InviteAsMembersRequest
 from sendbird_platform_sdk.model.join_channels_request import JoinChannelsRequest
 from sendbird_platform_sdk.model.leave_a_channel_request import LeaveAChannelRequest
@@ -23,6 +24,7 @@ from sendbird_platform_sdk.model.send_a_message_request import SendAMessageReque
 from sendbird_platform_sdk.model.sendbird_user import SendbirdUser
 from sendbird_platform_sdk.model.update_a_group_channel_request import UpdateAGroupChannelRequest
 from sendbird_platform_sdk.model.update_a_message_request import UpdateAMessageRequest
+from sendbird_platform_sdk.model.update_a_user_request import UpdateAUserRequest
 from sendbird_platform_sdk.model.update_bot_by_id_data import UpdateBotByIdData
 
 HOST = os.environ["SENDBIRD_HOST"]
@@ -66,6 +68,20 @@ with sendbird_platform_sdk.ApiClient(cfg) as client:
         raise AssertionError("a duplicate user was created")
     except sendbird_platform_sdk.ApiException as e:
         expect(e.status == 400 and json.loads(e.body)["code"] == 400202, f"duplicate user: {e.status} {e.body}")
+
+    viewed = users.view_a_user(alice, api_token=TOKEN)
+    expect(viewed.user_id == alice and viewed.nickname == "Alice", f"view user {viewed}")
+    renamed = users.update_a_user(
+        bob, api_token=TOKEN, update_a_user_request=UpdateAUserRequest(nickname="Bobby", profile_url="")
+    )
+    expect(renamed.user_id == bob and renamed.nickname == "Bobby", f"update user {renamed}")
+    listed = users.list_users(api_token=TOKEN, limit=100)
+    expect({alice, bob, carol} <= {u.user_id for u in listed.users}, f"list_users {[u.user_id for u in listed.users]}")
+    issued = users.create_user_token(
+        alice, api_token=TOKEN,
+        create_user_token_request=CreateUserTokenRequest(expires_at=int(time.time() * 1000) + 3_600_000),
+    )
+    expect(issued.token and issued.expires_at > 0, f"user token {issued}")
 
     step("distinct channel")
     pair = [SendbirdUser(user_id=alice), SendbirdUser(user_id=bob)]
@@ -111,7 +127,9 @@ with sendbird_platform_sdk.ApiClient(cfg) as client:
     channels.invite_as_members(url, api_token=TOKEN, invite_as_members_request=InviteAsMembersRequest(user_ids=[carol]))
     members = channels.list_members(url, api_token=TOKEN)
     expect(sorted(m.user_id for m in members.members) == sorted([alice, bob, carol]), f"members {members}")
+    expect(channels.check_if_member(url, carol, api_token=TOKEN).is_member is True, "carol is a member")
     channels.leave_a_channel(url, api_token=TOKEN, leave_a_channel_request=LeaveAChannelRequest(user_ids=[carol]))
+    expect(channels.check_if_member(url, carol, api_token=TOKEN).is_member is False, "carol left")
     members = channels.list_members(url, api_token=TOKEN)
     expect(sorted(m.user_id for m in members.members) == sorted([alice, bob]), f"members after leave {members}")
 
@@ -192,6 +210,10 @@ with sendbird_platform_sdk.ApiClient(cfg) as client:
     expect(bots.leave_a_group_channel(url, bot_id, api_token=TOKEN) == {}, "bot leaves")
     members = channels.list_members(url, api_token=TOKEN)
     expect(bot_id not in [m.user_id for m in members.members], "the bot left")
+    bots.join_channels(bot_id, api_token=TOKEN, join_channels_request=JoinChannelsRequest(channel_urls=[url, d1.channel_url]))
+    expect(bots.leave_group_channels(bot_id, api_token=TOKEN) == {}, "bot leaves every channel")
+    for c in (url, d1.channel_url):
+        expect(channels.check_if_member(c, bot_id, api_token=TOKEN).is_member is False, f"the bot left {c}")
     expect(bots.delete_bot_by_id(bot_id, api_token=TOKEN) == {}, "bot deleted")
 
     step("ai_chatbot_replies (no SDK method: plain HTTP, as Sendbird's own sample)")
@@ -211,6 +233,12 @@ with sendbird_platform_sdk.ApiClient(cfg) as client:
         raise AssertionError("a deleted channel is still there")
     except sendbird_platform_sdk.ApiException as e:
         expect(json.loads(e.body)["code"] == 400201, f"deleted channel: {e.body}")
+    expect(users.delete_a_user(carol, api_token=TOKEN) == {}, "user deleted")
+    try:
+        users.view_a_user(carol, api_token=TOKEN)
+        raise AssertionError("a deleted user is still there")
+    except sendbird_platform_sdk.ApiException as e:
+        expect(json.loads(e.body)["code"] == 400201, f"deleted user: {e.body}")
 
 print("sendbird-platform-sdk", sendbird_platform_sdk.__version__, "ok", flush=True)
 sys.exit(0)
