@@ -116,19 +116,28 @@ impl Subjects {
     }
 }
 
-/// Whether the NATS server at `url` (a comma-separated list is tried in order) accepts a connection and
-/// answers a round trip, within `timeout`; `confab check-config` asks before a start would wait for it.
-pub async fn probe(url: &str, timeout: Duration) -> Result<(), NatsBusError> {
+/// The servers `url` names (comma-separated), and them as `host:port` for messages (never credentials).
+pub(crate) fn servers(url: &str) -> Result<(Vec<async_nats::ServerAddr>, String), NatsBusError> {
     let servers: Vec<async_nats::ServerAddr> = url
         .split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<_, _>>()
         .map_err(|e| NatsBusError::Config(format!("url: {e}")))?;
+    if servers.is_empty() {
+        return Err(NatsBusError::Config("url names no server".into()));
+    }
     let addr = servers
         .iter()
         .map(|s| format!("{}:{}", s.host(), s.port()))
         .collect::<Vec<_>>()
         .join(", ");
+    Ok((servers, addr))
+}
+
+/// Whether the NATS server at `url` (a comma-separated list is tried in order) accepts a connection and
+/// answers a round trip, within `timeout`; `confab check-config` asks before a start would wait for it.
+pub async fn probe(url: &str, timeout: Duration) -> Result<(), NatsBusError> {
+    let (servers, addr) = servers(url)?;
     let unreachable = |reason: String| NatsBusError::Unreachable {
         addr: addr.clone(),
         reason,

@@ -69,7 +69,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{Client, HeaderMap, Message, ServerAddr};
+use async_nats::{Client, HeaderMap, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use confab_bus::LocalBus;
@@ -256,20 +256,7 @@ impl NatsBus {
     /// retried forever (and end in a resync).
     pub async fn connect_with(config: NatsConfig, local: LocalBus) -> Result<NatsBus, NatsBusError> {
         config.validate()?;
-        let servers: Vec<ServerAddr> = config
-            .url
-            .split(',')
-            .map(|u| u.trim().parse::<ServerAddr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| NatsBusError::Config(format!("url: {e}")))?;
-        if servers.is_empty() {
-            return Err(NatsBusError::Config("url names no server".into()));
-        }
-        let addr = servers
-            .iter()
-            .map(|s| format!("{}:{}", s.host(), s.port()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (servers, addr) = config::servers(&config.url)?;
         let shared = Arc::new(Shared::default());
         // Counted only when something goes wrong: registered now, so they show (at zero) before that.
         for name in [

@@ -26,7 +26,7 @@ fn nats_url() -> String {
 fn nats_addr() -> String {
     let url = nats_url();
     let first = url.split(',').next().unwrap_or_default().trim().to_string();
-    let addr: ServerAddr = first.parse().expect("CONFAB_TEST_NATS_URL parses");
+    let addr: async_nats::ServerAddr = first.parse().expect("CONFAB_TEST_NATS_URL parses");
     format!("{}:{}", addr.host(), addr.port())
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::http::{describe, join_path, parse_base_url};
+use crate::http::{build_client, describe, join_path, parse_base_url};
 use crate::{ANTHROPIC_VERSION, DEFAULT_ANTHROPIC_BASE_URL, DEFAULT_OPENAI_BASE_URL, ProviderConfig, ProviderKind};
 
 /// What the provider said.
@@ -57,13 +57,10 @@ pub async fn probe(cfg: &ProviderConfig, key: Option<&str>, timeout: Duration) -
         }
         ProviderKind::Builtin => return Ok(Probe::Answered),
     };
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms.max(1)).min(timeout))
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {}", describe(e)))?;
-    let mut request = client.get(url.clone());
+    // The client the provider's adapter uses (no egress policy: the file's providers are the operator's).
+    let client = build_client(Duration::from_millis(cfg.connect_timeout_ms.max(1)).min(timeout), None)
+        .map_err(|e| e.to_string())?;
+    let mut request = client.get(url.clone()).timeout(timeout);
     for (name, value) in headers {
         request = request.header(name, value);
     }

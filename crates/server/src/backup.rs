@@ -21,6 +21,7 @@ mod schedule;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use confab_service::blobs::LocalBlobs;
 use serde::{Deserialize, Serialize};
 
 use crate::Config;
@@ -132,8 +133,15 @@ pub fn backup(config: &Config, to: &Path) -> anyhow::Result<Manifest> {
     let mut files_not_included = Vec::new();
     let local_files = config.files.backend == FilesBackend::Local;
     for id in &snapshot.file_ids {
-        let path = blob_path(&config.data_dir, id);
-        if local_files && out.add_file_if_present(&format!("files/{}", blob_rel(id)), &path)? {
+        let stored = local_files.then(|| confab_domain::FileId::parse(id).ok()).flatten();
+        let added = match stored {
+            Some(id) => {
+                let rel = Path::new("files").join(LocalBlobs::relative_path(&id));
+                out.add_file_if_present(&rel.to_string_lossy(), &config.data_dir.join(&rel))?
+            }
+            None => false,
+        };
+        if added {
             files += 1;
         } else {
             files_not_included.push(id.clone());
@@ -193,9 +201,10 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Manifest> {
         if let Some(name) = path.strip_prefix("data/") {
             return DATA_FILES.contains(&name).then(|| PathBuf::from(name));
         }
-        let rel = path.strip_prefix("files/")?;
-        let (shard, id) = rel.split_once('/')?;
-        (valid_blob_name(id) && shard == &id[..2]).then(|| PathBuf::from("files").join(shard).join(id))
+        // `files/<the layout of LocalBlobs>`, and nothing else.
+        let (_, id) = path.strip_prefix("files/")?.rsplit_once('/')?;
+        let rel = Path::new("files").join(LocalBlobs::relative_path(&confab_domain::FileId::parse(id).ok()?));
+        (rel.to_str() == Some(path)).then_some(rel)
     })
     .with_context(|| format!("reading {}", from.display()))?;
     let manifest: Manifest = serde_json::from_slice(&manifest).context("the manifest is not readable")?;
@@ -231,19 +240,6 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Manifest> {
         .with_context(|| format!("cannot move the restored data to {}", data_dir.display()))?;
     sync_dir(parent);
     Ok(manifest)
-}
-
-/// Where `LocalBlobs` keeps a file's bytes, relative to the files dir.
-fn blob_rel(id: &str) -> String {
-    format!("{}/{id}", &id[..2.min(id.len())])
-}
-
-fn blob_path(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("files").join(blob_rel(id))
-}
-
-fn valid_blob_name(id: &str) -> bool {
-    confab_domain::FileId::parse(id).is_ok()
 }
 
 fn sync_dir(dir: &Path) {

@@ -38,7 +38,12 @@ impl LocalBlobs {
     }
 
     fn path(&self, id: &FileId) -> PathBuf {
-        self.dir.join(&id.as_str()[..2]).join(id.as_str())
+        self.dir.join(Self::relative_path(id))
+    }
+
+    /// Where a file's bytes are under the directory (`ab/abcdef…`): also the layout of backups.
+    pub fn relative_path(id: &FileId) -> PathBuf {
+        Path::new(&id.as_str()[..2]).join(id.as_str())
     }
 }
 

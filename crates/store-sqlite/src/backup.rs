@@ -105,12 +105,9 @@ fn describe(conn: &Connection, quick: bool) -> Result<Snapshot, BackupError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(fail("reading the schema version"))?;
-    let known = crate::schema::latest_version() as i64;
-    if version > known {
-        return Err(BackupError(format!(
-            "the database has schema version {version}; this release knows up to {known}: use the release that \
-             took it, or a newer one"
-        )));
+    if version > crate::schema::latest_version() as i64 {
+        let name = conn.path().filter(|p| !p.is_empty()).unwrap_or("copied").to_string();
+        return Err(BackupError(crate::schema::newer_schema(&name, version)));
     }
     if version < 1 {
         return Err(BackupError("the database has no Confab schema".into()));

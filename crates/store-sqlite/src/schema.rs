@@ -289,7 +289,7 @@ pub fn latest_version() -> u32 {
 
 /// The refusal of a database written by a newer release: reading it with this release's code could misread
 /// or damage what the newer release stored.
-fn newer_schema(database: &str, version: i64) -> String {
+pub(crate) fn newer_schema(database: &str, version: i64) -> String {
     format!(
         "the database {database} has schema version {version}, but this release knows schema versions up to \
          {}: it was written by a newer release of Confab. Run the newer release, or restore a backup taken by \

@@ -111,14 +111,7 @@ async fn files(config: &Config) -> Option<Finding> {
 /// A webhook's address: resolved, allowed by the egress policy, and accepting a connection.
 async fn webhook(policy: &confab_egress::EgressPolicy, raw: &str) -> Result<(), String> {
     let url = policy.check_url(raw).map_err(|e| e.to_string())?;
-    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<std::net::SocketAddr> =
-        tokio::time::timeout(TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-            .await
-            .map_err(|_| format!("resolving {host} took longer than {} s", TIMEOUT.as_secs()))?
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .collect();
+    let (host, port, addrs) = resolve(&url, 443).await?;
     if let Some(refused) = addrs.iter().find(|a| !policy.allows(a.ip())) {
         return Err(format!(
             "{host} resolves to {}, a private or reserved address: deliveries to it are refused unless \
@@ -126,6 +119,30 @@ async fn webhook(policy: &confab_egress::EgressPolicy, raw: &str) -> Result<(), 
             refused.ip()
         ));
     }
+    connect(&host, port, addrs).await
+}
+
+/// The OTLP collector accepts a connection (the operator's own address: no egress policy).
+async fn collector(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?}: {e}"))?;
+    let (host, port, addrs) = resolve(&url, 4318).await?;
+    connect(&host, port, addrs).await
+}
+
+/// The URL's host and port (`default_port` when it has none and its scheme none known), and its addresses.
+async fn resolve(url: &url::Url, default_port: u16) -> Result<(String, u16, Vec<std::net::SocketAddr>), String> {
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let port = url.port_or_known_default().unwrap_or(default_port);
+    let addrs = tokio::time::timeout(TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
+        .await
+        .map_err(|_| format!("resolving {host} took longer than {} s", TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    Ok((host, port, addrs))
+}
+
+/// Whether one of `addrs` accepts a connection within the timeout.
+async fn connect(host: &str, port: u16, addrs: Vec<std::net::SocketAddr>) -> Result<(), String> {
     let mut last = String::from("no address");
     for addr in addrs {
         match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
@@ -135,16 +152,4 @@ async fn webhook(policy: &confab_egress::EgressPolicy, raw: &str) -> Result<(), 
         }
     }
     Err(format!("cannot connect to {host}:{port}: {last}"))
-}
-
-/// The OTLP collector accepts a connection (the operator's own address: no egress policy).
-async fn collector(raw: &str) -> Result<(), String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?}: {e}"))?;
-    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let port = url.port_or_known_default().unwrap_or(4318);
-    match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port))).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
-        Err(_) => Err(format!("{host}:{port} did not answer within {} s", TIMEOUT.as_secs())),
-    }
 }
